@@ -1,0 +1,194 @@
+"""Rules for the layers the tracer treats as whole operations, and how slimming resizes them.
+
+Convolutions and Linear layers *produce* channels (each output channel gets a node) and
+*consume* them (their input channels are cut when a node goes). Normalization layers and PReLU
+carry per-channel parameters along. Every other module is traced through its operations.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._values import FIXED, Value, fixed_value
+
+if TYPE_CHECKING:
+    from .trace import _Tracer
+
+_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+_DECONV = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+_INSTANCENORM = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+LAYER_TYPES = (*_CONV, *_DECONV, nn.Linear, *_BATCHNORM, *_INSTANCENORM, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
+PRODUCER_TYPES = (*_CONV, *_DECONV, nn.Linear)
+
+_ACROSS = (
+    "{name} ({kind}) normalizes across channels: removing its input channels changes the statistics of "
+    "the others, so no slimming of them is exact; pass approximate_norms=True to prune them anyway"
+)
+
+
+def _input_value(tr: _Tracer, x: torch.Tensor, channel_dim: int, name: str) -> Value:
+    v = tr.get(x)
+    if v is not None and v.dim == channel_dim:
+        return v
+    if v is not None:
+        tr.fix(v.labels, f"reaches `{name}` on a dimension that is not its channel dimension")
+    return fixed_value(channel_dim, x.shape[channel_dim])
+
+
+def _conv(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    transposed = isinstance(m, _DECONV)
+    spatial = len(m.kernel_size)
+    cd = x.ndim - spatial - 1
+    v = _input_value(tr, x, cd, name)
+    g = m.groups
+    c_in, c_out = m.in_channels, m.out_channels
+    b_in, b_out = c_in // g, c_out // g
+    w_in, w_out = (0, 1) if transposed else (1, 0)
+    if g > 1 and b_in == 1:
+        # depthwise: output channel k*b_out + i is computed from input channel k alone
+        labels = np.repeat(v.labels, b_out)
+        tr.entry(name, "weight", 0, v.labels if transposed else labels, "zero")
+        if m.bias is not None:
+            tr.entry(name, "bias", 0, labels, "zero")
+        tr.put(out, Value(cd, labels, np.ones(c_out, dtype=bool)), name)
+        return
+    tr.consume(v, name)
+    if g > 1:
+        tr.nodes.tie_blocks(v.labels, g, f"grouped `{name}` keeps equal groups")
+    tr.entry(name, "weight", w_in, v.labels if transposed else v.labels[:b_in], "slice")
+    src = tr.source(name, c_out)
+    if g > 1:
+        tr.nodes.tie_blocks(src, g, f"grouped `{name}` keeps equal groups")
+    tr.entry(name, "weight", w_out, src[:b_out] if transposed else src, "zero")
+    if m.bias is not None:
+        tr.entry(name, "bias", 0, src, "zero")
+    tr.put(out, Value(cd, src, np.ones(c_out, dtype=bool)), name)
+
+
+def _linear(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    v = _input_value(tr, x, x.ndim - 1, name)
+    tr.consume(v, name)
+    tr.entry(name, "weight", 1, v.labels, "slice")
+    src = tr.source(name, m.out_features)
+    tr.entry(name, "weight", 0, src, "zero")
+    if m.bias is not None:
+        tr.entry(name, "bias", 0, src, "zero")
+    tr.put(out, Value(out.ndim - 1, src, np.ones(m.out_features, dtype=bool)), name)
+
+
+def _norm(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    if isinstance(m, _INSTANCENORM):
+        cd = x.ndim - int(type(m).__name__[-2]) - 1
+    else:
+        cd = 1
+    v = _input_value(tr, x, cd, name)
+    if isinstance(m, nn.GroupNorm):
+        if not tr.approximate_norms:
+            tr.fix(v.labels, _ACROSS.format(name=name, kind="GroupNorm"))
+        else:
+            tr.nodes.tie_blocks(v.labels, m.num_groups, f"`{name}` keeps equal groups")
+    affine = bool(getattr(m, "affine", False))
+    if affine:
+        tr.entry(name, "weight", 0, v.labels, "zero")
+        tr.entry(name, "bias", 0, v.labels, "zero")
+    if getattr(m, "running_mean", None) is not None:
+        tr.entry(name, "running_mean", 0, v.labels, "zero")
+        tr.entry(name, "running_var", 0, v.labels, "slice")
+    zero = np.ones(v.size, dtype=bool) if affine else v.zero
+    tr.put(out, Value(cd, v.labels, zero), name)
+
+
+def _layernorm(tr: _Tracer, name: str, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> None:
+    v = tr.get(x)
+    if v is None:
+        return
+    first_normalized = x.ndim - len(m.normalized_shape)
+    if v.dim < first_normalized:
+        # channels are not normalized together; the output is not zero where the bias is not
+        zero = v.zero if m.bias is None else np.zeros_like(v.zero)
+        tr.put(out, Value(v.dim, v.labels, zero), name)
+        return
+    if not tr.approximate_norms or len(m.normalized_shape) != 1:
+        tr.fix(v.labels, _ACROSS.format(name=name, kind="LayerNorm"))
+        tr.put(out, Value(v.dim, v.labels, np.zeros_like(v.zero)), name)
+        return
+    if m.weight is not None:
+        tr.entry(name, "weight", 0, v.labels, "zero")
+    if m.bias is not None:
+        tr.entry(name, "bias", 0, v.labels, "zero")
+    tr.put(out, Value(v.dim, v.labels, np.full(v.size, m.weight is not None)), name)
+
+
+def _prelu(tr: _Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tensor) -> None:
+    cd = 1 if x.ndim >= 2 else 0
+    v = tr.get(x)
+    if v is None:
+        return
+    if m.num_parameters > 1:
+        v = _input_value(tr, x, cd, name)
+        tr.entry(name, "weight", 0, v.labels, "slice")
+    tr.put(out, v, name)
+
+
+def record(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    """Record one call of a known layer: its entries and the labels of its output."""
+    if isinstance(m, (*_CONV, *_DECONV)):
+        _conv(tr, name, m, x, out)
+    elif isinstance(m, nn.Linear):
+        _linear(tr, name, m, x, out)
+    elif isinstance(m, nn.LayerNorm):
+        _layernorm(tr, name, m, x, out)
+    elif isinstance(m, nn.PReLU):
+        _prelu(tr, name, m, x, out)
+    else:
+        _norm(tr, name, m, x, out)
+
+
+def resize(m: nn.Module) -> None:
+    """Update a slimmed layer's size attributes from its (already cut) tensors."""
+    if isinstance(m, (*_CONV, *_DECONV)):
+        w = m.weight
+        depthwise = m.groups > 1 and m.in_channels == m.groups
+        if isinstance(m, _DECONV):
+            if depthwise:
+                m.groups = w.shape[0]
+            m.in_channels = w.shape[0]
+            m.out_channels = w.shape[1] * m.groups
+        else:
+            if depthwise:
+                # cut rows of a depthwise weight remove whole groups of `multiplier` rows
+                m.groups = w.shape[0] // (m.out_channels // m.in_channels)
+            m.out_channels = w.shape[0]
+            m.in_channels = w.shape[1] * m.groups
+    elif isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, (*_BATCHNORM, *_INSTANCENORM)):
+        n = _first_size(m, ("weight", "running_mean"))
+        if n is not None:
+            m.num_features = n
+    elif isinstance(m, nn.GroupNorm):
+        n = _first_size(m, ("weight",))
+        if n is not None:
+            m.num_channels = n
+    elif isinstance(m, nn.LayerNorm):
+        n = _first_size(m, ("weight", "bias"))
+        if n is not None:
+            m.normalized_shape = (n,)
+    elif isinstance(m, nn.PReLU):
+        m.num_parameters = m.weight.shape[0]
+
+
+def _first_size(m: nn.Module, names: tuple[str, ...]) -> int | None:
+    for n in names:
+        t = getattr(m, n, None)
+        if isinstance(t, torch.Tensor):
+            return int(t.shape[0])
+    return None
+
+
+__all__ = ["FIXED", "LAYER_TYPES", "PRODUCER_TYPES", "record", "resize"]

@@ -1,0 +1,248 @@
+"""The traced graph: channel groups, the tensors that follow them, and plans over them.
+
+A *group* is a set of producer layers (convolutions, Linear) whose output channels are tied:
+removing a *unit* of the group removes the tied channels of all of them, and the matching input
+channels of every consumer and per-channel parameter after them. A *plan* maps group names (or
+any producer layer in the group) to the unit indices to remove.
+"""
+
+from __future__ import annotations
+
+import difflib
+import math
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+
+import numpy as np
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ._values import Entry, Nodes
+from .errors import PlanError
+
+__all__ = ["ChannelGroup", "Graph", "Plan"]
+
+Plan = Mapping[str, Iterable[int]]
+"""Group name (or a producer layer of the group) -> unit indices to remove."""
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Output channels of one or more producer layers that must be removed together.
+
+    Attributes:
+        name: The group's name: its first producer layer in forward order.
+        layers: The producer layers whose output channels make the group.
+        size: Number of units. Unit ``u`` is channel ``u`` of the first layer, or the block of
+            channels a PixelShuffle merges, or channel ``u`` of every group of a grouped conv.
+        prunable: Per unit, whether it can be removed.
+        reasons: Why each unremovable unit must stay (unit -> reason).
+    """
+
+    name: str
+    layers: tuple[str, ...]
+    size: int
+    prunable: np.ndarray
+    reasons: Mapping[int, str]
+    units_of: Mapping[str, np.ndarray] = field(repr=False)
+
+    @property
+    def num_prunable(self) -> int:
+        """Number of units that can be removed."""
+        return int(self.prunable.sum())
+
+    def channels(self, layer: str) -> np.ndarray:
+        """The unit of each output channel of ``layer`` (an array as long as its channels)."""
+        return self.units_of[layer]
+
+
+class Graph:
+    """Producers, consumers and channel groups of a traced model. Made by :func:`assl.trace`."""
+
+    def __init__(
+        self,
+        groups: list[ChannelGroup],
+        unit_roots: dict[str, np.ndarray],
+        entries: list[Entry],
+        entry_roots: list[np.ndarray],
+        shapes: dict[tuple[str, str], tuple[int, ...]],
+        fixed_params: int,
+    ) -> None:
+        self.groups: tuple[ChannelGroup, ...] = tuple(groups)
+        self.layers: tuple[str, ...] = tuple(layer for g in groups for layer in g.layers)
+        self.untraced: tuple[str, ...] = ()
+        self.opaque_ops: dict[str, int] = {}
+        self._by_name = {g.name: g for g in groups}
+        self._group_of = {layer: g for g in groups for layer in g.layers}
+        self._unit_roots = unit_roots
+        self._entries = entries
+        self._entry_roots = entry_roots
+        self._shapes = shapes
+        self._fixed_params = fixed_params
+
+    # --- groups ------------------------------------------------------------------------------
+
+    def group(self, name: str) -> ChannelGroup:
+        """The group named ``name``, or the group that producer layer ``name`` belongs to.
+
+        Raises:
+            PlanError: No group or producer layer has that name.
+        """
+        g = self._by_name.get(name) or self._group_of.get(name)
+        if g is None:
+            close = difflib.get_close_matches(name, list(self._group_of), n=3)
+            hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+            raise PlanError(
+                f"no traced producer layer or group is named {name!r}.{hint} Producers are the "
+                f"Conv/ConvTranspose/Linear layers that ran during trace(); see graph.summary()."
+            )
+        return g
+
+    @property
+    def modules(self) -> tuple[str, ...]:
+        """Every module with a tensor that slimming can cut, in trace order."""
+        return tuple(dict.fromkeys(e.module for e in self._entries))
+
+    # --- plans -------------------------------------------------------------------------------
+
+    def validate(self, plan: Plan) -> dict[str, np.ndarray]:
+        """Check a plan and return it keyed by group name with sorted unit arrays.
+
+        Raises:
+            PlanError: Unknown layer, a unit out of range or listed twice, a unit that cannot be
+                removed, all units of a group, or two keys naming the same group.
+            TypeError: The plan is not a mapping of names to integer sequences.
+        """
+        if not isinstance(plan, Mapping):
+            raise TypeError(f"a plan is a mapping of group name -> unit indices, got {type(plan).__name__}")
+        out: dict[str, np.ndarray] = {}
+        key_of: dict[str, str] = {}
+        for key, units in plan.items():
+            if not isinstance(key, str):
+                raise TypeError(f"plan keys are layer or group names (str), got {key!r}")
+            g = self.group(key)
+            if g.name in key_of:
+                raise PlanError(f"plan keys {key_of[g.name]!r} and {key!r} name the same group {g.name!r}")
+            key_of[g.name] = key
+            try:
+                idx = np.asarray(list(units), dtype=np.int64)
+            except (TypeError, ValueError) as e:
+                raise TypeError(f"plan[{key!r}] must be a sequence of ints") from e
+            if idx.size == 0:
+                continue
+            if idx.min() < 0 or idx.max() >= g.size:
+                bad = idx[(idx < 0) | (idx >= g.size)][0]
+                raise PlanError(f"plan[{key!r}] names channel {bad}, but group {g.name!r} has {g.size} (0..{g.size - 1})")
+            if len(np.unique(idx)) != len(idx):
+                raise PlanError(f"plan[{key!r}] lists a channel twice")
+            stuck = [int(u) for u in idx if not g.prunable[u]]
+            if stuck:
+                raise PlanError(
+                    f"plan[{key!r}] removes channel {stuck[0]} of group {g.name!r}, which must stay: "
+                    f"{g.reasons.get(stuck[0], 'it cannot be removed')}"
+                )
+            if len(idx) >= g.size:
+                raise PlanError(
+                    f"plan[{key!r}] removes all {g.size} channels of group {g.name!r} "
+                    f"({', '.join(g.layers)}); keep at least one"
+                )
+            out[g.name] = np.sort(idx)
+        return out
+
+    def removed_roots(self, plan: Plan) -> np.ndarray:
+        """The internal channel components a (validated) plan removes."""
+        parts = [self._unit_roots[name][idx] for name, idx in self.validate(plan).items()]
+        return np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+
+    def cuts(self, plan: Plan) -> list[tuple[Entry, np.ndarray]]:
+        """Each cut tensor dimension with the boolean keep mask the plan gives it."""
+        removed = self.removed_roots(plan)
+        return [(e, ~np.isin(r, removed)) for e, r in zip(self._entries, self._entry_roots)]
+
+    def count_params(self, plan: Plan | None = None) -> int:
+        """Parameters of the model after slimming with ``plan`` (of the dense model if None).
+
+        Weight parametrizations of traced layers are counted as the plain weight they fold into.
+        """
+        shapes = {k: list(s) for k, s in self._shapes.items()}
+        if plan:
+            for e, keep in self.cuts(plan):
+                key = (e.module, e.tensor)
+                if key in shapes:
+                    shapes[key][e.dim] = int(keep.sum())
+        return self._fixed_params + sum(math.prod(s) for s in shapes.values())
+
+    def summary(self) -> str:
+        """A table of the groups: name, producers, units, removable units and why others stay."""
+        rows = [("group", "layers", "channels", "prunable", "why some stay")]
+        for g in self.groups:
+            why = next(iter(g.reasons.values()), "")
+            rows.append((g.name, str(len(g.layers)), str(g.size), str(g.num_prunable), why))
+        widths = [max(len(r[i]) for r in rows) for i in range(4)]
+        lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+        return "\n".join(line.rstrip() for line in lines)
+
+    def __repr__(self) -> str:
+        return f"Graph({len(self.groups)} groups, {len(self.layers)} producers)"
+
+
+def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], entries: list[Entry]) -> Graph:
+    """Turn the tracer's nodes into groups (connected producers) and units (components)."""
+    # producers sharing a component belong to one group
+    group_of_root: dict[int, int] = {}
+    parent: list[int] = []
+
+    def find(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    layer_roots: dict[str, np.ndarray] = {}
+    for gi, (layer, labels) in enumerate(sources.items()):
+        parent.append(gi)
+        roots = nodes.roots(labels)
+        layer_roots[layer] = roots
+        for r in roots.tolist():
+            other = group_of_root.setdefault(r, gi)
+            a, b = find(other), find(gi)
+            if a != b:
+                parent[max(a, b)] = min(a, b)
+    members: dict[int, list[str]] = {}
+    for gi, layer in enumerate(sources):
+        members.setdefault(find(gi), []).append(layer)
+
+    groups: list[ChannelGroup] = []
+    unit_roots: dict[str, np.ndarray] = {}
+    for layers in members.values():
+        order: dict[int, int] = {}
+        for layer in layers:  # node ids grow in trace order: the first time a root is seen is its min node
+            for r in layer_roots[layer].tolist():
+                order.setdefault(r, len(order))
+        roots = np.fromiter(order, dtype=np.int64, count=len(order))
+        prunable = np.array([not nodes.fixed[r] for r in roots.tolist()], dtype=bool)
+        reasons = {u: nodes.reason.get(r, "") for u, r in enumerate(roots.tolist()) if nodes.fixed[r]}
+        units_of = {layer: np.array([order[r] for r in layer_roots[layer].tolist()]) for layer in layers}
+        groups.append(ChannelGroup(layers[0], tuple(layers), len(roots), prunable, reasons, units_of))
+        unit_roots[layers[0]] = roots
+
+    entry_roots = [nodes.roots(e.labels) for e in entries]
+    # parameter shapes after folding parametrizations, to predict counts after slimming
+    shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+    counted: set[int] = set()
+    for name in dict.fromkeys(e.module for e in entries):
+        m = model.get_submodule(name)
+        names = list(m._parameters)
+        if parametrize.is_parametrized(m):
+            names += list(m.parametrizations.keys())
+            for p in m.parametrizations.parameters():
+                counted.add(id(p))
+        for t_name in names:
+            t = getattr(m, t_name)
+            if t is not None and t_name not in m._buffers:
+                shapes[(name, t_name)] = tuple(t.shape)
+                counted.add(id(m._parameters.get(t_name)))
+    fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in counted)
+    return Graph(groups, unit_roots, entries, entry_roots, shapes, fixed_params)
+
+

@@ -1,0 +1,286 @@
+"""Tracing: run the model once on real inputs and find which channels are coupled.
+
+The model runs eagerly, so Python control flow, in-place ops and any number of inputs and
+outputs behave exactly as in training. Known layers (convolutions, Linear, normalizations,
+PReLU) are observed through forward hooks; everything between them through a
+``TorchFunctionMode`` that sees each torch function and tensor method. See ``docs/graph.md``.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.overrides import TorchFunctionMode
+from torch.utils.weak import WeakIdKeyDictionary
+
+from ._layers import LAYER_TYPES, PRODUCER_TYPES, record
+from ._ops import RULES, Opaque, _tensors
+from ._values import Entry, Nodes, ParamRef, Value
+from .errors import TraceError
+from .graph import Graph, build_graph
+
+__all__ = ["trace"]
+
+logger = logging.getLogger("assl")
+
+
+class _Tracer(TorchFunctionMode):
+    """Records channel labels of every tensor the forward pass makes."""
+
+    def __init__(self, model: nn.Module, approximate_norms: bool) -> None:
+        super().__init__()
+        self.approximate_norms = approximate_norms
+        self.nodes = Nodes()
+        self.values: Any = WeakIdKeyDictionary()
+        self.refs: Any = WeakIdKeyDictionary()
+        self.has_views: Any = WeakIdKeyDictionary()
+        self.sources: dict[str, np.ndarray] = {}
+        self.entries: dict[tuple[str, str, int], Entry] = {}
+        self.called: set[str] = set()
+        self.opaque: dict[str, int] = {}
+        self._depth = 0
+        self._stack: list[bool] = []
+        for mod_name, mod in model.named_modules():
+            for t_name, t in (*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)):
+                big = [d for d, n in enumerate(t.shape) if n != 1]
+                if len(big) == 1:
+                    d = big[0]
+                    self.refs[t] = ParamRef(mod_name, t_name, d, d, int(t.shape[d]))
+
+    # --- the interface the op and layer rules use --------------------------------------------
+
+    def get(self, t: Any) -> Value | None:
+        return self.values.get(t) if isinstance(t, torch.Tensor) else None
+
+    def put(self, t: torch.Tensor, v: Value, op: str) -> None:
+        old = self.values.get(t)
+        if old is not None and self._aliased(t) and not _same(old, v):
+            self.fix(old.labels, f"changed in place by `{op}` while another tensor shares its memory")
+            self.fix(v.labels, f"changed in place by `{op}` while another tensor shares its memory")
+        self.values[t] = v
+
+    def fix(self, labels: np.ndarray, reason: str) -> None:
+        self.nodes.fix(labels, reason)
+
+    def union(self, a: np.ndarray, b: np.ndarray, reason: str) -> None:
+        self.nodes.union_arrays(a, b, reason)
+
+    def consume(self, v: Value, layer: str) -> None:
+        """Input channels of a layer that mixes channels must be exactly zero when removed."""
+        self.fix(v.labels[~v.zero], f"reaches `{layer}` with a value that is not zero once removed")
+
+    def source(self, layer: str, n: int) -> np.ndarray:
+        if layer not in self.sources:
+            self.sources[layer] = self.nodes.new(n)
+        return self.sources[layer]
+
+    def entry(self, module: str, tensor: str, dim: int, labels: np.ndarray, role: str) -> None:
+        key = (module, tensor, dim)
+        old = self.entries.get(key)
+        if old is None:
+            self.entries[key] = Entry(module, tensor, dim, labels.copy(), role)
+        elif old.labels.shape != labels.shape:
+            reason = f"`{module}.{tensor}` is used with {len(old.labels)} and {len(labels)} channels"
+            self.fix(old.labels, reason)
+            self.fix(labels, reason)
+        else:
+            self.union(old.labels, labels, f"`{module}.{tensor}` is shared with a channel that cannot go")
+
+    def param_ref(self, t: torch.Tensor) -> ParamRef | None:
+        return self.refs.get(t)
+
+    def propagate_param_ref(self, x: Any, out: Any) -> None:
+        ref = self.refs.get(x) if isinstance(x, torch.Tensor) else None
+        if ref is None or not isinstance(out, torch.Tensor):
+            return
+        big = [d for d, n in enumerate(out.shape) if n != 1]
+        if len(big) == 1 and out.shape[big[0]] == ref.size:
+            self.refs[out] = ref._replace(dim=big[0])
+
+    # --- hooks and the function mode ---------------------------------------------------------
+
+    def pre_hook(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self._stack.append(self._depth == 0)
+        self._depth += 1
+
+    def make_post_hook(self, name: str) -> Any:
+        def hook(module: nn.Module, args: tuple, kwargs: dict, output: Any) -> None:
+            self._depth -= 1
+            if not self._stack.pop():
+                return
+            self.called.add(name)
+            x = args[0] if args else next(iter(_tensors(kwargs)), None)
+            if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
+                return
+            self._depth += 1
+            try:
+                record(self, name, module, x, output)
+            finally:
+                self._depth -= 1
+
+        return hook
+
+    def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
+        kwargs = kwargs or {}
+        out = func(*args, **kwargs)
+        if self._depth:
+            return out
+        name = getattr(func, "__name__", "")
+        if name == "__get__":
+            name = getattr(getattr(func, "__self__", None), "__name__", name)
+        self._record(name, args, kwargs, out)
+        return out
+
+    def _record(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+        outs = list(_tensors(out))
+        if not outs:
+            return
+        inputs = list(_tensors((args, kwargs)))
+        if not any(t in self.values or t in self.refs for t in inputs):
+            return
+        rule = RULES.get(name)
+        try:
+            if rule is None or kwargs.get("out") is not None:
+                raise Opaque
+            rule(self, name, args, kwargs, out)
+        except Opaque:
+            self._opaque(name, inputs, f"`{name}` is not modeled by the tracer")
+        except Exception as e:  # a rule that fails must never produce a wrong graph
+            logger.warning("tracing `%s` failed (%s: %s); treating it as opaque", name, type(e).__name__, e)
+            self._opaque(name, inputs, f"`{name}` could not be traced ({type(e).__name__})")
+        for o in outs:
+            if o._base is not None:
+                self.has_views[o._base] = True
+
+    def _opaque(self, name: str, inputs: list[torch.Tensor], reason: str) -> None:
+        hit = False
+        for t in inputs:
+            v = self.values.get(t)
+            if v is not None:
+                self.fix(v.labels, reason)
+                hit = True
+        if hit:
+            self.opaque[name] = self.opaque.get(name, 0) + 1
+
+    def _aliased(self, t: torch.Tensor) -> bool:
+        return t._base is not None or t in self.has_views
+
+
+def _same(a: Value, b: Value) -> bool:
+    return a.dim == b.dim and np.array_equal(a.labels, b.labels) and np.array_equal(a.zero, b.zero)
+
+
+def _call_args(inputs: Any) -> tuple[tuple, dict]:
+    if isinstance(inputs, torch.Tensor):
+        return (inputs,), {}
+    if isinstance(inputs, (tuple, list)):
+        return tuple(inputs), {}
+    if isinstance(inputs, Mapping):
+        return (), dict(inputs)
+    raise TypeError(
+        f"example inputs must be a tensor, a tuple/list of positional arguments or a dict of keyword "
+        f"arguments, got {type(inputs).__name__}"
+    )
+
+
+def trace(
+    model: nn.Module,
+    example_inputs: Any,
+    *,
+    extra_inputs: Sequence[Any] = (),
+    approximate_norms: bool = False,
+) -> Graph:
+    """Find the channel groups of ``model`` by running it on ``example_inputs``.
+
+    The model runs once per input set, eagerly and without gradients. It is left as it was
+    found: same training flag, same buffers (BatchNorm running statistics), no gradients, same
+    global random state.
+
+    Args:
+        model: Any ``nn.Module``.
+        example_inputs: Exactly what the model is called with: a tensor is one positional
+            argument (keep the batch dimension), a tuple or list gives positional arguments, a
+            dict keyword arguments.
+        extra_inputs: More input sets, traced too, for forward code whose path depends on the
+            input (a shape-dependent branch): the constraints of all runs are combined.
+        approximate_norms: Allow pruning channels that GroupNorm or LayerNorm normalize together.
+            The slimmed model is then NOT equal to the masked one (the statistics change);
+            fine-tune afterwards.
+
+    Returns:
+        The :class:`~assl.Graph` of producers, consumers and channel groups.
+
+    Raises:
+        TypeError: ``model`` is not a module, or the inputs are of an unsupported type.
+        TraceError: The model rejects the inputs, or has no prunable channel.
+
+    Example:
+        >>> graph = assl.trace(model, torch.randn(1, 3, 48, 48))
+        >>> print(graph.summary())
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"trace() needs an nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
+        raise TypeError("trace the wrapped model itself (model.module), not its DataParallel wrapper")
+    layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
+    if not any(isinstance(m, PRODUCER_TYPES) for _, m in layers):
+        raise TraceError(
+            f"{type(model).__name__} has no prunable layer: trace() prunes the output channels of "
+            f"Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear layers and found none"
+        )
+    calls = [_call_args(example_inputs), *(_call_args(x) for x in extra_inputs)]
+    tracer = _Tracer(model, approximate_norms)
+    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    devices = sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.is_cuda})
+    handles = []
+    try:
+        for name, m in layers:
+            handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
+            handles.append(m.register_forward_hook(tracer.make_post_hook(name), with_kwargs=True))
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
+            for i, (args, kwargs) in enumerate(calls):
+                try:
+                    with tracer:
+                        out = model(*args, **kwargs)
+                except Exception as e:
+                    which = "example_inputs" if i == 0 else f"extra_inputs[{i - 1}]"
+                    raise TraceError(
+                        f"{type(model).__name__} raised {type(e).__name__} on {which}: {e}. Inputs are "
+                        f"used exactly as given: a tensor is one positional argument (batch dimension "
+                        f"included), a tuple/list positional arguments, a dict keyword arguments."
+                    ) from e
+                for t in _tensors(out):
+                    v = tracer.get(t)
+                    if v is not None:
+                        tracer.fix(v.labels, "reaches the model's output")
+    finally:
+        for h in handles:
+            h.remove()
+        buffers = dict(model.named_buffers())
+        with torch.no_grad():
+            for n, b in saved.items():
+                if n in buffers:
+                    buffers[n].copy_(b)
+    graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()))
+    untraced = [n for n, m in layers if n not in tracer.called and isinstance(m, PRODUCER_TYPES)]
+    graph.untraced = tuple(untraced)
+    graph.opaque_ops = dict(tracer.opaque)
+    if untraced:
+        logger.warning(
+            "%d layer(s) never ran on the example inputs and are left untouched: %s. If forward can "
+            "reach them with other inputs, pass those inputs as extra_inputs.",
+            len(untraced), ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else ""),
+        )
+    if tracer.opaque:
+        logger.info("ops not modeled (their input channels stay): %s", tracer.opaque)
+    if not any(g.num_prunable for g in graph.groups):
+        raise TraceError(
+            f"{type(model).__name__} has no channel that can be removed exactly:\n{graph.summary()}"
+        )
+    logger.info("traced %d producers in %d channel groups", len(graph.layers), len(graph.groups))
+    return graph

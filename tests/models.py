@@ -1,0 +1,710 @@
+"""A battery of tiny CNNs used to check that channel pruning is exact.
+
+Every model is small (hundreds to a few thousand parameters) and runs in a few milliseconds
+on CPU. ``CASES`` at the bottom lists one :class:`Case` per model variant; ``build()`` returns
+a freshly seeded model (in train mode) whose normalisation layers carry random, non-trivial
+affine parameters and running statistics, so eval-mode comparisons are meaningful.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import OrderedDict
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from torch.nn.utils.parametrizations import weight_norm
+
+_NORMS = (
+    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
+    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
+    nn.GroupNorm, nn.LayerNorm,
+)
+
+
+@torch.no_grad()
+def randomize_norms(model: nn.Module) -> nn.Module:
+    """Give norm layers (and PReLU slopes) random non-trivial values, using the global RNG."""
+    for m in model.modules():
+        if isinstance(m, _NORMS):
+            if getattr(m, "weight", None) is not None:
+                m.weight.uniform_(0.5, 1.5)
+            if getattr(m, "bias", None) is not None:
+                m.bias.uniform_(-0.5, 0.5)
+            if getattr(m, "running_mean", None) is not None:
+                m.running_mean.uniform_(-0.5, 0.5)
+                m.running_var.uniform_(0.5, 1.5)
+        elif isinstance(m, nn.PReLU):
+            m.weight.uniform_(0.05, 0.5)
+    return model
+
+
+def default_conv(in_channels: int, out_channels: int, kernel_size: int, bias: bool = True) -> nn.Conv2d:
+    return nn.Conv2d(in_channels, out_channels, kernel_size, padding=kernel_size // 2, bias=bias)
+
+
+# ----------------------------------------------------------------------------- EDSR / RCAN
+
+
+class MeanShift(nn.Conv2d):
+    """Fixed 1x1 conv that subtracts (sign=-1) or adds (sign=+1) the RGB mean."""
+
+    def __init__(self, rgb_range: float = 1.0, rgb_mean=(0.4488, 0.4371, 0.4040),
+                 rgb_std=(1.0, 1.0, 1.0), sign: int = -1):
+        super().__init__(3, 3, kernel_size=1)
+        std = torch.tensor(rgb_std)
+        self.weight.data = torch.eye(3).view(3, 3, 1, 1) / std.view(3, 1, 1, 1)
+        self.bias.data = sign * rgb_range * torch.tensor(rgb_mean) / std
+        for p in self.parameters():
+            p.requires_grad = False
+
+
+class ResBlock(nn.Module):
+    """EDSR residual block: conv-ReLU-conv, scaled, plus identity."""
+
+    def __init__(self, conv, n_feats: int, kernel_size: int, res_scale: float = 1.0):
+        super().__init__()
+        self.body = nn.Sequential(conv(n_feats, n_feats, kernel_size), nn.ReLU(inplace=True),
+                                  conv(n_feats, n_feats, kernel_size))
+        self.res_scale = res_scale
+
+    def forward(self, x):
+        res = self.body(x).mul(self.res_scale)
+        res += x
+        return res
+
+
+class Upsampler(nn.Sequential):
+    """Sub-pixel upsampler: conv to r*r*n_feats then PixelShuffle(r); x4 is two x2 stages."""
+
+    def __init__(self, conv, scale: int, n_feats: int):
+        m = []
+        if scale & (scale - 1) == 0:
+            for _ in range(int(math.log2(scale))):
+                m += [conv(n_feats, 4 * n_feats, 3), nn.PixelShuffle(2)]
+        elif scale == 3:
+            m += [conv(n_feats, 9 * n_feats, 3), nn.PixelShuffle(3)]
+        else:
+            raise NotImplementedError(scale)
+        super().__init__(*m)
+
+
+class EDSR(nn.Module):
+    """EDSR with a global skip; ``light_tail`` gives an LEDSR-like conv->PixelShuffle final op."""
+
+    def __init__(self, n_resblocks: int = 2, n_feats: int = 8, scale: int = 2, light_tail: bool = False,
+                 res_scale: float = 1.0, conv=default_conv):
+        super().__init__()
+        self.sub_mean = MeanShift(sign=-1)
+        self.add_mean = MeanShift(sign=1)
+        self.head = nn.Sequential(conv(3, n_feats, 3))
+        body = [ResBlock(conv, n_feats, 3, res_scale=res_scale) for _ in range(n_resblocks)]
+        body.append(conv(n_feats, n_feats, 3))
+        self.body = nn.Sequential(*body)
+        if light_tail:
+            self.tail = nn.Sequential(conv(n_feats, 3 * scale * scale, 3), nn.PixelShuffle(scale))
+        else:
+            self.tail = nn.Sequential(Upsampler(conv, scale, n_feats), conv(n_feats, 3, 3))
+
+    def forward(self, x):
+        x = self.sub_mean(x)
+        x = self.head(x)
+        res = self.body(x)
+        res += x
+        x = self.tail(res)
+        return self.add_mean(x)
+
+
+class CALayer(nn.Module):
+    """Channel attention: global pool, squeeze/excite 1x1 convs, sigmoid gate."""
+
+    def __init__(self, channel: int, reduction: int = 4):
+        super().__init__()
+        self.avg_pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_du = nn.Sequential(
+            nn.Conv2d(channel, channel // reduction, 1), nn.ReLU(inplace=True),
+            nn.Conv2d(channel // reduction, channel, 1), nn.Sigmoid(),
+        )
+
+    def forward(self, x):
+        y = self.avg_pool(x)
+        y = self.conv_du(y)
+        return x * y
+
+
+class RCAB(nn.Module):
+    """Residual channel-attention block."""
+
+    def __init__(self, conv, n_feat: int, kernel_size: int, reduction: int):
+        super().__init__()
+        self.body = nn.Sequential(conv(n_feat, n_feat, kernel_size), nn.ReLU(inplace=True),
+                                  conv(n_feat, n_feat, kernel_size), CALayer(n_feat, reduction))
+
+    def forward(self, x):
+        res = self.body(x)
+        res += x
+        return res
+
+
+class ResidualGroup(nn.Module):
+    """RCABs followed by a conv, with a short skip."""
+
+    def __init__(self, conv, n_feat: int, kernel_size: int, reduction: int, n_resblocks: int):
+        super().__init__()
+        body = [RCAB(conv, n_feat, kernel_size, reduction) for _ in range(n_resblocks)]
+        body.append(conv(n_feat, n_feat, kernel_size))
+        self.body = nn.Sequential(*body)
+
+    def forward(self, x):
+        res = self.body(x)
+        res += x
+        return res
+
+
+class RCAN(nn.Module):
+    """RCAN: residual groups, long skip, pixel-shuffle upsampler."""
+
+    def __init__(self, n_resgroups: int = 2, n_resblocks: int = 2, n_feats: int = 8, reduction: int = 4,
+                 scale: int = 2, conv=default_conv):
+        super().__init__()
+        self.sub_mean = MeanShift(sign=-1)
+        self.head = nn.Sequential(conv(3, n_feats, 3))
+        body = [ResidualGroup(conv, n_feats, 3, reduction, n_resblocks) for _ in range(n_resgroups)]
+        body.append(conv(n_feats, n_feats, 3))
+        self.body = nn.Sequential(*body)
+        self.tail = nn.Sequential(Upsampler(conv, scale, n_feats), conv(n_feats, 3, 3))
+        self.add_mean = MeanShift(sign=1)
+
+    def forward(self, x):
+        x = self.sub_mean(x)
+        x = self.head(x)
+        res = self.body(x)
+        res += x
+        x = self.tail(res)
+        return self.add_mean(x)
+
+
+# ----------------------------------------------------------------------------- classification nets
+
+
+class Bottleneck(nn.Module):
+    """torchvision-style bottleneck (1x1-3x3-1x1, expansion 4)."""
+
+    expansion = 4
+
+    def __init__(self, inplanes: int, planes: int, stride: int = 1, downsample: nn.Module | None = None):
+        super().__init__()
+        self.conv1 = nn.Conv2d(inplanes, planes, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(planes)
+        self.conv2 = nn.Conv2d(planes, planes, 3, stride=stride, padding=1, bias=False)
+        self.bn2 = nn.BatchNorm2d(planes)
+        self.conv3 = nn.Conv2d(planes, planes * self.expansion, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(planes * self.expansion)
+        self.relu = nn.ReLU(inplace=True)
+        self.downsample = downsample
+
+    def forward(self, x):
+        identity = x
+        out = self.relu(self.bn1(self.conv1(x)))
+        out = self.relu(self.bn2(self.conv2(out)))
+        out = self.bn3(self.conv3(out))
+        if self.downsample is not None:
+            identity = self.downsample(x)
+        out += identity
+        return self.relu(out)
+
+
+class ResNet(nn.Module):
+    """Tiny bottleneck ResNet: stem + maxpool, two stages, avgpool, fc."""
+
+    def __init__(self, layers=(2, 1), widths=(4, 8), num_classes: int = 10):
+        super().__init__()
+        self.inplanes = 8
+        self.conv1 = nn.Conv2d(3, self.inplanes, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(self.inplanes)
+        self.relu = nn.ReLU(inplace=True)
+        self.maxpool = nn.MaxPool2d(kernel_size=3, stride=2, padding=1)
+        self.layer1 = self._make_layer(widths[0], layers[0], stride=1)
+        self.layer2 = self._make_layer(widths[1], layers[1], stride=2)
+        self.avgpool = nn.AdaptiveAvgPool2d((1, 1))
+        self.fc = nn.Linear(widths[1] * Bottleneck.expansion, num_classes)
+
+    def _make_layer(self, planes: int, blocks: int, stride: int) -> nn.Sequential:
+        out = planes * Bottleneck.expansion
+        downsample = None
+        if stride != 1 or self.inplanes != out:
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride=stride, bias=False),
+                                       nn.BatchNorm2d(out))
+        layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
+        self.inplanes = out
+        layers += [Bottleneck(out, planes) for _ in range(1, blocks)]
+        return nn.Sequential(*layers)
+
+    def forward(self, x):
+        x = self.maxpool(self.relu(self.bn1(self.conv1(x))))
+        x = self.layer2(self.layer1(x))
+        x = torch.flatten(self.avgpool(x), 1)
+        return self.fc(x)
+
+
+class ConvBNActivation(nn.Sequential):
+    """Conv2d + BatchNorm2d + activation (ReLU6 by default, None for linear)."""
+
+    def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 3, stride: int = 1,
+                 groups: int = 1, activation=nn.ReLU6):
+        layers = [nn.Conv2d(in_planes, out_planes, kernel_size, stride, (kernel_size - 1) // 2,
+                            groups=groups, bias=False), nn.BatchNorm2d(out_planes)]
+        if activation is not None:
+            layers.append(activation(inplace=True))
+        super().__init__(*layers)
+
+
+class SqueezeExcitation(nn.Module):
+    """SE block: avg pool, 1x1 reduce, ReLU, 1x1 expand, gate, multiply."""
+
+    def __init__(self, channels: int, squeeze: int, gate=nn.Hardsigmoid):
+        super().__init__()
+        self.avgpool = nn.AdaptiveAvgPool2d(1)
+        self.fc1 = nn.Conv2d(channels, squeeze, 1)
+        self.relu = nn.ReLU(inplace=True)
+        self.fc2 = nn.Conv2d(squeeze, channels, 1)
+        self.gate = gate()
+
+    def forward(self, x):
+        scale = self.fc2(self.relu(self.fc1(self.avgpool(x))))
+        return x * self.gate(scale)
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block; ``dw_multiplier`` > 1 makes the depthwise conv widen the channels."""
+
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, se_gate=None,
+                 dw_multiplier: int = 1):
+        super().__init__()
+        hidden = inp * expand_ratio
+        dw_out = hidden * dw_multiplier
+        layers: list[nn.Module] = []
+        if expand_ratio != 1:
+            layers.append(ConvBNActivation(inp, hidden, kernel_size=1))
+        layers.append(ConvBNActivation(hidden, dw_out, stride=stride, groups=hidden))
+        if se_gate is not None:
+            layers.append(SqueezeExcitation(dw_out, max(dw_out // 4, 2), gate=se_gate))
+        layers += [nn.Conv2d(dw_out, oup, 1, bias=False), nn.BatchNorm2d(oup)]
+        self.conv = nn.Sequential(*layers)
+        self.use_res_connect = stride == 1 and inp == oup
+
+    def forward(self, x):
+        if self.use_res_connect:
+            return x + self.conv(x)
+        return self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """Tiny MobileNetV2 with SE, a depthwise x2 multiplier and a groups=2 conv."""
+
+    def __init__(self, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(
+            ConvBNActivation(3, 8, stride=2),
+            InvertedResidual(8, 8, 1, expand_ratio=1, se_gate=nn.Hardsigmoid),
+            InvertedResidual(8, 12, 2, expand_ratio=2, dw_multiplier=2),
+            InvertedResidual(12, 12, 1, expand_ratio=2, se_gate=nn.Sigmoid),
+            ConvBNActivation(12, 16, kernel_size=3, groups=2),
+        )
+        self.classifier = nn.Sequential(nn.Dropout(0.2), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = F.adaptive_avg_pool2d(x, (1, 1))
+        return self.classifier(torch.flatten(x, 1))
+
+
+class DenseLayer(nn.Module):
+    """BN-ReLU-1x1 conv, BN-ReLU-3x3 conv producing ``growth_rate`` new maps."""
+
+    def __init__(self, num_input_features: int, growth_rate: int, bn_size: int):
+        super().__init__()
+        self.norm1 = nn.BatchNorm2d(num_input_features)
+        self.relu1 = nn.ReLU(inplace=True)
+        self.conv1 = nn.Conv2d(num_input_features, bn_size * growth_rate, 1, bias=False)
+        self.norm2 = nn.BatchNorm2d(bn_size * growth_rate)
+        self.relu2 = nn.ReLU(inplace=True)
+        self.conv2 = nn.Conv2d(bn_size * growth_rate, growth_rate, 3, padding=1, bias=False)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        x = torch.cat(features, 1)
+        x = self.conv1(self.relu1(self.norm1(x)))
+        return self.conv2(self.relu2(self.norm2(x)))
+
+
+class DenseBlock(nn.ModuleDict):
+    """Each layer sees the concatenation of all previous feature maps."""
+
+    def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int):
+        super().__init__()
+        for i in range(num_layers):
+            self.add_module(f"denselayer{i + 1}",
+                            DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size))
+
+    def forward(self, init_features):
+        features = [init_features]
+        for layer in self.values():
+            features.append(layer(features))
+        return torch.cat(features, 1)
+
+
+class Transition(nn.Sequential):
+    def __init__(self, num_input_features: int, num_output_features: int):
+        super().__init__()
+        self.norm = nn.BatchNorm2d(num_input_features)
+        self.relu = nn.ReLU(inplace=True)
+        self.conv = nn.Conv2d(num_input_features, num_output_features, 1, bias=False)
+        self.pool = nn.AvgPool2d(kernel_size=2, stride=2)
+
+
+class DenseNet(nn.Module):
+    """Tiny DenseNet: two dense blocks with a transition, final norm, avgpool, linear."""
+
+    def __init__(self, growth_rate: int = 4, block_config=(3, 2), num_init_features: int = 8,
+                 bn_size: int = 2, num_classes: int = 10):
+        super().__init__()
+        self.features = nn.Sequential(OrderedDict([
+            ("conv0", nn.Conv2d(3, num_init_features, 3, padding=1, bias=False)),
+            ("norm0", nn.BatchNorm2d(num_init_features)),
+            ("relu0", nn.ReLU(inplace=True)),
+        ]))
+        num_features = num_init_features
+        for i, num_layers in enumerate(block_config):
+            self.features.add_module(f"denseblock{i + 1}",
+                                     DenseBlock(num_layers, num_features, bn_size, growth_rate))
+            num_features += num_layers * growth_rate
+            if i != len(block_config) - 1:
+                self.features.add_module(f"transition{i + 1}", Transition(num_features, num_features // 2))
+                num_features //= 2
+        self.features.add_module("norm5", nn.BatchNorm2d(num_features))
+        self.classifier = nn.Linear(num_features, num_classes)
+
+    def forward(self, x):
+        out = F.relu(self.features(x), inplace=True)
+        out = torch.flatten(F.adaptive_avg_pool2d(out, (1, 1)), 1)
+        return self.classifier(out)
+
+
+class VGG(nn.Module):
+    """Tiny VGG; the Linear head fixes the input at 8x8."""
+
+    def __init__(self, cfg=(8, 8, "M", 16, "M"), num_classes: int = 10, in_size: int = 8):
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch, size = 3, in_size
+        for v in cfg:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+                size //= 2
+            else:
+                layers += [nn.Conv2d(in_ch, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
+                in_ch = v
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Linear(in_ch * size * size, 16), nn.ReLU(inplace=True),
+                                        nn.Dropout(0.5), nn.Linear(16, num_classes))
+
+    def forward(self, x):
+        x = self.features(x)
+        x = torch.flatten(x, 1)
+        return self.classifier(x)
+
+
+# ----------------------------------------------------------------------------- dense prediction nets
+
+
+class DoubleConv(nn.Sequential):
+    """(conv3x3 -> BN -> ReLU) x 2."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__(
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.ReLU(inplace=True),
+        )
+
+
+class Up(nn.Module):
+    """Transposed-conv upsampling, concat with the skip, DoubleConv."""
+
+    def __init__(self, in_channels: int, out_channels: int):
+        super().__init__()
+        self.up = nn.ConvTranspose2d(in_channels, out_channels, kernel_size=2, stride=2)
+        self.conv = DoubleConv(2 * out_channels, out_channels)
+
+    def forward(self, x, skip):
+        x = self.up(x)
+        return self.conv(torch.cat([skip, x], dim=1))
+
+
+class UNet(nn.Module):
+    """Two-level U-Net; spatial size must be divisible by 4."""
+
+    def __init__(self, in_channels: int = 3, n_classes: int = 2, widths=(4, 6, 8)):
+        super().__init__()
+        self.inc = DoubleConv(in_channels, widths[0])
+        self.down1 = nn.Sequential(nn.MaxPool2d(2), DoubleConv(widths[0], widths[1]))
+        self.down2 = nn.MaxPool2d(2)
+        self.bottleneck = DoubleConv(widths[1], widths[2])
+        self.up1 = Up(widths[2], widths[1])
+        self.up2 = Up(widths[1], widths[0])
+        self.outc = nn.Conv2d(widths[0], n_classes, kernel_size=1)
+
+    def forward(self, x):
+        x1 = self.inc(x)
+        x2 = self.down1(x1)
+        x3 = self.bottleneck(self.down2(x2))
+        x = self.up1(x3, x2)
+        x = self.up2(x, x1)
+        return self.outc(x)
+
+
+class IMDModule(nn.Module):
+    """Information multi-distillation block: split off distilled channels, refine the rest."""
+
+    def __init__(self, in_channels: int = 8, distillation_rate: float = 0.25):
+        super().__init__()
+        self.distilled = int(in_channels * distillation_rate)
+        self.remaining = in_channels - self.distilled
+        self.c1 = default_conv(in_channels, in_channels, 3)
+        self.c2 = default_conv(self.remaining, in_channels, 3)
+        self.c3 = default_conv(self.remaining, in_channels, 3)
+        self.c4 = default_conv(self.remaining, self.distilled, 3)
+        self.act = nn.LeakyReLU(0.05, inplace=True)
+        self.c5 = nn.Conv2d(self.distilled * 4, in_channels, 1)
+
+    def forward(self, x):
+        d, r = self.distilled, self.remaining
+        out_c1 = self.act(self.c1(x))
+        distilled_c1, remaining_c1 = torch.split(out_c1, (d, r), dim=1)
+        out_c2 = self.act(self.c2(remaining_c1))
+        distilled_c2, remaining_c2 = torch.split(out_c2, (d, r), dim=1)
+        out_c3 = self.act(self.c3(remaining_c2))
+        distilled_c3, remaining_c3 = out_c3[:, :d], out_c3[:, d:]
+        out_c4 = self.c4(remaining_c3)
+        out = torch.cat([distilled_c1, distilled_c2, distilled_c3, out_c4], dim=1)
+        return self.c5(out) + x
+
+
+class IMDN(nn.Module):
+    """Tiny IMDN: two IMD modules, 1x1 fusion of their outputs, residual, x2 pixel shuffle."""
+
+    def __init__(self, nf: int = 8, num_modules: int = 2, upscale: int = 2):
+        super().__init__()
+        self.fea_conv = default_conv(3, nf, 3)
+        self.blocks = nn.ModuleList(IMDModule(nf) for _ in range(num_modules))
+        self.c = nn.Sequential(nn.Conv2d(nf * num_modules, nf, 1), nn.LeakyReLU(0.05, inplace=True))
+        self.LR_conv = default_conv(nf, nf, 3)
+        self.upsampler = nn.Sequential(default_conv(nf, 3 * upscale * upscale, 3), nn.PixelShuffle(upscale))
+
+    def forward(self, x):
+        fea = self.fea_conv(x)
+        outs, h = [], fea
+        for block in self.blocks:
+            h = block(h)
+            outs.append(h)
+        out_b = self.c(torch.cat(outs, dim=1))
+        out_lr = self.LR_conv(out_b) + fea
+        return self.upsampler(out_lr)
+
+
+class ShapeBranchNet(nn.Module):
+    """Forward branches on the input size.
+
+    Inputs whose width is >= 16 go through ``down`` (stride-2 conv) and ``big`` (output at half
+    resolution); narrower inputs go through ``small`` at full resolution. Both paths are residual.
+    """
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.stem = default_conv(3, ch, 3)
+        self.relu = nn.ReLU(inplace=True)
+        self.down = nn.Conv2d(ch, ch, 3, stride=2, padding=1)
+        self.big = nn.Sequential(default_conv(ch, ch, 3), nn.ReLU(inplace=True), default_conv(ch, ch, 3))
+        self.small = nn.Sequential(default_conv(ch, ch, 3), nn.ReLU(inplace=True), default_conv(ch, ch, 3))
+        self.head = default_conv(ch, 4, 3)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        if x.shape[-1] >= 16:
+            x = self.down(x)
+            x = x + self.big(x)
+        else:
+            x = x + self.small(x)
+        return self.head(x)
+
+
+# ----------------------------------------------------------------------------- small extras
+
+
+class PReLUInstanceNormNet(nn.Module):
+    """Residual block with per-channel PReLU and affine InstanceNorm2d."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.conv_in = default_conv(3, ch, 3)
+        self.norm_in = nn.InstanceNorm2d(ch, affine=True)
+        self.act_in = nn.PReLU(num_parameters=ch)
+        self.body = nn.Sequential(default_conv(ch, ch, 3), nn.InstanceNorm2d(ch, affine=True),
+                                  nn.PReLU(num_parameters=ch), default_conv(ch, ch, 3))
+        self.conv_out = default_conv(ch, 3, 3)
+
+    def forward(self, x):
+        x = self.act_in(self.norm_in(self.conv_in(x)))
+        x = x + self.body(x)
+        return self.conv_out(x)
+
+
+class GroupNormNet(nn.Sequential):
+    """conv -> GroupNorm(2 groups) -> ReLU -> conv: channel pruning must refuse it (or respect groups)."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__(default_conv(3, ch, 3), nn.GroupNorm(2, ch), nn.ReLU(inplace=True),
+                         default_conv(ch, 4, 3))
+
+
+class GroupedDeconvNet(nn.Module):
+    """x2 upsampling with a grouped (groups=2) ConvTranspose2d and a residual refinement."""
+
+    def __init__(self, ch: int = 8, up_ch: int = 12):
+        super().__init__()
+        self.stem = default_conv(3, ch, 3)
+        self.relu = nn.ReLU(inplace=True)
+        self.up = nn.ConvTranspose2d(ch, up_ch, kernel_size=4, stride=2, padding=1, groups=2)
+        self.bn = nn.BatchNorm2d(up_ch)
+        self.refine = nn.Sequential(default_conv(up_ch, up_ch, 3), nn.ReLU(inplace=True))
+        self.out = default_conv(up_ch, 3, 3)
+
+    def forward(self, x):
+        x = self.relu(self.stem(x))
+        x = self.relu(self.bn(self.up(x)))
+        x = x + self.refine(x)
+        return self.out(x)
+
+
+class MultiIONet(nn.Module):
+    """Two inputs (RGB ``a``, 1-channel ``b``) fused by addition; returns a dict of two outputs."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.enc_a = nn.Sequential(default_conv(3, ch, 3), nn.ReLU(inplace=True))
+        self.enc_b = nn.Sequential(default_conv(1, ch, 3), nn.ReLU(inplace=True))
+        self.fuse = nn.Sequential(default_conv(ch, ch, 3), nn.ReLU(inplace=True))
+        self.head_image = default_conv(ch, 3, 3)
+        self.head_mask = nn.Conv2d(2 * ch, 1, 1)
+
+    def forward(self, a, b):
+        fa, fb = self.enc_a(a), self.enc_b(b)
+        shared = fa + fb
+        shared = shared + self.fuse(shared)
+        return {"image": self.head_image(shared) + a, "mask": self.head_mask(torch.cat([shared, fb], 1))}
+
+
+class ConvNdNet(nn.Module):
+    """1-D (dim=1, inputs (N, C, L)) or 3-D (dim=3, inputs (N, C, D, H, W)) residual conv net."""
+
+    def __init__(self, dim: int, in_channels: int, ch: int):
+        super().__init__()
+        conv, bn = {1: (nn.Conv1d, nn.BatchNorm1d), 3: (nn.Conv3d, nn.BatchNorm3d)}[dim]
+        self.stem = nn.Sequential(conv(in_channels, ch, 3, padding=1, bias=False), bn(ch),
+                                  nn.ReLU(inplace=True))
+        self.body = nn.Sequential(conv(ch, ch, 3, padding=1), nn.ReLU(inplace=True),
+                                  conv(ch, ch, 3, padding=1))
+        self.head = conv(ch, 2, 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.body(x)
+        return self.head(x)
+
+
+class WeightNormNet(nn.Module):
+    """WDSR-like net with parametrized weight_norm on the head conv and one body conv."""
+
+    def __init__(self, ch: int = 8, scale: int = 2):
+        super().__init__()
+        self.head = weight_norm(default_conv(3, ch, 3))
+        self.body = nn.Sequential(weight_norm(default_conv(ch, 2 * ch, 3)), nn.ReLU(inplace=True),
+                                  default_conv(2 * ch, ch, 3))
+        self.tail = nn.Sequential(default_conv(ch, 3 * scale * scale, 3), nn.PixelShuffle(scale))
+
+    def forward(self, x):
+        x = self.head(x)
+        x = x + self.body(x)
+        return self.tail(x)
+
+
+# ----------------------------------------------------------------------------- registry
+
+
+def _seeded(factory: Callable[..., nn.Module], *args, **kwargs) -> Callable[[], nn.Module]:
+    """Return a builder that seeds the global RNG, constructs the model and randomizes its norms."""
+
+    def build() -> nn.Module:
+        torch.manual_seed(0)
+        return randomize_norms(factory(*args, **kwargs))
+
+    return build
+
+
+def _rand(*shape: int) -> Callable[[int], torch.Tensor]:
+    """Return ``inputs(seed)`` drawing N(0, 1) data from a private generator."""
+
+    def make(seed: int) -> torch.Tensor:
+        return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+    return make
+
+
+def _multi_io_inputs(size: int, as_dict: bool) -> Callable[[int], object]:
+    def make(seed: int):
+        g = torch.Generator().manual_seed(seed)
+        a, b = torch.randn(2, 3, size, size, generator=g), torch.randn(2, 1, size, size, generator=g)
+        return {"a": a, "b": b} if as_dict else (a, b)
+
+    return make
+
+
+def groupnorm_model() -> tuple[nn.Module, torch.Tensor]:
+    """GroupNorm model (kept out of CASES) and an example input."""
+    return _seeded(GroupNormNet)(), _rand(2, 3, 8, 8)(0)
+
+
+@dataclass(frozen=True)
+class Case:
+    name: str
+    build: Callable[[], nn.Module]  # builds a fresh, seeded model (calls torch.manual_seed inside)
+    inputs: Callable[[int], object]  # seed -> tensor, tuple of tensors (positional) or dict (kwargs)
+    other_inputs: Callable[[int], object] | None  # a different spatial size, or None for fixed-size models
+
+
+CASES: list[Case] = [
+    Case("edsr_x2", _seeded(EDSR, 2, 8, 2), _rand(2, 3, 8, 8), _rand(2, 3, 10, 12)),
+    Case("edsr_x3", _seeded(EDSR, 2, 8, 3, res_scale=0.1), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
+    Case("edsr_x4", _seeded(EDSR, 2, 8, 4), _rand(2, 3, 8, 8), _rand(2, 3, 6, 10)),
+    Case("edsr_light_x2", _seeded(EDSR, 2, 8, 2, light_tail=True), _rand(2, 3, 8, 8), _rand(2, 3, 12, 12)),
+    Case("rcan", _seeded(RCAN), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
+    Case("resnet_bottleneck", _seeded(ResNet), _rand(2, 3, 16, 16), _rand(2, 3, 12, 12)),
+    Case("mobilenetv2", _seeded(MobileNetV2), _rand(2, 3, 16, 16), _rand(2, 3, 12, 12)),
+    Case("densenet", _seeded(DenseNet), _rand(2, 3, 8, 8), _rand(2, 3, 12, 12)),
+    Case("unet", _seeded(UNet), _rand(2, 3, 16, 16), _rand(2, 3, 8, 12)),
+    Case("imdn", _seeded(IMDN), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
+    Case("vgg", _seeded(VGG), _rand(2, 3, 8, 8), None),
+    Case("shape_branch", _seeded(ShapeBranchNet), _rand(2, 3, 16, 16), _rand(2, 3, 8, 8)),
+    Case("prelu_instancenorm", _seeded(PReLUInstanceNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
+    Case("grouped_deconv", _seeded(GroupedDeconvNet), _rand(2, 3, 8, 8), _rand(2, 3, 6, 6)),
+    # multi_io: inputs() gives positional (a, b), other_inputs() gives kwargs {"a": ..., "b": ...}
+    Case("multi_io", _seeded(MultiIONet), _multi_io_inputs(8, as_dict=False),
+         _multi_io_inputs(10, as_dict=True)),
+    Case("conv1d", _seeded(ConvNdNet, 1, 2, 8), _rand(2, 2, 16), _rand(2, 2, 24)),
+    Case("conv3d", _seeded(ConvNdNet, 3, 1, 4), _rand(2, 1, 6, 6, 6), _rand(2, 1, 4, 8, 8)),
+    Case("weight_norm", _seeded(WeightNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
+]
