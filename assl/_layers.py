@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules.conv import _ConvNd
 
 from ._values import FIXED, Value, fixed_value
 
@@ -40,7 +41,7 @@ def _input_value(tr: _Tracer, x: torch.Tensor, channel_dim: int, name: str) -> V
     return fixed_value(channel_dim, x.shape[channel_dim])
 
 
-def _conv(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+def _conv(tr: _Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor) -> None:
     transposed = isinstance(m, _DECONV)
     spatial = len(m.kernel_size)
     cd = x.ndim - spatial - 1
@@ -70,7 +71,7 @@ def _conv(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tens
     tr.put(out, Value(cd, src, np.ones(c_out, dtype=bool)), name)
 
 
-def _linear(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+def _linear(tr: _Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> None:
     v = _input_value(tr, x, x.ndim - 1, name)
     tr.consume(v, name)
     tr.entry(name, "weight", 1, v.labels, "slice")
@@ -137,7 +138,7 @@ def _prelu(tr: _Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tens
 
 def record(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
     """Record one call of a known layer: its entries and the labels of its output."""
-    if isinstance(m, (*_CONV, *_DECONV)):
+    if isinstance(m, _ConvNd):
         _conv(tr, name, m, x, out)
     elif isinstance(m, nn.Linear):
         _linear(tr, name, m, x, out)

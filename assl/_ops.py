@@ -261,7 +261,7 @@ def _shuffle(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
         blocks = v.labels.reshape(-1, r2)
         for j in range(1, r2):
             tr.union(blocks[:, 0], blocks[:, j], "shuffled with a channel that cannot be removed")
-        tr.put(out, Value(v.dim, blocks[:, 0].copy(), v.zero.reshape(-1, r2).all(axis=1)), name)
+        tr.put(out, Value(v.dim, blocks[:, 0].copy(), np.asarray(v.zero.reshape(-1, r2).all(axis=1))), name)
     else:
         tr.put(out, Value(v.dim, np.repeat(v.labels, r2), np.repeat(v.zero, r2)), name)
 
@@ -406,7 +406,8 @@ def _getitem(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
         tr.propagate_param_ref(x, out)
         return
     items = index if isinstance(index, tuple) else (index,)
-    if any(not (i is None or i is Ellipsis or isinstance(i, (int, slice))) or isinstance(i, bool) for i in items):
+    basic = (type(None), type(Ellipsis), int, slice)
+    if any(not isinstance(i, basic) or isinstance(i, bool) for i in items):
         raise Opaque
     consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
     expanded: list[Any] = []
@@ -539,7 +540,8 @@ RULES.update({n: _pool for n in (
     "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
     "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
     "adaptive_max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
-    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices", "adaptive_max_pool3d_with_indices",
+    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
+    "adaptive_max_pool3d_with_indices",
     "lp_pool1d", "lp_pool2d", "lp_pool3d", "_max_pool1d", "_max_pool2d", "_max_pool3d",
     "_adaptive_max_pool1d", "_adaptive_max_pool2d", "_adaptive_max_pool3d",
 )})

@@ -12,6 +12,7 @@ import difflib
 import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
+from typing import cast
 
 import numpy as np
 from torch import nn
@@ -132,7 +133,9 @@ class Graph:
                 continue
             if idx.min() < 0 or idx.max() >= g.size:
                 bad = idx[(idx < 0) | (idx >= g.size)][0]
-                raise PlanError(f"plan[{key!r}] names channel {bad}, but group {g.name!r} has {g.size} (0..{g.size - 1})")
+                raise PlanError(
+                    f"plan[{key!r}] names channel {bad}, but group {g.name!r} has {g.size} (0..{g.size - 1})"
+                )
             if len(np.unique(idx)) != len(idx):
                 raise PlanError(f"plan[{key!r}] lists a channel twice")
             stuck = [int(u) for u in idx if not g.prunable[u]]
@@ -186,7 +189,9 @@ class Graph:
         return f"Graph({len(self.groups)} groups, {len(self.layers)} producers)"
 
 
-def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], entries: list[Entry]) -> Graph:
+def build_graph(
+    model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], entries: list[Entry]
+) -> Graph:
     """Turn the tracer's nodes into groups (connected producers) and units (components)."""
     # producers sharing a component belong to one group
     group_of_root: dict[int, int] = {}
@@ -234,8 +239,9 @@ def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], 
         m = model.get_submodule(name)
         names = list(m._parameters)
         if parametrize.is_parametrized(m):
-            names += list(m.parametrizations.keys())
-            for p in m.parametrizations.parameters():
+            plists = cast(nn.ModuleDict, m.parametrizations)
+            names += list(plists.keys())
+            for p in plists.parameters():
                 counted.add(id(p))
         for t_name in names:
             t = getattr(m, t_name)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 from collections import defaultdict
+from typing import cast
 
 import numpy as np
 import torch
@@ -37,10 +38,11 @@ def _fold(m: nn.Module) -> None:
         return
     folded: dict[str, tuple[torch.Tensor, bool, bool]] = {}
     with torch.no_grad():
-        for name, plist in m.parametrizations.items():
-            original = plist.original if hasattr(plist, "original") else plist.original0
+        plists = cast(nn.ModuleDict, m.parametrizations)
+        for name, plist in plists.items():
+            original = cast(torch.Tensor, plist.original if hasattr(plist, "original") else plist.original0)
             value = getattr(m, name).detach().clone()
-            folded[name] = (value, isinstance(original, nn.Parameter), original.requires_grad)
+            folded[name] = (value, isinstance(original, nn.Parameter), bool(original.requires_grad))
     m.__class__ = m.__class__.__bases__[0]
     del m._modules["parametrizations"]
     for name, (value, is_param, requires_grad) in folded.items():
@@ -113,7 +115,8 @@ def slim(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
             for t_name, t in new.get(mod_name, {}).items():
                 if t_name in m._parameters:
                     old = m._parameters[t_name]
-                    m._parameters[t_name] = nn.Parameter(t, requires_grad=old.requires_grad if old is not None else True)
+                    requires_grad = old.requires_grad if old is not None else True
+                    m._parameters[t_name] = nn.Parameter(t, requires_grad=requires_grad)
                 elif t_name in m._buffers:
                     m._buffers[t_name] = t
                 else:

@@ -1,0 +1,75 @@
+"""Helpers shared by the tests: calling a model on any input structure, random plans."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import assl
+
+
+def call(model: nn.Module, inputs: Any) -> Any:
+    if isinstance(inputs, dict):
+        return model(**inputs)
+    if isinstance(inputs, tuple):
+        return model(*inputs)
+    return model(inputs)
+
+
+def flat(out: Any) -> list[torch.Tensor]:
+    if isinstance(out, dict):
+        return [out[k] for k in sorted(out)]
+    if isinstance(out, (tuple, list)):
+        return list(out)
+    return [out]
+
+
+def max_rel_err(a: nn.Module, b: nn.Module, inputs: Any) -> float:
+    """Largest |a - b| over all outputs, relative to the scale of a's output."""
+    with torch.no_grad():
+        torch.manual_seed(0)  # dropout in train mode draws the same masks for both
+        xs = flat(call(a, inputs))
+        torch.manual_seed(0)
+        ys = flat(call(b, inputs))
+    assert [x.shape for x in xs] == [y.shape for y in ys]
+    return max(float((x - y).abs().max() / x.abs().max().clamp_min(1e-12)) for x, y in zip(xs, ys))
+
+
+def random_plan(graph: assl.Graph, ratio: float | None, seed: int) -> dict[str, list[int]]:
+    """Remove ``ratio`` of each group's prunable units at random (None: all but one unit)."""
+    rng = np.random.default_rng(seed)
+    plan: dict[str, list[int]] = {}
+    for g in graph.groups:
+        prunable = np.flatnonzero(g.prunable)
+        if ratio is None:
+            k = min(len(prunable), g.size - 1)
+        else:
+            k = min(int(np.ceil(ratio * len(prunable))), g.size - 1)
+        if k > 0:
+            plan[g.name] = sorted(rng.choice(prunable, size=k, replace=False).tolist())
+    return plan
+
+
+def snapshot(model: nn.Module) -> dict[str, Any]:
+    """Everything of a model that an operation must not change: tensors, structure, flags."""
+    return {
+        "state": {k: v.detach().clone() for k, v in model.state_dict().items()},
+        "repr": repr(model),
+        "training": [m.training for m in model.modules()],
+        "grads": {n: None if p.grad is None else p.grad.clone() for n, p in model.named_parameters()},
+    }
+
+
+def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
+    assert a["repr"] == b["repr"]
+    assert a["training"] == b["training"]
+    assert a["state"].keys() == b["state"].keys()
+    for k in a["state"]:
+        assert torch.equal(a["state"][k], b["state"][k]), k
+    assert a["grads"].keys() == b["grads"].keys()
+    for k, g in a["grads"].items():
+        h = b["grads"][k]
+        assert (g is None and h is None) or torch.equal(g, h), k
