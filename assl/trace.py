@@ -138,9 +138,11 @@ class _Tracer(TorchFunctionMode):
 
     def _record(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         outs = list(_tensors(out))
-        if not outs:
-            return
         inputs = list(_tensors((args, kwargs)))
+        if not outs:
+            if name not in _METADATA:  # data leaves torch (numpy, tolist, item): we lose track of it
+                self._opaque(name, inputs, f"`{name}` takes the values out of torch")
+            return
         if not any(t in self.values or t in self.refs for t in inputs):
             return
         rule = RULES.get(name)
@@ -169,6 +171,15 @@ class _Tracer(TorchFunctionMode):
 
     def _aliased(self, t: torch.Tensor) -> bool:
         return t._base is not None or t in self.has_views
+
+
+_METADATA = frozenset({
+    "size", "shape", "dim", "ndim", "ndimension", "numel", "nelement", "dtype", "device", "is_cuda",
+    "is_contiguous", "stride", "storage_offset", "requires_grad", "is_leaf", "grad", "grad_fn", "layout",
+    "is_floating_point", "is_complex", "element_size", "__len__", "__repr__", "__format__", "__hash__",
+    "get_device", "is_sparse", "is_quantized", "is_meta", "names", "_version", "data_ptr", "_base",
+    "is_nested", "is_mps", "is_xpu", "itemsize", "nbytes", "__bool__", "__eq__", "__ne__",
+})
 
 
 def _same(a: Value, b: Value) -> bool:
@@ -217,7 +228,7 @@ def trace(
 
     Raises:
         TypeError: ``model`` is not a module, or the inputs are of an unsupported type.
-        TraceError: The model rejects the inputs, or has no prunable channel.
+        TraceError: The model rejects the inputs, or has no Conv/ConvTranspose/Linear layer.
 
     Example:
         >>> graph = assl.trace(model, torch.randn(1, 3, 48, 48))
@@ -279,8 +290,6 @@ def trace(
     if tracer.opaque:
         logger.info("ops not modeled (their input channels stay): %s", tracer.opaque)
     if not any(g.num_prunable for g in graph.groups):
-        raise TraceError(
-            f"{type(model).__name__} has no channel that can be removed exactly:\n{graph.summary()}"
-        )
+        logger.warning("%s has no channel that can be removed exactly:\n%s", type(model).__name__, graph.summary())
     logger.info("traced %d producers in %d channel groups", len(graph.layers), len(graph.groups))
     return graph
