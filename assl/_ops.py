@@ -58,17 +58,89 @@ def _norm_dim(d: int, ndim: int) -> int:
 # --- elementwise ---------------------------------------------------------------------------
 
 _KEEPS_ZERO = {
-    "relu", "relu_", "relu6", "leaky_relu", "leaky_relu_", "gelu", "silu", "hardswish", "hardtanh",
-    "hardtanh_", "elu", "elu_", "selu", "selu_", "celu", "celu_", "mish", "tanh", "tanh_", "neg",
-    "neg_", "__neg__", "abs", "abs_", "__abs__", "sin", "sin_", "sign", "square", "sqrt", "sqrt_",
-    "softsign", "tanhshrink", "hardshrink", "softshrink", "erf", "erf_", "rrelu", "rrelu_",
-    "dropout", "dropout1d", "dropout2d", "dropout3d", "alpha_dropout", "feature_alpha_dropout",
-    "contiguous", "clone", "detach", "detach_", "to", "type", "type_as", "float", "double", "half",
-    "bfloat16", "cpu", "cuda", "requires_grad_", "positive", "nan_to_num", "nan_to_num_",
+    "relu",
+    "relu_",
+    "relu6",
+    "leaky_relu",
+    "leaky_relu_",
+    "gelu",
+    "silu",
+    "hardswish",
+    "hardtanh",
+    "hardtanh_",
+    "elu",
+    "elu_",
+    "selu",
+    "selu_",
+    "celu",
+    "celu_",
+    "mish",
+    "tanh",
+    "tanh_",
+    "neg",
+    "neg_",
+    "__neg__",
+    "abs",
+    "abs_",
+    "__abs__",
+    "sin",
+    "sin_",
+    "sign",
+    "square",
+    "sqrt",
+    "sqrt_",
+    "softsign",
+    "tanhshrink",
+    "hardshrink",
+    "softshrink",
+    "erf",
+    "erf_",
+    "rrelu",
+    "rrelu_",
+    "dropout",
+    "dropout1d",
+    "dropout2d",
+    "dropout3d",
+    "alpha_dropout",
+    "feature_alpha_dropout",
+    "contiguous",
+    "clone",
+    "detach",
+    "detach_",
+    "to",
+    "type",
+    "type_as",
+    "float",
+    "double",
+    "half",
+    "bfloat16",
+    "cpu",
+    "cuda",
+    "requires_grad_",
+    "positive",
+    "nan_to_num",
+    "nan_to_num_",
 }
 _LOSES_ZERO = {
-    "sigmoid", "sigmoid_", "hardsigmoid", "exp", "exp_", "cos", "cos_", "softplus", "log", "log_",
-    "reciprocal", "reciprocal_", "rsqrt", "rsqrt_", "logsigmoid", "log1p", "expm1", "cosh", "erfc",
+    "sigmoid",
+    "sigmoid_",
+    "hardsigmoid",
+    "exp",
+    "exp_",
+    "cos",
+    "cos_",
+    "softplus",
+    "log",
+    "log_",
+    "reciprocal",
+    "reciprocal_",
+    "rsqrt",
+    "rsqrt_",
+    "logsigmoid",
+    "log1p",
+    "expm1",
+    "cosh",
+    "erfc",
 }
 
 
@@ -113,8 +185,22 @@ def _softmax(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
     _unary(False)(tr, name, args, kwargs, out)
 
 
-_ADD = {"add", "add_", "__add__", "__radd__", "__iadd__", "sub", "sub_", "__sub__", "__isub__", "subtract",
-        "maximum", "minimum", "fmax", "fmin"}
+_ADD = {
+    "add",
+    "add_",
+    "__add__",
+    "__radd__",
+    "__iadd__",
+    "sub",
+    "sub_",
+    "__sub__",
+    "__isub__",
+    "subtract",
+    "maximum",
+    "minimum",
+    "fmax",
+    "fmin",
+}
 _RSUB = {"__rsub__", "rsub"}
 _MUL = {"mul", "mul_", "__mul__", "__rmul__", "__imul__", "multiply"}
 _DIV = {"div", "div_", "__truediv__", "__itruediv__", "true_divide", "divide", "__div__"}
@@ -268,8 +354,22 @@ def _shuffle(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
 
 # --- reductions ----------------------------------------------------------------------------
 
-_REDUCE_KEEPS_ZERO = {"mean", "sum", "amax", "amin", "max", "min", "std", "var", "norm", "prod", "nanmean",
-                      "nansum", "median", "nanmedian"}
+_REDUCE_KEEPS_ZERO = {
+    "mean",
+    "sum",
+    "amax",
+    "amin",
+    "max",
+    "min",
+    "std",
+    "var",
+    "norm",
+    "prod",
+    "nanmean",
+    "nansum",
+    "median",
+    "nanmedian",
+}
 
 
 def _reduce(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
@@ -531,29 +631,75 @@ RULES.update({n: _unary(True) for n in _KEEPS_ZERO})
 RULES.update({n: _unary(False) for n in _LOSES_ZERO})
 RULES.update({n: _binary for n in _ADD | _RSUB | _MUL | _DIV | _RDIV})
 RULES.update({"data": _unary(True)})
-RULES.update({n: _clamp for n in ("clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_", "clamp_max",
-                                  "clamp_max_")})
+RULES.update(
+    {n: _clamp for n in ("clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_")}
+)
 RULES.update({n: _pow for n in ("pow", "pow_", "__pow__", "__ipow__")})
 RULES.update({n: _softmax for n in ("softmax", "log_softmax", "softmin")})
 RULES.update({n: _max_min for n in ("max", "min")})
-RULES.update({n: _pool for n in (
-    "max_pool1d", "max_pool2d", "max_pool3d", "avg_pool1d", "avg_pool2d", "avg_pool3d", "adaptive_avg_pool1d",
-    "adaptive_avg_pool2d", "adaptive_avg_pool3d", "adaptive_max_pool1d", "adaptive_max_pool2d",
-    "adaptive_max_pool3d", "max_pool1d_with_indices", "max_pool2d_with_indices", "max_pool3d_with_indices",
-    "adaptive_max_pool1d_with_indices", "adaptive_max_pool2d_with_indices",
-    "adaptive_max_pool3d_with_indices",
-    "lp_pool1d", "lp_pool2d", "lp_pool3d", "_max_pool1d", "_max_pool2d", "_max_pool3d",
-    "_adaptive_max_pool1d", "_adaptive_max_pool2d", "_adaptive_max_pool3d",
-)})
+RULES.update(
+    {
+        n: _pool
+        for n in (
+            "max_pool1d",
+            "max_pool2d",
+            "max_pool3d",
+            "avg_pool1d",
+            "avg_pool2d",
+            "avg_pool3d",
+            "adaptive_avg_pool1d",
+            "adaptive_avg_pool2d",
+            "adaptive_avg_pool3d",
+            "adaptive_max_pool1d",
+            "adaptive_max_pool2d",
+            "adaptive_max_pool3d",
+            "max_pool1d_with_indices",
+            "max_pool2d_with_indices",
+            "max_pool3d_with_indices",
+            "adaptive_max_pool1d_with_indices",
+            "adaptive_max_pool2d_with_indices",
+            "adaptive_max_pool3d_with_indices",
+            "lp_pool1d",
+            "lp_pool2d",
+            "lp_pool3d",
+            "_max_pool1d",
+            "_max_pool2d",
+            "_max_pool3d",
+            "_adaptive_max_pool1d",
+            "_adaptive_max_pool2d",
+            "_adaptive_max_pool3d",
+        )
+    }
+)
 RULES.update({n: _interpolate for n in ("interpolate", "upsample", "upsample_nearest", "upsample_bilinear")})
 RULES["pad"] = _pad
 RULES.update({n: _roll_flip for n in ("roll", "flip")})
 RULES.update({n: _shuffle for n in ("pixel_shuffle", "pixel_unshuffle")})
 RULES.update({n: _reduce for n in _REDUCE_KEEPS_ZERO - {"max", "min"} | {"logsumexp"}})
-RULES.update({n: _reshape for n in ("view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_",
-                                    "unsqueeze", "unsqueeze_", "view_as", "reshape_as", "ravel")})
-RULES.update({n: _permute for n in ("permute", "transpose", "transpose_", "swapaxes", "swapdims", "t", "T",
-                                    "mT", "movedim", "moveaxis")})
+RULES.update(
+    {
+        n: _reshape
+        for n in (
+            "view",
+            "reshape",
+            "flatten",
+            "unflatten",
+            "squeeze",
+            "squeeze_",
+            "unsqueeze",
+            "unsqueeze_",
+            "view_as",
+            "reshape_as",
+            "ravel",
+        )
+    }
+)
+RULES.update(
+    {
+        n: _permute
+        for n in ("permute", "transpose", "transpose_", "swapaxes", "swapdims", "t", "T", "mT", "movedim", "moveaxis")
+    }
+)
 RULES.update({n: _expand for n in ("expand", "expand_as", "broadcast_to")})
 RULES["__getitem__"] = _getitem
 RULES.update({n: _split for n in ("split", "split_with_sizes", "chunk", "tensor_split", "unbind")})

@@ -189,9 +189,7 @@ class Graph:
         return f"Graph({len(self.groups)} groups, {len(self.layers)} producers)"
 
 
-def build_graph(
-    model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], entries: list[Entry]
-) -> Graph:
+def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], entries: list[Entry]) -> Graph:
     """Turn the tracer's nodes into groups (connected producers) and units (components)."""
     # producers sharing a component belong to one group
     group_of_root: dict[int, int] = {}
@@ -250,5 +248,3 @@ def build_graph(
                 counted.add(id(m._parameters.get(t_name)))
     fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in counted)
     return Graph(groups, unit_roots, entries, entry_roots, shapes, fixed_params)
-
-

@@ -173,13 +173,51 @@ class _Tracer(TorchFunctionMode):
         return t._base is not None or t in self.has_views
 
 
-_METADATA = frozenset({
-    "size", "shape", "dim", "ndim", "ndimension", "numel", "nelement", "dtype", "device", "is_cuda",
-    "is_contiguous", "stride", "storage_offset", "requires_grad", "is_leaf", "grad", "grad_fn", "layout",
-    "is_floating_point", "is_complex", "element_size", "__len__", "__repr__", "__format__", "__hash__",
-    "get_device", "is_sparse", "is_quantized", "is_meta", "names", "_version", "data_ptr", "_base",
-    "is_nested", "is_mps", "is_xpu", "itemsize", "nbytes", "__bool__", "__eq__", "__ne__",
-})
+_METADATA = frozenset(
+    {
+        "size",
+        "shape",
+        "dim",
+        "ndim",
+        "ndimension",
+        "numel",
+        "nelement",
+        "dtype",
+        "device",
+        "is_cuda",
+        "is_contiguous",
+        "stride",
+        "storage_offset",
+        "requires_grad",
+        "is_leaf",
+        "grad",
+        "grad_fn",
+        "layout",
+        "is_floating_point",
+        "is_complex",
+        "element_size",
+        "__len__",
+        "__repr__",
+        "__format__",
+        "__hash__",
+        "get_device",
+        "is_sparse",
+        "is_quantized",
+        "is_meta",
+        "names",
+        "_version",
+        "data_ptr",
+        "_base",
+        "is_nested",
+        "is_mps",
+        "is_xpu",
+        "itemsize",
+        "nbytes",
+        "__bool__",
+        "__eq__",
+        "__ne__",
+    }
+)
 
 
 def _same(a: Value, b: Value) -> bool:
@@ -285,7 +323,8 @@ def trace(
         logger.warning(
             "%d layer(s) never ran on the example inputs and are left untouched: %s. If forward can "
             "reach them with other inputs, pass those inputs as extra_inputs.",
-            len(untraced), ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else ""),
+            len(untraced),
+            ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else ""),
         )
     if tracer.opaque:
         logger.info("ops not modeled (their input channels stay): %s", tracer.opaque)

@@ -19,9 +19,14 @@ import torch.nn.functional as F
 from torch.nn.utils.parametrizations import weight_norm
 
 _NORMS = (
-    nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d,
-    nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d,
-    nn.GroupNorm, nn.LayerNorm,
+    nn.BatchNorm1d,
+    nn.BatchNorm2d,
+    nn.BatchNorm3d,
+    nn.InstanceNorm1d,
+    nn.InstanceNorm2d,
+    nn.InstanceNorm3d,
+    nn.GroupNorm,
+    nn.LayerNorm,
 )
 
 
@@ -52,8 +57,9 @@ def default_conv(in_channels: int, out_channels: int, kernel_size: int, bias: bo
 class MeanShift(nn.Conv2d):
     """Fixed 1x1 conv that subtracts (sign=-1) or adds (sign=+1) the RGB mean."""
 
-    def __init__(self, rgb_range: float = 1.0, rgb_mean=(0.4488, 0.4371, 0.4040),
-                 rgb_std=(1.0, 1.0, 1.0), sign: int = -1):
+    def __init__(
+        self, rgb_range: float = 1.0, rgb_mean=(0.4488, 0.4371, 0.4040), rgb_std=(1.0, 1.0, 1.0), sign: int = -1
+    ):
         super().__init__(3, 3, kernel_size=1)
         std = torch.tensor(rgb_std)
         self.weight.data = torch.eye(3).view(3, 3, 1, 1) / std.view(3, 1, 1, 1)
@@ -67,8 +73,9 @@ class ResBlock(nn.Module):
 
     def __init__(self, conv, n_feats: int, kernel_size: int, res_scale: float = 1.0):
         super().__init__()
-        self.body = nn.Sequential(conv(n_feats, n_feats, kernel_size), nn.ReLU(inplace=True),
-                                  conv(n_feats, n_feats, kernel_size))
+        self.body = nn.Sequential(
+            conv(n_feats, n_feats, kernel_size), nn.ReLU(inplace=True), conv(n_feats, n_feats, kernel_size)
+        )
         self.res_scale = res_scale
 
     def forward(self, x):
@@ -95,8 +102,15 @@ class Upsampler(nn.Sequential):
 class EDSR(nn.Module):
     """EDSR with a global skip; ``light_tail`` gives an LEDSR-like conv->PixelShuffle final op."""
 
-    def __init__(self, n_resblocks: int = 2, n_feats: int = 8, scale: int = 2, light_tail: bool = False,
-                 res_scale: float = 1.0, conv=default_conv):
+    def __init__(
+        self,
+        n_resblocks: int = 2,
+        n_feats: int = 8,
+        scale: int = 2,
+        light_tail: bool = False,
+        res_scale: float = 1.0,
+        conv=default_conv,
+    ):
         super().__init__()
         self.sub_mean = MeanShift(sign=-1)
         self.add_mean = MeanShift(sign=1)
@@ -125,8 +139,10 @@ class CALayer(nn.Module):
         super().__init__()
         self.avg_pool = nn.AdaptiveAvgPool2d(1)
         self.conv_du = nn.Sequential(
-            nn.Conv2d(channel, channel // reduction, 1), nn.ReLU(inplace=True),
-            nn.Conv2d(channel // reduction, channel, 1), nn.Sigmoid(),
+            nn.Conv2d(channel, channel // reduction, 1),
+            nn.ReLU(inplace=True),
+            nn.Conv2d(channel // reduction, channel, 1),
+            nn.Sigmoid(),
         )
 
     def forward(self, x):
@@ -140,8 +156,12 @@ class RCAB(nn.Module):
 
     def __init__(self, conv, n_feat: int, kernel_size: int, reduction: int):
         super().__init__()
-        self.body = nn.Sequential(conv(n_feat, n_feat, kernel_size), nn.ReLU(inplace=True),
-                                  conv(n_feat, n_feat, kernel_size), CALayer(n_feat, reduction))
+        self.body = nn.Sequential(
+            conv(n_feat, n_feat, kernel_size),
+            nn.ReLU(inplace=True),
+            conv(n_feat, n_feat, kernel_size),
+            CALayer(n_feat, reduction),
+        )
 
     def forward(self, x):
         res = self.body(x)
@@ -167,8 +187,15 @@ class ResidualGroup(nn.Module):
 class RCAN(nn.Module):
     """RCAN: residual groups, long skip, pixel-shuffle upsampler."""
 
-    def __init__(self, n_resgroups: int = 2, n_resblocks: int = 2, n_feats: int = 8, reduction: int = 4,
-                 scale: int = 2, conv=default_conv):
+    def __init__(
+        self,
+        n_resgroups: int = 2,
+        n_resblocks: int = 2,
+        n_feats: int = 8,
+        reduction: int = 4,
+        scale: int = 2,
+        conv=default_conv,
+    ):
         super().__init__()
         self.sub_mean = MeanShift(sign=-1)
         self.head = nn.Sequential(conv(3, n_feats, 3))
@@ -236,8 +263,7 @@ class ResNet(nn.Module):
         out = planes * Bottleneck.expansion
         downsample = None
         if stride != 1 or self.inplanes != out:
-            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride=stride, bias=False),
-                                       nn.BatchNorm2d(out))
+            downsample = nn.Sequential(nn.Conv2d(self.inplanes, out, 1, stride=stride, bias=False), nn.BatchNorm2d(out))
         layers = [Bottleneck(self.inplanes, planes, stride, downsample)]
         self.inplanes = out
         layers += [Bottleneck(out, planes) for _ in range(1, blocks)]
@@ -253,10 +279,19 @@ class ResNet(nn.Module):
 class ConvBNActivation(nn.Sequential):
     """Conv2d + BatchNorm2d + activation (ReLU6 by default, None for linear)."""
 
-    def __init__(self, in_planes: int, out_planes: int, kernel_size: int = 3, stride: int = 1,
-                 groups: int = 1, activation=nn.ReLU6):
-        layers = [nn.Conv2d(in_planes, out_planes, kernel_size, stride, (kernel_size - 1) // 2,
-                            groups=groups, bias=False), nn.BatchNorm2d(out_planes)]
+    def __init__(
+        self,
+        in_planes: int,
+        out_planes: int,
+        kernel_size: int = 3,
+        stride: int = 1,
+        groups: int = 1,
+        activation=nn.ReLU6,
+    ):
+        layers = [
+            nn.Conv2d(in_planes, out_planes, kernel_size, stride, (kernel_size - 1) // 2, groups=groups, bias=False),
+            nn.BatchNorm2d(out_planes),
+        ]
         if activation is not None:
             layers.append(activation(inplace=True))
         super().__init__(*layers)
@@ -281,8 +316,7 @@ class SqueezeExcitation(nn.Module):
 class InvertedResidual(nn.Module):
     """MobileNetV2 block; ``dw_multiplier`` > 1 makes the depthwise conv widen the channels."""
 
-    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, se_gate=None,
-                 dw_multiplier: int = 1):
+    def __init__(self, inp: int, oup: int, stride: int, expand_ratio: int, se_gate=None, dw_multiplier: int = 1):
         super().__init__()
         hidden = inp * expand_ratio
         dw_out = hidden * dw_multiplier
@@ -346,8 +380,9 @@ class DenseBlock(nn.ModuleDict):
     def __init__(self, num_layers: int, num_input_features: int, bn_size: int, growth_rate: int):
         super().__init__()
         for i in range(num_layers):
-            self.add_module(f"denselayer{i + 1}",
-                            DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size))
+            self.add_module(
+                f"denselayer{i + 1}", DenseLayer(num_input_features + i * growth_rate, growth_rate, bn_size)
+            )
 
     def forward(self, init_features):
         features = [init_features]
@@ -368,18 +403,27 @@ class Transition(nn.Sequential):
 class DenseNet(nn.Module):
     """Tiny DenseNet: two dense blocks with a transition, final norm, avgpool, linear."""
 
-    def __init__(self, growth_rate: int = 4, block_config=(3, 2), num_init_features: int = 8,
-                 bn_size: int = 2, num_classes: int = 10):
+    def __init__(
+        self,
+        growth_rate: int = 4,
+        block_config=(3, 2),
+        num_init_features: int = 8,
+        bn_size: int = 2,
+        num_classes: int = 10,
+    ):
         super().__init__()
-        self.features = nn.Sequential(OrderedDict([
-            ("conv0", nn.Conv2d(3, num_init_features, 3, padding=1, bias=False)),
-            ("norm0", nn.BatchNorm2d(num_init_features)),
-            ("relu0", nn.ReLU(inplace=True)),
-        ]))
+        self.features = nn.Sequential(
+            OrderedDict(
+                [
+                    ("conv0", nn.Conv2d(3, num_init_features, 3, padding=1, bias=False)),
+                    ("norm0", nn.BatchNorm2d(num_init_features)),
+                    ("relu0", nn.ReLU(inplace=True)),
+                ]
+            )
+        )
         num_features = num_init_features
         for i, num_layers in enumerate(block_config):
-            self.features.add_module(f"denseblock{i + 1}",
-                                     DenseBlock(num_layers, num_features, bn_size, growth_rate))
+            self.features.add_module(f"denseblock{i + 1}", DenseBlock(num_layers, num_features, bn_size, growth_rate))
             num_features += num_layers * growth_rate
             if i != len(block_config) - 1:
                 self.features.add_module(f"transition{i + 1}", Transition(num_features, num_features // 2))
@@ -408,8 +452,9 @@ class VGG(nn.Module):
                 layers += [nn.Conv2d(in_ch, v, 3, padding=1), nn.BatchNorm2d(v), nn.ReLU(inplace=True)]
                 in_ch = v
         self.features = nn.Sequential(*layers)
-        self.classifier = nn.Sequential(nn.Linear(in_ch * size * size, 16), nn.ReLU(inplace=True),
-                                        nn.Dropout(0.5), nn.Linear(16, num_classes))
+        self.classifier = nn.Sequential(
+            nn.Linear(in_ch * size * size, 16), nn.ReLU(inplace=True), nn.Dropout(0.5), nn.Linear(16, num_classes)
+        )
 
     def forward(self, x):
         x = self.features(x)
@@ -425,9 +470,11 @@ class DoubleConv(nn.Sequential):
 
     def __init__(self, in_channels: int, out_channels: int):
         super().__init__(
-            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.Conv2d(in_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
-            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False), nn.BatchNorm2d(out_channels),
+            nn.Conv2d(out_channels, out_channels, 3, padding=1, bias=False),
+            nn.BatchNorm2d(out_channels),
             nn.ReLU(inplace=True),
         )
 
@@ -553,8 +600,12 @@ class PReLUInstanceNormNet(nn.Module):
         self.conv_in = default_conv(3, ch, 3)
         self.norm_in = nn.InstanceNorm2d(ch, affine=True)
         self.act_in = nn.PReLU(num_parameters=ch)
-        self.body = nn.Sequential(default_conv(ch, ch, 3), nn.InstanceNorm2d(ch, affine=True),
-                                  nn.PReLU(num_parameters=ch), default_conv(ch, ch, 3))
+        self.body = nn.Sequential(
+            default_conv(ch, ch, 3),
+            nn.InstanceNorm2d(ch, affine=True),
+            nn.PReLU(num_parameters=ch),
+            default_conv(ch, ch, 3),
+        )
         self.conv_out = default_conv(ch, 3, 3)
 
     def forward(self, x):
@@ -567,8 +618,7 @@ class GroupNormNet(nn.Sequential):
     """conv -> GroupNorm(2 groups) -> ReLU -> conv: channel pruning must refuse it (or respect groups)."""
 
     def __init__(self, ch: int = 8):
-        super().__init__(default_conv(3, ch, 3), nn.GroupNorm(2, ch), nn.ReLU(inplace=True),
-                         default_conv(ch, 4, 3))
+        super().__init__(default_conv(3, ch, 3), nn.GroupNorm(2, ch), nn.ReLU(inplace=True), default_conv(ch, 4, 3))
 
 
 class GroupedDeconvNet(nn.Module):
@@ -614,10 +664,8 @@ class ConvNdNet(nn.Module):
     def __init__(self, dim: int, in_channels: int, ch: int):
         super().__init__()
         conv, bn = {1: (nn.Conv1d, nn.BatchNorm1d), 3: (nn.Conv3d, nn.BatchNorm3d)}[dim]
-        self.stem = nn.Sequential(conv(in_channels, ch, 3, padding=1, bias=False), bn(ch),
-                                  nn.ReLU(inplace=True))
-        self.body = nn.Sequential(conv(ch, ch, 3, padding=1), nn.ReLU(inplace=True),
-                                  conv(ch, ch, 3, padding=1))
+        self.stem = nn.Sequential(conv(in_channels, ch, 3, padding=1, bias=False), bn(ch), nn.ReLU(inplace=True))
+        self.body = nn.Sequential(conv(ch, ch, 3, padding=1), nn.ReLU(inplace=True), conv(ch, ch, 3, padding=1))
         self.head = conv(ch, 2, 1)
 
     def forward(self, x):
@@ -632,8 +680,9 @@ class WeightNormNet(nn.Module):
     def __init__(self, ch: int = 8, scale: int = 2):
         super().__init__()
         self.head = weight_norm(default_conv(3, ch, 3))
-        self.body = nn.Sequential(weight_norm(default_conv(ch, 2 * ch, 3)), nn.ReLU(inplace=True),
-                                  default_conv(2 * ch, ch, 3))
+        self.body = nn.Sequential(
+            weight_norm(default_conv(ch, 2 * ch, 3)), nn.ReLU(inplace=True), default_conv(2 * ch, ch, 3)
+        )
         self.tail = nn.Sequential(default_conv(ch, 3 * scale * scale, 3), nn.PixelShuffle(scale))
 
     def forward(self, x):
@@ -702,8 +751,7 @@ CASES: list[Case] = [
     Case("prelu_instancenorm", _seeded(PReLUInstanceNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
     Case("grouped_deconv", _seeded(GroupedDeconvNet), _rand(2, 3, 8, 8), _rand(2, 3, 6, 6)),
     # multi_io: inputs() gives positional (a, b), other_inputs() gives kwargs {"a": ..., "b": ...}
-    Case("multi_io", _seeded(MultiIONet), _multi_io_inputs(8, as_dict=False),
-         _multi_io_inputs(10, as_dict=True)),
+    Case("multi_io", _seeded(MultiIONet), _multi_io_inputs(8, as_dict=False), _multi_io_inputs(10, as_dict=True)),
     Case("conv1d", _seeded(ConvNdNet, 1, 2, 8), _rand(2, 2, 16), _rand(2, 2, 24)),
     Case("conv3d", _seeded(ConvNdNet, 3, 1, 4), _rand(2, 1, 6, 6, 6), _rand(2, 1, 4, 8, 8)),
     Case("weight_norm", _seeded(WeightNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),

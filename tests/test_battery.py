@@ -70,8 +70,9 @@ def test_slimmed_model_is_plain_torch(case):
     assert max_rel_err(model, fresh_model, x) == 0.0
 
 
-@pytest.mark.parametrize("case", [c for c in CASES if c.name in ("resnet_bottleneck", "mobilenetv2", "densenet")],
-                         ids=lambda c: c.name)
+@pytest.mark.parametrize(
+    "case", [c for c in CASES if c.name in ("resnet_bottleneck", "mobilenetv2", "densenet")], ids=lambda c: c.name
+)
 def test_train_mode_batch_statistics(case):
     """In train mode BatchNorm uses batch statistics: removed channels must still not leak."""
     model, graph = _trace(case)

@@ -24,7 +24,7 @@ def test_model_without_prunable_layer():
 
 
 def test_not_a_module_and_bad_input_types():
-    with pytest.raises(TypeError, match="nn.Module"):
+    with pytest.raises(TypeError, match=r"nn\.Module"):
         assl.trace(lambda x: x, torch.randn(1))  # type: ignore[arg-type]
     with pytest.raises(TypeError, match="example inputs"):
         assl.trace(nn.Conv2d(3, 3, 1), 3.0)
