@@ -97,8 +97,19 @@ class Nodes:
             if x != y:
                 self.union(x, y, reason)
 
-    def roots(self, labels: np.ndarray) -> np.ndarray:
-        return np.array([FIXED if a == FIXED else self.find(a) for a in labels.tolist()], dtype=np.int64)
+    def root_table(self) -> np.ndarray:
+        """The root of every node, computed at once by pointer jumping."""
+        table = np.asarray(self.parent, dtype=np.int64)
+        while True:
+            nxt = table[table]
+            if np.array_equal(nxt, table):
+                return table
+            table = nxt
+
+    @staticmethod
+    def roots(table: np.ndarray, labels: np.ndarray) -> np.ndarray:
+        """Roots of ``labels`` from a :meth:`root_table` (``FIXED`` stays ``FIXED``)."""
+        return np.where(labels == FIXED, FIXED, table[np.maximum(labels, 0)])
 
     def tie_blocks(self, labels: np.ndarray, blocks: int, reason: str) -> None:
         """Union channel ``i`` of every one of ``blocks`` equal blocks (group structure kept)."""

@@ -201,10 +201,11 @@ def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], 
             i = parent[i]
         return i
 
+    table = nodes.root_table()
     layer_roots: dict[str, np.ndarray] = {}
     for gi, (layer, labels) in enumerate(sources.items()):
         parent.append(gi)
-        roots = nodes.roots(labels)
+        roots = Nodes.roots(table, labels)
         layer_roots[layer] = roots
         for r in roots.tolist():
             other = group_of_root.setdefault(r, gi)
@@ -229,7 +230,7 @@ def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], 
         groups.append(ChannelGroup(layers[0], tuple(layers), len(roots), prunable, reasons, units_of))
         unit_roots[layers[0]] = roots
 
-    entry_roots = [nodes.roots(e.labels) for e in entries]
+    entry_roots = [Nodes.roots(table, e.labels) for e in entries]
     # parameter shapes after folding parametrizations, to predict counts after slimming
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
     counted: set[int] = set()

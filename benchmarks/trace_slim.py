@@ -1,0 +1,120 @@
+"""Time tracing and slimming against model size.
+
+Runs assl.trace + assl.slim (and, when installed, Torch-Pruning's DependencyGraph build +
+pruning of the same channels) on EDSR models of several sizes and on a ResNet-50-shaped net,
+repeated and interleaved, on one CPU thread. Prints a markdown table of medians.
+
+    python benchmarks/trace_slim.py --repeats 7
+    python benchmarks/trace_slim.py --smoke        # seconds: used by the test suite
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _models import edsr, resnet50_like
+
+import assl
+
+
+def _half_plan(graph: assl.Graph) -> dict[str, list[int]]:
+    plan = {}
+    for g in graph.groups:
+        units = [int(u) for u in g.prunable.nonzero()[0]]
+        k = min(len(units) // 2, g.size - 1)
+        if k > 0:
+            plan[g.name] = units[:k]
+    return plan
+
+
+def _forward_once(model: nn.Module, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        t0 = time.perf_counter()
+        model(x)
+        return time.perf_counter() - t0
+
+
+def _assl_once(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+    m = copy.deepcopy(model)
+    t0 = time.perf_counter()
+    graph = assl.trace(m, x)
+    t1 = time.perf_counter()
+    assl.slim(m, graph, _half_plan(graph))
+    t2 = time.perf_counter()
+    return t1 - t0, t2 - t1
+
+
+def _tp_once(tp, model: nn.Module, x: torch.Tensor) -> float:  # pragma: no cover - optional dependency
+    """Torch-Pruning: dependency graph build, then half of every group's channels pruned."""
+    m = copy.deepcopy(model)
+    last = [mod for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))][-1]
+    t0 = time.perf_counter()
+    dg = tp.DependencyGraph().build_dependency(m, example_inputs=x)
+    for group in dg.get_all_groups(ignored_layers=[last]):
+        root = group[0].dep.target.module
+        n = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
+        if n > 1:
+            group.prune(idxs=list(range(n // 2)))
+    return time.perf_counter() - t0
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=7)
+    p.add_argument("--smoke", action="store_true", help="one tiny model, one repeat")
+    args = p.parse_args(argv)
+    torch.set_num_threads(1)
+    try:
+        import torch_pruning as tp  # type: ignore[import-not-found]
+    except ImportError:
+        tp = None
+    tp_version = None
+    if args.smoke:
+        cases = [("EDSR 2x8", edsr(2, 8), torch.randn(1, 3, 8, 8))]
+        args.repeats = 1
+    else:
+        cases = [
+            (f"EDSR {b}x{f}", edsr(b, f), torch.randn(1, 3, 16, 16))
+            for b, f in [(8, 64), (16, 64), (16, 256), (32, 256), (64, 256)]
+        ] + [("ResNet-50-like", resnet50_like(), torch.randn(1, 3, 64, 64))]
+    print(f"# trace + slim, 1 CPU thread, torch {torch.__version__}, {platform.processor() or platform.machine()}")
+    head = "| model | params | input | forward ms | trace ms | slim ms | trace+slim ms |"
+    print(head + (" Torch-Pruning ms | ratio |" if tp else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if tp else ""))
+    for name, model, x in cases:
+        tr, sl, tpt, fw = [], [], [], []
+        for _ in range(args.repeats):  # interleaved
+            fw.append(_forward_once(model, x))
+            a, b = _assl_once(model, x)
+            tr.append(a)
+            sl.append(b)
+            if tp is not None:
+                tpt.append(_tp_once(tp, model, x))
+        t, s = statistics.median(tr) * 1e3, statistics.median(sl) * 1e3
+        n = sum(q.numel() for q in model.parameters())
+        f = statistics.median(fw) * 1e3
+        shape = "x".join(map(str, x.shape))
+        row = f"| {name} | {n / 1e6:.2f}M | {shape} | {f:.1f} | {t:.1f} | {s:.1f} | {t + s:.1f} |"
+        if tp is not None:
+            tt = statistics.median(tpt) * 1e3
+            row += f" {tt:.1f} | {(t + s) / tt:.2f} |"
+            tp_version = tp.__version__
+        print(row)
+        assert math.isfinite(t + s)
+    if tp_version:
+        print(f"\nTorch-Pruning {tp_version}; ratio = assl / Torch-Pruning (below 1: assl is faster)")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,38 @@
+"""Smoke runs of the benchmark and example scripts, so they do not rot."""
+
+from __future__ import annotations
+
+import runpy
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_trace_slim_benchmark_smoke(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from trace_slim import main
+
+    main(["--smoke"])
+    out = capsys.readouterr().out
+    assert "| EDSR 2x8 |" in out and "trace ms" in out
+
+
+def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["slim_demo.py", "--blocks", "2", "--feats", "8"])
+    runpy.run_path(str(ROOT / "examples" / "slim_demo.py"), run_name="__main__")
+    out = capsys.readouterr().out
+    err = float(out.split("masked dense| on a new input size: ")[1].split()[0])
+    assert err <= 1e-5
+    assert "parameters" in out and "faster" in out
+
+
+@pytest.mark.parametrize("script", ["benchmarks/trace_slim.py", "examples/slim_demo.py"])
+def test_scripts_have_help(script, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [script, "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / script), run_name="__main__")
+    assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out
