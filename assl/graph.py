@@ -191,9 +191,13 @@ class Graph:
 
 def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], entries: list[Entry]) -> Graph:
     """Turn the tracer's nodes into groups (connected producers) and units (components)."""
-    # producers sharing a component belong to one group
-    group_of_root: dict[int, int] = {}
-    parent: list[int] = []
+    table = nodes.root_table()
+    fixed = np.asarray(nodes.fixed, dtype=bool)
+    names = list(sources)
+    layer_roots = [Nodes.roots(table, sources[n]) for n in names]
+    # producers sharing a component belong to one group: union each producer with the first
+    # producer that holds each of its components
+    parent = list(range(len(names)))
 
     def find(i: int) -> int:
         while parent[i] != i:
@@ -201,33 +205,35 @@ def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], 
             i = parent[i]
         return i
 
-    table = nodes.root_table()
-    layer_roots: dict[str, np.ndarray] = {}
-    for gi, (layer, labels) in enumerate(sources.items()):
-        parent.append(gi)
-        roots = Nodes.roots(table, labels)
-        layer_roots[layer] = roots
-        for r in roots.tolist():
-            other = group_of_root.setdefault(r, gi)
-            a, b = find(other), find(gi)
-            if a != b:
-                parent[max(a, b)] = min(a, b)
-    members: dict[int, list[str]] = {}
-    for gi, layer in enumerate(sources):
-        members.setdefault(find(gi), []).append(layer)
+    if names:
+        all_roots = np.concatenate(layer_roots)
+        owner = np.repeat(np.arange(len(names)), [len(r) for r in layer_roots])
+        uniq, first = np.unique(all_roots, return_index=True)
+        first_owner = owner[first[np.searchsorted(uniq, all_roots)]]
+        for a, b in set(zip(owner[owner != first_owner].tolist(), first_owner[owner != first_owner].tolist())):
+            ra, rb = find(a), find(b)
+            if ra != rb:
+                parent[max(ra, rb)] = min(ra, rb)
+    members: dict[int, list[int]] = {}
+    for i in range(len(names)):
+        members.setdefault(find(i), []).append(i)
 
     groups: list[ChannelGroup] = []
     unit_roots: dict[str, np.ndarray] = {}
-    for layers in members.values():
-        order: dict[int, int] = {}
-        for layer in layers:  # node ids grow in trace order: the first time a root is seen is its min node
-            for r in layer_roots[layer].tolist():
-                order.setdefault(r, len(order))
-        roots = np.fromiter(order, dtype=np.int64, count=len(order))
-        prunable = np.array([not nodes.fixed[r] for r in roots.tolist()], dtype=bool)
-        reasons = {u: nodes.reason.get(r, "") for u, r in enumerate(roots.tolist()) if nodes.fixed[r]}
-        units_of = {layer: np.array([order[r] for r in layer_roots[layer].tolist()]) for layer in layers}
-        groups.append(ChannelGroup(layers[0], tuple(layers), len(roots), prunable, reasons, units_of))
+    for idx in members.values():
+        joined = np.concatenate([layer_roots[i] for i in idx])
+        uniq, first = np.unique(joined, return_index=True)
+        order = np.argsort(first, kind="stable")  # node ids grow in trace order: units follow it
+        rank = np.empty_like(order)
+        rank[order] = np.arange(len(order))
+        units = rank[np.searchsorted(uniq, joined)]
+        roots = uniq[order]
+        bounds = np.cumsum([0] + [len(layer_roots[i]) for i in idx])
+        units_of = {names[i]: units[bounds[k] : bounds[k + 1]] for k, i in enumerate(idx)}
+        prunable = ~fixed[roots]
+        reasons = {int(u): nodes.reason.get(int(roots[u]), "") for u in np.flatnonzero(~prunable)}
+        layers = tuple(names[i] for i in idx)
+        groups.append(ChannelGroup(layers[0], layers, len(roots), prunable, reasons, units_of))
         unit_roots[layers[0]] = roots
 
     entry_roots = [Nodes.roots(table, e.labels) for e in entries]
