@@ -84,7 +84,8 @@ def _linear(tr: _Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Te
 
 def _norm(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
     if isinstance(m, _INSTANCENORM):
-        cd = x.ndim - int(type(m).__name__[-2]) - 1
+        spatial = 1 if isinstance(m, nn.InstanceNorm1d) else 2 if isinstance(m, nn.InstanceNorm2d) else 3
+        cd = x.ndim - spatial - 1  # unbatched input has its channels first
     else:
         cd = 1
     v = _input_value(tr, x, cd, name)

@@ -328,6 +328,16 @@ def trace(
         )
     if tracer.opaque:
         logger.info("ops not modeled (their input channels stay): %s", tracer.opaque)
+    for g in graph.groups:
+        if g.num_prunable < g.size:
+            logger.info(
+                "group %s (%s): %d of %d channels stay: %s",
+                g.name,
+                ", ".join(g.layers),
+                g.size - g.num_prunable,
+                g.size,
+                next(iter(g.reasons.values())),
+            )
     if not any(g.num_prunable for g in graph.groups):
         logger.warning("%s has no channel that can be removed exactly:\n%s", type(model).__name__, graph.summary())
     logger.info("traced %d producers in %d channel groups", len(graph.layers), len(graph.groups))

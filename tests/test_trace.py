@@ -364,3 +364,62 @@ def test_summary_lists_every_group():
     for g in graph.groups:
         assert g.name in text
     assert "reaches the model's output" in text
+
+
+def test_pixel_unshuffle_repeats_labels():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Conv2d(3, 4, 3, padding=1)
+            self.b = nn.Conv2d(16, 2, 1)
+
+        def forward(self, x):
+            return self.b(F.pixel_unshuffle(F.relu(self.a(x)), 2))
+
+    torch.manual_seed(0)
+    model = Net()
+    graph = assl.trace(model, torch.randn(1, 3, 4, 4))
+    before = model.b.weight.detach().clone()
+    masked = assl.masked_copy(model, graph, {"a": [2]})
+    assl.slim(model, graph, {"a": [2]})
+    torch.testing.assert_close(model.b.weight, before[:, [0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15]])
+    assert max_rel_err(masked, model, torch.randn(2, 3, 6, 8)) <= 1e-5
+
+
+def test_unbatched_input_is_sliced_on_its_first_dim():
+    torch.manual_seed(0)
+    model = nn.Sequential(
+        nn.Conv2d(3, 6, 3, padding=1), nn.InstanceNorm2d(6, affine=True), nn.ReLU(), nn.Conv2d(6, 2, 1)
+    )
+    graph = assl.trace(model, torch.randn(3, 5, 5))
+    masked = assl.masked_copy(model, graph, {"0": [1, 4]})
+    assl.slim(model, graph, {"0": [1, 4]})
+    assert model[1].num_features == 4 and model[3].in_channels == 4
+    assert max_rel_err(masked, model, torch.randn(3, 7, 7)) <= 1e-5
+
+
+def test_layernorm_over_channels_refused_then_approximate():
+    class Net(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = nn.Linear(4, 8)
+            self.norm = nn.LayerNorm(8)
+            self.b = nn.Linear(8, 2)
+
+        def forward(self, x):
+            return self.b(self.norm(self.a(x)))
+
+    model = Net()
+    x = torch.randn(2, 5, 4)
+    assert assl.trace(model, x).group("a").num_prunable == 0
+    graph = assl.trace(model, x, approximate_norms=True)
+    assert graph.group("a").num_prunable == 8
+    assl.slim(model, graph, {"a": [0, 1, 2]})
+    assert model.norm.normalized_shape == (5,) and model.b.in_features == 5
+    assert model(x).shape == (2, 5, 2)
+
+
+def test_pinned_groups_are_logged_with_layer_and_reason(caplog):
+    with caplog.at_level("INFO", logger="assl"):
+        assl.trace(_single(torch.sigmoid), torch.randn(1, 3, 5, 5))
+    assert "group a (a): 6 of 6 channels stay: reaches `b` with a value that is not zero" in caplog.text
