@@ -50,6 +50,7 @@ def _conv(tr: _Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor
     c_in, c_out = m.in_channels, m.out_channels
     b_in, b_out = c_in // g, c_out // g
     w_in, w_out = (0, 1) if transposed else (1, 0)
+    tr.count_positions(name, out.numel() // c_out)
     if g > 1 and b_in == 1:
         # depthwise: output channel k*b_out + i is computed from input channel k alone
         labels = np.repeat(v.labels, b_out)
@@ -73,6 +74,7 @@ def _conv(tr: _Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor
 
 def _linear(tr: _Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> None:
     v = _input_value(tr, x, x.ndim - 1, name)
+    tr.count_positions(name, out.numel() // m.out_features)
     tr.consume(v, name)
     tr.entry(name, "weight", 1, v.labels, "slice")
     src = tr.source(name, m.out_features)

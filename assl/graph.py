@@ -68,6 +68,7 @@ class Graph:
         entry_roots: list[np.ndarray],
         shapes: dict[tuple[str, str], tuple[int, ...]],
         fixed_params: int,
+        positions: dict[str, int],
     ) -> None:
         self.groups: tuple[ChannelGroup, ...] = tuple(groups)
         self.layers: tuple[str, ...] = tuple(layer for g in groups for layer in g.layers)
@@ -80,6 +81,7 @@ class Graph:
         self._entry_roots = entry_roots
         self._shapes = shapes
         self._fixed_params = fixed_params
+        self._positions = positions
 
     # --- groups ------------------------------------------------------------------------------
 
@@ -162,18 +164,30 @@ class Graph:
         removed = self.removed_roots(plan)
         return [(e, ~np.isin(r, removed)) for e, r in zip(self._entries, self._entry_roots)]
 
-    def count_params(self, plan: Plan | None = None) -> int:
-        """Parameters of the model after slimming with ``plan`` (of the dense model if None).
-
-        Weight parametrizations of traced layers are counted as the plain weight they fold into.
-        """
+    def _shapes_after(self, plan: Plan | None) -> dict[tuple[str, str], list[int]]:
         shapes = {k: list(s) for k, s in self._shapes.items()}
         if plan:
             for e, keep in self.cuts(plan):
                 key = (e.module, e.tensor)
                 if key in shapes:
                     shapes[key][e.dim] = int(keep.sum())
-        return self._fixed_params + sum(math.prod(s) for s in shapes.values())
+        return shapes
+
+    def count_params(self, plan: Plan | None = None) -> int:
+        """Parameters of the model after slimming with ``plan`` (of the dense model if None).
+
+        Weight parametrizations of traced layers are counted as the plain weight they fold into.
+        """
+        return self._fixed_params + sum(math.prod(s) for s in self._shapes_after(plan).values())
+
+    def count_macs(self, plan: Plan | None = None) -> int:
+        """Multiply-accumulates of the convolutions and Linear layers on the example inputs.
+
+        Counted for the whole example batch, after slimming with ``plan`` (dense if None): each
+        call of a layer costs its output positions times the size of its weight.
+        """
+        shapes = self._shapes_after(plan)
+        return sum(n * math.prod(shapes[(layer, "weight")]) for layer, n in self._positions.items())
 
     def summary(self) -> str:
         """A table of the groups: name, producers, units, removable units and why others stay."""
@@ -189,7 +203,13 @@ class Graph:
         return f"Graph({len(self.groups)} groups, {len(self.layers)} producers)"
 
 
-def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], entries: list[Entry]) -> Graph:
+def build_graph(
+    model: nn.Module,
+    nodes: Nodes,
+    sources: dict[str, np.ndarray],
+    entries: list[Entry],
+    positions: dict[str, int] | None = None,
+) -> Graph:
     """Turn the tracer's nodes into groups (connected producers) and units (components)."""
     table = nodes.root_table()
     fixed = np.asarray(nodes.fixed, dtype=bool)
@@ -254,4 +274,4 @@ def build_graph(model: nn.Module, nodes: Nodes, sources: dict[str, np.ndarray], 
                 shapes[(name, t_name)] = tuple(t.shape)
                 counted.add(id(m._parameters.get(t_name)))
     fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    return Graph(groups, unit_roots, entries, entry_roots, shapes, fixed_params)
+    return Graph(groups, unit_roots, entries, entry_roots, shapes, fixed_params, positions or {})

@@ -42,6 +42,7 @@ class _Tracer(TorchFunctionMode):
         self.sources: dict[str, np.ndarray] = {}
         self.entries: dict[tuple[str, str, int], Entry] = {}
         self.called: set[str] = set()
+        self.positions: dict[str, int] = {}
         self.opaque: dict[str, int] = {}
         self._depth = 0
         self._stack: list[bool] = []
@@ -73,6 +74,10 @@ class _Tracer(TorchFunctionMode):
     def consume(self, v: Value, layer: str) -> None:
         """Input channels of a layer that mixes channels must be exactly zero when removed."""
         self.fix(v.labels[~v.zero], f"reaches `{layer}` with a value that is not zero once removed")
+
+    def count_positions(self, layer: str, n: int) -> None:
+        """Output positions of one call of a layer: its MACs are this times its weight's size."""
+        self.positions[layer] = self.positions.get(layer, 0) + n
 
     def source(self, layer: str, n: int) -> np.ndarray:
         if layer not in self.sources:
@@ -315,7 +320,7 @@ def trace(
             for n, b in saved.items():
                 if n in buffers:
                     buffers[n].copy_(b)
-    graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()))
+    graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
     untraced = [n for n, m in layers if n not in tracer.called and isinstance(m, PRODUCER_TYPES)]
     graph.untraced = tuple(untraced)
     graph.opaque_ops = dict(tracer.opaque)
