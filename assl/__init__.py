@@ -1,7 +1,12 @@
 """Aligned Structured Sparsity Learning: prune whole channels out of any residual CNN."""
 
-from .errors import ASSLError, PlanError, TraceError
+from .budget import Budget
+from .errors import ASSLError, CheckpointError, PlanError, TraceError
 from .graph import ChannelGroup, Graph, Plan
+from .io import load, save
+from .patterns import PatternError
+from .pruner import Pruner
+from .schedule import Schedule
 from .slim import masked_copy, slim
 from .trace import trace
 
@@ -9,12 +14,19 @@ __version__ = "0.1.0.dev0"
 
 __all__ = [
     "ASSLError",
+    "Budget",
     "ChannelGroup",
+    "CheckpointError",
     "Graph",
+    "PatternError",
     "Plan",
     "PlanError",
+    "Pruner",
+    "Schedule",
     "TraceError",
+    "load",
     "masked_copy",
+    "save",
     "slim",
     "trace",
 ]

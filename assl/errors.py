@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-__all__ = ["ASSLError", "PlanError", "TraceError"]
+__all__ = ["ASSLError", "CheckpointError", "PlanError", "TraceError"]
 
 
 class ASSLError(Exception):
@@ -15,3 +15,7 @@ class TraceError(ASSLError, ValueError):
 
 class PlanError(ASSLError, ValueError):
     """A pruning plan does not fit the traced graph (unknown layer, bad index, all channels)."""
+
+
+class CheckpointError(ASSLError, ValueError):
+    """A file is not an ``assl.save`` file, or does not fit the model it is loaded into."""

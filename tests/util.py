@@ -68,7 +68,7 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     assert a["training"] == b["training"]
     assert a["state"].keys() == b["state"].keys()
     for k in a["state"]:
-        assert torch.equal(a["state"][k], b["state"][k]), k
+        torch.testing.assert_close(a["state"][k], b["state"][k], rtol=0, atol=0, equal_nan=True, msg=k)
     assert a["grads"].keys() == b["grads"].keys()
     for k, g in a["grads"].items():
         h = b["grads"][k]

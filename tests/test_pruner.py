@@ -1,0 +1,442 @@
+"""The Pruner: scales, schedule, penalty, alignment, choice, slim, one-shot, budgets, errors."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+from models import CASES, EDSR, RCAN
+from torch import nn
+from util import assert_same, call, flat, max_rel_err, snapshot
+
+import assl
+from assl.alignment import alignment_loss, soft_masks
+
+TINY = assl.Schedule(align_iters=6, reg_interval=2, reg_step=0.1, reg_limit=0.3, stabilize_iters=4)
+
+
+def _edsr(seed=0, blocks=2, feats=8):
+    torch.manual_seed(seed)
+    return EDSR(n_resblocks=blocks, n_feats=feats, scale=2)
+
+
+def _x(seed=0, size=8):
+    return torch.randn(2, 3, size, size, generator=torch.Generator().manual_seed(seed))
+
+
+# --- scales --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_inserting_scales_keeps_outputs(case):
+    model = case.build().eval()
+    x = case.inputs(0)
+    with torch.no_grad():
+        before = [t.clone() for t in flat(call(model, x))]
+    extra = [case.other_inputs(0)] if case.other_inputs else []
+    pruner = assl.Pruner(model, x, ratio=0.5, extra_inputs=extra, schedule=TINY)
+    assert pruner.scale_parameters()
+    with torch.no_grad():
+        after = flat(call(model, x))
+    for a, b in zip(before, after):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
+
+
+def test_scales_start_from_the_weights_loaded_last():
+    trained = _edsr(seed=1)
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(1.5).add_(0.01)
+    fresh = _edsr(seed=2)
+    fresh.load_state_dict(trained.state_dict())
+    assl.Pruner(fresh, _x(), ratio=0.5, schedule=TINY)
+    assert max_rel_err(trained.eval(), fresh.eval(), _x(3)) < 1e-5
+
+
+def test_loading_a_dense_checkpoint_after_the_pruner_fails_loudly():
+    model = _edsr()
+    dense = _edsr(seed=5).state_dict()
+    assl.Pruner(model, _x(), ratio=0.5, schedule=TINY)
+    with pytest.raises(RuntimeError, match="Missing key"):
+        model.load_state_dict(dense)
+
+
+def test_weight_parameter_identity_survives_and_only_scales_are_new():
+    model = _edsr()
+    before = {id(p) for p in model.parameters()}
+    pruner = assl.Pruner(model, _x(), ratio=0.5, schedule=TINY)
+    after = {id(p) for p in model.parameters()}
+    assert before <= after
+    assert after - before == {id(p) for p in pruner.scale_parameters()}
+
+
+# --- schedule ------------------------------------------------------------------------------
+
+
+def test_schedule_numbers():
+    s = assl.Schedule(align_iters=3, reg_interval=2, reg_step=0.1, reg_limit=0.3, stabilize_iters=4)
+    assert s.increments == 4 and s.bounds(True) == (3, 11, 15) and s.bounds(False) == (0, 8, 12)
+    phases = [s.phase(i, True) for i in range(16)]
+    assert phases == ["align"] * 3 + ["regularize"] * 8 + ["stabilize"] * 4 + ["done"]
+    pens = [round(s.penalty(i, True), 6) for i in range(16)]
+    assert pens == [0, 0, 0, 0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4, 0.4]
+    paper = assl.Schedule()
+    assert paper.increments == 5001 and paper.bounds(True) == (17260, 17260 + 100020, 17260 + 100020 + 43150)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"align_iters": -1},
+        {"stabilize_iters": -5},
+        {"reg_interval": 0},
+        {"reg_step": 0.0},
+        {"reg_limit": -1.0},
+        {"reg_step": math.nan},
+        {"align_weight": math.inf},
+        {"align_iters": 1.5},
+    ],
+)
+def test_schedule_rejects_bad_numbers(kwargs):
+    with pytest.raises(ValueError, match="Schedule"):
+        assl.Schedule(**kwargs)
+
+
+def test_pruner_phases_switch_at_the_right_steps():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    assert pruner.aligned == ["head.0"]
+    seen = []
+    for _ in range(19):
+        seen.append((pruner.phase, round(pruner.penalty, 6)))
+        model(_x()).sum().backward()
+        pruner.step()
+    assert [p for p, _ in seen] == ["align"] * 6 + ["regularize"] * 8 + ["stabilize"] * 4 + ["done"]
+    assert [r for _, r in seen] == [0] * 6 + [0.1, 0.1, 0.2, 0.2, 0.3, 0.3, 0.4, 0.4] + [0.4] * 5
+    assert pruner.done and pruner.step_count == 19
+
+
+# --- penalty -------------------------------------------------------------------------------
+
+
+def test_step_adds_penalty_only_to_chosen_channels():
+    model = _edsr()
+    sched = assl.Schedule(align_iters=0, reg_interval=1, reg_step=0.25, reg_limit=1.0, stabilize_iters=1)
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=sched)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.step()  # first regularize step: penalty 0.25
+    chosen = pruner.chosen()
+    for name, layers in pruner._layers.items():
+        units = torch.tensor(chosen[name])
+        for layer in layers:
+            g = layer.ws.scale
+            mask = torch.isin(layer.scale_units, units)
+            torch.testing.assert_close(g.grad[mask], 0.25 * g.detach()[mask])
+            assert torch.all(g.grad[~mask] == 0)
+            bias = model.get_submodule(layer.name).bias
+            bmask = torch.isin(layer.channel_units, units)
+            torch.testing.assert_close(bias.grad[bmask], 0.25 * bias.detach()[bmask])
+            assert torch.all(bias.grad[~bmask] == 0)
+    others = [p for n, p in model.named_parameters() if "scale" not in n and not n.endswith("bias")]
+    assert all(torch.all(p.grad == 0) for p in others)
+
+
+def test_penalty_drives_chosen_scales_to_zero_on_a_toy_task():
+    torch.manual_seed(0)
+    teacher = _edsr(seed=3)
+    model = _edsr(seed=4)
+    sched = assl.Schedule(align_iters=20, reg_interval=2, reg_step=0.02, reg_limit=1.0, stabilize_iters=40)
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=sched)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pruner.attach(opt)
+    start = {n: torch.stack([layer.unit_scores() for layer in ls]).mean(0).detach() for n, ls in pruner._layers.items()}
+    while not pruner.done:
+        x = torch.randn(4, 3, 8, 8)
+        with torch.no_grad():
+            target = teacher(x)
+        loss = (model(x) - target).abs().mean() + pruner.alignment_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    for name, layers in pruner._layers.items():
+        s = torch.stack([layer.unit_scores() for layer in layers]).mean(0).detach()
+        chosen = torch.tensor(pruner.chosen()[name])
+        kept = torch.ones_like(s, dtype=torch.bool)
+        kept[chosen] = False
+        assert s[chosen].max() < 0.1 * start[name][chosen].mean(), name
+        assert s[kept].min() > 0.3 * start[name][kept].mean(), name
+
+
+# --- alignment -----------------------------------------------------------------------------
+
+
+def test_alignment_loss_value_and_gradient_by_hand():
+    s = torch.tensor([[1.0, 2.0, 3.0], [3.0, 2.0, 1.0]], requires_grad=True)
+    loss = alignment_loss(s, k=1)
+    # thresholds are the 2nd smallest value (2.0) of each row
+    m = torch.sigmoid(torch.tensor([[-1.0, 0.0, 1.0], [1.0, 0.0, -1.0]]))
+    expected = -(m @ m.T).mean()
+    torch.testing.assert_close(loss, expected)
+    loss.backward()
+    sig = torch.sigmoid
+    d = sig(torch.tensor(1.0)) * (1 - sig(torch.tensor(1.0)))  # sigmoid'(1) = sigmoid'(-1)
+    # d loss / d s[0,0]: only m[0,0] depends on s[0,0] (the threshold is s[0,1])
+    # loss = -(1/4) * sum_ij m_i . m_j ; d/dm00 = -(1/4) * (2*m00 + 2*m10)
+    g00 = -(0.25) * (2 * m[0, 0] + 2 * m[1, 0]) * d
+    torch.testing.assert_close(s.grad[0, 0], g00)
+    assert torch.allclose(
+        soft_masks(torch.tensor([[5.0, 1.0, 3.0]]), 1), torch.sigmoid(torch.tensor([[2.0, -2.0, 0.0]]))
+    )
+    with pytest.raises(ValueError):
+        soft_masks(torch.ones(2, 3), 3)
+
+
+def test_alignment_loss_prefers_layers_that_keep_the_same_channels():
+    torch.manual_seed(0)
+    for spread, margin in [(1.0, 0.0), (8.0, 0.5)]:
+        base = torch.rand(16) * spread + 0.5
+        aligned = torch.stack([base, base * 1.1, base * 0.9])
+        shuffled = torch.stack([base, base[torch.randperm(16)] * 1.1, base[torch.randperm(16)] * 0.9])
+        # the same scores per layer; only which channels each layer keeps differs
+        assert alignment_loss(aligned, 8) < alignment_loss(shuffled, 8) - margin
+
+
+def test_alignment_loss_is_free_outside_the_align_phase():
+    model = _edsr()
+    sched = assl.Schedule(align_iters=0, reg_interval=1, reg_step=0.1, reg_limit=0.2, stabilize_iters=1)
+    pruner = assl.Pruner(model, _x(), ratio=0.5, schedule=sched)
+    z = pruner.alignment_loss()
+    assert z.item() == 0.0 and not z.requires_grad and pruner.alignment_loss() is z
+
+
+def test_group_layers_end_with_one_index_set():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-2)
+    pruner.attach(opt)
+    while not pruner.done:
+        loss = model(_x()).abs().mean() + pruner.alignment_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    small = pruner.slim()
+    stream = ["head.0", "body.0.body.2", "body.1.body.2", "body.2"]
+    widths = {small.get_submodule(n).out_channels for n in stream}
+    assert widths == {4}
+
+
+# --- slim ----------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+def test_slim_after_pruning_equals_masked_on_the_battery(case):
+    model = case.build().eval()
+    extra = [case.other_inputs(0)] if case.other_inputs else []
+    pruner = assl.Pruner(model, case.inputs(0), ratio=0.5, extra_inputs=extra, schedule=TINY)
+    with torch.no_grad():  # make the scales differ from the weights' norms, as after training
+        for g in pruner.scale_parameters():
+            g.mul_(torch.rand_like(g) + 0.5)
+    plan = pruner.plan()
+    masked = assl.masked_copy(model, pruner.graph, plan)
+    small = pruner.slim()
+    for x in [case.inputs(1)] + ([case.other_inputs(2)] if case.other_inputs else []):
+        assert max_rel_err(masked, small, x) <= 1e-5
+    assert sum(p.numel() for p in small.parameters()) == pruner.graph.count_params(plan)
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in small.modules())
+
+
+def test_slim_twice_and_step_after_slim_are_errors():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, schedule=TINY)
+    pruner.slim()
+    with pytest.raises(assl.ASSLError, match="already called"):
+        pruner.slim()
+    with pytest.raises(assl.ASSLError, match="already slimmed"):
+        pruner.step()
+
+
+def test_nan_scale_is_named():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    with torch.no_grad():
+        model.body[0].body[0].parametrizations.weight[0].scale[1] = math.nan
+    before = snapshot(model)
+    with pytest.raises(assl.ASSLError, match=r"`body\.0\.body\.0`.*NaN"):
+        pruner.slim()
+    assert_same(before, snapshot(model))
+
+
+# --- one-shot baseline ---------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("criterion", ["l1", "scale"])
+def test_prune_now_removes_smallest_filters_aligned_per_group(criterion):
+    model = _edsr()
+    with torch.no_grad():
+        for i in (1, 5):  # make units 1 and 5 of the residual stream clearly weakest
+            for name in ["head.0", "body.0.body.2", "body.1.body.2", "body.2"]:
+                model.get_submodule(name).weight[i].mul_(0.01)
+    pruner = assl.Pruner(model, _x(), ratio=0.25, skip=["*mean*", "*tail*"])
+    small = pruner.prune_now(criterion)
+    assert pruner.chosen()["head.0"] == [1, 5]
+    assert small.head[0].out_channels == 6
+    with pytest.raises(ValueError, match="criterion"):
+        assl.Pruner(_edsr(), _x(), ratio=0.25).prune_now("l2")
+
+
+# --- ratios, budgets, rounding -------------------------------------------------------------
+
+
+def test_ratio_mapping_first_match_wins_and_unmatched_layers_stay():
+    model = _edsr(feats=8)
+    ratio = {"body.0.*": 0.25, "body.*.body.0": 0.5}
+    pruner = assl.Pruner(model, _x(), ratio=ratio, skip=["*mean*", "*tail*"], schedule=TINY)
+    assert pruner.removed["body.0.body.0"] == 2 and pruner.removed["body.1.body.0"] == 4
+    # the residual group takes the ratio of its one matched layer (body.0.body.2)
+    assert pruner.removed["head.0"] == 2
+    other = assl.Pruner(_edsr(), _x(), ratio={"body.*.body.0": 0.5}, schedule=TINY)
+    assert other.removed["head.0"] == 0  # no layer of the group matches: it keeps everything
+
+
+def test_group_with_conflicting_ratios_is_an_error():
+    with pytest.raises(ValueError, match="different ratios"):
+        assl.Pruner(_edsr(), _x(), ratio={"head.0": 0.5, "*": 0.25}, schedule=TINY)
+
+
+@pytest.mark.parametrize("kind", ["params", "macs"])
+def test_budget_is_met_with_one_ratio(kind):
+    model = _edsr(blocks=2, feats=16)
+    graph = assl.trace(model, _x())
+    dense = graph.count_params() if kind == "params" else graph.count_macs()
+    target = dense // 2
+    pruner = assl.Pruner(model, _x(), ratio=assl.Budget(**{kind: target}), skip=["*mean*"], schedule=TINY)
+    plan = pruner.plan()
+    got = pruner.graph.count_params(plan) if kind == "params" else pruner.graph.count_macs(plan)
+    assert got <= target and got > 0.8 * target
+    small = pruner.slim()
+    if kind == "params":
+        assert sum(p.numel() for p in small.parameters()) == got
+
+
+def test_unreachable_budget_and_bad_budget():
+    with pytest.raises(ValueError, match="cannot be met"):
+        assl.Pruner(_edsr(), _x(), ratio=assl.Budget(params=10), schedule=TINY)
+    with pytest.raises(ValueError, match="exactly one"):
+        assl.Budget(params=10, macs=10)
+
+
+def test_round_to_keeps_multiples():
+    model = _edsr(feats=32)
+    pruner = assl.Pruner(model, _x(), ratio=0.6, round_to=8, skip=["*mean*", "*tail*"], schedule=TINY)
+    small = pruner.slim()
+    for m in small.body.modules():
+        if isinstance(m, nn.Conv2d):
+            assert m.out_channels % 8 == 0 and m.out_channels == 16  # ceil(0.6*32)=20 -> keep 12 -> 16
+
+
+def test_ratio_0_80859375_keeps_49_of_256():
+    from assl.budget import units_to_remove
+
+    class G:
+        size, num_prunable = 256, 256
+
+    assert units_to_remove(G, 0.80859375, 1) == 207  # type: ignore[arg-type]
+    assert units_to_remove(G, 0.80859375, 8) == 200  # type: ignore[arg-type]
+
+
+# --- groups and skips ----------------------------------------------------------------------
+
+
+def test_authors_patterns_work_unchanged_on_rcan_and_edsr():
+    class Wrapped(nn.Module):  # the authors' module names carry a `model.` prefix
+        def __init__(self):
+            super().__init__()
+            self.model = _edsr(blocks=3)
+
+        def forward(self, x):
+            return self.model(x)
+
+    pruner = assl.Pruner(
+        Wrapped(), _x(), ratio=0.5, skip="*mean*,*tail*", groups=["model.head.0,model.body.3,*body.2"], schedule=TINY
+    )
+    assert pruner.aligned == ["model.head.0"]
+    torch.manual_seed(0)
+    assert assl.Pruner(RCAN(), _x(), ratio=0.5, skip=["*tail*"], schedule=TINY).aligned
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"ratio": 1.0}, r"\[0, 1\)"),
+        ({"ratio": -0.1}, r"\[0, 1\)"),
+        ({"ratio": math.nan}, r"\[0, 1\)"),
+        ({"ratio": {"body.*": 1.5}}, r"ratio\['body\.\*'\]"),
+        ({"ratio": 0.5, "skip": ["*nothing*"]}, "skip pattern '\\*nothing\\*' matches no prunable layer"),
+        ({"ratio": 0.5, "groups": [["head.0", "*.body.2"]]}, "leaves out body.2"),
+        (
+            {"ratio": 0.5, "groups": [["head.0", "body.2", "*body.2", "body.0.body.0"]]},
+            r"not tied together.*8 channels",
+        ),
+        ({"ratio": 0.5, "skip": ["*mean*", "*tail*"], "groups": [["body.0.body.0"]]}, "in no group"),
+        ({"ratio": 0.5, "groups": [["*zzz*"]]}, "group pattern"),
+        ({"ratio": 0.0}, "nothing to prune"),
+        ({"ratio": 0.5, "round_to": 0}, "round_to"),
+    ],
+    ids=[
+        "one",
+        "negative",
+        "nan",
+        "mapping",
+        "skip",
+        "missing",
+        "widths",
+        "uncovered",
+        "group_pattern",
+        "zero",
+        "round_to",
+    ],
+)
+def test_bad_configuration_raises_and_leaves_model_untouched(kwargs, match):
+    model = _edsr()
+    before = snapshot(model)
+    with pytest.raises(ValueError, match=match):
+        assl.Pruner(model, _x(), schedule=TINY, **kwargs)
+    assert_same(before, snapshot(model))
+    assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+
+
+def test_second_pruner_on_the_same_model_is_refused():
+    model = _edsr()
+    assl.Pruner(model, _x(), ratio=0.5, schedule=TINY)
+    with pytest.raises(ValueError, match="one Pruner at a time"):
+        assl.Pruner(model, _x(), ratio=0.5, schedule=TINY)
+
+
+def test_attach_needs_an_optimizer_that_updates_the_scales():
+    model = _edsr()
+    early = torch.optim.Adam(model.parameters(), lr=1e-3)  # built before the Pruner: no scales
+    pruner = assl.Pruner(model, _x(), ratio=0.5, schedule=TINY)
+    with pytest.raises(ValueError, match=r"does not update the scales.*create the Pruner on the bare model first"):
+        pruner.attach(early)
+    early.add_param_group({"params": pruner.scale_parameters(), "lr": 1e-2})
+    pruner.attach(early)
+    with pytest.raises(ValueError, match="already attached"):
+        pruner.attach(early)
+
+
+def test_summary_and_state_are_plain_data():
+    pruner = assl.Pruner(_edsr(), _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    text = pruner.summary()
+    assert "phase align" in text and "head.0" in text
+    state = pruner.state_dict()
+
+    def plain(o):
+        if isinstance(o, dict):
+            return all(isinstance(k, str) and plain(v) for k, v in o.items())
+        if isinstance(o, list):
+            return all(plain(v) for v in o)
+        return isinstance(o, (int, float, str, bool)) or o is None
+
+    assert plain(state)
