@@ -316,6 +316,15 @@ class Pruner:
         """The scale Parameters the Pruner added (for a param group of their own)."""
         return [layer.ws.scale for layers in self._layers.values() for layer in layers]
 
+    def penalized_parameters(self) -> list[nn.Parameter]:
+        """The parameters the penalty acts on: the scales and the biases of the scaled layers.
+
+        Adam moves a parameter by about its learning rate per step, so a short schedule can give
+        these a larger learning rate of their own to drive the chosen channels to zero in time.
+        """
+        biases = [layer.bias for layers in self._layers.values() for layer in layers if layer.bias is not None]
+        return [*self.scale_parameters(), *biases]
+
     def chosen(self) -> dict[str, list[int]]:
         """Group name -> the units chosen for removal so far (the plan :meth:`slim` applies)."""
         return {k: list(v) for k, v in self._chosen.items()}
@@ -338,9 +347,11 @@ class Pruner:
     def step(self, grad_scale: float | torch.Tensor | None = None) -> None:
         """Apply the penalty to the gradients of the chosen channels and count one step.
 
-        Call after ``backward()`` and before ``optimizer.step()``. With a GradScaler, call it
-        after ``scaler.unscale_(optimizer)``, or pass the scale the gradients still carry as
-        ``grad_scale`` (or use :meth:`attach`, which handles both kinds of optimizers).
+        Call after ``backward()`` and before ``optimizer.step()``. With a GradScaler prefer
+        :meth:`attach`: called by hand, the step is counted even when GradScaler then skips the
+        optimizer step for inf/NaN gradients. By hand, call it after
+        ``scaler.unscale_(optimizer)``, or pass the scale the gradients still carry as
+        ``grad_scale``.
         """
         if self._slimmed:
             raise ASSLError("the Pruner already slimmed its model: fine-tune the slimmed module without it")

@@ -36,3 +36,25 @@ def test_scripts_have_help(script, capsys, monkeypatch):
         runpy.run_path(str(ROOT / script), run_name="__main__")
     assert e.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_step_overhead_benchmark_smoke(capsys, monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from step_overhead import main
+
+    threads = torch.get_num_threads()
+    try:
+        main(["--smoke", "--threads", "1"])
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    for variant in ("dense", "scales only", "align", "regularize", "stabilize"):
+        assert f"| {variant} |" in out
+    assert "parametrization cost" in out and "step() (stabilize, penalty on)" in out
+    rows = [line.split("|") for line in out.splitlines() if line.startswith("| dense |")]
+    assert float(rows[0][2]) > 0 and float(rows[0][3]) == 1.0
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "usage" in capsys.readouterr().out

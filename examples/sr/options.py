@@ -1,0 +1,166 @@
+"""Command-line options: the authors' flags, spelled as in their commands, plus our own.
+
+The seed's commands run unchanged except for the data and checkpoint paths. Flags that only
+made sense in the authors' setup are accepted and say so in ``--help``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import re
+import sys
+from collections.abc import Sequence
+
+# --quick: the whole pipeline on the embedded photos in a few minutes on a 2-core CPU
+QUICK = {
+    "n_resblocks": 4,
+    "n_feats": 32,
+    "patch_size": 48,
+    "batch_size": 8,
+    "dense_iters": 300,
+    "align_iters": 40,
+    "update_reg_interval": 2,
+    "reg_granularity_prune": 0.02,
+    "reg_upper_limit": 0.5,
+    "stabilize_reg_interval": 40,
+    "finetune_iters": 200,
+    "lr": 5e-4,
+    "scale_lr": 3e-2,
+    "checkpoint_every": 50,
+    "eval_every": 100,
+    "stage_pr": "[0-1000:0.5]",
+}
+
+
+def parse_stage_pr(text: str) -> list[tuple[int, int, float]]:
+    """``"[0-1000:0.80859375]"`` -> ``[(0, 1000, 0.80859375)]``: layer index ranges and ratios.
+
+    Several ranges are comma-separated: ``"[0-10:0.5,11-20:0.3]"``. Layer indices count the
+    model's convolutions in definition order, as in the authors' code.
+
+    Raises:
+        ValueError: The text is not of that form or a ratio is outside [0, 1).
+    """
+    body = text.strip()
+    if body.startswith("[") and body.endswith("]"):
+        body = body[1:-1]
+    out = []
+    for part in filter(None, (p.strip() for p in body.split(","))):
+        m = re.fullmatch(r"(\d+)-(\d+):([0-9.eE+-]+)", part)
+        if not m:
+            raise ValueError(f"--stage_pr part {part!r} is not of the form FIRST-LAST:RATIO, e.g. [0-1000:0.5]")
+        first, last, ratio = int(m.group(1)), int(m.group(2)), float(m.group(3))
+        if first > last or not 0 <= ratio < 1:
+            raise ValueError(f"--stage_pr part {part!r}: need FIRST <= LAST and a ratio in [0, 1)")
+        out.append((first, last, ratio))
+    if not out:
+        raise ValueError(f"--stage_pr {text!r} names no layer range")
+    return out
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        description="Prune LEDSR with ASSL (the assl library) end to end: dense training or --pre_train, "
+        "ASSL pruning, slimming, fine-tuning, evaluation. Without --dir_data it runs on photographs "
+        "embedded in scikit-image; --quick makes the whole run take a few minutes on a CPU.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    a = p.add_argument_group("the authors' flags (spelled as in their commands)")
+    a.add_argument("--model", default="LEDSR", choices=["LEDSR"], help="network; only LEDSR is provided")
+    a.add_argument("--scale", type=int, default=2, choices=[2, 3, 4], help="super-resolution factor")
+    a.add_argument("--patch_size", type=int, default=96, help="HR training patch size (96/144/192 for x2/x3/x4)")
+    a.add_argument("--ext", default="sep", help="accepted for compatibility: images are read directly, no .npy cache")
+    a.add_argument(
+        "--dir_data",
+        default=None,
+        help="folder with DIV2K_train_HR/ (and DIV2K_train_LR_bicubic/X2/); "
+        "default: photographs embedded in scikit-image",
+    )
+    a.add_argument("--data_train", default="DIV2K", help="dataset name: DIV2K or DF2K (both use the DIV2K layout)")
+    a.add_argument("--data_test", default="DIV2K", help="accepted; the test images are --data_range's second part")
+    a.add_argument("--data_range", default="1-800/801-810", help="train/test image index ranges under --dir_data")
+    a.add_argument("--chop", action="store_true", help="tiled inference for large images (saves memory)")
+    a.add_argument("--save_results", action="store_true", help="write the super-resolved test images")
+    a.add_argument("--n_resblocks", type=int, default=16)
+    a.add_argument("--n_feats", type=int, default=256)
+    a.add_argument("--res_scale", type=float, default=1.0)
+    a.add_argument("--rgb_range", type=float, default=255.0)
+    a.add_argument("--method", default="ASSL", choices=["ASSL", "L1"], help="ASSL, or the one-shot L1-norm baseline")
+    a.add_argument("--wn", action="store_true", help="accepted: ASSL always inserts weight-normalized scales")
+    a.add_argument("--stage_pr", default="[0-1000:0.80859375]", help="pruning ratio per range of conv indices")
+    a.add_argument("--skip_layers", default="*mean*,*tail*", help="globs of layers that keep all channels")
+    a.add_argument(
+        "--same_pruned_wg_layers",
+        default=None,
+        help="globs of one same-pruned group (the residual stream); default "
+        "model.head.0,model.body.N,*body.2 with N = --n_resblocks; empty: take groups from the trace",
+    )
+    a.add_argument(
+        "--same_pruned_wg_criterion",
+        default="reg",
+        choices=["reg", "simple"],
+        help="reg: run the alignment phase; simple: choose the group's channels from |g| at once",
+    )
+    a.add_argument("--reg_upper_limit", type=float, default=0.5, help="the penalty grows until it passes this")
+    a.add_argument("--reg_granularity_prune", type=float, default=1e-4, help="penalty growth per interval")
+    a.add_argument("--update_reg_interval", type=int, default=20, help="steps between penalty growths")
+    a.add_argument("--stabilize_reg_interval", type=int, default=43150, help="steps at the final penalty")
+    a.add_argument("--pre_train", default=None, help="dense LEDSR checkpoint (state_dict, with or without 'model.')")
+    a.add_argument("--save", default="ledsr_assl", help="output folder (relative paths go under --save_root)")
+    a.add_argument("--lr", type=float, default=2e-4, help="fixed Adam learning rate, as the authors prune")
+    a.add_argument("--batch_size", type=int, default=16)
+    a.add_argument(
+        "--epochs", type=int, default=None, help="cap every training stage at this many passes over the data"
+    )
+    a.add_argument("--seed", type=int, default=1)
+    a.add_argument("--cpu", action="store_true", help="run on the CPU even when a GPU is available")
+    a.add_argument("--n_GPUs", type=int, default=1, help="accepted; use torchrun for several GPUs")
+    a.add_argument("--print_every", type=int, default=100)
+    a.add_argument("--test_only", action="store_true", help="only evaluate --pre_train")
+
+    o = p.add_argument_group("this example's flags")
+    o.add_argument("--quick", action="store_true", help="small LEDSR, short stages: the whole pipeline in minutes")
+    o.add_argument("--save_root", default="experiment")
+    o.add_argument("--dense_iters", type=int, default=None, help="dense training steps (default 0 with --pre_train)")
+    o.add_argument("--align_iters", type=int, default=17260, help="steps of the alignment phase")
+    o.add_argument(
+        "--max_prune_iters", type=int, default=None, help="cut the pruning stage short after this many steps"
+    )
+    o.add_argument(
+        "--scale_lr",
+        type=float,
+        default=None,
+        help="learning rate of the ASSL scales and of the pruned layers' biases (default --lr). Adam "
+        "moves a parameter by about lr per step: short runs need a larger one to reach zero in time",
+    )
+    o.add_argument("--finetune_iters", type=int, default=1000, help="fine-tuning steps of the slimmed model")
+    o.add_argument("--eval_every", type=int, default=1000, help="validation PSNR every this many steps")
+    o.add_argument("--checkpoint_every", type=int, default=500, help="save a resumable checkpoint this often")
+    o.add_argument("--resume", action="store_true", help="continue from --save's last checkpoint")
+    o.add_argument("--test_dir", default=None, help="also evaluate on this folder of HR images (Set5-style)")
+    o.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
+    o.add_argument("--workers", type=int, default=0, help="data loader worker processes")
+    o.add_argument("--max_side", type=int, default=None, help="downsize embedded photos to this longest side")
+    return p
+
+
+def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
+    """Parse ``argv``; ``--quick`` fills every option the user did not give with its quick value."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.quick:
+        given = {
+            a.dest for a in parser._actions for s in a.option_strings for t in argv if t == s or t.startswith(s + "=")
+        }
+        for key, value in QUICK.items():
+            if key not in given:
+                setattr(args, key, value)
+    if args.dense_iters is None:
+        args.dense_iters = 0 if args.pre_train else 2000
+    args.stage_ranges = parse_stage_pr(args.stage_pr)
+    if args.same_pruned_wg_layers is None:
+        args.same_pruned_wg_layers = f"model.head.0,model.body.{args.n_resblocks},*body.2"
+    if args.patch_size % args.scale:
+        parser.error(f"--patch_size {args.patch_size} must be a multiple of --scale {args.scale}")
+    return args

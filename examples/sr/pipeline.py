@@ -1,0 +1,335 @@
+"""The stages of a run: dense -> ASSL pruning -> slim -> fine-tune -> evaluate, resumable.
+
+A checkpoint (``checkpoint.pt``, loadable with ``weights_only=True``) is written every
+``--checkpoint_every`` steps, at every stage boundary, and on Ctrl-C; ``--resume`` continues
+from it, Pruner state included.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from data import EmbeddedSR, HRFolder, SRFolder, parse_data_range
+from ledsr import SRModel
+from metrics import psnr, ssim
+from report import save_png
+from torch import nn
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from tqdm import tqdm
+
+import assl
+
+log = logging.getLogger("sr")
+
+
+@dataclass
+class Context:
+    args: argparse.Namespace
+    out: Path
+    device: torch.device
+    rank: int = 0
+    world: int = 1
+    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "psnr": []})
+    state: dict[str, Any] = field(default_factory=dict)  # stage, iteration, metrics so far
+    global_step: int = 0
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+
+# --- setup -----------------------------------------------------------------------------------
+
+
+def setup(args: argparse.Namespace) -> Context:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    use_cuda = torch.cuda.is_available() and not args.cpu
+    if world > 1:
+        dist.init_process_group("nccl" if use_cuda else "gloo")
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    device = torch.device(f"cuda:{local}" if use_cuda else "cpu")
+    if use_cuda:
+        torch.cuda.set_device(device)
+    out = Path(args.save)
+    if not out.is_absolute():
+        out = Path(args.save_root) / out
+    out.mkdir(parents=True, exist_ok=True)
+    if rank == 0:
+        handler = logging.FileHandler(out / "log.txt")
+        handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        for name in ("sr", "assl"):
+            logging.getLogger(name).addHandler(handler)
+            logging.getLogger(name).setLevel(logging.INFO)
+        with (out / "config.json").open("w") as f:
+            json.dump({k: v for k, v in vars(args).items() if k != "stage_ranges"}, f, indent=1)
+    torch.manual_seed(args.seed + rank)
+    return Context(args, out, device, rank, world)
+
+
+def datasets(ctx: Context) -> tuple[Dataset, dict[str, Dataset]]:
+    """The training set and the named evaluation sets (``val`` for curves, ``test`` held out)."""
+    a = ctx.args
+    common = {"scale": a.scale, "rgb_range": a.rgb_range}
+    if a.dir_data:
+        train_range, test_range = parse_data_range(a.data_range)
+        train = SRFolder(a.dir_data, train_range, patch_size=a.patch_size, train=True, repeat=20, **common)
+        test = SRFolder(a.dir_data, test_range, patch_size=a.patch_size, train=False, repeat=1, **common)
+        evals: dict[str, Dataset] = {"val": test, "test": test}
+    else:
+        extra = {"max_side": a.max_side} if a.max_side else {}
+        train = EmbeddedSR("train", patch_size=a.patch_size, train=True, repeat=50, **common, **extra)
+        evals = {
+            "val": EmbeddedSR("val", patch_size=a.patch_size, train=False, repeat=1, **common, **extra),
+            "test": EmbeddedSR("test", patch_size=a.patch_size, train=False, repeat=1, **common, **extra),
+        }
+    if a.test_dir:
+        evals[Path(a.test_dir).name] = HRFolder(a.test_dir, **common)
+    return train, evals
+
+
+def batches(ctx: Context, train: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """An endless stream of training batches (a new shuffle every pass)."""
+    sampler = DistributedSampler(train, ctx.world, ctx.rank, seed=ctx.args.seed) if ctx.world > 1 else None
+    loader = DataLoader(
+        train,
+        batch_size=ctx.args.batch_size,
+        shuffle=sampler is None,
+        sampler=sampler,
+        drop_last=True,
+        num_workers=ctx.args.workers,
+        pin_memory=ctx.device.type == "cuda",
+    )
+    epoch = 0
+    while True:
+        if sampler is not None:
+            sampler.set_epoch(epoch)
+        for lr, hr, _ in loader:
+            yield lr.to(ctx.device, non_blocking=True), hr.to(ctx.device, non_blocking=True)
+        epoch += 1
+
+
+def stage_limit(ctx: Context, iters: int, train: Dataset) -> int:
+    """``iters``, capped by ``--epochs`` passes over the training set."""
+    if ctx.args.epochs is None:
+        return iters
+    per_epoch = max(1, len(train) // (ctx.args.batch_size * ctx.world))  # type: ignore[arg-type]
+    return min(iters, ctx.args.epochs * per_epoch)
+
+
+def build_model(ctx: Context) -> SRModel:
+    a = ctx.args
+    model = SRModel(
+        n_resblocks=a.n_resblocks, n_feats=a.n_feats, scale=a.scale, rgb_range=a.rgb_range, res_scale=a.res_scale
+    )
+    return model.to(ctx.device)
+
+
+# --- inference and evaluation ----------------------------------------------------------------
+
+
+def infer(
+    model: nn.Module, lr: torch.Tensor, *, chop: bool, scale: int, tile: int = 96, overlap: int = 24
+) -> torch.Tensor:
+    """Super-resolve ``lr`` (N, 3, h, w); with ``chop``, in overlapping tiles stitched back."""
+    if not chop or (lr.shape[-2] <= tile and lr.shape[-1] <= tile):
+        return model(lr)
+    n, _, h, w = lr.shape
+    out = lr.new_zeros(n, 3, h * scale, w * scale)
+    step = tile - 2 * overlap
+    for top in range(0, h, step):
+        for left in range(0, w, step):
+            t0, l0 = max(0, top - overlap), max(0, left - overlap)
+            t1, l1 = min(h, top + step + overlap), min(w, left + step + overlap)
+            sr = model(lr[:, :, t0:t1, l0:l1])
+            bt, bl = min(h, top + step), min(w, left + step)
+            out[:, :, top * scale : bt * scale, left * scale : bl * scale] = sr[
+                :, :, (top - t0) * scale : (bt - t0) * scale, (left - l0) * scale : (bl - l0) * scale
+            ]
+    return out
+
+
+@torch.no_grad()
+def evaluate(
+    ctx: Context, model: nn.Module, data: Dataset, *, save_dir: Path | None = None
+) -> tuple[float, float, list]:
+    """Mean PSNR/SSIM (Y channel, border = scale) and the per-image rows."""
+    a = ctx.args
+    was = model.training
+    model.eval()
+    rows = []
+    for i in tqdm(range(len(data)), desc="eval", leave=False, disable=not ctx.main):  # type: ignore[arg-type]
+        lr, hr, name = data[i]
+        sr = infer(model, lr[None].to(ctx.device), chop=a.chop, scale=a.scale)[0].clamp(0, a.rgb_range)
+        sr = sr.round() if a.rgb_range == 255 else sr
+        hr = hr.to(ctx.device)
+        rows.append(
+            {
+                "image": name,
+                "psnr": psnr(sr, hr, scale=a.scale, rgb_range=a.rgb_range),
+                "ssim": ssim(sr, hr, scale=a.scale, rgb_range=a.rgb_range),
+            }
+        )
+        if save_dir is not None:
+            save_dir.mkdir(parents=True, exist_ok=True)
+            save_png(save_dir / f"{name}_x{a.scale}_SR.png", sr, a.rgb_range)
+    model.train(was)
+    finite = [r["psnr"] for r in rows if math.isfinite(r["psnr"])]
+    return sum(finite) / max(1, len(finite)), sum(r["ssim"] for r in rows) / max(1, len(rows)), rows
+
+
+def bicubic_psnr(ctx: Context, data: Dataset) -> float:
+    """PSNR of plain bicubic upscaling: the floor any SR network must beat."""
+    a = ctx.args
+    vals = []
+    for i in range(len(data)):  # type: ignore[arg-type]
+        lr, hr, _ = data[i]
+        up = torch.nn.functional.interpolate(lr[None], scale_factor=a.scale, mode="bicubic", align_corners=False)
+        up = up[0, :, : hr.shape[-2], : hr.shape[-1]].clamp(0, a.rgb_range).round()
+        vals.append(psnr(up, hr, scale=a.scale, rgb_range=a.rgb_range))
+    return sum(vals) / max(1, len(vals))
+
+
+def size_report(model: nn.Module, scale: int) -> tuple[int, float]:
+    """Parameters, and GMACs for a 1280x720 output (the field's convention).
+
+    The network is fully convolutional at the LR resolution, so MACs grow with the input area:
+    they are counted on a 16x16 input and scaled to (720/scale) x (1280/scale).
+    """
+    graph = assl.trace(model, torch.zeros(1, 3, 16, 16, device=next(model.parameters()).device))
+    macs = graph.count_macs() * (1280 / scale) * (720 / scale) / (16 * 16)
+    return sum(p.numel() for p in model.parameters()), macs / 1e9
+
+
+# --- training --------------------------------------------------------------------------------
+
+
+def train_stage(
+    ctx: Context,
+    stage: str,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    stream: Iterator[tuple[torch.Tensor, torch.Tensor]],
+    *,
+    start: int,
+    iters: int,
+    evals: dict[str, Dataset],
+    save: Callable[[int], None],
+    extra_loss: Callable[[], torch.Tensor] | None = None,
+    stop: Callable[[], bool] | None = None,
+    bare: nn.Module | None = None,
+) -> int:
+    """Train ``model`` from step ``start`` to ``iters`` (or until ``stop()``); returns the last step."""
+    a = ctx.args
+    use_amp = a.amp and ctx.device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    step = start
+    bar = tqdm(total=iters, initial=start, desc=stage, disable=not ctx.main, dynamic_ncols=True)
+    t0 = time.time()
+    try:
+        while step < iters and not (stop and stop()):
+            lr, hr = next(stream)
+            with torch.autocast(ctx.device.type, enabled=use_amp):
+                loss = (model(lr) - hr).abs().mean()
+            total = loss + (extra_loss() if extra_loss else 0.0)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(total).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            step += 1
+            ctx.global_step += 1
+            if ctx.main:
+                ctx.history["loss"].append((stage, ctx.global_step, float(loss)))
+                bar.update(1)
+                if step % a.print_every == 0:
+                    log.info(
+                        "%s step %d/%d loss %.4f (%.2f s/step)",
+                        stage,
+                        step,
+                        iters,
+                        float(loss),
+                        (time.time() - t0) / max(1, step - start),
+                    )
+                if step % a.eval_every == 0:
+                    val, _, _ = evaluate(ctx, bare or model, evals["val"])
+                    ctx.history["psnr"].append((stage, ctx.global_step, val))
+                    bar.set_postfix(psnr=f"{val:.2f}")
+            if step % a.checkpoint_every == 0:
+                save(step)
+    except KeyboardInterrupt:
+        save(step)
+        log.warning("interrupted at %s step %d: checkpoint saved, continue with --resume", stage, step)
+        raise
+    finally:
+        bar.close()
+    save(step)
+    return step
+
+
+def checkpoint(
+    ctx: Context,
+    stage: str,
+    step: int,
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer | None,
+    pruner: assl.Pruner | None = None,
+) -> None:
+    """Write ``checkpoint.pt`` atomically (rank 0 only)."""
+    if not ctx.main:
+        return
+    state = {
+        "stage": stage,
+        "step": step,
+        "global_step": ctx.global_step,
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict() if optimizer is not None else None,
+        "pruner": pruner.state_dict() if pruner is not None else None,
+        "rng": torch.get_rng_state(),
+        "history": ctx.history,
+        "results": ctx.state.get("results", {}),
+    }
+    tmp = ctx.out / "checkpoint.pt.tmp"
+    torch.save(state, tmp)
+    tmp.replace(ctx.out / "checkpoint.pt")
+
+
+def schedule(a: argparse.Namespace) -> assl.Schedule:
+    return assl.Schedule(
+        align_iters=a.align_iters if a.same_pruned_wg_criterion == "reg" else 0,
+        reg_interval=a.update_reg_interval,
+        reg_step=a.reg_granularity_prune,
+        reg_limit=a.reg_upper_limit,
+        stabilize_iters=a.stabilize_reg_interval,
+    )
+
+
+def ratio_map(model: nn.Module, ranges: list[tuple[int, int, float]]) -> dict[str, float]:
+    """``--stage_pr`` layer-index ranges -> {layer name: ratio} over the model's convolutions."""
+    convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
+    out: dict[str, float] = {}
+    for first, last, r in ranges:
+        for name in convs[first : last + 1]:
+            out.setdefault(name, r)
+    return out
+
+
+def make_pruner(ctx: Context, model: nn.Module) -> assl.Pruner:
+    a = ctx.args
+    x = torch.zeros(1, 3, 16, 16, device=ctx.device)
+    ratios = ratio_map(model, a.stage_ranges)
+    skip = [p for p in a.skip_layers.split(",") if p]
+    pruned = set(assl.trace(model, x).layers)
+    ratios = {k: v for k, v in ratios.items() if k in pruned}
+    groups = [a.same_pruned_wg_layers] if a.same_pruned_wg_layers else None
+    return assl.Pruner(model, x, ratio=ratios, skip=skip, groups=groups, schedule=schedule(a))
