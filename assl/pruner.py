@@ -43,7 +43,7 @@ class _Layer:
         self.name = name
         self.ws = ws
         bias = getattr(module, "bias", None)
-        self.bias: torch.Tensor | None = bias if isinstance(bias, nn.Parameter) else None
+        self.bias: nn.Parameter | None = bias if isinstance(bias, nn.Parameter) else None
         units = group.channels(name)
         n = ws.scale.numel()
         # a grouped ConvTranspose scales out/groups columns; its groups are tied channel by channel
