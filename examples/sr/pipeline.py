@@ -250,7 +250,7 @@ def train_stage(
             step += 1
             ctx.global_step += 1
             if ctx.main:
-                ctx.history["loss"].append((stage, ctx.global_step, float(loss)))
+                ctx.history["loss"].append((stage, ctx.global_step, loss.item()))
                 bar.update(1)
                 if step % a.print_every == 0:
                     log.info(
@@ -258,7 +258,7 @@ def train_stage(
                         stage,
                         step,
                         iters,
-                        float(loss),
+                        loss.item(),
                         (time.time() - t0) / max(1, step - start),
                     )
                 if step % a.eval_every == 0:

@@ -1,0 +1,74 @@
+"""The SR example end to end on a tiny LEDSR: outputs, the L1 baseline, crash and resume."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "sr"))
+
+import main as sr_main
+from ledsr import SRModel
+
+import assl
+
+TINY = (
+    "--quick --n_resblocks 1 --n_feats 4 --patch_size 16 --batch_size 2 --max_side 48 --dense_iters 4 "
+    "--align_iters 2 --update_reg_interval 1 --reg_granularity_prune 0.25 --reg_upper_limit 0.5 "
+    "--stabilize_reg_interval 2 --finetune_iters 3 --eval_every 2 --checkpoint_every 2 --print_every 2"
+).split()
+
+
+def _run(tmp_path: Path, *extra: str) -> dict:
+    return sr_main.run([*TINY, "--save", str(tmp_path / "run"), *extra])
+
+
+def test_pipeline_writes_every_output(tmp_path, capsys):
+    results = _run(tmp_path, "--save_results")
+    out = tmp_path / "run"
+    for name in ["log.txt", "config.json", "results.json", "plan.json", "slim.pt", "metrics-test.csv", "curves.png"]:
+        assert (out / name).is_file(), name
+    assert len(list((out / "results-test").glob("*.png"))) == 2
+    rows = (out / "metrics-test.csv").read_text().splitlines()
+    assert rows[0] == "image,psnr,ssim" and len(rows) == 3
+    assert results["pruned_params"] < results["dense_params"] and results["pruned_gmacs"] < results["dense_gmacs"]
+    assert 10 < results["pruned_psnr"] < 60 and 0 < results["pruned_ssim"] <= 1
+    plan = json.loads((out / "plan.json").read_text())
+    assert plan["removed"]["model.head.0"] == 2  # half of 4 features
+    small = assl.load(SRModel(n_resblocks=1, n_feats=4, scale=2), out / "slim.pt")
+    assert small.model.head[0].out_channels == 2
+    table = capsys.readouterr().out
+    assert "pruned PSNR / SSIM" in table and "GMACs (1280x720 out)" in table
+
+
+def test_l1_baseline_runs(tmp_path):
+    results = _run(tmp_path, "--method", "L1")
+    assert results["pruned_params"] < results["dense_params"]
+
+
+def test_crash_then_resume_loses_nothing(tmp_path, monkeypatch):
+    real = sr_main.batches
+    calls = {"n": 0}
+
+    def crashing(ctx, train):
+        for batch in real(ctx, train):
+            calls["n"] += 1
+            if calls["n"] == 4 + 3:  # dense takes 4 batches; crash in the pruning stage
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(sr_main, "batches", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path)
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["stage"] == "prune" and ckpt["step"] == 2 and ckpt["pruner"]["step"] == 2
+    monkeypatch.setattr(sr_main, "batches", real)
+    results = _run(tmp_path, "--resume")
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "resuming at stage prune step 2" in log
+    assert "dense_psnr" in results and "pruned_psnr" in results  # results of the first run kept
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["stage"] == "finished"
