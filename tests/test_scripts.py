@@ -58,3 +58,12 @@ def test_step_overhead_benchmark_smoke(capsys, monkeypatch):
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "usage" in capsys.readouterr().out
+
+
+def test_inference_speed_benchmark_smoke(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from inference_speed import main as speed_main
+
+    speed_main(["--smoke", "--device", "cpu"])
+    out = capsys.readouterr().out
+    assert "| dense | 16 |" in out and "| ratio 0.5 | 8 |" in out and "realized/ideal" in out
