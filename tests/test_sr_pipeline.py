@@ -72,3 +72,36 @@ def test_crash_then_resume_loses_nothing(tmp_path, monkeypatch):
     assert "resuming at stage prune step 2" in log
     assert "dense_psnr" in results and "pruned_psnr" in results  # results of the first run kept
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["stage"] == "finished"
+
+
+def test_two_processes_with_torchrun(tmp_path):
+    import os
+    import socket
+    import subprocess
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    script = Path(__file__).resolve().parents[1] / "examples" / "sr" / "main.py"
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(script),
+        *TINY,
+        "--cpu",
+        "--save",
+        str(tmp_path / "ddp"),
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    results = json.loads((tmp_path / "ddp" / "results.json").read_text())
+    assert results["pruned_params"] < results["dense_params"]
+    assert "pruned PSNR / SSIM" in proc.stdout
