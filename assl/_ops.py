@@ -1,59 +1,28 @@
-"""How functional torch operations move and tie channel labels.
+"""How elementwise, per-channel and reducing torch operations move and tie channel labels.
 
 Each rule reads the labels of its tensor inputs from the tracer and records the labels of its
 outputs. An operation without a rule is *opaque*: the channels of its tensor inputs can never be
-removed (we cannot prove the result unchanged) and its outputs carry no labels.
+removed (we cannot prove the result unchanged) and its outputs carry no labels. Operations that
+move the channel dimension live in ``_shape_ops``.
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
 
-from ._values import FIXED, Value
+from ._oputil import Opaque, Rule
+from ._oputil import arg as _arg
+from ._oputil import first_out as _first_out
+from ._oputil import norm_dim as _norm_dim
+from ._shape_ops import SHAPE_RULES
+from ._values import Value
 
 if TYPE_CHECKING:
     from .trace import _Tracer
-
-Rule = Callable[["_Tracer", str, tuple, dict, Any], None]
-
-
-class Opaque(Exception):
-    """Raised by a rule that cannot map its inputs: the op is then treated as opaque."""
-
-
-def _tensors(obj: Any) -> Iterable[torch.Tensor]:
-    if isinstance(obj, torch.Tensor):
-        yield obj
-    elif isinstance(obj, (list, tuple)):
-        for item in obj:
-            yield from _tensors(item)
-    elif isinstance(obj, dict):
-        for item in obj.values():
-            yield from _tensors(item)
-
-
-def _arg(args: tuple, kwargs: dict, i: int, name: str, default: Any = None) -> Any:
-    if len(args) > i:
-        return args[i]
-    return kwargs.get(name, default)
-
-
-def _first_out(out: Any) -> torch.Tensor | None:
-    if isinstance(out, torch.Tensor):
-        return out
-    if isinstance(out, (tuple, list)) and out and isinstance(out[0], torch.Tensor):
-        return out[0]
-    return None
-
-
-def _norm_dim(d: int, ndim: int) -> int:
-    return d + ndim if d < 0 else d
-
 
 # --- elementwise ---------------------------------------------------------------------------
 
@@ -395,237 +364,6 @@ def _reduce(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
 # --- shape ops -----------------------------------------------------------------------------
 
 
-def _reshape_map(in_shape: Sequence[int], out_shape: Sequence[int], d: int) -> tuple[int, int] | None:
-    """Where channel dim ``d`` of ``in_shape`` lands in ``out_shape`` and how often each repeats.
-
-    Supported: the channel dim kept whole, possibly merged with the dims after it (flatten), with
-    any number of size-1 dims added or removed. Splitting the channel dim is not supported.
-    """
-    before = math.prod(in_shape[:d])
-    c = in_shape[d]
-    prod = 1
-    for j, n in enumerate(out_shape):
-        if prod == before and n != 1 and n % c == 0:
-            repeat = n // c
-            tail = 1
-            for m in range(d + 1, len(in_shape) + 1):
-                if tail == repeat:
-                    return j, repeat
-                if m < len(in_shape):
-                    tail *= in_shape[m]
-            return None
-        prod *= n
-        if prod > before and before > 0:
-            return None
-    return None
-
-
-def _reshape(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    x = args[0]
-    if not isinstance(out, torch.Tensor):
-        return
-    v = tr.get(x)
-    if v is None:
-        tr.propagate_param_ref(x, out)
-        return
-    mapped = _reshape_map(tuple(x.shape), tuple(out.shape), v.dim)
-    if mapped is None:
-        raise Opaque
-    j, repeat = mapped
-    tr.put(out, Value(j, np.repeat(v.labels, repeat), np.repeat(v.zero, repeat)), name)
-
-
-def _permutation(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
-    if name == "permute":
-        if len(args) == 1:
-            dims = kwargs["dims"]
-        elif len(args) == 2 and not isinstance(args[1], int):
-            dims = args[1]
-        else:
-            dims = args[1:]
-        return [_norm_dim(d, ndim) for d in dims]
-    perm = list(range(ndim))
-    if name in ("transpose", "transpose_", "swapaxes", "swapdims"):
-        d0 = _norm_dim(_arg(args, kwargs, 1, "dim0"), ndim)
-        d1 = _norm_dim(_arg(args, kwargs, 2, "dim1"), ndim)
-        perm[d0], perm[d1] = perm[d1], perm[d0]
-        return perm
-    if name in ("t", "T"):
-        return perm[::-1]
-    if name == "mT":
-        perm[-1], perm[-2] = perm[-2], perm[-1]
-        return perm
-    if name in ("movedim", "moveaxis"):
-        src = _arg(args, kwargs, 1, "source")
-        dst = _arg(args, kwargs, 2, "destination")
-        src = [src] if isinstance(src, int) else list(src)
-        dst = [dst] if isinstance(dst, int) else list(dst)
-        src = [_norm_dim(s, ndim) for s in src]
-        dst = [_norm_dim(s, ndim) for s in dst]
-        rest = [i for i in range(ndim) if i not in src]
-        result: list[int | None] = [None] * ndim
-        for s, t in zip(src, dst):
-            result[t] = s
-        it = iter(rest)
-        return [r if r is not None else next(it) for r in result]
-    raise Opaque
-
-
-def _permute(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    x = args[0]
-    v = tr.get(x)
-    if v is None or not isinstance(out, torch.Tensor):
-        return
-    perm = _permutation(name, args, kwargs, x.ndim)
-    tr.put(out, v.moved(perm.index(v.dim)), name)
-
-
-def _expand(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    x = args[0]
-    v = tr.get(x)
-    if v is None or not isinstance(out, torch.Tensor):
-        return
-    pos = v.dim + out.ndim - x.ndim
-    if out.shape[pos] != v.size:
-        raise Opaque
-    tr.put(out, v.moved(pos), name)
-
-
-_CONSTANT_CUT = (
-    "cut into pieces of constant size by `{name}`: the forward code would cut the slimmed tensor at the "
-    "same sizes (torch.chunk, which sizes its pieces from the tensor, can be pruned)"
-)
-
-
-def _getitem(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    x, index = args[0], args[1]
-    if not isinstance(out, torch.Tensor):
-        return
-    v = tr.get(x)
-    if v is None:
-        tr.propagate_param_ref(x, out)
-        return
-    items = index if isinstance(index, tuple) else (index,)
-    basic = (type(None), type(Ellipsis), int, slice)
-    if any(not isinstance(i, basic) or isinstance(i, bool) for i in items):
-        raise Opaque
-    consumed = sum(1 for i in items if i is not None and i is not Ellipsis)
-    expanded: list[Any] = []
-    for i in items:
-        if i is Ellipsis:
-            expanded.extend([slice(None)] * (x.ndim - consumed))
-        else:
-            expanded.append(i)
-    d_in = d_out = 0
-    for i in expanded:
-        if i is None:
-            d_out += 1
-            continue
-        if d_in == v.dim:
-            if isinstance(i, int):
-                tr.fix(v.labels[i : i + 1] if i != -1 else v.labels[-1:], "selected alone by indexing")
-                return
-            if i.indices(v.size) != (0, v.size, 1):
-                tr.fix(v.labels, _CONSTANT_CUT.format(name="indexing"))
-            tr.put(out, Value(d_out, v.labels[i], v.zero[i]), name)
-            return
-        d_in += 1
-        d_out += 0 if isinstance(i, int) else 1
-    tr.put(out, v.moved(v.dim - d_in + d_out), name)
-
-
-def _split(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    x = args[0]
-    v = tr.get(x)
-    if v is None:
-        return
-    if name == "unbind":
-        d = _arg(args, kwargs, 1, "dim", 0)
-    elif name in ("chunk", "tensor_split"):
-        d = _arg(args, kwargs, 2, "dim", 0)
-    else:
-        d = _arg(args, kwargs, 2, "dim", 0)
-    d = _norm_dim(d, x.ndim)
-    outs = list(out)
-    if name == "unbind":
-        if d == v.dim:
-            raise Opaque
-        for o in outs:
-            tr.put(o, v.moved(v.dim - (d < v.dim)), name)
-        return
-    if d == v.dim:
-        sizes = {o.shape[d] for o in outs}
-        if name == "chunk" and len(sizes) == 1 and len(outs) > 1:
-            # equal pieces computed from the size: keep them equal by tying channel i of each
-            tr.nodes.tie_blocks(v.labels, len(outs), f"`{name}` keeps its pieces equal")
-        elif len(outs) > 1:
-            tr.fix(v.labels, _CONSTANT_CUT.format(name=name))
-    start = 0
-    for o in outs:
-        if d == v.dim:
-            n = o.shape[d]
-            tr.put(o, Value(v.dim, v.labels[start : start + n], v.zero[start : start + n]), name)
-            start += n
-        else:
-            tr.put(o, v, name)
-
-
-def _narrow(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    x = args[0]
-    v = tr.get(x)
-    if v is None:
-        return
-    d = _norm_dim(_arg(args, kwargs, 1, "dim"), x.ndim)
-    start = int(_arg(args, kwargs, 2, "start"))
-    if start < 0:
-        start += x.shape[d]
-    n = int(_arg(args, kwargs, 3, "length"))
-    if d == v.dim:
-        if (start, n) != (0, v.size):
-            tr.fix(v.labels, _CONSTANT_CUT.format(name=name))
-        tr.put(out, Value(d, v.labels[start : start + n], v.zero[start : start + n]), name)
-    else:
-        tr.put(out, v, name)
-
-
-def _cat(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    tensors = list(_arg(args, kwargs, 0, "tensors"))
-    d = _arg(args, kwargs, 1, "dim", kwargs.get("axis", 0))
-    values = [tr.get(t) for t in tensors]
-    if all(v is None for v in values) or not isinstance(out, torch.Tensor):
-        return
-    stack = name == "stack"
-    d = _norm_dim(d, out.ndim)
-    dims = {v.dim for v in values if v is not None}
-    if len(dims) > 1:
-        raise Opaque
-    cd = dims.pop()
-    if not stack and cd == d:
-        labels = [v.labels if v is not None else np.full(t.shape[d], FIXED) for t, v in zip(tensors, values)]
-        zeros = [v.zero if v is not None else np.zeros(t.shape[d], bool) for t, v in zip(tensors, values)]
-        tr.put(out, Value(d, np.concatenate(labels).astype(np.int64), np.concatenate(zeros)), name)
-        return
-    # joined along another dim: channel k of every piece becomes channel k of the result
-    first = next(v for v in values if v is not None)
-    zero = first.zero.copy()
-    for v in values:
-        if v is None:
-            tr.fix(first.labels, f"joined by `{name}` with a tensor whose channels cannot be removed")
-            zero[:] = False
-            continue
-        tr.union(first.labels, v.labels, f"joined by `{name}` with a channel that cannot be removed")
-        zero &= v.zero
-    tr.put(out, Value(cd + (1 if stack and d <= cd else 0), first.labels, zero), name)
-
-
-def _property(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    # ``Tensor.T``/``Tensor.data`` arrive as ``__get__`` of a descriptor; the rule is by attribute.
-    rule = RULES.get(name)
-    if rule is None:
-        raise Opaque
-    rule(tr, name, args, kwargs, out)
-
-
 RULES: dict[str, Rule] = {}
 RULES.update({n: _unary(True) for n in _KEEPS_ZERO})
 RULES.update({n: _unary(False) for n in _LOSES_ZERO})
@@ -676,32 +414,4 @@ RULES["pad"] = _pad
 RULES.update({n: _roll_flip for n in ("roll", "flip")})
 RULES.update({n: _shuffle for n in ("pixel_shuffle", "pixel_unshuffle")})
 RULES.update({n: _reduce for n in _REDUCE_KEEPS_ZERO - {"max", "min"} | {"logsumexp"}})
-RULES.update(
-    {
-        n: _reshape
-        for n in (
-            "view",
-            "reshape",
-            "flatten",
-            "unflatten",
-            "squeeze",
-            "squeeze_",
-            "unsqueeze",
-            "unsqueeze_",
-            "view_as",
-            "reshape_as",
-            "ravel",
-        )
-    }
-)
-RULES.update(
-    {
-        n: _permute
-        for n in ("permute", "transpose", "transpose_", "swapaxes", "swapdims", "t", "T", "mT", "movedim", "moveaxis")
-    }
-)
-RULES.update({n: _expand for n in ("expand", "expand_as", "broadcast_to")})
-RULES["__getitem__"] = _getitem
-RULES.update({n: _split for n in ("split", "split_with_sizes", "chunk", "tensor_split", "unbind")})
-RULES["narrow"] = _narrow
-RULES.update({n: _cat for n in ("cat", "concat", "concatenate", "stack")})
+RULES.update(SHAPE_RULES)

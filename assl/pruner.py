@@ -563,7 +563,7 @@ def _params(model: nn.Module) -> int:
 
 
 def _max_rel_err(a: nn.Module, b: nn.Module, inputs: Any) -> float:
-    from ._ops import _tensors
+    from ._oputil import tensors as _tensors
     from .trace import _call_args
 
     args, kwargs = _call_args(inputs)

@@ -19,7 +19,9 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ._layers import LAYER_TYPES, PRODUCER_TYPES, record
-from ._ops import RULES, Opaque, _tensors
+from ._ops import RULES
+from ._oputil import Opaque
+from ._oputil import tensors as _tensors
 from ._values import Entry, Nodes, ParamRef, Value
 from .errors import TraceError
 from .graph import Graph, build_graph

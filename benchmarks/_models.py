@@ -2,39 +2,15 @@
 
 from __future__ import annotations
 
+import sys
+from pathlib import Path
+
 import torch
 from torch import nn
 
-
-class _ResBlock(nn.Module):
-    def __init__(self, f: int) -> None:
-        super().__init__()
-        self.body = nn.Sequential(nn.Conv2d(f, f, 3, padding=1), nn.ReLU(inplace=True), nn.Conv2d(f, f, 3, padding=1))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        res = self.body(x)
-        res += x
-        return res
-
-
-class EDSR(nn.Module):
-    """EDSR-baseline layout: head, residual blocks, body-end conv, global skip, x2 upsampler."""
-
-    def __init__(self, blocks: int, feats: int, scale: int = 2) -> None:
-        super().__init__()
-        self.head = nn.Sequential(nn.Conv2d(3, feats, 3, padding=1))
-        self.body = nn.Sequential(*[_ResBlock(feats) for _ in range(blocks)], nn.Conv2d(feats, feats, 3, padding=1))
-        self.tail = nn.Sequential(
-            nn.Conv2d(feats, feats * scale * scale, 3, padding=1),
-            nn.PixelShuffle(scale),
-            nn.Conv2d(feats, 3, 3, padding=1),
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.head(x)
-        res = self.body(x)
-        res += x
-        return self.tail(res)
+# the demo's EDSR-baseline (head, residual blocks, body-end conv, global skip, x2 upsampler)
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+from slim_demo import EDSR
 
 
 def edsr(blocks: int, feats: int) -> nn.Module:

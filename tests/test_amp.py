@@ -28,15 +28,6 @@ ALIGN = assl.Schedule(align_iters=8, reg_interval=2, reg_step=0.05, reg_limit=0.
 REG = assl.Schedule(align_iters=0, reg_interval=2, reg_step=0.5, reg_limit=1.0, stabilize_iters=2)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _edsr(seed: int = 0) -> nn.Module:
     torch.manual_seed(seed)
     return EDSR(n_resblocks=2, n_feats=8, scale=2)

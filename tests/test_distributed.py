@@ -40,15 +40,6 @@ TIMEOUT_S = 180.0  # the whole two-process run; it takes a few seconds
 ORDER = "create the Pruner on the bare model first, then wrap it"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models run fastest on one thread, and a busy machine does not stall them."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _edsr(seed: int) -> nn.Module:
     torch.manual_seed(seed)
     return EDSR(n_resblocks=2, n_feats=8, scale=2)
