@@ -67,3 +67,14 @@ def test_inference_speed_benchmark_smoke(capsys, monkeypatch):
     speed_main(["--smoke", "--device", "cpu"])
     out = capsys.readouterr().out
     assert "| dense | 16 |" in out and "| ratio 0.5 | 8 |" in out and "realized/ideal" in out
+
+
+def test_quality_benchmark_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from quality import main as quality_main
+
+    quality_main(["--smoke", "--device", "cpu", "--out", str(tmp_path)])
+    table = (tmp_path / "quality.md").read_text()
+    for name in ("dense", "bicubic", "assl", "l1", "scratch"):
+        assert f"| {name} |" in table
+    assert (tmp_path / "quality.png").is_file() and (tmp_path / "quality.json").is_file()

@@ -1,0 +1,343 @@
+"""Quality at equal budget: ASSL against the baselines, same model, same data, same iterations.
+
+From one dense LEDSR per seed, every method prunes to the same kept width and then fine-tunes,
+with pruning + fine-tuning steps equal across methods:
+
+* ``assl``: alignment + growing regularization on the scales, then slim and fine-tune;
+* ``assl_noalign``: the same without the alignment phase (groups chosen by aggregated |g|);
+* ``l1``: one-shot L1-norm pruning, aligned per residual group (group-aggregated score);
+* ``l1_authors``: the authors' L1 baseline: each layer ranks its own filters, and a residual
+  group, which must lose the same channels to be slimmed, takes its first layer's ranking;
+* ``random``: random channels per group;
+* ``scratch``: the slimmed architecture re-initialized and trained for the dense + pruning +
+  fine-tuning steps.
+
+Reports PSNR/SSIM (Y, border = scale) on held-out images, params, MACs (1280x720 output), wall
+time per method, mean and spread over seeds, as a markdown table and a PNG.
+
+    python benchmarks/quality.py --quick --out runs/quality       # CPU, embedded photos
+    python benchmarks/quality.py --dir_data DIV2K --device cuda     # the full settings
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import platform
+import statistics
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "sr"))
+from data import EmbeddedSR, SRFolder, parse_data_range
+from ledsr import SRModel
+from metrics import psnr, ssim
+
+import assl
+
+METHODS = ("assl", "assl_noalign", "l1", "l1_authors", "random", "scratch")
+SKIP = ["*mean*", "*tail*"]
+
+
+def _stream(data, batch: int, device: torch.device, seed: int) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    g = torch.Generator().manual_seed(seed)
+    while True:
+        loader = torch.utils.data.DataLoader(data, batch_size=batch, shuffle=True, drop_last=True, generator=g)
+        for lr, hr, _ in loader:
+            yield lr.to(device), hr.to(device)
+
+
+def _train(
+    model: nn.Module,
+    stream,
+    steps: int,
+    lr: float,
+    *,
+    pruner: assl.Pruner | None = None,
+    param_groups: list | None = None,
+    stop: Callable[[], bool] | None = None,
+) -> int:
+    opt = torch.optim.Adam(param_groups or model.parameters(), lr=lr)
+    if pruner is not None:
+        pruner.attach(opt)
+    done = 0
+    while done < steps and not (stop and stop()):
+        x, y = next(stream)
+        loss = (model(x) - y).abs().mean() + (pruner.alignment_loss() if pruner is not None else 0.0)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        done += 1
+    return done
+
+
+@torch.no_grad()
+def _evaluate(model: nn.Module, data, scale: int, device: torch.device) -> tuple[float, float]:
+    model.eval()
+    ps, ss = [], []
+    for i in range(len(data)):
+        lr, hr, _ = data[i]
+        sr = model(lr[None].to(device))[0].clamp(0, 255).round()
+        ps.append(psnr(sr, hr.to(device), scale=scale))
+        ss.append(ssim(sr, hr.to(device), scale=scale))
+    model.train()
+    return sum(ps) / len(ps), sum(ss) / len(ss)
+
+
+def _size(model: nn.Module, scale: int, device: torch.device) -> tuple[int, float]:
+    graph = assl.trace(model, torch.zeros(1, 3, 16, 16, device=device))
+    return sum(p.numel() for p in model.parameters()), graph.count_macs() * (1280 / scale) * (720 / scale) / 256 / 1e9
+
+
+def _plan_by_scores(graph: assl.Graph, removed: dict[str, int], score: Callable[[assl.ChannelGroup], torch.Tensor]):
+    plan = {}
+    for g in graph.groups:
+        k = removed.get(g.name, 0)
+        if k:
+            s = score(g).clone()
+            s[torch.as_tensor(~g.prunable)] = math.inf
+            plan[g.name] = sorted(torch.argsort(s, stable=True)[:k].tolist())
+    return plan
+
+
+def _l1_of(model: nn.Module, layer: str, group: assl.ChannelGroup) -> torch.Tensor:
+    w = model.get_submodule(layer).weight.detach().abs().flatten(1).sum(1).cpu()
+    units = torch.as_tensor(group.channels(layer))
+    return torch.zeros(group.size).index_add(0, units, w) / torch.bincount(units, minlength=group.size)
+
+
+def run_method(method: str, dense: nn.Module, a: argparse.Namespace, seed: int, data, device) -> dict:
+    torch.manual_seed(seed + 1000)
+    model = copy.deepcopy(dense)
+    stream = _stream(data["train"], a.batch_size, device, seed + 2000)
+    x0 = torch.zeros(1, 3, 16, 16, device=device)
+    t0 = time.time()
+    total = a.prune_iters + a.finetune_iters
+    if method in ("assl", "assl_noalign"):
+        align = a.align_iters if method == "assl" else 0
+        sched = assl.Schedule(
+            align_iters=align,
+            reg_interval=a.reg_interval,
+            reg_step=a.reg_step,
+            reg_limit=a.reg_limit,
+            stabilize_iters=a.stabilize_iters,
+        )
+        pruner = assl.Pruner(model, x0, ratio=a.ratio, skip=SKIP, schedule=sched)
+        pen = {id(p) for p in pruner.penalized_parameters()}
+        groups = [
+            {"params": [p for p in model.parameters() if id(p) not in pen]},
+            {"params": pruner.penalized_parameters(), "lr": a.scale_lr},
+        ]
+        used = _train(model, stream, a.prune_iters, a.lr, pruner=pruner, param_groups=groups, stop=lambda: pruner.done)
+        small = pruner.slim()
+        finetune = total - used
+    elif method == "scratch":
+        ref = assl.Pruner(copy.deepcopy(dense), x0, ratio=a.ratio, skip=SKIP).prune_now("l1")
+        small = ref
+        for m in small.modules():  # same slim shapes, fresh weights
+            if isinstance(m, nn.Conv2d) and m.weight.requires_grad:
+                m.reset_parameters()
+        finetune = a.dense_iters + total
+    else:
+        graph = assl.trace(model, x0)
+        removed = assl.Pruner(copy.deepcopy(dense), x0, ratio=a.ratio, skip=SKIP).removed
+        if method == "l1":
+            score = lambda g: sum(_l1_of(model, n, g) / _l1_of(model, n, g).mean() for n in g.layers)  # noqa: E731
+        elif method == "l1_authors":
+            score = lambda g: _l1_of(model, g.layers[0], g)  # noqa: E731
+        else:
+            gen = torch.Generator().manual_seed(seed + 3000)
+            score = lambda g: torch.rand(g.size, generator=gen)  # noqa: E731
+        small = assl.slim(model, graph, _plan_by_scores(graph, removed, score))
+        finetune = total
+    _train(small, stream, finetune, a.lr)
+    p, s = _evaluate(small, data["test"], a.scale, device)
+    params, gmacs = _size(small, a.scale, device)
+    return {
+        "method": method,
+        "seed": seed,
+        "psnr": p,
+        "ssim": s,
+        "params": params,
+        "gmacs": gmacs,
+        "wall_s": time.time() - t0,
+    }
+
+
+def _summary(rows: list[dict], a: argparse.Namespace, dense_rows: list[dict]) -> str:
+    out = [
+        "| method | ratio | PSNR (dB) | SSIM | params | GMACs | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+
+    def line(name: str, rs: list[dict], ratio: str) -> str:
+        ps = [r["psnr"] for r in rs]
+        ss = [r["ssim"] for r in rs]
+        sd = statistics.stdev(ps) if len(ps) > 1 else 0.0
+        return (
+            f"| {name} | {ratio} | {statistics.mean(ps):.3f} ± {sd:.3f} | {statistics.mean(ss):.4f} | "
+            f"{rs[0]['params']:,} | {rs[0]['gmacs']:.2f} | {statistics.mean(r['wall_s'] for r in rs):.0f} | "
+            f"{len(rs)} |"
+        )
+
+    out.append(line("dense", dense_rows, "0"))
+    bic = [r["bicubic"] for r in dense_rows]
+    out.append(f"| bicubic | - | {statistics.mean(bic):.3f} | - | - | - | - | {len(bic)} |")
+    for m in a.methods:
+        rs = [r for r in rows if r["method"] == m]
+        if rs:
+            out.append(line(m, rs, f"{a.ratio:g}"))
+    return "\n".join(out)
+
+
+def _plot(rows: list[dict], dense_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    methods = list(dict.fromkeys(r["method"] for r in rows))
+    for i, m in enumerate(methods):
+        ps = [r["psnr"] for r in rows if r["method"] == m]
+        ax.scatter([i] * len(ps), ps, alpha=0.6)
+        ax.errorbar(i, statistics.mean(ps), yerr=statistics.stdev(ps) if len(ps) > 1 else 0, fmt="k_", capsize=6)
+    d = [r["psnr"] for r in dense_rows]
+    ax.axhline(statistics.mean(d), color="gray", ls="--", label="dense")
+    ax.axhline(statistics.mean(r["bicubic"] for r in dense_rows), color="gray", ls=":", label="bicubic")
+    ax.set_xticks(range(len(methods)), methods, rotation=20)
+    ax.set_ylabel("PSNR (Y, dB), held-out photos")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CPU-sized model and steps (tens of minutes)")
+    p.add_argument("--smoke", action="store_true", help="seconds: used by the test suite")
+    p.add_argument("--dir_data", default=None)
+    p.add_argument("--data_range", default="1-800/801-810")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--blocks", type=int, default=16)
+    p.add_argument("--feats", type=int, default=64)
+    p.add_argument("--scale", type=int, default=2)
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--patch_size", type=int, default=96)
+    p.add_argument("--batch_size", type=int, default=16)
+    p.add_argument("--lr", type=float, default=2e-4)
+    p.add_argument("--scale_lr", type=float, default=2e-4)
+    p.add_argument("--dense_iters", type=int, default=10000)
+    p.add_argument("--prune_iters", type=int, default=3000, help="pruning-stage cap (ASSL's schedule is sized to fit)")
+    p.add_argument("--finetune_iters", type=int, default=5000)
+    p.add_argument("--align_iters", type=int, default=500)
+    p.add_argument("--reg_interval", type=int, default=4)
+    p.add_argument("--reg_step", type=float, default=0.005)
+    p.add_argument("--reg_limit", type=float, default=0.5)
+    p.add_argument("--stabilize_iters", type=int, default=1000)
+    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument("--threads", type=int, default=None)
+    p.add_argument("--out", default="runs/quality")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.__dict__.update(
+            blocks=4,
+            feats=32,
+            patch_size=48,
+            batch_size=8,
+            lr=5e-4,
+            scale_lr=3e-2,
+            dense_iters=2000,
+            prune_iters=400,
+            finetune_iters=600,
+            align_iters=100,
+            reg_interval=4,
+            reg_step=0.02,
+            stabilize_iters=168,
+        )
+    if args.smoke:
+        args.__dict__.update(
+            blocks=1,
+            feats=4,
+            patch_size=16,
+            batch_size=2,
+            dense_iters=3,
+            prune_iters=6,
+            finetune_iters=2,
+            align_iters=2,
+            reg_interval=1,
+            reg_step=0.25,
+            stabilize_iters=1,
+            seeds=1,
+            methods=["assl", "l1", "scratch"],
+        )
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    side = {"max_side": 48} if args.smoke else {}
+    if args.dir_data:
+        tr, te = parse_data_range(args.data_range)
+        data = {
+            "train": SRFolder(args.dir_data, tr, args.scale, patch_size=args.patch_size, repeat=20),
+            "test": SRFolder(args.dir_data, te, args.scale, train=False),
+        }
+    else:
+        data = {
+            "train": EmbeddedSR("train", args.scale, patch_size=args.patch_size, repeat=50, **side),
+            "test": EmbeddedSR("test", args.scale, train=False, **side),
+        }
+    what = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
+    print(
+        f"# quality at ratio {args.ratio}: LEDSR {args.blocks}x{args.feats} x{args.scale}, {what}, "
+        f"torch {torch.__version__}, {args.seeds} seeds",
+        flush=True,
+    )
+    rows, dense_rows = [], []
+    for seed in range(args.seeds):
+        torch.manual_seed(seed)
+        dense = SRModel(n_resblocks=args.blocks, n_feats=args.feats, scale=args.scale).to(device)
+        t0 = time.time()
+        _train(dense, _stream(data["train"], args.batch_size, device, seed), args.dense_iters, args.lr)
+        dp, ds = _evaluate(dense, data["test"], args.scale, device)
+        bic = []
+        for i in range(len(data["test"])):
+            lr_, hr_, _ = data["test"][i]
+            up = nn.functional.interpolate(lr_[None], scale_factor=args.scale, mode="bicubic")[0]
+            bic.append(psnr(up[:, : hr_.shape[1], : hr_.shape[2]].clamp(0, 255).round(), hr_, scale=args.scale))
+        params, gmacs = _size(dense, args.scale, device)
+        dense_rows.append(
+            {
+                "method": "dense",
+                "seed": seed,
+                "psnr": dp,
+                "ssim": ds,
+                "params": params,
+                "gmacs": gmacs,
+                "wall_s": time.time() - t0,
+                "bicubic": sum(bic) / len(bic),
+            }
+        )
+        for method in args.methods:
+            r = run_method(method, dense, args, seed, data, device)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    table = _summary(rows, args, dense_rows)
+    print(table)
+    (out / "quality.md").write_text(table + "\n")
+    (out / "quality.json").write_text(json.dumps({"args": vars(args), "dense": dense_rows, "rows": rows}, indent=1))
+    _plot(rows, dense_rows, out / "quality.png")
+
+
+if __name__ == "__main__":
+    main()
