@@ -23,7 +23,7 @@ from .graph import ChannelGroup, Graph
 from .patterns import PatternError, match, match_each
 from .scales import WeightScale, insert_scale, output_dim, scale_of
 from .schedule import Schedule
-from .slim import masked_copy, slim
+from .slim import masked_copy, max_rel_err, slim, tolerance
 from .trace import trace
 
 __all__ = ["Pruner"]
@@ -440,8 +440,8 @@ class Pruner:
         slim(small, self.graph, plan)
         if not self.approximate:
             masked = masked_copy(self.model, self.graph, plan)
-            err = _max_rel_err(masked, small, self.example_inputs)
-            if not err <= 1e-4:
+            err = max_rel_err(masked, small, self.example_inputs)
+            if not err <= tolerance(small):
                 raise ASSLError(
                     f"the slimmed model differs from the masked model by {err:.3g} (relative) on the example "
                     f"inputs; the model is untouched. Please report this with the model's code."
@@ -560,23 +560,3 @@ def _add_penalty(p: torch.Tensor, idx: torch.Tensor, factor: float | torch.Tenso
 
 def _params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
-
-
-def _max_rel_err(a: nn.Module, b: nn.Module, inputs: Any) -> float:
-    from ._oputil import tensors as _tensors
-    from .trace import _call_args
-
-    args, kwargs = _call_args(inputs)
-    modes = [m.training for m in a.modules()], [m.training for m in b.modules()]
-    a.eval()
-    b.eval()
-    try:
-        with torch.no_grad():
-            xs, ys = list(_tensors(a(*args, **kwargs))), list(_tensors(b(*args, **kwargs)))
-    finally:
-        for m, t in zip(a.modules(), modes[0]):
-            m.training = t
-        for m, t in zip(b.modules(), modes[1]):
-            m.training = t
-    errs = [float((x - y).abs().max() / x.abs().max().clamp_min(1e-12)) for x, y in zip(xs, ys)]
-    return max(errs) if len(xs) == len(ys) else math.inf

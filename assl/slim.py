@@ -8,10 +8,13 @@ equal: a copy of the dense model with the same channels zeroed.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import logging
+import math
 from collections import defaultdict
-from typing import cast
+from collections.abc import Iterator
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -19,10 +22,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._layers import resize
+from ._oputil import tensors
 from .errors import PlanError
 from .graph import Graph, Plan
+from .trace import _call_args
 
-__all__ = ["masked_copy", "slim"]
+__all__ = ["masked_copy", "max_rel_err", "slim", "tolerance"]
 
 logger = logging.getLogger("assl")
 
@@ -149,3 +154,43 @@ def masked_copy(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
             idx = torch.from_numpy(np.flatnonzero(~keep)).to(t.device)
             t.index_fill_(e.dim, idx, 0)
     return masked
+
+
+@contextlib.contextmanager
+def _exact_float32() -> Iterator[None]:
+    """Turn off TF32: cuDNN and cuBLAS use it by default, with a 10-bit mantissa."""
+    before = torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cudnn.allow_tf32 = torch.backends.cuda.matmul.allow_tf32 = False
+    try:
+        yield
+    finally:
+        torch.backends.cudnn.allow_tf32, torch.backends.cuda.matmul.allow_tf32 = before
+
+
+def tolerance(model: nn.Module) -> float:
+    """The largest relative difference a correct slimming shows in ``model``'s precision."""
+    dtypes = {p.dtype for p in model.parameters()}
+    return 1e-4 if dtypes <= {torch.float32, torch.float64} else 2e-2
+
+
+def max_rel_err(reference: nn.Module, model: nn.Module, inputs: Any) -> float:
+    """Largest ``|reference - model|`` over all outputs, relative to each output's scale.
+
+    Both run in eval mode, without gradients and without TF32, on ``inputs`` given as to
+    :func:`assl.trace`; their training flags are restored afterwards.
+    """
+    args, kwargs = _call_args(inputs)
+    modes = [[m.training for m in net.modules()] for net in (reference, model)]
+    reference.eval()
+    model.eval()
+    try:
+        with torch.no_grad(), _exact_float32():
+            xs, ys = list(tensors(reference(*args, **kwargs))), list(tensors(model(*args, **kwargs)))
+    finally:
+        for net, flags in zip((reference, model), modes):
+            for m, t in zip(net.modules(), flags):
+                m.training = t
+    if len(xs) != len(ys) or any(x.shape != y.shape for x, y in zip(xs, ys)):
+        return math.inf
+    errs = [float((x.float() - y.float()).abs().max() / x.float().abs().max().clamp_min(1e-12)) for x, y in zip(xs, ys)]
+    return max(errs, default=0.0)

@@ -440,3 +440,15 @@ def test_summary_and_state_are_plain_data():
         return isinstance(o, (int, float, str, bool)) or o is None
 
     assert plain(state)
+
+
+def test_half_precision_models_are_verified_at_their_precision():
+    model = _edsr(feats=16).to(torch.bfloat16)
+    pruner = assl.Pruner(model, _x().to(torch.bfloat16), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    small = pruner.prune_now("l1")
+    assert all(p.dtype == torch.bfloat16 for p in small.parameters())
+    from assl.slim import max_rel_err, tolerance
+
+    assert tolerance(small) == 2e-2 and tolerance(_edsr()) == 1e-4
+    masked = assl.masked_copy(_edsr(feats=16), assl.trace(_edsr(feats=16), _x()), {})
+    assert max_rel_err(masked, _edsr(feats=16), _x(1)) == 0.0
