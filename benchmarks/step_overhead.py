@@ -62,9 +62,13 @@ def main(argv: list[str] | None = None) -> None:
     avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     p.add_argument("--threads", type=int, default=avail, help=f"torch threads (default: all available, {avail})")
     p.add_argument("--smoke", action="store_true", help="tiny model (2 blocks, 8 feats, batch 2, 8x8), 2 repeats")
+    p.add_argument("--blocks", type=int, default=16, help="residual blocks (model size)")
+    p.add_argument("--feats", type=int, default=64, help="features (model size)")
+    p.add_argument("--batch", type=int, default=16)
+    p.add_argument("--patch", type=int, default=48, help="LR patch side")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
-    blocks, feats, batch, size = (2, 8, 2, 8) if args.smoke else (16, 64, 16, 48)
+    blocks, feats, batch, size = (2, 8, 2, 8) if args.smoke else (args.blocks, args.feats, args.batch, args.patch)
     if args.smoke:
         args.repeats, args.warmup = 2, 1
 

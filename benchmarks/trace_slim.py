@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import edsr, resnet50_like
+from _models import densenet_like, edsr, mobilenetv2_like, resnet50_like
 
 import assl
 
@@ -73,6 +73,10 @@ def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--repeats", type=int, default=7)
     p.add_argument("--smoke", action="store_true", help="one tiny model, one repeat")
+    p.add_argument("--plot", default=None, help="write a log-log PNG of time against parameters here")
+    p.add_argument(
+        "--memory", action="store_true", help="also measure slim()'s peak extra memory (a child process per model)"
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     try:
@@ -87,11 +91,16 @@ def main(argv: list[str] | None = None) -> None:
         cases = [
             (f"EDSR {b}x{f}", edsr(b, f), torch.randn(1, 3, 16, 16))
             for b, f in [(8, 64), (16, 64), (16, 256), (32, 256), (64, 256)]
-        ] + [("ResNet-50-like", resnet50_like(), torch.randn(1, 3, 64, 64))]
+        ] + [
+            ("ResNet-50-like", resnet50_like(), torch.randn(1, 3, 64, 64)),
+            ("MobileNetV2-like", mobilenetv2_like(), torch.randn(1, 3, 64, 64)),
+            ("DenseNet-121-like", densenet_like(), torch.randn(1, 3, 64, 64)),
+        ]
     print(f"# trace + slim, 1 CPU thread, torch {torch.__version__}, {platform.processor() or platform.machine()}")
     head = "| model | params | input | forward ms | trace ms | slim ms | trace+slim ms |"
-    print(head + (" Torch-Pruning ms | ratio |" if tp else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|---|" if tp else ""))
+    print(head + (" Torch-Pruning ms | ratio |" if tp else "") + (" slim peak / model size |" if args.memory else ""))
+    print("|---|---|---|---|---|---|---|" + ("---|---|" if tp else "") + ("---|" if args.memory else ""))
+    points: list[tuple[str, int, float, float | None]] = []
     for name, model, x in cases:
         tr, sl, tpt, fw = [], [], [], []
         for _ in range(args.repeats):  # interleaved
@@ -110,10 +119,59 @@ def main(argv: list[str] | None = None) -> None:
             tt = statistics.median(tpt) * 1e3
             row += f" {tt:.1f} | {(t + s) / tt:.2f} |"
             tp_version = tp.__version__
-        print(row)
+        if args.memory:
+            row += f" {_peak_ratio(model, x):.2f} |"
+        points.append((name, n, t + s, statistics.median(tpt) * 1e3 if tp is not None else None))
+        print(row, flush=True)
         assert math.isfinite(t + s)
     if tp_version:
         print(f"\nTorch-Pruning {tp_version}; ratio = assl / Torch-Pruning (below 1: assl is faster)")
+    if args.plot:
+        _plot(points, args.plot, tp_version)
+
+
+def _peak_child(model: nn.Module, x: torch.Tensor, queue) -> None:  # runs in a fresh process
+    import resource
+
+    graph = assl.trace(model, x)
+    plan = _half_plan(graph)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    assl.slim(model, graph, plan)
+    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    queue.put((after - before) * 1024)
+
+
+def _peak_ratio(model: nn.Module, x: torch.Tensor) -> float:
+    """Peak memory slim() adds (resident set growth in a fresh process) over the model's bytes."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_peak_child, args=(model, x, queue))
+    proc.start()
+    extra = queue.get(timeout=600)
+    proc.join()
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    return extra / size
+
+
+def _plot(points: list[tuple[str, int, float, float | None]], path: str, tp_version: str | None) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    ax.loglog([p[1] for p in points], [p[2] for p in points], "o-", label="assl trace + slim")
+    if tp_version:
+        ax.loglog([p[1] for p in points], [p[3] for p in points], "s--", label=f"Torch-Pruning {tp_version}")
+    for name, n, t, _ in points:
+        ax.annotate(name, (n, t), fontsize=7, xytext=(4, -10), textcoords="offset points")
+    ax.set(xlabel="parameters", ylabel="ms (1 CPU thread)", title="tracing + slimming time against model size")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
