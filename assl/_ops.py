@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import torch
 
-from ._oputil import Opaque, Rule
+from ._oputil import Opaque, Rule, tensors
 from ._oputil import arg as _arg
 from ._oputil import first_out as _first_out
 from ._oputil import norm_dim as _norm_dim
@@ -35,8 +35,6 @@ _KEEPS_ZERO = {
     "gelu",
     "silu",
     "hardswish",
-    "hardtanh",
-    "hardtanh_",
     "elu",
     "elu_",
     "selu",
@@ -113,15 +111,23 @@ _LOSES_ZERO = {
 }
 
 
-def _unary(keeps_zero: bool) -> Rule:
+_SINGULAR = {"log", "log_", "log2", "log10", "reciprocal", "reciprocal_", "rsqrt", "rsqrt_"}
+
+
+def _unary(keeps_zero: bool, singular: bool = False) -> Rule:
     def rule(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         x = args[0]
         v = tr.get(x)
+        if any(tr.get(t) is not None for t in tensors((args[1:], kwargs))):
+            raise Opaque  # a traced tensor in another place (torch.pow(2, x), clamp(x, max=y))
         if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
             return
         if v is None:
-            tr.propagate_param_ref(x, out)
+            if keeps_zero:  # exp(0) = 1: a parameter zeroed in the masked model must not pass
+                tr.propagate_param_ref(x, out)
             return
+        if singular or name in _SINGULAR:  # log(0), 1/0: a removed channel would poison what follows
+            tr.fix(v.labels[v.zero], f"`{name}` of a channel that is zero once removed")
         if out.shape != x.shape:
             raise Opaque
         tr.put(out, Value(v.dim, v.labels, v.zero if keeps_zero else np.zeros_like(v.zero)), name)
@@ -140,7 +146,14 @@ def _clamp(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
 
 def _pow(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     e = _arg(args, kwargs, 1, "exponent")
-    _unary(isinstance(e, (int, float)) and e > 0)(tr, name, args, kwargs, out)
+    number = isinstance(e, (int, float))
+    _unary(number and e > 0, singular=not number or e < 0)(tr, name, args, kwargs, out)
+
+
+def _hardtanh(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    lo = _arg(args, kwargs, 1, "min_val", -1.0)
+    hi = _arg(args, kwargs, 2, "max_val", 1.0)
+    _unary(lo <= 0 <= hi)(tr, name, args, kwargs, out)
 
 
 def _softmax(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
@@ -199,18 +212,20 @@ def _binary(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
     if not tied:
         raise Opaque
     labels = tied[0].labels
-    zeros: list[np.ndarray] = []
+    # per operand: exactly zero once removed (numerators), or never zero there (the divisor)
+    flags: list[np.ndarray] = []
     for i, (t, v) in enumerate(zip(operands, values)):
-        is_denominator = i == 1 and (name in _DIV or name in _RDIV)
+        divisor = i == 1 and (name in _DIV or name in _RDIV)
         if v is not None and v.size == size:
-            if is_denominator:
-                zeros.append(~v.zero)  # a removed denominator is 0: 0/0 in the masked model
+            if divisor:  # a removed divisor channel is 0: 0/0 = NaN in the masked model
+                tr.fix(v.labels[v.zero], f"divides by a channel through `{name}` that is zero once removed")
+                flags.append(np.ones(size, dtype=bool))
             else:
-                zeros.append(v.zero)
+                flags.append(v.zero)
             continue
         if v is not None:  # a broadcast channel of size 1: it can never be removed
             tr.fix(v.labels, f"broadcast against {size} channels by `{name}`")
-            zeros.append(np.zeros(size, dtype=bool))
+            flags.append(np.full(size, divisor))
             continue
         if isinstance(t, torch.Tensor):
             k = pos - (no - t.ndim)
@@ -219,26 +234,21 @@ def _binary(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
                 ref = tr.param_ref(t)
                 if ref is None or ref.dim != k:
                     tr.fix(labels, f"combined by `{name}` with a per-channel tensor that is not a parameter")
-                    zeros.append(np.zeros(size, dtype=bool))
+                    flags.append(np.zeros(size, dtype=bool))
                     continue
-                role = "slice" if (is_denominator or name in _RDIV) else "zero"
-                tr.entry(ref.module, ref.tensor, ref.param_dim, labels, role)
-                zeros.append(np.full(size, role == "zero"))
+                # the masked model zeroes an additive or multiplicative parameter, never a divisor
+                tr.entry(ref.module, ref.tensor, ref.param_dim, labels, "slice" if divisor else "zero")
+                flags.append(np.ones(size, dtype=bool))
                 continue
-            const_zero = bool(t.numel() > 0 and not torch.any(t).item())
-            zeros.append(np.full(size, const_zero and not is_denominator))
+            flags.append(np.full(size, bool(torch.all(t != 0)) if divisor else not bool(torch.any(t))))
             continue
-        zeros.append(np.full(size, isinstance(t, (int, float)) and t == 0 and not is_denominator))
+        flags.append(np.full(size, (t != 0) if divisor else (t == 0)))
     for other in tied[1:]:
         tr.union(labels, other.labels, f"tied by `{name}` to a channel that cannot be removed")
     if name in _MUL:
-        zero = zeros[0] | zeros[1]
-    elif name in _DIV:
-        zero = zeros[0] & zeros[1]
-    elif name in _RDIV:
-        zero = np.zeros(size, dtype=bool)
-    else:
-        zero = zeros[0] & zeros[1]
+        zero = flags[0] | flags[1]
+    else:  # add, sub, max, min: both zero; division: zero numerator over a divisor that is not
+        zero = flags[0] & flags[1]
     tr.put(out, Value(pos, labels, zero), name)
 
 
@@ -373,6 +383,7 @@ RULES.update(
     {n: _clamp for n in ("clamp", "clamp_", "clip", "clip_", "clamp_min", "clamp_min_", "clamp_max", "clamp_max_")}
 )
 RULES.update({n: _pow for n in ("pow", "pow_", "__pow__", "__ipow__")})
+RULES.update({n: _hardtanh for n in ("hardtanh", "hardtanh_")})
 RULES.update({n: _softmax for n in ("softmax", "log_softmax", "softmin")})
 RULES.update({n: _max_min for n in ("max", "min")})
 RULES.update(

@@ -151,7 +151,8 @@ def _getitem(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
             continue
         if d_in == v.dim:
             if isinstance(i, int):
-                tr.fix(v.labels[i : i + 1] if i != -1 else v.labels[-1:], "selected alone by indexing")
+                # the index is a constant: removing any channel shifts what it selects
+                tr.fix(v.labels, "one channel selected by a constant index")
                 return
             if i.indices(v.size) != (0, v.size, 1):
                 tr.fix(v.labels, _CONSTANT_CUT.format(name="indexing"))
@@ -186,7 +187,7 @@ def _split(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         if name == "chunk" and len(sizes) == 1 and len(outs) > 1:
             # equal pieces computed from the size: keep them equal by tying channel i of each
             tr.nodes.tie_blocks(v.labels, len(outs), f"`{name}` keeps its pieces equal")
-        elif len(outs) > 1:
+        elif name != "chunk" or len(outs) > 1:  # sizes given by the forward code, even one piece
             tr.fix(v.labels, _CONSTANT_CUT.format(name=name))
     start = 0
     for o in outs:
@@ -208,9 +209,8 @@ def _narrow(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
     if start < 0:
         start += x.shape[d]
     n = int(_arg(args, kwargs, 3, "length"))
-    if d == v.dim:
-        if (start, n) != (0, v.size):
-            tr.fix(v.labels, _CONSTANT_CUT.format(name=name))
+    if d == v.dim:  # start and length are constants of the forward code, even over the full width
+        tr.fix(v.labels, _CONSTANT_CUT.format(name=name))
         tr.put(out, Value(d, v.labels[start : start + n], v.zero[start : start + n]), name)
     else:
         tr.put(out, v, name)

@@ -6,6 +6,8 @@ import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 
+import numpy as np
+
 from .graph import ChannelGroup, Graph
 
 __all__ = ["Budget", "solve_ratio", "units_to_remove"]
@@ -47,18 +49,23 @@ def units_to_remove(group: ChannelGroup, ratio: float, round_to: int) -> int:
     it (fewer units are removed, never more).
     """
     k = math.ceil(ratio * group.size - 1e-9)
-    kept = group.size - min(k, group.size - 1)
-    if round_to > 1:
+    k = min(k, group.size - 1, group.num_prunable)
+    kept = group.size - k
+    if round_to > 1:  # after the cap, so that pinned units cannot undo the rounding
         kept = min(group.size, math.ceil(kept / round_to) * round_to)
-    return max(0, min(group.size - kept, group.num_prunable))
+    return max(0, group.size - kept)
 
 
-def first_units_plan(graph: Graph, removed: Mapping[str, int]) -> dict[str, list[int]]:
-    """A plan removing the first ``removed[name]`` prunable units of each group (for counting)."""
+def cheapest_plan(graph: Graph, removed: Mapping[str, int], costs: Mapping[str, np.ndarray]) -> dict[str, list[int]]:
+    """A plan removing the ``removed[name]`` prunable units that save the least in each group.
+
+    It leaves the largest model any choice of that many units can leave, so a budget it meets is
+    met whichever units the Pruner chooses later.
+    """
     plan = {}
     for name, k in removed.items():
         if k > 0:
-            plan[name] = [int(u) for u in graph.group(name).prunable.nonzero()[0][:k]]
+            plan[name] = graph.group(name).pick(np.argsort(costs[name], kind="stable"), k)
     return plan
 
 
@@ -77,9 +84,10 @@ def solve_ratio(graph: Graph, budget: Budget, removed_for: Callable[[float], dic
         count, target, unit = graph.count_params, budget.params, "parameters"
     else:
         count, target, unit = graph.count_macs, int(budget.macs or 0), "MACs"
+    costs = graph.unit_costs("params" if budget.params is not None else "macs")
 
     def size(r: float) -> int:
-        return count(first_units_plan(graph, removed_for(r)))
+        return count(cheapest_plan(graph, removed_for(r), costs))
 
     if size(0.0) <= target:
         return 0.0

@@ -56,6 +56,29 @@ class ChannelGroup:
         """The unit of each output channel of ``layer`` (an array as long as its channels)."""
         return self.units_of[layer]
 
+    def pick(self, order: Iterable[int], k: int) -> list[int]:
+        """The first ``k`` prunable units of ``order`` that leave every layer a channel, sorted.
+
+        A concat feeding a residual add puts different layers' channels in one group: removing
+        all of one layer's units would leave it without outputs, so such units are passed over.
+        """
+        left: dict[str, int] = {}
+        users: dict[int, list[str]] = {u: [] for u in range(self.size)}
+        for layer, units in self.units_of.items():
+            mine = np.unique(units)
+            left[layer] = len(mine)
+            for u in mine.tolist():
+                users[u].append(layer)
+        chosen: list[int] = []
+        for u in order:
+            if len(chosen) == k:
+                break
+            if self.prunable[u] and all(left[layer] > 1 for layer in users[u]):
+                chosen.append(int(u))
+                for layer in users[u]:
+                    left[layer] -= 1
+        return sorted(chosen)
+
 
 class Graph:
     """Producers, consumers and channel groups of a traced model. Made by :func:`assl.trace`."""
@@ -151,6 +174,12 @@ class Graph:
                     f"plan[{key!r}] removes all {g.size} channels of group {g.name!r} "
                     f"({', '.join(g.layers)}); keep at least one"
                 )
+            for layer, units in g.units_of.items():
+                if np.isin(units, idx).all():
+                    raise PlanError(
+                        f"plan[{key!r}] removes every output channel of `{layer}` (group {g.name!r}); "
+                        f"keep at least one of its channels {sorted(set(units.tolist()))}"
+                    )
             out[g.name] = np.sort(idx)
         return out
 
@@ -188,6 +217,21 @@ class Graph:
         """
         shapes = self._shapes_after(plan)
         return sum(n * math.prod(shapes[(layer, "weight")]) for layer, n in self._positions.items())
+
+    def unit_costs(self, kind: str = "params") -> dict[str, np.ndarray]:
+        """Per group, what removing each unit alone saves: parameters, or MACs of the example inputs.
+
+        Units can cost different amounts (a concat of a 7x7 and a 1x1 conv added to a third).
+        """
+        sizes = [r.max() for r in self._entry_roots if r.size] + [r.max() for r in self._unit_roots.values() if r.size]
+        saved = np.zeros(int(max(sizes, default=0)) + 1)
+        for e, roots in zip(self._entries, self._entry_roots):
+            shape = self._shapes.get((e.module, e.tensor))
+            if shape is None or (kind == "macs" and e.tensor != "weight"):
+                continue
+            per = math.prod(shape) / shape[e.dim] * (self._positions.get(e.module, 0) if kind == "macs" else 1)
+            np.add.at(saved, roots[roots >= 0], per)
+        return {name: saved[roots] for name, roots in self._unit_roots.items()}
 
     def summary(self) -> str:
         """A table of the groups: name, producers, units, removable units and why others stay."""

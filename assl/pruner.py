@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import logging
-import math
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
@@ -164,6 +163,11 @@ class Pruner:
                 f"channel.\n{self.graph.summary()}"
             )
 
+        for g in self.graph.groups:  # scales start at ||W||: it must be finite
+            for n in g.layers if self.removed[g.name] else ():
+                weight = model.get_submodule(n).weight
+                if isinstance(weight, torch.Tensor) and not bool(torch.isfinite(weight).all()):
+                    raise ASSLError(f"the weight of `{n}` contains NaN or inf; the model is left as it is")
         # the only change to the model, after every check
         self._layers: dict[str, list[_Layer]] = {}
         for g in self.graph.groups:
@@ -247,7 +251,7 @@ class Pruner:
                 + "; ".join(", ".join(g.layers) for g in uncovered)
                 + ". List each set in groups, skip them, or omit groups to take them from the trace."
             )
-        return [name for name in covered if self.removed[name]]
+        return [g.name for g in self.graph.groups if g.name in covered and self.removed[g.name]]
 
     # --- choosing channels -------------------------------------------------------------------
 
@@ -278,10 +282,14 @@ class Pruner:
 
     def _choose(self, name: str, scores: torch.Tensor) -> None:
         g = self.graph.group(name)
-        scores = scores.detach().clone().cpu()
-        scores[torch.as_tensor(~g.prunable)] = math.inf
-        units = torch.sort(torch.argsort(scores, stable=True)[: self.removed[name]]).values
-        self._chosen[name] = units.tolist()
+        order = torch.argsort(scores.detach().cpu(), stable=True).tolist()
+        chosen = g.pick(order, self.removed[name])
+        if len(chosen) < self.removed[name]:
+            logger.warning(
+                "group %s: only %d of %d units can go without emptying a layer", name, len(chosen), self.removed[name]
+            )
+        self._chosen[name] = chosen
+        units = torch.as_tensor(chosen, dtype=torch.long)
         for layer in self._layers[name]:
             layer.choose(units)
 

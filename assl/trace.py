@@ -91,8 +91,10 @@ class _Tracer(TorchFunctionMode):
         old = self.entries.get(key)
         if old is None:
             self.entries[key] = Entry(module, tensor, dim, labels.copy(), role)
-        elif old.labels.shape != labels.shape:
-            reason = f"`{module}.{tensor}` is used with {len(old.labels)} and {len(labels)} channels"
+        elif old.labels.shape != labels.shape or old.role != role:
+            reason = (
+                f"`{module}.{tensor}` is used in two ways (sizes {len(old.labels)}/{len(labels)}, {old.role}/{role})"
+            )
             self.fix(old.labels, reason)
             self.fix(labels, reason)
         else:
@@ -162,9 +164,14 @@ class _Tracer(TorchFunctionMode):
         except Exception as e:  # a rule that fails must never produce a wrong graph
             logger.warning("tracing `%s` failed (%s: %s); treating it as opaque", name, type(e).__name__, e)
             self._opaque(name, inputs, f"`{name}` could not be traced ({type(e).__name__})")
-        for o in outs:
+        traced = [t for t in inputs if t in self.values]
+        for o in outs:  # views, detach() and .data share memory: in-place changes must see it
             if o._base is not None:
                 self.has_views[o._base] = True
+            for t in traced:
+                if t is not o and _same_storage(t, o):
+                    self.has_views[t] = True
+                    self.has_views[o] = True
 
     def _opaque(self, name: str, inputs: list[torch.Tensor], reason: str) -> None:
         hit = False
@@ -225,6 +232,13 @@ _METADATA = frozenset(
         "__ne__",
     }
 )
+
+
+def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    try:
+        return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() != 0
+    except (RuntimeError, NotImplementedError):  # tensors without storage
+        return False
 
 
 def _same(a: Value, b: Value) -> bool:

