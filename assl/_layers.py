@@ -50,7 +50,8 @@ def _conv(tr: _Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor
     c_in, c_out = m.in_channels, m.out_channels
     b_in, b_out = c_in // g, c_out // g
     w_in, w_out = (0, 1) if transposed else (1, 0)
-    tr.count_positions(name, out.numel() // c_out)
+    # MACs = positions x weight size: output positions, or input positions for a transposed conv
+    tr.count_positions(name, x.numel() // c_in if transposed else out.numel() // c_out)
     if g > 1 and b_in == 1:
         # depthwise: output channel k*b_out + i is computed from input channel k alone
         labels = np.repeat(v.labels, b_out)

@@ -245,6 +245,20 @@ def _same(a: Value, b: Value) -> bool:
     return a.dim == b.dim and np.array_equal(a.labels, b.labels) and np.array_equal(a.zero, b.zero)
 
 
+def _pin_shared(model: nn.Module, tracer: _Tracer) -> None:
+    """A Parameter shared by two modules (weight tying) cannot be cut differently for each: pin it."""
+    owners: dict[int, list[Entry]] = {}
+    for e in tracer.entries.values():
+        p = model.get_submodule(e.module)._parameters.get(e.tensor)
+        if p is not None:
+            owners.setdefault(id(p), []).append(e)
+    for entries in owners.values():
+        if len({e.module for e in entries}) > 1:
+            names = ", ".join(sorted({f"{e.module}.{e.tensor}" for e in entries}))
+            for e in entries:
+                tracer.fix(e.labels, f"one Parameter shared by {names}")
+
+
 def _call_args(inputs: Any) -> tuple[tuple, dict]:
     if isinstance(inputs, torch.Tensor):
         return (inputs,), {}
@@ -336,6 +350,7 @@ def trace(
             for n, b in saved.items():
                 if n in buffers:
                     buffers[n].copy_(b)
+    _pin_shared(model, tracer)
     graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
     untraced = [n for n, m in layers if n not in tracer.called and isinstance(m, PRODUCER_TYPES)]
     graph.untraced = tuple(untraced)

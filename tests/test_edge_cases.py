@@ -315,3 +315,31 @@ def test_resume_in_another_process_with_explicit_groups():
     state = json.loads(saved.stdout.strip().splitlines()[-1])
     loaded = run(1, "load", stdin=json.dumps(state))
     assert loaded.returncode == 0, loaded.stderr[-600:]
+
+
+def test_weight_shared_by_two_convs_is_pinned():
+    shared = _conv(4, 4)
+
+    class Tied(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.a = _conv(3, 4)
+            self.b = shared
+            self.c = _conv(4, 4)
+            self.c.weight = shared.weight  # weight tying
+            self.o = _conv(4, 2)
+
+        def forward(self, x):
+            y = self.a(x)
+            return self.o(self.b(y).relu() + self.c(y).relu())
+
+    graph = assl.trace(Tied(), X)
+    assert graph.group("b").num_prunable == 0
+    assert "shared by" in graph.group("b").reasons[0]
+
+
+def test_transposed_conv_macs_count_input_positions():
+    model = nn.Sequential(nn.ConvTranspose2d(3, 4, 2, stride=2), nn.ReLU(), nn.Conv2d(4, 2, 1))
+    graph = assl.trace(model, torch.zeros(1, 3, 5, 5))
+    expected = 5 * 5 * (3 * 4 * 2 * 2) + 10 * 10 * (2 * 4)  # each input pixel meets the whole kernel
+    assert graph.count_macs() == expected
