@@ -13,6 +13,7 @@ inside the scikit-image wheel (read straight from the installed files, never dow
 
 from __future__ import annotations
 
+import abc
 import importlib.util
 import re
 from functools import cache
@@ -208,7 +209,7 @@ def parse_data_range(text: str) -> tuple[tuple[int, int], tuple[int, int]]:
 # --------------------------------------------------------------------------- datasets
 
 
-class _PairDataset(Dataset):
+class _PairDataset(Dataset, abc.ABC):
     """Shared caching, patch sampling and float conversion; subclasses provide names and raw pairs."""
 
     def __init__(
@@ -229,8 +230,9 @@ class _PairDataset(Dataset):
         self.names: list[str] = []
         self._cache: dict[int, Pair] = {}
 
-    def _load(self, i: int) -> Pair:  # uint8 (lr, hr), already aligned
-        raise NotImplementedError
+    @abc.abstractmethod
+    def _load(self, i: int) -> Pair:
+        """The uint8 ``(lr, hr)`` pair of image ``i``, already aligned."""
 
     def pair(self, i: int) -> Pair:
         """The whole uint8 ``(lr, hr)`` pair of image ``i`` (loaded once, then cached)."""
