@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import math
 import platform
 import statistics
@@ -85,23 +86,24 @@ def main(argv: list[str] | None = None) -> None:
         tp = None
     tp_version = None
     if args.smoke:
-        cases = [("EDSR 2x8", edsr(2, 8), torch.randn(1, 3, 8, 8))]
+        factories = [("EDSR 2x8", functools.partial(edsr, 2, 8), (1, 3, 8, 8))]
         args.repeats = 1
     else:
-        cases = [
-            (f"EDSR {b}x{f}", edsr(b, f), torch.randn(1, 3, 16, 16))
+        factories = [
+            (f"EDSR {b}x{f}", functools.partial(edsr, b, f), (1, 3, 16, 16))
             for b, f in [(8, 64), (16, 64), (16, 256), (32, 256), (64, 256)]
         ] + [
-            ("ResNet-50-like", resnet50_like(), torch.randn(1, 3, 64, 64)),
-            ("MobileNetV2-like", mobilenetv2_like(), torch.randn(1, 3, 64, 64)),
-            ("DenseNet-121-like", densenet_like(), torch.randn(1, 3, 64, 64)),
+            ("ResNet-50-like", resnet50_like, (1, 3, 64, 64)),
+            ("MobileNetV2-like", mobilenetv2_like, (1, 3, 64, 64)),
+            ("DenseNet-121-like", densenet_like, (1, 3, 64, 64)),
         ]
     print(f"# trace + slim, 1 CPU thread, torch {torch.__version__}, {platform.processor() or platform.machine()}")
     head = "| model | params | input | forward ms | trace ms | slim ms | trace+slim ms |"
     print(head + (" Torch-Pruning ms | ratio |" if tp else "") + (" slim peak / model size |" if args.memory else ""))
     print("|---|---|---|---|---|---|---|" + ("---|---|" if tp else "") + ("---|" if args.memory else ""))
     points: list[tuple[str, int, float, float | None]] = []
-    for name, model, x in cases:
+    for name, factory, in_shape in factories:
+        model, x = factory(), torch.randn(in_shape)
         tr, sl, tpt, fw = [], [], [], []
         for _ in range(args.repeats):  # interleaved
             fw.append(_forward_once(model, x))
@@ -120,7 +122,7 @@ def main(argv: list[str] | None = None) -> None:
             row += f" {tt:.1f} | {(t + s) / tt:.2f} |"
             tp_version = tp.__version__
         if args.memory:
-            row += f" {_peak_ratio(model, x):.2f} |"
+            row += f" {_peak_ratio(factory, in_shape):.2f} |"
         points.append((name, n, t + s, statistics.median(tpt) * 1e3 if tp is not None else None))
         print(row, flush=True)
         assert math.isfinite(t + s)
@@ -130,28 +132,37 @@ def main(argv: list[str] | None = None) -> None:
         _plot(points, args.plot, tp_version)
 
 
-def _peak_child(model: nn.Module, x: torch.Tensor, queue) -> None:  # runs in a fresh process
-    import resource
+def _peak_rss() -> int:
+    """High-water mark of resident memory in bytes (VmHWM: unlike ru_maxrss, it starts anew at exec)."""
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
 
-    graph = assl.trace(model, x)
+
+def _peak_child(factory, shape: tuple[int, ...], queue) -> None:  # runs in a fresh process
+    model = factory()
+    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    graph = assl.trace(model, torch.randn(shape))
     plan = _half_plan(graph)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    before = _peak_rss()
     assl.slim(model, graph, plan)
-    after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    queue.put((after - before) * 1024)
+    queue.put((_peak_rss() - before, size))
 
 
-def _peak_ratio(model: nn.Module, x: torch.Tensor) -> float:
-    """Peak memory slim() adds (resident set growth in a fresh process) over the model's bytes."""
+def _peak_ratio(factory, shape: tuple[int, ...]) -> float:
+    """Peak memory slim() adds (resident-set growth in a fresh process) over the dense model's bytes.
+
+    The model is built in the child, so that nothing but the trace runs before slim().
+    """
     import multiprocessing as mp
 
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_child, args=(model, x, queue))
+    proc = ctx.Process(target=_peak_child, args=(factory, shape, queue))
     proc.start()
-    extra = queue.get(timeout=600)
-    proc.join()
-    size = sum(p.numel() * p.element_size() for p in model.parameters())
+    proc.join(timeout=600)
+    if proc.exitcode != 0:
+        raise RuntimeError(f"measuring slim()'s memory failed in the child process (exit code {proc.exitcode})")
+    extra, size = queue.get(timeout=5)
     return extra / size
 
 
@@ -162,9 +173,9 @@ def _plot(points: list[tuple[str, int, float, float | None]], path: str, tp_vers
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.loglog([p[1] for p in points], [p[2] for p in points], "o-", label="assl trace + slim")
+    ax.loglog([p[1] for p in points], [p[2] for p in points], "o", label="assl trace + slim")
     if tp_version:
-        ax.loglog([p[1] for p in points], [p[3] for p in points], "s--", label=f"Torch-Pruning {tp_version}")
+        ax.loglog([p[1] for p in points], [p[3] for p in points], "s", label=f"Torch-Pruning {tp_version}")
     for name, n, t, _ in points:
         ax.annotate(name, (n, t), fontsize=7, xytext=(4, -10), textcoords="offset points")
     ax.set(xlabel="parameters", ylabel="ms (1 CPU thread)", title="tracing + slimming time against model size")
