@@ -42,7 +42,8 @@ from metrics import psnr, ssim
 
 import assl
 
-METHODS = ("assl", "assl_noalign", "l1", "l1_authors", "random", "scratch")
+METHODS = ("assl", "assl_noalign", "l1", "l1_authors", "random", "scratch", "tp_groupnorm", "tp_growingreg")
+DEFAULT_METHODS = METHODS[:6]  # Torch-Pruning's two only when asked for (an optional install)
 SKIP = ["*mean*", "*tail*"]
 
 
@@ -113,6 +114,36 @@ def _l1_of(model: nn.Module, layer: str, group: assl.ChannelGroup) -> torch.Tens
     return torch.zeros(group.size).index_add(0, units, w) / torch.bincount(units, minlength=group.size)
 
 
+def _torch_pruning(method: str, model: nn.Module, a: argparse.Namespace, stream, x0: torch.Tensor) -> nn.Module:
+    """Torch-Pruning's GroupNormPruner or GrowingRegPruner: regularize for --prune_iters, then prune.
+
+    Its tracer loses the convs behind ``ReLU(inplace=True)``, so the copy it prunes uses
+    out-of-place ReLUs (the same function); the mean shifts and the tail are left alone as for the
+    other methods (it also mishandles PixelShuffle).
+    """
+    import torch_pruning as tp  # type: ignore[import-not-found]
+
+    for m in model.modules():
+        if isinstance(m, nn.ReLU):
+            m.inplace = False
+    ignored = [m for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and ("mean" in n or "tail" in n)]
+    imp = tp.importance.GroupMagnitudeImportance(p=2)
+    cls = tp.pruner.GroupNormPruner if method == "tp_groupnorm" else tp.pruner.GrowingRegPruner
+    pruner = cls(model, x0, importance=imp, pruning_ratio=a.ratio, ignored_layers=ignored)
+    opt = torch.optim.Adam(model.parameters(), lr=a.lr)
+    for step in range(a.prune_iters):
+        x, y = next(stream)
+        loss = (model(x) - y).abs().mean()
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        pruner.regularize(model)
+        opt.step()
+        if method == "tp_growingreg" and step % a.reg_interval == 0:
+            pruner.update_reg()
+    pruner.step()
+    return model
+
+
 def run_method(method: str, dense: nn.Module, a: argparse.Namespace, seed: int, data, device) -> dict:
     torch.manual_seed(seed + 1000)
     model = copy.deepcopy(dense)
@@ -138,6 +169,22 @@ def run_method(method: str, dense: nn.Module, a: argparse.Namespace, seed: int, 
         used = _train(model, stream, a.prune_iters, a.lr, pruner=pruner, param_groups=groups, stop=lambda: pruner.done)
         small = pruner.slim()
         finetune = total - used
+    elif method.startswith("tp_"):
+        small, finetune = _torch_pruning(method, model, a, stream, x0), a.finetune_iters
+        try:
+            small(x0)
+        except RuntimeError as e:  # a broken pruned model is a result too: report it, go on
+            print(f"# {method} produced a model that fails on its own example input: {e}", flush=True)
+            return {
+                "method": method,
+                "seed": seed,
+                "psnr": math.nan,
+                "ssim": math.nan,
+                "params": 0,
+                "gmacs": 0.0,
+                "wall_s": time.time() - t0,
+                "error": str(e).split("\n")[0],
+            }
     elif method == "scratch":
         ref = assl.Pruner(copy.deepcopy(dense), x0, ratio=a.ratio, skip=SKIP).prune_now("l1")
         small = ref
@@ -178,6 +225,8 @@ def _summary(rows: list[dict], a: argparse.Namespace, dense_rows: list[dict]) ->
     ]
 
     def line(name: str, rs: list[dict], ratio: str) -> str:
+        if any("error" in r for r in rs):
+            return f"| {name} | {ratio} | failed: {rs[0].get('error', '')[:90]} | - | - | - | - | {len(rs)} |"
         ps = [r["psnr"] for r in rs]
         ss = [r["ssim"] for r in rs]
         sd = statistics.stdev(ps) if len(ps) > 1 else 0.0
@@ -205,6 +254,7 @@ def _plot(rows: list[dict], dense_rows: list[dict], path: Path) -> None:
 
     fig, ax = plt.subplots(figsize=(7, 4))
     methods = list(dict.fromkeys(r["method"] for r in rows))
+    methods = [m for m in methods if not any("error" in r for r in rows if r["method"] == m)]
     for i, m in enumerate(methods):
         ps = [r["psnr"] for r in rows if r["method"] == m]
         ax.scatter([i] * len(ps), ps, alpha=0.6)
@@ -244,7 +294,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--reg_step", type=float, default=0.005)
     p.add_argument("--reg_limit", type=float, default=0.5)
     p.add_argument("--stabilize_iters", type=int, default=1000)
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+    p.add_argument(
+        "--methods",
+        nargs="+",
+        default=list(DEFAULT_METHODS),
+        choices=METHODS,
+        help="tp_groupnorm / tp_growingreg need torch-pruning installed",
+    )
     p.add_argument("--threads", type=int, default=None)
     p.add_argument("--out", default="runs/quality")
     args = p.parse_args(argv)
