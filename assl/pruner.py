@@ -16,10 +16,10 @@ import torch
 from torch import nn
 
 from . import alignment
-from .budget import Budget, check_ratio, solve_ratio, units_to_remove
+from .budget import Budget
+from .config import resolve
 from .errors import ASSLError
 from .graph import ChannelGroup, Graph
-from .patterns import PatternError, match, match_each
 from .scales import WeightScale, insert_scale, output_dim, scale_of
 from .schedule import Schedule
 from .slim import masked_copy, max_rel_err, slim, tolerance
@@ -135,28 +135,7 @@ class Pruner:
         self.example_inputs = example_inputs
         self.approximate = approximate_norms
         self.graph: Graph = trace(model, example_inputs, extra_inputs=extra_inputs, approximate_norms=approximate_norms)
-        producers = list(self.graph.layers)
-        skipped = set(match(skip, producers, what="skip"))
-        kept_groups = {self.graph.group(s).name for s in skipped}
-        for name in sorted(kept_groups):
-            logger.info("group %s keeps all channels: it contains a skipped layer", name)
-
-        ratio_of = self._ratios(ratio, producers)
-
-        def removed_for(r: float | None) -> dict[str, int]:
-            out = {}
-            for g in self.graph.groups:
-                gr = r if r is not None else self._group_ratio(g, ratio_of)
-                out[g.name] = 0 if g.name in kept_groups or gr == 0 else units_to_remove(g, gr, round_to)
-            return out
-
-        if isinstance(ratio, Budget):
-            solved = solve_ratio(self.graph, ratio, removed_for)
-            logger.info("budget %s met with ratio %.6f", ratio, solved)
-            self.removed = removed_for(solved)
-        else:
-            self.removed = removed_for(None)
-        self.aligned = self._aligned_groups(groups, skipped)
+        self.removed, self.aligned = resolve(self.graph, ratio, skip=skip, groups=groups, round_to=round_to)
         if not any(self.removed.values()):
             raise ValueError(
                 "nothing to prune: with this ratio, skip list and the channels the trace pins, no group loses a "
@@ -191,67 +170,6 @@ class Pruner:
         )
 
     # --- configuration ---------------------------------------------------------------------
-
-    def _ratios(self, ratio: float | Mapping[str, float] | Budget, producers: list[str]) -> dict[str, float]:
-        if isinstance(ratio, Budget):
-            return {}
-        if isinstance(ratio, Mapping):
-            out: dict[str, float] = {}
-            for pattern, layers in match_each(list(ratio), producers, what="ratio").items():
-                r = check_ratio(ratio[pattern], f"ratio[{pattern!r}]")
-                for layer in layers:
-                    out.setdefault(layer, r)  # first match wins
-            return out
-        r = check_ratio(ratio, "ratio")
-        return dict.fromkeys(producers, r)
-
-    @staticmethod
-    def _group_ratio(group: ChannelGroup, ratio_of: Mapping[str, float]) -> float:
-        ratios = {layer: ratio_of[layer] for layer in group.layers if layer in ratio_of}
-        if not ratios:
-            return 0.0
-        if len(set(ratios.values())) > 1:
-            listed = ", ".join(f"{k}: {v}" for k, v in ratios.items())
-            raise ValueError(
-                f"layers of group {group.name!r} lose the same channels but were given different ratios ({listed}); "
-                f"give them one ratio"
-            )
-        return next(iter(ratios.values()))
-
-    def _aligned_groups(self, groups: Sequence[str | Sequence[str]] | None, skipped: set[str]) -> list[str]:
-        pruned = [g for g in self.graph.groups if self.removed[g.name]]
-        if groups is None:
-            return [g.name for g in pruned if len(g.layers) > 1]
-        if isinstance(groups, str):
-            groups = [groups]
-        producers = list(self.graph.layers)
-        covered: set[str] = set()
-        for patterns in groups:
-            layers = match(patterns, producers, what="group")
-            traced = {self.graph.group(layer).name for layer in layers}
-            if len(traced) > 1:
-                widths = ", ".join(f"{layer} ({self.graph.group(layer).size} channels)" for layer in layers[:6])
-                raise PatternError(
-                    f"group {patterns!r} matches layers whose outputs are not tied together by the model: {widths}. "
-                    f"A same-pruned group lists layers whose outputs are added (or multiplied) together; "
-                    f"the trace found {len(traced)} separate groups: {', '.join(sorted(traced))}"
-                )
-            g = self.graph.group(layers[0])
-            missing = [layer for layer in g.layers if layer not in layers]
-            if missing:
-                raise PatternError(
-                    f"group {patterns!r} leaves out {', '.join(missing)}, whose outputs the trace ties to "
-                    f"{', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}: add them to the group (or skip them)"
-                )
-            covered.add(g.name)
-        uncovered = [g for g in pruned if len(g.layers) > 1 and g.name not in covered]
-        if uncovered:
-            raise PatternError(
-                "these layers are tied together by the model but in no group: "
-                + "; ".join(", ".join(g.layers) for g in uncovered)
-                + ". List each set in groups, skip them, or omit groups to take them from the trace."
-            )
-        return [g.name for g in self.graph.groups if g.name in covered and self.removed[g.name]]
 
     # --- choosing channels -------------------------------------------------------------------
 

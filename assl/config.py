@@ -1,0 +1,127 @@
+"""From the user's ratio, skip and groups to what each traced group loses and which are aligned.
+
+Patterns are checked against the trace here, before the Pruner changes anything: a skip or ratio
+pattern that matches nothing, a same-pruned group that leaves out a layer the model ties to it,
+and layers of different groups given different ratios are errors that name the layers.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping, Sequence
+
+from .budget import Budget, check_ratio, solve_ratio, units_to_remove
+from .graph import ChannelGroup, Graph
+from .patterns import PatternError, match, match_each
+
+__all__ = ["resolve"]
+
+logger = logging.getLogger("assl")
+
+
+def resolve(
+    graph: Graph,
+    ratio: float | Mapping[str, float] | Budget,
+    *,
+    skip: str | Iterable[str],
+    groups: Sequence[str | Sequence[str]] | None,
+    round_to: int,
+) -> tuple[dict[str, int], list[str]]:
+    """Units each group loses, and the groups that run the alignment phase (in trace order).
+
+    Raises:
+        ValueError: A bad ratio, a pattern that matches nothing, groups that do not fit the trace,
+            an unreachable budget, or nothing left to prune.
+    """
+    producers = list(graph.layers)
+    skipped = set(match(skip, producers, what="skip"))
+    kept_groups = {graph.group(s).name for s in skipped}
+    for name in sorted(kept_groups):
+        logger.info("group %s keeps all channels: it contains a skipped layer", name)
+    ratio_of = _layer_ratios(ratio, producers)
+
+    def removed_for(r: float | None) -> dict[str, int]:
+        out = {}
+        for g in graph.groups:
+            gr = r if r is not None else _group_ratio(g, ratio_of)
+            out[g.name] = 0 if g.name in kept_groups or gr == 0 else units_to_remove(g, gr, round_to)
+        return out
+
+    if isinstance(ratio, Budget):
+        solved = solve_ratio(graph, ratio, removed_for)
+        logger.info("budget %s met with ratio %.6f", ratio, solved)
+        removed = removed_for(solved)
+    else:
+        removed = removed_for(None)
+    aligned = _aligned_groups(graph, groups, removed)
+    if not any(removed.values()):
+        raise ValueError(
+            "nothing to prune: with this ratio, skip list and the channels the trace pins, no group loses a "
+            f"channel.\n{graph.summary()}"
+        )
+    return removed, aligned
+
+
+def _layer_ratios(ratio: float | Mapping[str, float] | Budget, producers: list[str]) -> dict[str, float]:
+    if isinstance(ratio, Budget):
+        return {}
+    if isinstance(ratio, Mapping):
+        out: dict[str, float] = {}
+        for pattern, layers in match_each(list(ratio), producers, what="ratio").items():
+            r = check_ratio(ratio[pattern], f"ratio[{pattern!r}]")
+            for layer in layers:
+                out.setdefault(layer, r)  # first match wins
+        return out
+    r = check_ratio(ratio, "ratio")
+    return dict.fromkeys(producers, r)
+
+
+def _group_ratio(group: ChannelGroup, ratio_of: Mapping[str, float]) -> float:
+    ratios = {layer: ratio_of[layer] for layer in group.layers if layer in ratio_of}
+    if not ratios:
+        return 0.0
+    if len(set(ratios.values())) > 1:
+        listed = ", ".join(f"{k}: {v}" for k, v in ratios.items())
+        raise ValueError(
+            f"layers of group {group.name!r} lose the same channels but were given different ratios ({listed}); "
+            f"give them one ratio"
+        )
+    return next(iter(ratios.values()))
+
+
+def _aligned_groups(
+    graph: Graph, groups: Sequence[str | Sequence[str]] | None, removed: Mapping[str, int]
+) -> list[str]:
+    pruned = [g for g in graph.groups if removed[g.name]]
+    if groups is None:
+        return [g.name for g in pruned if len(g.layers) > 1]
+    if isinstance(groups, str):
+        groups = [groups]
+    producers = list(graph.layers)
+    covered: set[str] = set()
+    for patterns in groups:
+        layers = match(patterns, producers, what="group")
+        traced = {graph.group(layer).name for layer in layers}
+        if len(traced) > 1:
+            widths = ", ".join(f"{layer} ({graph.group(layer).size} channels)" for layer in layers[:6])
+            raise PatternError(
+                f"group {patterns!r} matches layers whose outputs are not tied together by the model: {widths}. "
+                f"A same-pruned group lists layers whose outputs are added (or multiplied) together; "
+                f"the trace found {len(traced)} separate groups: {', '.join(sorted(traced))}"
+            )
+        g = graph.group(layers[0])
+        missing = [layer for layer in g.layers if layer not in layers]
+        if missing:
+            raise PatternError(
+                f"group {patterns!r} leaves out {', '.join(missing)}, whose outputs the trace ties to "
+                f"{', '.join(layers[:4])}{' ...' if len(layers) > 4 else ''}: add them to the group (or skip them)"
+            )
+        covered.add(g.name)
+    uncovered = [g for g in pruned if len(g.layers) > 1 and g.name not in covered]
+    if uncovered:
+        raise PatternError(
+            "these layers are tied together by the model but in no group: "
+            + "; ".join(", ".join(g.layers) for g in uncovered)
+            + ". List each set in groups, skip them, or omit groups to take them from the trace."
+        )
+    return [g.name for g in graph.groups if g.name in covered and removed[g.name]]
