@@ -175,14 +175,9 @@ class Pruner:
 
     def _scale_scores(self, name: str) -> torch.Tensor:
         """Group score per unit: each layer's ``|g|`` per unit relative to its mean, summed."""
+        self._check_finite(self._layers[name])
         with torch.no_grad():
             rows = [layer.unit_scores() for layer in self._layers[name]]
-            for layer, row in zip(self._layers[name], rows):
-                if not torch.isfinite(row).all():
-                    raise ASSLError(
-                        f"the scales of `{layer.name}` contain NaN or inf: training diverged (lower the learning "
-                        f"rate or the penalty); the model is left as it is"
-                    )
             return sum(row / row.mean().clamp_min(1e-12) for row in rows)  # type: ignore[return-value]
 
     def _l1_scores(self, name: str) -> torch.Tensor:
@@ -461,14 +456,14 @@ class Pruner:
 
     # --- helpers -----------------------------------------------------------------------------
 
-    def _check_finite(self) -> None:
-        for layers in self._layers.values():
-            for layer in layers:
-                if not bool(torch.isfinite(layer.ws.scale).all()):
-                    raise ASSLError(
-                        f"the scales of `{layer.name}` contain NaN or inf: training diverged (lower the learning "
-                        f"rate or the penalty); the model is left as it is"
-                    )
+    def _check_finite(self, layers: Iterable[_Layer] | None = None) -> None:
+        """Raise, naming the layer, if a scale (of ``layers``, default all) is NaN or inf."""
+        for layer in layers if layers is not None else (la for ls in self._layers.values() for la in ls):
+            if not bool(torch.isfinite(layer.ws.scale).all()):
+                raise ASSLError(
+                    f"the scales of `{layer.name}` contain NaN or inf: training diverged (lower the learning "
+                    f"rate or the penalty); the model is left as it is"
+                )
 
     def _summary_chosen(self) -> str:
         return ", ".join(f"{k}: {len(v)}" for k, v in self._chosen.items())
