@@ -12,8 +12,9 @@ with pruning + fine-tuning steps equal across methods:
 * ``scratch``: the slimmed architecture re-initialized and trained for the dense + pruning +
   fine-tuning steps.
 
-Reports PSNR/SSIM (Y, border = scale) on held-out images, params, MACs (1280x720 output), wall
-time per method, mean and spread over seeds, as a markdown table and a PNG.
+Reports PSNR/SSIM (Y, border = scale) on held-out test images (or, with ``--eval_split val``, on
+the validation split that settings are chosen on), params, MACs (1280x720 output), wall time per
+method, mean and spread over seeds, as a markdown table and a PNG.
 
     python benchmarks/quality.py --quick --out runs/quality       # CPU, embedded photos
     python benchmarks/quality.py --dir_data DIV2K --device cuda     # the full settings
@@ -23,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import hashlib
 import json
 import math
 import platform
@@ -64,7 +66,9 @@ def _train(
     pruner: assl.Pruner | None = None,
     param_groups: list | None = None,
     stop: Callable[[], bool] | None = None,
+    after_step: Callable[[int], None] | None = None,
 ) -> int:
+    """``steps`` Adam steps of L1 training (plus the alignment term); ``after_step(n)`` after the n-th."""
     opt = torch.optim.Adam(param_groups or model.parameters(), lr=lr)
     if pruner is not None:
         pruner.attach(opt)
@@ -76,6 +80,8 @@ def _train(
         loss.backward()
         opt.step()
         done += 1
+        if after_step is not None:
+            after_step(done)
     return done
 
 
@@ -144,6 +150,31 @@ def _torch_pruning(method: str, model: nn.Module, a: argparse.Namespace, stream,
     return model
 
 
+def assl_pruner(model: nn.Module, a: argparse.Namespace, *, align: bool = True) -> tuple[assl.Pruner, list[dict]]:
+    """The Pruner of the ``assl`` methods on ``model`` and Adam param groups (scales at ``--scale_lr``)."""
+    sched = assl.Schedule(
+        align_iters=a.align_iters if align else 0,
+        align_weight=a.align_weight,
+        reg_interval=a.reg_interval,
+        reg_step=a.reg_step,
+        reg_limit=a.reg_limit,
+        stabilize_iters=a.stabilize_iters,
+    )
+    pruner = assl.Pruner(
+        model,
+        torch.zeros(1, 3, 16, 16, device=next(model.parameters()).device),
+        ratio=a.ratio,
+        skip=SKIP,
+        schedule=sched,
+    )
+    pen = {id(p) for p in pruner.penalized_parameters()}
+    groups = [
+        {"params": [p for p in model.parameters() if id(p) not in pen]},
+        {"params": pruner.penalized_parameters(), "lr": a.scale_lr},
+    ]
+    return pruner, groups
+
+
 def run_method(method: str, dense: nn.Module, a: argparse.Namespace, seed: int, data, device) -> dict:
     torch.manual_seed(seed + 1000)
     model = copy.deepcopy(dense)
@@ -152,20 +183,7 @@ def run_method(method: str, dense: nn.Module, a: argparse.Namespace, seed: int, 
     t0 = time.time()
     total = a.prune_iters + a.finetune_iters
     if method in ("assl", "assl_noalign"):
-        align = a.align_iters if method == "assl" else 0
-        sched = assl.Schedule(
-            align_iters=align,
-            reg_interval=a.reg_interval,
-            reg_step=a.reg_step,
-            reg_limit=a.reg_limit,
-            stabilize_iters=a.stabilize_iters,
-        )
-        pruner = assl.Pruner(model, x0, ratio=a.ratio, skip=SKIP, schedule=sched)
-        pen = {id(p) for p in pruner.penalized_parameters()}
-        groups = [
-            {"params": [p for p in model.parameters() if id(p) not in pen]},
-            {"params": pruner.penalized_parameters(), "lr": a.scale_lr},
-        ]
+        pruner, groups = assl_pruner(model, a, align=method == "assl")
         used = _train(model, stream, a.prune_iters, a.lr, pruner=pruner, param_groups=groups, stop=lambda: pruner.done)
         small = pruner.slim()
         finetune = total - used
@@ -205,7 +223,7 @@ def run_method(method: str, dense: nn.Module, a: argparse.Namespace, seed: int, 
         small = assl.slim(model, graph, _plan_by_scores(graph, removed, score))
         finetune = total
     _train(small, stream, finetune, a.lr)
-    p, s = _evaluate(small, data["test"], a.scale, device)
+    p, s = _evaluate(small, data["eval"], a.scale, device)
     params, gmacs = _size(small, a.scale, device)
     return {
         "method": method,
@@ -246,7 +264,7 @@ def _summary(rows: list[dict], a: argparse.Namespace, dense_rows: list[dict]) ->
     return "\n".join(out)
 
 
-def _plot(rows: list[dict], dense_rows: list[dict], path: Path) -> None:
+def _plot(rows: list[dict], dense_rows: list[dict], path: Path, split: str = "test") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -263,19 +281,29 @@ def _plot(rows: list[dict], dense_rows: list[dict], path: Path) -> None:
     ax.axhline(statistics.mean(d), color="gray", ls="--", label="dense")
     ax.axhline(statistics.mean(r["bicubic"] for r in dense_rows), color="gray", ls=":", label="bicubic")
     ax.set_xticks(range(len(methods)), methods, rotation=20)
-    ax.set_ylabel("PSNR (Y, dB), held-out photos")
+    ax.set_ylabel(f"PSNR (Y, dB), {split} images")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def build_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
+    """The flags of the quality benchmark (shared by ``alignment_study.py``)."""
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="CPU-sized model and steps (tens of minutes)")
     p.add_argument("--smoke", action="store_true", help="seconds: used by the test suite")
     p.add_argument("--dir_data", default=None)
     p.add_argument("--data_range", default="1-800/801-810")
+    p.add_argument(
+        "--val_range", default=None, help="DIV2K indices for --eval_split val (must not overlap the training range)"
+    )
+    p.add_argument(
+        "--eval_split",
+        default="test",
+        choices=("test", "val"),
+        help="report on the held-out test images, or on the validation split used to choose settings",
+    )
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--blocks", type=int, default=16)
     p.add_argument("--feats", type=int, default=64)
@@ -290,6 +318,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--prune_iters", type=int, default=3000, help="pruning-stage cap (ASSL's schedule is sized to fit)")
     p.add_argument("--finetune_iters", type=int, default=5000)
     p.add_argument("--align_iters", type=int, default=500)
+    p.add_argument("--align_weight", type=float, default=1.0)
     p.add_argument("--reg_interval", type=int, default=4)
     p.add_argument("--reg_step", type=float, default=0.005)
     p.add_argument("--reg_limit", type=float, default=0.5)
@@ -302,8 +331,17 @@ def main(argv: list[str] | None = None) -> None:
         help="tp_groupnorm / tp_growingreg need torch-pruning installed",
     )
     p.add_argument("--threads", type=int, default=None)
+    p.add_argument(
+        "--dense_cache",
+        default=None,
+        help="folder to keep the trained dense models in and reuse them from (keyed by every setting they depend on)",
+    )
     p.add_argument("--out", default="runs/quality")
-    args = p.parse_args(argv)
+    return p
+
+
+def configure(args: argparse.Namespace) -> torch.device:
+    """Apply ``--quick`` / ``--smoke`` and ``--threads``; return the device."""
     if args.quick:
         args.__dict__.update(
             blocks=4,
@@ -338,52 +376,91 @@ def main(argv: list[str] | None = None) -> None:
         )
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(args.device)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
+    return torch.device(args.device)
+
+
+def load_data(args: argparse.Namespace) -> dict:
+    """``train`` patches and the ``eval`` images (``--eval_split``: test or validation)."""
     side = {"max_side": 48} if args.smoke else {}
     if args.dir_data:
         tr, te = parse_data_range(args.data_range)
-        data = {
+        if args.eval_split == "val":
+            if not args.val_range:
+                raise SystemExit("--eval_split val with --dir_data needs --val_range, e.g. 781-800 (outside training)")
+            te = parse_data_range(f"1-1/{args.val_range}")[1]
+            if te[0] <= tr[1] and tr[0] <= te[1]:
+                raise SystemExit(f"--val_range {args.val_range} overlaps the training range of --data_range")
+        return {
             "train": SRFolder(args.dir_data, tr, args.scale, patch_size=args.patch_size, repeat=20),
-            "test": SRFolder(args.dir_data, te, args.scale, train=False),
+            "eval": SRFolder(args.dir_data, te, args.scale, train=False),
         }
+    return {
+        "train": EmbeddedSR("train", args.scale, patch_size=args.patch_size, repeat=50, **side),
+        "eval": EmbeddedSR(args.eval_split, args.scale, train=False, **side),
+    }
+
+
+def _dense_key(args: argparse.Namespace, seed: int) -> str:
+    fields = ("blocks", "feats", "scale", "patch_size", "batch_size", "lr", "dense_iters", "dir_data", "data_range")
+    text = json.dumps([seed, torch.__version__, args.device, args.smoke, *(getattr(args, f) for f in fields)])
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def train_dense(args: argparse.Namespace, seed: int, data: dict, device: torch.device) -> tuple[nn.Module, dict]:
+    """The dense LEDSR of ``seed`` (trained, or loaded from ``--dense_cache``) and its table row."""
+    torch.manual_seed(seed)
+    dense = SRModel(n_resblocks=args.blocks, n_feats=args.feats, scale=args.scale).to(device)
+    t0 = time.time()
+    cached = Path(args.dense_cache) / f"dense-{_dense_key(args, seed)}.pt" if args.dense_cache else None
+    if cached is not None and cached.is_file():
+        saved = torch.load(cached, map_location=device, weights_only=True)
+        dense.load_state_dict(saved["state"])
+        wall = saved["wall_s"]
     else:
-        data = {
-            "train": EmbeddedSR("train", args.scale, patch_size=args.patch_size, repeat=50, **side),
-            "test": EmbeddedSR("test", args.scale, train=False, **side),
-        }
+        _train(dense, _stream(data["train"], args.batch_size, device, seed), args.dense_iters, args.lr)
+        wall = time.time() - t0
+        if cached is not None:
+            cached.parent.mkdir(parents=True, exist_ok=True)
+            torch.save({"state": dense.state_dict(), "wall_s": wall}, cached)
+    dp, ds = _evaluate(dense, data["eval"], args.scale, device)
+    bic = []
+    for i in range(len(data["eval"])):
+        lr_, hr_, _ = data["eval"][i]
+        up = nn.functional.interpolate(lr_[None], scale_factor=args.scale, mode="bicubic")[0]
+        bic.append(psnr(up[:, : hr_.shape[1], : hr_.shape[2]].clamp(0, 255).round(), hr_, scale=args.scale))
+    params, gmacs = _size(dense, args.scale, device)
+    row = {
+        "method": "dense",
+        "seed": seed,
+        "psnr": dp,
+        "ssim": ds,
+        "params": params,
+        "gmacs": gmacs,
+        "wall_s": wall,
+        "bicubic": sum(bic) / len(bic),
+    }
+    return dense, row
+
+
+def describe(args: argparse.Namespace, device: torch.device) -> str:
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
-    print(
-        f"# quality at ratio {args.ratio}: LEDSR {args.blocks}x{args.feats} x{args.scale}, {what}, "
-        f"torch {torch.__version__}, {args.seeds} seeds",
-        flush=True,
+    return (
+        f"LEDSR {args.blocks}x{args.feats} x{args.scale}, ratio {args.ratio}, {what}, torch {torch.__version__}, "
+        f"{args.seeds} seeds, scored on the {args.eval_split} images"
     )
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    device = configure(args)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(args)
+    print(f"# quality: {describe(args, device)}", flush=True)
     rows, dense_rows = [], []
     for seed in range(args.seeds):
-        torch.manual_seed(seed)
-        dense = SRModel(n_resblocks=args.blocks, n_feats=args.feats, scale=args.scale).to(device)
-        t0 = time.time()
-        _train(dense, _stream(data["train"], args.batch_size, device, seed), args.dense_iters, args.lr)
-        dp, ds = _evaluate(dense, data["test"], args.scale, device)
-        bic = []
-        for i in range(len(data["test"])):
-            lr_, hr_, _ = data["test"][i]
-            up = nn.functional.interpolate(lr_[None], scale_factor=args.scale, mode="bicubic")[0]
-            bic.append(psnr(up[:, : hr_.shape[1], : hr_.shape[2]].clamp(0, 255).round(), hr_, scale=args.scale))
-        params, gmacs = _size(dense, args.scale, device)
-        dense_rows.append(
-            {
-                "method": "dense",
-                "seed": seed,
-                "psnr": dp,
-                "ssim": ds,
-                "params": params,
-                "gmacs": gmacs,
-                "wall_s": time.time() - t0,
-                "bicubic": sum(bic) / len(bic),
-            }
-        )
+        dense, row = train_dense(args, seed, data, device)
+        dense_rows.append(row)
         for method in args.methods:
             r = run_method(method, dense, args, seed, data, device)
             rows.append(r)
@@ -392,7 +469,7 @@ def main(argv: list[str] | None = None) -> None:
     print(table)
     (out / "quality.md").write_text(table + "\n")
     (out / "quality.json").write_text(json.dumps({"args": vars(args), "dense": dense_rows, "rows": rows}, indent=1))
-    _plot(rows, dense_rows, out / "quality.png")
+    _plot(rows, dense_rows, out / "quality.png", args.eval_split)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,232 @@
+"""Why the alignment phase helps little in short runs: diagnostics and a sweep on the validation split.
+
+Runs ASSL on the quality benchmark's LEDSR (same flags, same dense model per seed, same total
+pruning + fine-tuning steps) for every alignment weight x alignment length in the grid, plus
+``noalign`` (no alignment phase), and scores on the **validation** photo: settings are chosen
+here, and only the chosen one goes to the test photos (``quality.py --align_weight ...``).
+
+Measured per run, on the aligned group (the residual stream):
+
+* ``grad ratio``: ``||grad_g(align_weight * alignment loss)|| / ||grad_g(task loss)||`` over the
+  group's scales on the first batches: how much of the scales' gradient the alignment term is;
+* ``agreement``: mean over pairs of the group's layers of the overlap of the channels each would
+  keep on its own (top ``n - k`` by ``|g|``), at the start and at the end of the alignment phase;
+  chance is ``(n - k) / n``, 1 means every layer keeps the same channels;
+* ``removed share``: of each layer's ``sum |g|``, the share on the channels the group removes,
+  when they are chosen (lower: the removed channels mattered less to every layer); chance
+  ``k / n``;
+* ``g drift``: mean ``|change of g|`` over the alignment phase, against the mean ``|g|``;
+* ``left g``: at the end of the schedule, the mean ``|g|`` of the removed channels over that of
+  the kept ones (0 when the penalty has done its job, so that removing them changes nothing);
+* PSNR on the validation photo at the end of the schedule (channels still there), just after
+  slimming, and after fine-tuning.
+
+    python benchmarks/alignment_study.py --quick --prune_iters 600 --finetune_iters 400
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import itertools
+import json
+import statistics
+from pathlib import Path
+
+import torch
+from quality import _evaluate, _stream, _train, assl_pruner, build_parser, configure, describe, load_data, train_dense
+from torch import nn
+
+import assl
+from assl.scales import scale_of
+
+
+def _unit_g(pruner: assl.Pruner, name: str) -> torch.Tensor:
+    """``|g|`` per unit, one row per layer of group ``name`` (a copy)."""
+    group = pruner.graph.group(name)
+    rows = []
+    for layer in group.layers:
+        ws = scale_of(pruner.model.get_submodule(layer))
+        assert ws is not None, f"{layer} has no scale"
+        g = ws.scale.detach().abs().cpu()
+        units = torch.as_tensor(group.channels(layer)[: g.numel()])
+        counts = torch.bincount(units, minlength=group.size).clamp_min(1)
+        rows.append(torch.zeros(group.size).index_add(0, units, g) / counts)
+    return torch.stack(rows)
+
+
+def agreement(rows: torch.Tensor, k: int) -> float:
+    """Mean pairwise overlap of the per-layer kept sets (top ``n - k`` of each row)."""
+    n = rows.shape[1]
+    keep = [set(torch.argsort(r, descending=True, stable=True)[: n - k].tolist()) for r in rows]
+    pairs = list(itertools.combinations(keep, 2))
+    return sum(len(a & b) for a, b in pairs) / (len(pairs) * (n - k))
+
+
+def removed_share(rows: torch.Tensor, removed: list[int]) -> float:
+    """Mean over layers of the share of ``sum |g|`` that sits on the ``removed`` units."""
+    idx = torch.as_tensor(removed, dtype=torch.long)
+    return float((rows[:, idx].sum(1) / rows.sum(1)).mean())
+
+
+def grad_ratio(pruner: assl.Pruner, model: nn.Module, stream, batches: int = 4) -> float:
+    """``||grad of the alignment term|| / ||grad of the task loss||`` on the aligned groups' scales."""
+    scales = [
+        scale_of(model.get_submodule(n)).scale  # type: ignore[union-attr]
+        for name in pruner.aligned
+        for n in pruner.graph.group(name).layers
+    ]
+    align = torch.autograd.grad(pruner.alignment_loss(), scales)
+    norm_align = torch.sqrt(sum((g**2).sum() for g in align))
+    norms = []
+    for _ in range(batches):
+        x, y = next(stream)
+        task = torch.autograd.grad((model(x) - y).abs().mean(), scales)
+        norms.append(float(torch.sqrt(sum((g**2).sum() for g in task))))
+    return float(norm_align) / statistics.mean(norms)
+
+
+def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.Namespace, seed: int, data, device):
+    """One ASSL run (``weight=None``: no alignment phase) with the diagnostics of the module docstring."""
+    b = argparse.Namespace(**{**vars(a), "align_weight": weight or 0.0, "align_iters": iters})
+    torch.manual_seed(seed + 1000)
+    model = copy.deepcopy(dense)
+    pruner, groups = assl_pruner(model, b, align=weight is not None)
+    name = next(iter(pruner.aligned))
+    k = pruner.removed[name]
+    stream = _stream(data["train"], b.batch_size, device, seed + 2000)
+    start = _unit_g(pruner, name)
+    r = {"setting": "noalign" if weight is None else f"w={weight:g}, {iters} steps", "seed": seed}
+    r["weight"], r["align_iters"] = weight, iters if weight is not None else 0
+    r["agreement_start"] = agreement(start, k)
+    r["chance"] = (start.shape[1] - k) / start.shape[1]
+    at_choice = {"rows": start}
+    if weight is not None:
+        r["grad_ratio"] = grad_ratio(pruner, model, _stream(data["train"], b.batch_size, device, seed + 4000))
+
+        def after(n: int) -> None:
+            if n == iters:
+                at_choice["rows"] = _unit_g(pruner, name)
+
+        used = _train(
+            model,
+            stream,
+            b.prune_iters,
+            b.lr,
+            pruner=pruner,
+            param_groups=groups,
+            stop=lambda: pruner.done,
+            after_step=after,
+        )
+        end = at_choice["rows"]
+        r["agreement_end"] = agreement(end, k)
+        r["g_drift"] = float((end - start).abs().mean() / start.mean())
+    else:
+        used = _train(model, stream, b.prune_iters, b.lr, pruner=pruner, param_groups=groups, stop=lambda: pruner.done)
+    if not pruner.done:
+        raise SystemExit(f"the schedule needs more than --prune_iters {b.prune_iters} steps: raise it")
+    chosen = pruner.chosen()[name]
+    r["removed_share"] = removed_share(at_choice["rows"], chosen)
+    final = _unit_g(pruner, name)
+    keep = torch.ones(final.shape[1], dtype=torch.bool)
+    keep[chosen] = False
+    r["left_g"] = float(final[:, ~keep].mean() / final[:, keep].mean())
+    r["psnr_before_slim"] = _evaluate(model, data["eval"], b.scale, device)[0]
+    small = pruner.slim()
+    r["psnr_slim"] = _evaluate(small, data["eval"], b.scale, device)[0]
+    _train(small, stream, b.prune_iters + b.finetune_iters - used, b.lr)
+    r["psnr"] = _evaluate(small, data["eval"], b.scale, device)[0]
+    return r
+
+
+def _mean_sd(values: list[float], digits: int) -> str:
+    if not values:
+        return "-"
+    sd = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
+
+
+def summary(rows: list[dict], dense_rows: list[dict]) -> str:
+    out = [
+        "| setting | grad ratio | agreement start -> end | removed share | g drift | left g | PSNR before slim | "
+        "PSNR after slim | PSNR | seeds |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        rs = [r for r in rows if r["setting"] == setting]
+
+        def col(key: str, digits: int, rs=rs) -> str:
+            return _mean_sd([r[key] for r in rs if key in r], digits)
+
+        agree = col("agreement_start", 3) + (" -> " + col("agreement_end", 3) if "agreement_end" in rs[0] else "")
+        out.append(
+            f"| {setting} | {col('grad_ratio', 3)} | {agree} | {col('removed_share', 3)} | {col('g_drift', 3)} | "
+            f"{col('left_g', 3)} | {col('psnr_before_slim', 2)} | {col('psnr_slim', 2)} | {col('psnr', 3)} | "
+            f"{len(rs)} |"
+        )
+    chance = rows[0]["chance"]
+    out.append(
+        f"\nchance agreement {chance:.3f}, chance removed share {1 - chance:.3f}; dense on the same images "
+        f"{_mean_sd([r['psnr'] for r in dense_rows], 3)} dB"
+    )
+    return "\n".join(out)
+
+
+def _plot(rows: list[dict], dense_rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    weights = sorted({r["weight"] for r in rows if r["weight"] is not None})
+    pos = {w: i for i, w in enumerate(weights)}
+    for iters in sorted({r["align_iters"] for r in rows if r["weight"] is not None}):
+        pts = [(pos[r["weight"]], r["psnr"]) for r in rows if r["weight"] is not None and r["align_iters"] == iters]
+        ax.scatter(*zip(*pts), alpha=0.6, label=f"{iters} alignment steps")
+    noalign = [r["psnr"] for r in rows if r["weight"] is None]
+    if noalign:
+        ax.axhspan(min(noalign), max(noalign), color="gray", alpha=0.2, label="no alignment (range over seeds)")
+    ax.axhline(statistics.mean(r["psnr"] for r in dense_rows), color="gray", ls="--", label="dense")
+    ax.set_xticks(range(len(weights)), [f"{w:g}" for w in weights])
+    ax.set_xlabel("alignment weight")
+    ax.set_ylabel("PSNR (Y, dB), validation photo")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = build_parser(__doc__)
+    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 10.0, 100.0, 1000.0])
+    p.add_argument("--align_grid", type=int, nargs="+", default=[100, 300], help="alignment lengths in steps")
+    p.set_defaults(eval_split="val", out="runs/alignment_study")
+    args = p.parse_args(argv)
+    device = configure(args)
+    if args.smoke:
+        args.__dict__.update(weights=[0.0, 10.0], align_grid=[2], prune_iters=12)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = load_data(args)
+    print(f"# alignment study: {describe(args, device)}", flush=True)
+    rows, dense_rows = [], []
+    for seed in range(args.seeds):
+        dense, row = train_dense(args, seed, data, device)
+        dense_rows.append(row)
+        settings = [(None, 0), *((w, n) for n in args.align_grid for w in args.weights)]
+        for weight, iters in settings:
+            r = run_setting(weight, iters, dense, args, seed, data, device)
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    table = summary(rows, dense_rows)
+    print(table)
+    (out / "alignment_study.md").write_text(table + "\n")
+    (out / "alignment_study.json").write_text(
+        json.dumps({"args": vars(args), "dense": dense_rows, "rows": rows}, indent=1)
+    )
+    _plot(rows, dense_rows, out / "alignment_study.png")
+
+
+if __name__ == "__main__":
+    main()
