@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import runpy
 import sys
 from pathlib import Path
@@ -78,3 +79,52 @@ def test_quality_benchmark_smoke(tmp_path, capsys, monkeypatch):
     for name in ("dense", "bicubic", "assl", "l1", "scratch"):
         assert f"| {name} |" in table
     assert (tmp_path / "quality.png").is_file() and (tmp_path / "quality.json").is_file()
+
+
+def test_quality_benchmark_dense_cache_and_val_split(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from quality import main as quality_main
+
+    cache = str(tmp_path / "c")
+    args = ["--smoke", "--device", "cpu", "--methods", "l1", "--eval_split", "val", "--dense_cache", cache]
+    quality_main([*args, "--out", str(tmp_path / "a")])
+    assert len(list((tmp_path / "c").glob("dense-*.pt"))) == 1
+    quality_main([*args, "--out", str(tmp_path / "b")])  # the dense model comes from the cache
+    first, second = (json.loads((tmp_path / d / "quality.json").read_text()) for d in "ab")
+    assert first["dense"][0]["psnr"] == second["dense"][0]["psnr"]
+    assert first["rows"][0]["psnr"] == second["rows"][0]["psnr"]
+    assert len(list((tmp_path / "c").glob("dense-*.pt"))) == 1
+    quality_main([*args, "--out", str(tmp_path / "d"), "--lr", "1e-3"])  # another setting: another model
+    assert len(list((tmp_path / "c").glob("dense-*.pt"))) == 2
+    test = json.loads((tmp_path / "a" / "quality.json").read_text())
+    assert "val" in capsys.readouterr().out and test["args"]["eval_split"] == "val"
+
+
+def test_alignment_study_smoke(tmp_path, capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from alignment_study import main as study_main
+
+    study_main(["--smoke", "--device", "cpu", "--out", str(tmp_path)])
+    table = (tmp_path / "alignment_study.md").read_text()
+    for setting in ("noalign", "w=0, 2 steps", "w=10, 2 steps"):
+        assert f"| {setting} |" in table
+    rows = json.loads((tmp_path / "alignment_study.json").read_text())["rows"]
+    ratios = [r["grad_ratio"] for r in rows if r["weight"] is not None]
+    assert ratios[0] == 0.0 and ratios[1] > 0  # weight 0: no alignment gradient; weight 10: some
+    assert all(0 <= r["removed_share"] <= 1 and r["left_g"] >= 0 for r in rows)
+    assert (tmp_path / "alignment_study.png").is_file()
+
+
+def test_alignment_study_measures(monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from alignment_study import agreement, removed_share
+
+    same = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
+    assert agreement(same, 2) == 1.0
+    opposite = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
+    assert agreement(opposite, 2) == 0.0
+    assert agreement(torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 4.0, 2.0, 3.0]]), 2) == 0.5
+    assert abs(removed_share(same, [0, 1]) - 0.3) < 1e-7  # (1 + 2) / 10
+    assert abs(removed_share(opposite, [3]) - 0.25) < 1e-7  # (4/10 + 1/10) / 2
