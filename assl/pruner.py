@@ -29,6 +29,9 @@ __all__ = ["Pruner"]
 
 logger = logging.getLogger("assl")
 
+# slim() warns when removing the chosen channels changes the output by more than this (relative)
+SLIM_CHANGE_WARNING = 0.05
+
 _ORDER = (
     "create the Pruner on the bare model first, then wrap it (DistributedDataParallel) and build the "
     "optimizer over model.parameters(), which then include the scales"
@@ -342,11 +345,17 @@ class Pruner:
 
         The result is checked against the masked model on the example inputs. The model given
         to the Pruner is left as it is (with its scales); the returned module is a new one.
+        How much the removal changed the output is logged, as a warning above
+        ``SLIM_CHANGE_WARNING`` (5% of the largest output): a sign that the schedule was too
+        short or its penalty too weak to drive the chosen channels to zero.
 
         Raises:
             ASSLError: Called twice, NaN/inf scales, or a slimmed model that does not match the
                 masked one (then nothing is returned and the model is untouched).
         """
+        return self._slim(warn_change=True)
+
+    def _slim(self, warn_change: bool) -> nn.Module:
         if self._slimmed:
             raise ASSLError("slim() was already called: the slimmed module it returned is the result")
         if not self.done:
@@ -370,7 +379,22 @@ class Pruner:
         self._slimmed = True
         self.detach()
         logger.info("slimmed: %d -> %d parameters", self.graph.count_params(), _params(small))
+        if warn_change:
+            self._report_change(small)
         return small
+
+    def _report_change(self, small: nn.Module) -> None:
+        """Log how much removing the chosen channels changed the output on the example inputs."""
+        change = max_rel_err(self.model, small, self.example_inputs)
+        if change > SLIM_CHANGE_WARNING:
+            logger.warning(
+                "slimming changed the output on the example inputs by %.3g (largest difference over the largest "
+                "output): the penalty did not drive the chosen channels to zero (see summary(): |g| chosen vs "
+                "kept); fine-tune longer, or raise Schedule.reg_limit or stabilize_iters",
+                change,
+            )
+        else:
+            logger.info("slimming changed the output on the example inputs by %.3g (relative)", change)
 
     def prune_now(self, criterion: str = "l1") -> nn.Module:
         """The one-shot baseline: choose channels now and slim, no regularization.
@@ -385,7 +409,7 @@ class Pruner:
         self._chosen.clear()
         self._choose_all(self._l1_scores if criterion == "l1" else self._scale_scores)
         self._step = self.schedule.bounds(bool(self.aligned))[2]
-        return self.slim()
+        return self._slim(warn_change=False)  # one-shot pruning changes the output by design
 
     def summary(self) -> str:
         """A table per pruned group: layers, units, units removed, mean |g| of chosen vs kept."""

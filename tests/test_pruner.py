@@ -247,6 +247,39 @@ def test_slim_after_pruning_equals_masked_on_the_battery(case):
     assert not any(torch.nn.utils.parametrize.is_parametrized(m) for m in small.modules())
 
 
+def test_slim_warns_when_the_removed_channels_still_matter(caplog):
+    def pruned(zero_chosen):
+        model = _edsr(blocks=2, feats=8)
+        pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+        pruner._step = TINY.bounds(True)[2]  # the schedule is over, whatever it achieved
+        pruner.plan()
+        if zero_chosen:  # what a penalty that did its job leaves: chosen scales and biases at zero
+            with torch.no_grad():
+                for layers in pruner._layers.values():
+                    for layer in layers:
+                        layer.ws.scale[layer.scale_idx] = 0
+                        layer.bias[layer.bias_idx] = 0
+        with caplog.at_level("INFO", logger="assl"):
+            caplog.clear()
+            small = pruner.slim()
+        return small, [r for r in caplog.records if "slimming changed the output" in r.getMessage()]
+
+    small, records = pruned(zero_chosen=False)
+    assert len(records) == 1 and records[0].levelname == "WARNING" and "reg_limit" in records[0].getMessage()
+    change = float(records[0].getMessage().split(" by ")[1].split()[0])
+    assert change > assl.pruner.SLIM_CHANGE_WARNING
+    small, records = pruned(zero_chosen=True)
+    assert len(records) == 1 and records[0].levelname == "INFO"
+    assert float(records[0].getMessage().split(" by ")[1].split()[0]) <= 1e-5
+
+
+def test_one_shot_pruning_does_not_warn_about_the_output_change(caplog):
+    model = _edsr()
+    with caplog.at_level("INFO", logger="assl"):
+        assl.Pruner(model, _x(), ratio=0.5, schedule=TINY).prune_now("l1")
+    assert not [r for r in caplog.records if "slimming changed the output" in r.getMessage()]
+
+
 def test_slim_twice_and_step_after_slim_are_errors():
     model = _edsr()
     pruner = assl.Pruner(model, _x(), ratio=0.5, schedule=TINY)
