@@ -34,7 +34,18 @@ import statistics
 from pathlib import Path
 
 import torch
-from quality import _evaluate, _stream, _train, assl_pruner, build_parser, configure, describe, load_data, train_dense
+from quality import (
+    _evaluate,
+    _stream,
+    _train,
+    assl_pruner,
+    build_parser,
+    configure,
+    describe,
+    load_data,
+    parse_args,
+    train_dense,
+)
 from torch import nn
 
 import assl
@@ -202,10 +213,8 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 10.0, 100.0, 1000.0])
     p.add_argument("--align_grid", type=int, nargs="+", default=[100, 300], help="alignment lengths in steps")
     p.set_defaults(eval_split="val", out="runs/alignment_study")
-    args = p.parse_args(argv)
+    args = parse_args(p, argv, smoke={"weights": [0.0, 10.0], "align_grid": [2], "prune_iters": 12})
     device = configure(args)
-    if args.smoke:
-        args.__dict__.update(weights=[0.0, 10.0], align_grid=[2], prune_iters=12)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(args)

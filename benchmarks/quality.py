@@ -340,40 +340,50 @@ def build_parser(description: str | None = __doc__) -> argparse.ArgumentParser:
     return p
 
 
+QUICK = {
+    "blocks": 4,
+    "feats": 32,
+    "patch_size": 48,
+    "batch_size": 8,
+    "lr": 5e-4,
+    "scale_lr": 3e-2,
+    "dense_iters": 2000,
+    "prune_iters": 400,
+    "finetune_iters": 600,
+    "align_iters": 100,
+    "reg_interval": 4,
+    "reg_step": 0.02,
+    "stabilize_iters": 168,
+}
+SMOKE = {
+    "blocks": 1,
+    "feats": 4,
+    "patch_size": 16,
+    "batch_size": 2,
+    "dense_iters": 3,
+    "prune_iters": 6,
+    "finetune_iters": 2,
+    "align_iters": 2,
+    "reg_interval": 1,
+    "reg_step": 0.25,
+    "stabilize_iters": 1,
+    "seeds": 1,
+    "methods": ["assl", "l1", "scratch"],
+}
+
+
+def parse_args(p: argparse.ArgumentParser, argv: list[str] | None, smoke: dict | None = None) -> argparse.Namespace:
+    """Parse with ``--quick`` / ``--smoke`` as defaults: flags given explicitly still win."""
+    pre, _ = p.parse_known_args(argv)
+    if pre.quick:
+        p.set_defaults(**QUICK)
+    if pre.smoke:
+        p.set_defaults(**{**SMOKE, **(smoke or {})})
+    return p.parse_args(argv)
+
+
 def configure(args: argparse.Namespace) -> torch.device:
-    """Apply ``--quick`` / ``--smoke`` and ``--threads``; return the device."""
-    if args.quick:
-        args.__dict__.update(
-            blocks=4,
-            feats=32,
-            patch_size=48,
-            batch_size=8,
-            lr=5e-4,
-            scale_lr=3e-2,
-            dense_iters=2000,
-            prune_iters=400,
-            finetune_iters=600,
-            align_iters=100,
-            reg_interval=4,
-            reg_step=0.02,
-            stabilize_iters=168,
-        )
-    if args.smoke:
-        args.__dict__.update(
-            blocks=1,
-            feats=4,
-            patch_size=16,
-            batch_size=2,
-            dense_iters=3,
-            prune_iters=6,
-            finetune_iters=2,
-            align_iters=2,
-            reg_interval=1,
-            reg_step=0.25,
-            stabilize_iters=1,
-            seeds=1,
-            methods=["assl", "l1", "scratch"],
-        )
+    """Apply ``--threads``; return the device."""
     if args.threads:
         torch.set_num_threads(args.threads)
     return torch.device(args.device)
@@ -451,7 +461,7 @@ def describe(args: argparse.Namespace, device: torch.device) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
+    args = parse_args(build_parser(), argv)
     device = configure(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

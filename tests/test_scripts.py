@@ -128,3 +128,14 @@ def test_alignment_study_measures(monkeypatch):
     assert agreement(torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 4.0, 2.0, 3.0]]), 2) == 0.5
     assert abs(removed_share(same, [0, 1]) - 0.3) < 1e-7  # (1 + 2) / 10
     assert abs(removed_share(opposite, [3]) - 0.25) < 1e-7  # (4/10 + 1/10) / 2
+
+
+def test_quality_presets_are_defaults_that_explicit_flags_override(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from quality import QUICK, build_parser, parse_args
+
+    args = parse_args(build_parser(), ["--quick", "--prune_iters", "600", "--finetune_iters", "400"])
+    assert (args.prune_iters, args.finetune_iters) == (600, 400)
+    assert (args.blocks, args.feats, args.align_iters) == (QUICK["blocks"], QUICK["feats"], QUICK["align_iters"])
+    assert parse_args(build_parser(), ["--quick"]).prune_iters == QUICK["prune_iters"]
+    assert parse_args(build_parser(), []).blocks == 16
