@@ -21,6 +21,11 @@ Measured per run, on the aligned group (the residual stream):
 * PSNR on the validation photo at the end of the schedule (channels still there), just after
   slimming, and after fine-tuning.
 
+``--mask_scale std`` tests one explanation of what the numbers show: the soft masks
+``sigmoid(|g| - t)`` are nearly flat when the ``|g|`` of a layer differ by a few percent, so the
+cross-layer term cannot tell channels apart. It replaces ``assl.alignment.soft_masks`` in this
+process (only here, for the experiment) by ``sigmoid((|g| - t) / std(|g|))``, per layer.
+
     python benchmarks/alignment_study.py --quick --prune_iters 600 --finetune_iters 400
 """
 
@@ -95,6 +100,12 @@ def grad_ratio(pruner: assl.Pruner, model: nn.Module, stream, batches: int = 4) 
         task = torch.autograd.grad((model(x) - y).abs().mean(), scales)
         norms.append(float(torch.sqrt(sum((g**2).sum() for g in task))))
     return float(norm_align) / statistics.mean(norms)
+
+
+def _std_scaled_soft_masks(scores: torch.Tensor, k: int) -> torch.Tensor:
+    """``sigmoid((s - t) / std(s))`` per row: the paper's soft mask at a temperature set by the spread."""
+    threshold = torch.kthvalue(scores, k + 1, dim=-1, keepdim=True).values
+    return torch.sigmoid((scores - threshold) / scores.detach().std(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
 def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.Namespace, seed: int, data, device):
@@ -212,9 +223,17 @@ def main(argv: list[str] | None = None) -> None:
     p = build_parser(__doc__)
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 10.0, 100.0, 1000.0])
     p.add_argument("--align_grid", type=int, nargs="+", default=[100, 300], help="alignment lengths in steps")
+    p.add_argument(
+        "--mask_scale",
+        choices=("raw", "std"),
+        default="raw",
+        help="std: soft masks at a temperature of each layer's |g| spread (an experiment, see above)",
+    )
     p.set_defaults(eval_split="val", out="runs/alignment_study")
     args = parse_args(p, argv, smoke={"weights": [0.0, 10.0], "align_grid": [2], "prune_iters": 12})
     device = configure(args)
+    if args.mask_scale == "std":
+        assl.alignment.soft_masks = _std_scaled_soft_masks  # type: ignore[attr-defined]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(args)
