@@ -160,9 +160,11 @@ def assl_pruner(model: nn.Module, a: argparse.Namespace, *, align: bool = True) 
         reg_limit=a.reg_limit,
         stabilize_iters=a.stabilize_iters,
     )
+    # pixel-like values: slim() reports the output change on these (an all-black image gives ~0 out)
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255
     pruner = assl.Pruner(
         model,
-        torch.zeros(1, 3, 16, 16, device=next(model.parameters()).device),
+        x.to(next(model.parameters()).device),
         ratio=a.ratio,
         skip=SKIP,
         schedule=sched,
