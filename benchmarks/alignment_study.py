@@ -3,7 +3,9 @@
 Runs ASSL on the quality benchmark's LEDSR (same flags, same dense model per seed, same total
 pruning + fine-tuning steps) for every alignment weight x alignment length in the grid, plus
 ``noalign`` (no alignment phase), and scores on the **validation** photo: settings are chosen
-here, and only the chosen one goes to the test photos (``quality.py --align_weight ...``).
+here, and only the chosen one goes to the test photos (``quality.py --align_weight ...``). The
+measurements draw no random numbers from the training run, so a setting's row equals what
+``quality.py --eval_split val`` gives for ``assl`` / ``assl_noalign`` with the same flags.
 
 Measured per run, on the aligned group (the residual stream):
 
@@ -124,7 +126,8 @@ def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.
     r["chance"] = (start.shape[1] - k) / start.shape[1]
     at_choice = {"rows": start}
     if weight is not None:
-        r["grad_ratio"] = grad_ratio(pruner, model, _stream(data["train"], b.batch_size, device, seed + 4000))
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # runs stay paired
+            r["grad_ratio"] = grad_ratio(pruner, model, _stream(data["train"], b.batch_size, device, seed + 4000))
 
         def after(n: int) -> None:
             if n == iters:
