@@ -38,9 +38,13 @@ import copy
 import itertools
 import json
 import statistics
+import sys
 from pathlib import Path
 
 import torch
+from torch import nn
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 from quality import (
     _evaluate,
     _stream,
@@ -53,7 +57,6 @@ from quality import (
     parse_args,
     train_dense,
 )
-from torch import nn
 
 import assl
 from assl.scales import scale_of

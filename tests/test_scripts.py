@@ -30,7 +30,16 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
     assert "parameters" in out and "faster" in out
 
 
-@pytest.mark.parametrize("script", ["benchmarks/trace_slim.py", "examples/slim_demo.py"])
+@pytest.mark.parametrize(
+    "script",
+    [
+        "benchmarks/trace_slim.py",
+        "benchmarks/quality.py",
+        "benchmarks/alignment_study.py",
+        "benchmarks/inference_speed.py",
+        "examples/slim_demo.py",
+    ],
+)
 def test_scripts_have_help(script, capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", [script, "--help"])
     with pytest.raises(SystemExit) as e:
