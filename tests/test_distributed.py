@@ -8,7 +8,7 @@ gradients, as the mean over the global batch does).
 from __future__ import annotations
 
 import datetime
-import socket
+import gc
 import sys
 import time
 from pathlib import Path
@@ -49,40 +49,43 @@ def _x() -> torch.Tensor:
     return torch.randn(1, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 
 
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 # --- order of wrapping ---------------------------------------------------------------------
 
 
-def test_pruner_on_a_ddp_wrapped_model_names_the_right_order():
+def _check_wrapping_order() -> None:
+    model = _edsr(0)
+    with pytest.raises(TypeError, match=f"already wrapped in DistributedDataParallel: {ORDER}"):
+        assl.Pruner(DistributedDataParallel(model), _x(), ratio=0.5, skip=SKIP, schedule=SCHEDULE)
+    assert not any(nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+
+    # the right order, in the same group: Pruner, wrap, optimizer over the wrapped parameters
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=SKIP, schedule=SCHEDULE)
+    wrapped = DistributedDataParallel(model)
+    opt = torch.optim.Adam(wrapped.parameters(), lr=1e-2)
+    pruner.attach(opt)
+    wrapped(_x()).abs().mean().backward()
+    opt.step()
+    assert pruner.step_count == 1
+
+
+def _order_worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
+    if TESTS not in sys.path:
+        sys.path.insert(0, TESTS)
+    torch.set_num_threads(1)
     dist.init_process_group(
-        "gloo",
-        init_method=f"tcp://127.0.0.1:{_free_port()}",
-        rank=0,
-        world_size=1,
-        timeout=datetime.timedelta(seconds=60),
+        "gloo", init_method=init_method, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
     )
     try:
-        model = _edsr(0)
-        wrapped = DistributedDataParallel(model)
-        with pytest.raises(TypeError, match=f"already wrapped in DistributedDataParallel: {ORDER}"):
-            assl.Pruner(wrapped, _x(), ratio=0.5, skip=SKIP, schedule=SCHEDULE)
-        assert not any(nn.utils.parametrize.is_parametrized(m) for m in model.modules())
-
-        # the right order, in the same group: Pruner, wrap, optimizer over the wrapped parameters
-        pruner = assl.Pruner(model, _x(), ratio=0.5, skip=SKIP, schedule=SCHEDULE)
-        wrapped = DistributedDataParallel(model)
-        opt = torch.optim.Adam(wrapped.parameters(), lr=1e-2)
-        pruner.attach(opt)
-        wrapped(_x()).abs().mean().backward()
-        opt.step()
-        assert pruner.step_count == 1
+        _check_wrapping_order()
     finally:
+        gc.collect()  # DDP's reducer holds the group: release it before the group is destroyed
         dist.destroy_process_group()
+
+
+def test_pruner_on_a_ddp_wrapped_model_names_the_right_order(tmp_path):
+    # in a child process with a deadline: a gloo group torn down in the test process itself once
+    # hung in its destructor, which would stall the whole suite
+    _spawn(tmp_path, _order_worker, world=1)
 
 
 def test_pruner_on_a_data_parallel_model_names_the_right_order():
@@ -141,27 +144,28 @@ def _worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
 
-def _spawn(tmp_path: Path) -> list[dict[str, Any]]:
+def _spawn(tmp_path: Path, worker: Any = _worker, world: int = WORLD) -> None:
+    """Run ``worker(rank, world, init_method, out_dir)`` in ``world`` fresh processes, with a deadline."""
     # a file rendezvous: no TCP port to collide with another run
     init_method = (tmp_path / "rendezvous").as_uri()
     ctx = mp.start_processes(
-        _worker, args=(WORLD, init_method, str(tmp_path)), nprocs=WORLD, join=False, start_method="spawn"
+        worker, args=(world, init_method, str(tmp_path)), nprocs=world, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + TIMEOUT_S
     try:
         while not ctx.join(timeout=0.1):  # raises, naming the rank, if a worker failed
             if time.monotonic() > deadline:
-                pytest.fail(f"the {WORLD} DDP workers did not finish within {TIMEOUT_S:.0f} s")
+                pytest.fail(f"the {world} DDP worker(s) did not finish within {TIMEOUT_S:.0f} s")
     finally:
         for p in ctx.processes:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
-    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
 
 
 def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
-    ranks = _spawn(tmp_path)
+    _spawn(tmp_path)
+    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
     single = _train(0, 1)
     assert single["steps"] == ranks[0]["steps"] == ranks[1]["steps"] == SCHEDULE.bounds(True)[2] == 18
     assert single["chosen"]["head.0"] == WEAK
