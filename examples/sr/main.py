@@ -11,6 +11,7 @@ See docs/sr_example.md for every flag, the data layout and how to reproduce the 
 
 from __future__ import annotations
 
+import gc
 import json
 import logging
 import sys
@@ -244,6 +245,10 @@ def run(argv: list[str] | None = None) -> dict:
         checkpoint(ctx, "finished", 0, small, None)
         print(final_table(results, args))
     if ctx.world > 1:
+        # DDP's reducer holds the process group: free it first, or gloo's destructor can block
+        # forever when it runs after the group is destroyed
+        net = None
+        gc.collect()
         dist.destroy_process_group()
     return results
 
