@@ -140,6 +140,7 @@ def _worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
     try:
         result = _train(rank, world)
     finally:
+        gc.collect()  # DDP may sit in a reference cycle: free it before the group it holds goes
         dist.destroy_process_group()
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
