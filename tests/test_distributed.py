@@ -52,40 +52,30 @@ def _x() -> torch.Tensor:
 # --- order of wrapping ---------------------------------------------------------------------
 
 
-def _check_wrapping_order() -> None:
+def _wrapping_order(rank: int, world: int) -> dict[str, Any]:
+    """A Pruner on a DDP-wrapped model, then the right order in the same group: what happened."""
     model = _edsr(0)
-    with pytest.raises(TypeError, match=f"already wrapped in DistributedDataParallel: {ORDER}"):
+    with pytest.raises(TypeError) as refused:
         assl.Pruner(DistributedDataParallel(model), _x(), ratio=0.5, skip=SKIP, schedule=SCHEDULE)
-    assert not any(nn.utils.parametrize.is_parametrized(m) for m in model.modules())
+    scaled_after_refusal = any(nn.utils.parametrize.is_parametrized(m) for m in model.modules())
 
-    # the right order, in the same group: Pruner, wrap, optimizer over the wrapped parameters
+    # the right order: Pruner, wrap, optimizer over the wrapped parameters
     pruner = assl.Pruner(model, _x(), ratio=0.5, skip=SKIP, schedule=SCHEDULE)
     wrapped = DistributedDataParallel(model)
     opt = torch.optim.Adam(wrapped.parameters(), lr=1e-2)
     pruner.attach(opt)
     wrapped(_x()).abs().mean().backward()
     opt.step()
-    assert pruner.step_count == 1
-
-
-def _order_worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
-    if TESTS not in sys.path:
-        sys.path.insert(0, TESTS)
-    torch.set_num_threads(1)
-    dist.init_process_group(
-        "gloo", init_method=init_method, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
-    )
-    try:
-        _check_wrapping_order()
-    finally:
-        gc.collect()  # DDP's reducer holds the group: release it before the group is destroyed
-        dist.destroy_process_group()
+    return {"error": str(refused.value), "scaled_after_refusal": scaled_after_refusal, "steps": pruner.step_count}
 
 
 def test_pruner_on_a_ddp_wrapped_model_names_the_right_order(tmp_path):
     # in a child process with a deadline: a gloo group torn down in the test process itself once
     # hung in its destructor, which would stall the whole suite
-    _spawn(tmp_path, _order_worker, world=1)
+    (result,) = _spawn(tmp_path, _wrapping_order, world=1)
+    assert f"already wrapped in DistributedDataParallel: {ORDER}" in result["error"]
+    assert not result["scaled_after_refusal"]
+    assert result["steps"] == 1  # attached to the optimizer of the wrapped model, the Pruner counts its step
 
 
 def test_pruner_on_a_data_parallel_model_names_the_right_order():
@@ -130,7 +120,8 @@ def _train(rank: int, world: int) -> dict[str, Any]:
     }
 
 
-def _worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
+def _worker(rank: int, world: int, init_method: str, out_dir: str, job: Any) -> None:
+    """``job(rank, world)`` inside a gloo group of ``world`` processes; its result goes to ``rank{rank}.pt``."""
     if TESTS not in sys.path:
         sys.path.insert(0, TESTS)
     torch.set_num_threads(1)
@@ -138,19 +129,19 @@ def _worker(rank: int, world: int, init_method: str, out_dir: str) -> None:
         "gloo", init_method=init_method, rank=rank, world_size=world, timeout=datetime.timedelta(seconds=60)
     )
     try:
-        result = _train(rank, world)
+        result = job(rank, world)
     finally:
-        gc.collect()  # DDP may sit in a reference cycle: free it before the group it holds goes
+        gc.collect()  # DDP holds the group (maybe from a reference cycle): free it before the group goes
         dist.destroy_process_group()
     torch.save(result, Path(out_dir) / f"rank{rank}.pt")
 
 
-def _spawn(tmp_path: Path, worker: Any = _worker, world: int = WORLD) -> None:
-    """Run ``worker(rank, world, init_method, out_dir)`` in ``world`` fresh processes, with a deadline."""
+def _spawn(tmp_path: Path, job: Any, world: int = WORLD) -> list[dict[str, Any]]:
+    """Run ``job`` in ``world`` fresh processes (see ``_worker``) with a deadline; their results by rank."""
     # a file rendezvous: no TCP port to collide with another run
     init_method = (tmp_path / "rendezvous").as_uri()
     ctx = mp.start_processes(
-        worker, args=(world, init_method, str(tmp_path)), nprocs=world, join=False, start_method="spawn"
+        _worker, args=(world, init_method, str(tmp_path), job), nprocs=world, join=False, start_method="spawn"
     )
     deadline = time.monotonic() + TIMEOUT_S
     try:
@@ -162,11 +153,11 @@ def _spawn(tmp_path: Path, worker: Any = _worker, world: int = WORLD) -> None:
             if p.is_alive():
                 p.terminate()
                 p.join(5)
+    return [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(world)]
 
 
 def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
-    _spawn(tmp_path)
-    ranks = [torch.load(tmp_path / f"rank{r}.pt", weights_only=True) for r in range(WORLD)]
+    ranks = _spawn(tmp_path, _train)
     single = _train(0, 1)
     assert single["steps"] == ranks[0]["steps"] == ranks[1]["steps"] == SCHEDULE.bounds(True)[2] == 18
     assert single["chosen"]["head.0"] == WEAK
