@@ -180,8 +180,11 @@ class Pruner:
         """Group score per unit: each layer's ``|g|`` per unit relative to its mean, summed."""
         self._check_finite(self._layers[name])
         with torch.no_grad():
-            rows = [layer.unit_scores() for layer in self._layers[name]]
-            return sum(row / row.mean().clamp_min(1e-12) for row in rows)  # type: ignore[return-value]
+            return sum(row / row.mean().clamp_min(1e-12) for row in self._unit_table(name))
+
+    def _unit_table(self, name: str) -> torch.Tensor:
+        """``|g|`` per unit of group ``name``, one row per layer (differentiable)."""
+        return torch.stack([layer.unit_scores() for layer in self._layers[name]])
 
     def _l1_scores(self, name: str) -> torch.Tensor:
         with torch.no_grad():
@@ -249,6 +252,21 @@ class Pruner:
         biases = [layer.bias for layers in self._layers.values() for layer in layers if layer.bias is not None]
         return [*self.scale_parameters(), *biases]
 
+    def unit_scales(self, group: str) -> torch.Tensor:
+        """``|g|`` of each unit of ``group``, one row per layer in ``graph.group(group).layers`` order.
+
+        A unit's value is the mean over the channels it stands for (one channel for plain
+        convolutions). A detached copy: read it to see how the schedule is going, e.g. what is
+        left of the chosen units (:meth:`chosen`) before :meth:`slim`.
+
+        Raises:
+            ValueError: ``group`` loses no channels (it has no scales).
+        """
+        if group not in self._layers:
+            raise ValueError(f"group {group!r} has no scales; groups that lose channels: {sorted(self._layers)}")
+        with torch.no_grad():
+            return self._unit_table(group).clone()
+
     def chosen(self) -> dict[str, list[int]]:
         """Group name -> the units chosen for removal so far (the plan :meth:`slim` applies)."""
         return {k: list(v) for k, v in self._chosen.items()}
@@ -260,12 +278,7 @@ class Pruner:
                 p = self.scale_parameters()[0]
                 self._zero = torch.zeros((), dtype=p.dtype, device=p.device)
             return self._zero
-        total = sum(
-            alignment.alignment_loss(
-                torch.stack([layer.unit_scores() for layer in self._layers[name]]), self.removed[name]
-            )
-            for name in self.aligned
-        )
+        total = sum(alignment.alignment_loss(self._unit_table(name), self.removed[name]) for name in self.aligned)
         return self.schedule.align_weight * total  # type: ignore[return-value]
 
     def step(self, grad_scale: float | torch.Tensor | None = None) -> None:
@@ -416,7 +429,7 @@ class Pruner:
         rows = [("group", "layers", "channels", "remove", "aligned", "|g| chosen", "|g| kept")]
         for name, layers in self._layers.items():
             with torch.no_grad():
-                s = torch.stack([layer.unit_scores() for layer in layers]).mean(0).cpu()
+                s = self._unit_table(name).mean(0).cpu()
             chosen = self._chosen.get(name)
             mask = torch.zeros(s.numel(), dtype=torch.bool)
             if chosen:

@@ -62,20 +62,6 @@ import assl
 from assl.scales import scale_of
 
 
-def _unit_g(pruner: assl.Pruner, name: str) -> torch.Tensor:
-    """``|g|`` per unit, one row per layer of group ``name`` (a copy)."""
-    group = pruner.graph.group(name)
-    rows = []
-    for layer in group.layers:
-        ws = scale_of(pruner.model.get_submodule(layer))
-        assert ws is not None, f"{layer} has no scale"
-        g = ws.scale.detach().abs().cpu()
-        units = torch.as_tensor(group.channels(layer)[: g.numel()])
-        counts = torch.bincount(units, minlength=group.size).clamp_min(1)
-        rows.append(torch.zeros(group.size).index_add(0, units, g) / counts)
-    return torch.stack(rows)
-
-
 def agreement(rows: torch.Tensor, k: int) -> float:
     """Mean pairwise overlap of the per-layer kept sets (top ``n - k`` of each row)."""
     n = rows.shape[1]
@@ -122,7 +108,7 @@ def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.
     name = next(iter(pruner.aligned))
     k = pruner.removed[name]
     stream = _stream(data["train"], b.batch_size, device, seed + 2000)
-    start = _unit_g(pruner, name)
+    start = pruner.unit_scales(name).cpu()
     r = {"setting": "noalign" if weight is None else f"w={weight:g}, {iters} steps", "seed": seed}
     r["weight"], r["align_iters"] = weight, iters if weight is not None else 0
     r["agreement_start"] = agreement(start, k)
@@ -134,7 +120,7 @@ def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.
 
         def after(n: int) -> None:
             if n == iters:
-                at_choice["rows"] = _unit_g(pruner, name)
+                at_choice["rows"] = pruner.unit_scales(name).cpu()
 
         used = _train(
             model,
@@ -155,7 +141,7 @@ def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.
         raise SystemExit(f"the schedule needs more than --prune_iters {b.prune_iters} steps: raise it")
     chosen = pruner.chosen()[name]
     r["removed_share"] = removed_share(at_choice["rows"], chosen)
-    final = _unit_g(pruner, name)
+    final = pruner.unit_scales(name).cpu()
     keep = torch.ones(final.shape[1], dtype=torch.bool)
     keep[chosen] = False
     r["left_g"] = float(final[:, ~keep].mean() / final[:, keep].mean())

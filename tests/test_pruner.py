@@ -275,6 +275,22 @@ def test_slim_warns_when_the_removed_channels_still_matter(caplog):
     assert float(records[0].getMessage().split(" by ")[1].split()[0]) <= 1e-5
 
 
+def test_unit_scales_are_the_layers_g_per_unit_as_a_copy():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    group = next(g for g in pruner.graph.groups if len(g.layers) > 1 and pruner.removed[g.name])
+    table = pruner.unit_scales(group.name)
+    assert table.shape == (len(group.layers), group.size)
+    for row, layer in zip(table, group.layers):
+        g = assl.scales.scale_of(model.get_submodule(layer)).scale.detach().abs()
+        expected = torch.zeros(group.size).index_add(0, torch.as_tensor(group.channels(layer)), g)
+        torch.testing.assert_close(row, expected, rtol=0, atol=0)
+    table.zero_()
+    assert pruner.unit_scales(group.name).abs().sum() > 0  # a copy: the scales are untouched
+    with pytest.raises(ValueError, match="has no scales; groups that lose channels"):
+        pruner.unit_scales("no-such-group")
+
+
 def test_one_shot_pruning_does_not_warn_about_the_output_change(caplog):
     model = _edsr()
     with caplog.at_level("INFO", logger="assl"):
