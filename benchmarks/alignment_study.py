@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import copy
 import itertools
-import json
 import statistics
 import sys
 from pathlib import Path
@@ -55,7 +54,8 @@ from quality import (
     describe,
     load_data,
     parse_args,
-    train_dense,
+    save,
+    sweep,
 )
 
 import assl
@@ -230,21 +230,14 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(args)
     print(f"# alignment study: {describe(args, device)}", flush=True)
-    rows, dense_rows = [], []
-    for seed in range(args.seeds):
-        dense, row = train_dense(args, seed, data, device)
-        dense_rows.append(row)
-        settings = [(None, 0), *((w, n) for n in args.align_grid for w in args.weights)]
-        for weight, iters in settings:
-            r = run_setting(weight, iters, dense, args, seed, data, device)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
-    table = summary(rows, dense_rows)
-    print(table)
-    (out / "alignment_study.md").write_text(table + "\n")
-    (out / "alignment_study.json").write_text(
-        json.dumps({"args": vars(args), "dense": dense_rows, "rows": rows}, indent=1)
+    settings = [(None, 0), *((w, n) for n in args.align_grid for w in args.weights)]
+    rows, dense_rows = sweep(
+        args,
+        data,
+        device,
+        lambda dense, seed: (run_setting(w, n, dense, args, seed, data, device) for w, n in settings),
     )
+    save(out, "alignment_study", summary(rows, dense_rows), args, rows, dense_rows)
     _plot(rows, dense_rows, out / "alignment_study.png")
 
 

@@ -462,6 +462,28 @@ def describe(args: argparse.Namespace, device: torch.device) -> str:
     )
 
 
+def sweep(
+    args: argparse.Namespace, data: dict, device: torch.device, runs: Callable[[nn.Module, int], Iterator[dict]]
+) -> tuple[list[dict], list[dict]]:
+    """For each seed, the dense model and then the rows ``runs(dense, seed)`` yields, each printed as
+    JSON as it comes (a cut-short run keeps what it printed). Returns (rows, dense rows)."""
+    rows, dense_rows = [], []
+    for seed in range(args.seeds):
+        dense, row = train_dense(args, seed, data, device)
+        dense_rows.append(row)
+        for r in runs(dense, seed):
+            rows.append(r)
+            print(json.dumps(r), flush=True)
+    return rows, dense_rows
+
+
+def save(out: Path, stem: str, table: str, args: argparse.Namespace, rows: list[dict], dense_rows: list[dict]) -> None:
+    """Print ``table`` and write it and the raw rows as ``out/stem.md`` and ``out/stem.json``."""
+    print(table)
+    (out / f"{stem}.md").write_text(table + "\n")
+    (out / f"{stem}.json").write_text(json.dumps({"args": vars(args), "dense": dense_rows, "rows": rows}, indent=1))
+
+
 def main(argv: list[str] | None = None) -> None:
     args = parse_args(build_parser(), argv)
     device = configure(args)
@@ -469,18 +491,10 @@ def main(argv: list[str] | None = None) -> None:
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(args)
     print(f"# quality: {describe(args, device)}", flush=True)
-    rows, dense_rows = [], []
-    for seed in range(args.seeds):
-        dense, row = train_dense(args, seed, data, device)
-        dense_rows.append(row)
-        for method in args.methods:
-            r = run_method(method, dense, args, seed, data, device)
-            rows.append(r)
-            print(json.dumps(r), flush=True)
-    table = _summary(rows, args, dense_rows)
-    print(table)
-    (out / "quality.md").write_text(table + "\n")
-    (out / "quality.json").write_text(json.dumps({"args": vars(args), "dense": dense_rows, "rows": rows}, indent=1))
+    rows, dense_rows = sweep(
+        args, data, device, lambda dense, seed: (run_method(m, dense, args, seed, data, device) for m in args.methods)
+    )
+    save(out, "quality", _summary(rows, args, dense_rows), args, rows, dense_rows)
     _plot(rows, dense_rows, out / "quality.png", args.eval_split)
 
 
