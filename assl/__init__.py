@@ -8,7 +8,7 @@ from .patterns import PatternError
 from .pruner import Pruner
 from .schedule import Schedule
 from .slim import masked_copy, slim
-from .trace import trace
+from .tracing import trace
 
 __version__ = "0.1.0.dev0"
 

@@ -7,7 +7,6 @@ Data flows one way: model -> trace (groups) -> which units each group loses -> s
 
 from __future__ import annotations
 
-import copy
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -19,54 +18,24 @@ from . import alignment
 from .budget import Budget
 from .config import resolve
 from .errors import ASSLError
-from .graph import ChannelGroup, Graph
-from .scales import WeightScale, insert_scale, output_dim, scale_of
+from .graph import Graph
+from .penalty import apply_penalty, check_optimizer, step_pre_hook
+from .report import SLIM_CHANGE_WARNING, report_change, summary_table
+from .scales import scale_of
 from .schedule import Schedule
-from .slim import masked_copy, max_rel_err, slim, tolerance
-from .trace import trace
+from .selection import Selection
+from .slim import slimmed_copy
+from .state import STATE_VERSION, check_state
+from .tracing import trace
 
-__all__ = ["Pruner"]
+__all__ = ["SLIM_CHANGE_WARNING", "Pruner"]
 
 logger = logging.getLogger("assl")
-
-# slim() warns when removing the chosen channels changes the output by more than this (relative)
-SLIM_CHANGE_WARNING = 0.05
 
 _ORDER = (
     "create the Pruner on the bare model first, then wrap it (DistributedDataParallel) and build the "
     "optimizer over model.parameters(), which then include the scales"
 )
-
-
-class _Layer:
-    """A scaled producer: its scale, bias, and the units of its scale entries and channels."""
-
-    def __init__(self, name: str, module: nn.Module, ws: WeightScale, group: ChannelGroup) -> None:
-        self.name = name
-        self.ws = ws
-        bias = getattr(module, "bias", None)
-        self.bias: nn.Parameter | None = bias if isinstance(bias, nn.Parameter) else None
-        units = group.channels(name)
-        n = ws.scale.numel()
-        # a grouped ConvTranspose scales out/groups columns; its groups are tied channel by channel
-        self.scale_units = torch.as_tensor(units[:n], dtype=torch.long, device=ws.scale.device)
-        self.channel_units = torch.as_tensor(units, dtype=torch.long, device=ws.scale.device)
-        self.counts = torch.bincount(self.scale_units, minlength=group.size).clamp_min(1).to(ws.scale.dtype)
-        self.size = group.size
-        self.scale_idx = torch.zeros(0, dtype=torch.long)
-        self.bias_idx = torch.zeros(0, dtype=torch.long)
-
-    def unit_scores(self) -> torch.Tensor:
-        """``|g|`` averaged over the channels of each unit (differentiable)."""
-        g = self.ws.scale
-        total = torch.zeros(self.size, dtype=g.dtype, device=g.device).index_add(0, self.scale_units, g.abs())
-        return total / self.counts
-
-    def choose(self, units: torch.Tensor) -> None:
-        chosen = torch.zeros(self.size, dtype=torch.bool, device=self.scale_units.device)
-        chosen[units.to(chosen.device)] = True
-        self.scale_idx = chosen[self.scale_units].nonzero().flatten()
-        self.bias_idx = chosen[self.channel_units].nonzero().flatten()
 
 
 class Pruner:
@@ -139,83 +108,18 @@ class Pruner:
         self.approximate = approximate_norms
         self.graph: Graph = trace(model, example_inputs, extra_inputs=extra_inputs, approximate_norms=approximate_norms)
         self.removed, self.aligned = resolve(self.graph, ratio, skip=skip, groups=groups, round_to=round_to)
-        if not any(self.removed.values()):
-            raise ValueError(
-                "nothing to prune: with this ratio, skip list and the channels the trace pins, no group loses a "
-                f"channel.\n{self.graph.summary()}"
-            )
-
-        for g in self.graph.groups:  # scales start at ||W||: it must be finite
-            for n in g.layers if self.removed[g.name] else ():
-                weight = model.get_submodule(n).weight
-                if isinstance(weight, torch.Tensor) and not bool(torch.isfinite(weight).all()):
-                    raise ASSLError(f"the weight of `{n}` contains NaN or inf; the model is left as it is")
-        # the only change to the model, after every check
-        self._layers: dict[str, list[_Layer]] = {}
-        for g in self.graph.groups:
-            if self.removed[g.name]:
-                self._layers[g.name] = [
-                    _Layer(n, model.get_submodule(n), insert_scale(model.get_submodule(n)), g) for n in g.layers
-                ]
+        self._selection = Selection.insert_scales(model, self.graph, self.removed)  # the only change, after checks
         self._step = 0
-        self._chosen: dict[str, list[int]] = {}
         self._hook: Any = None
         self._slimmed = False
         self._zero: torch.Tensor | None = None
-        if self.phase != "align":
-            self._choose_all(self._scale_scores)
-        else:
-            for name in self._layers:
-                if name not in self.aligned:
-                    self._choose(name, self._scale_scores(name))
+        sel = self._selection
+        for name in sel.layers:  # groups that are not aligned choose now; aligned ones after alignment
+            if self.phase != "align" or name not in self.aligned:
+                sel.choose(name, sel.scale_scores(name))
         logger.info(
-            "Pruner: %d groups lose channels (%d aligned), phase %s", len(self._layers), len(self.aligned), self.phase
+            "Pruner: %d groups lose channels (%d aligned), phase %s", len(sel.layers), len(self.aligned), self.phase
         )
-
-    # --- configuration ---------------------------------------------------------------------
-
-    # --- choosing channels -------------------------------------------------------------------
-
-    def _scale_scores(self, name: str) -> torch.Tensor:
-        """Group score per unit: each layer's ``|g|`` per unit relative to its mean, summed."""
-        self._check_finite(self._layers[name])
-        with torch.no_grad():
-            return sum(row / row.mean().clamp_min(1e-12) for row in self._unit_table(name))
-
-    def _unit_table(self, name: str) -> torch.Tensor:
-        """``|g|`` per unit of group ``name``, one row per layer (differentiable)."""
-        return torch.stack([layer.unit_scores() for layer in self._layers[name]])
-
-    def _l1_scores(self, name: str) -> torch.Tensor:
-        with torch.no_grad():
-            total = None
-            for layer in self._layers[name]:
-                m = self.model.get_submodule(layer.name)
-                weight: torch.Tensor = m.weight  # type: ignore[assignment]
-                w = weight.detach().transpose(0, output_dim(m)).flatten(1).abs().sum(1)
-                row = torch.zeros(layer.size, dtype=w.dtype, device=w.device).index_add(0, layer.scale_units, w)
-                row = row / layer.counts
-                total = row / row.mean().clamp_min(1e-12) + (0 if total is None else total)
-            assert total is not None
-            return total
-
-    def _choose(self, name: str, scores: torch.Tensor) -> None:
-        g = self.graph.group(name)
-        order = torch.argsort(scores.detach().cpu(), stable=True).tolist()
-        chosen = g.pick(order, self.removed[name])
-        if len(chosen) < self.removed[name]:
-            logger.warning(
-                "group %s: only %d of %d units can go without emptying a layer", name, len(chosen), self.removed[name]
-            )
-        self._chosen[name] = chosen
-        units = torch.as_tensor(chosen, dtype=torch.long)
-        for layer in self._layers[name]:
-            layer.choose(units)
-
-    def _choose_all(self, scorer: Any) -> None:
-        for name in self._layers:
-            if name not in self._chosen:
-                self._choose(name, scorer(name))
 
     # --- the training-loop interface ---------------------------------------------------------
 
@@ -241,7 +145,7 @@ class Pruner:
 
     def scale_parameters(self) -> list[nn.Parameter]:
         """The scale Parameters the Pruner added (for a param group of their own)."""
-        return [layer.ws.scale for layers in self._layers.values() for layer in layers]
+        return [layer.ws.scale for layer in self._selection.all_layers()]
 
     def penalized_parameters(self) -> list[nn.Parameter]:
         """The parameters the penalty acts on: the scales and the biases of the scaled layers.
@@ -249,7 +153,7 @@ class Pruner:
         Adam moves a parameter by about its learning rate per step, so a short schedule can give
         these a larger learning rate of their own to drive the chosen channels to zero in time.
         """
-        biases = [layer.bias for layers in self._layers.values() for layer in layers if layer.bias is not None]
+        biases = [layer.bias for layer in self._selection.all_layers() if layer.bias is not None]
         return [*self.scale_parameters(), *biases]
 
     def unit_scales(self, group: str) -> torch.Tensor:
@@ -262,14 +166,15 @@ class Pruner:
         Raises:
             ValueError: ``group`` loses no channels (it has no scales).
         """
-        if group not in self._layers:
-            raise ValueError(f"group {group!r} has no scales; groups that lose channels: {sorted(self._layers)}")
+        layers = self._selection.layers
+        if group not in layers:
+            raise ValueError(f"group {group!r} has no scales; groups that lose channels: {sorted(layers)}")
         with torch.no_grad():
-            return self._unit_table(group).clone()
+            return self._selection.unit_table(group).clone()
 
     def chosen(self) -> dict[str, list[int]]:
         """Group name -> the units chosen for removal so far (the plan :meth:`slim` applies)."""
-        return {k: list(v) for k, v in self._chosen.items()}
+        return {k: list(v) for k, v in self._selection.chosen.items()}
 
     def alignment_loss(self) -> torch.Tensor:
         """The alignment term to add to the loss: non-zero only in the align phase."""
@@ -278,7 +183,9 @@ class Pruner:
                 p = self.scale_parameters()[0]
                 self._zero = torch.zeros((), dtype=p.dtype, device=p.device)
             return self._zero
-        total = sum(alignment.alignment_loss(self._unit_table(name), self.removed[name]) for name in self.aligned)
+        total = sum(
+            alignment.alignment_loss(self._selection.unit_table(name), self.removed[name]) for name in self.aligned
+        )
         return self.schedule.align_weight * total  # type: ignore[return-value]
 
     def step(self, grad_scale: float | torch.Tensor | None = None) -> None:
@@ -293,20 +200,15 @@ class Pruner:
         if self._slimmed:
             raise ASSLError("the Pruner already slimmed its model: fine-tune the slimmed module without it")
         phase = self.phase
-        if phase != "align" and len(self._chosen) < len(self._layers):
-            self._choose_all(self._scale_scores)
-            logger.info("alignment done at step %d: chosen %s", self._step, self._summary_chosen())
+        sel = self._selection
+        if phase != "align" and not sel.complete():
+            sel.choose_all(sel.scale_scores)
+            logger.info("alignment done at step %d: chosen %s", self._step, sel.describe())
         reg = self.penalty
         if reg > 0:
             if (self._step - self.schedule.bounds(bool(self.aligned))[0]) % self.schedule.reg_interval == 0:
-                self._check_finite()
-            factor = reg if grad_scale is None else reg * grad_scale
-            with torch.no_grad():
-                for layers in self._layers.values():
-                    for layer in layers:
-                        _add_penalty(layer.ws.scale, layer.scale_idx, factor)
-                        if layer.bias is not None:
-                            _add_penalty(layer.bias, layer.bias_idx, factor)
+                sel.check_finite()
+            apply_penalty(sel.all_layers(), reg if grad_scale is None else reg * grad_scale)
         self._step += 1
         if self.phase != phase:
             logger.info("pruner phase %s -> %s at step %d (penalty %.4g)", phase, self.phase, self._step, self.penalty)
@@ -322,23 +224,10 @@ class Pruner:
             ValueError: The optimizer does not update the scales (built before the Pruner), or
                 the Pruner is already attached.
         """
-        params = {id(p) for group in optimizer.param_groups for p in group["params"]}
-        missing = [layer.name for ls in self._layers.values() for layer in ls if id(layer.ws.scale) not in params]
-        if missing:
-            raise ValueError(
-                f"the optimizer does not update the scales of {', '.join(missing[:5])}"
-                f"{' ...' if len(missing) > 5 else ''}: {_ORDER} (or add pruner.scale_parameters() as a param group)"
-            )
+        check_optimizer(optimizer, self._selection.all_layers(), _ORDER)
         if self._hook is not None:
             raise ValueError("the Pruner is already attached to an optimizer; call detach() first")
-
-        def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-            found_inf = getattr(opt, "found_inf", None)
-            if isinstance(found_inf, torch.Tensor) and found_inf.item() > 0:
-                return  # a fused step GradScaler will skip
-            self.step(getattr(opt, "grad_scale", None))
-
-        self._hook = optimizer.register_step_pre_hook(hook)
+        self._hook = step_pre_hook(optimizer, self.step)
 
     def detach(self) -> None:
         """Undo :meth:`attach`."""
@@ -350,7 +239,7 @@ class Pruner:
 
     def plan(self) -> dict[str, list[int]]:
         """The plan :meth:`slim` applies; groups not chosen yet are chosen now from ``|g|``."""
-        self._choose_all(self._scale_scores)
+        self._selection.choose_all(self._selection.scale_scores)
         return self.chosen()
 
     def slim(self) -> nn.Module:
@@ -377,37 +266,16 @@ class Pruner:
                 self.phase,
                 self._step,
             )
-        self._check_finite()
-        plan = self.plan()
-        small = copy.deepcopy(self.model)
-        slim(small, self.graph, plan)
-        if not self.approximate:
-            masked = masked_copy(self.model, self.graph, plan)
-            err = max_rel_err(masked, small, self.example_inputs)
-            if not err <= tolerance(small):
-                raise ASSLError(
-                    f"the slimmed model differs from the masked model by {err:.3g} (relative) on the example "
-                    f"inputs; the model is untouched. Please report this with the model's code."
-                )
+        self._selection.check_finite()
+        small = slimmed_copy(self.model, self.graph, self.plan(), self.example_inputs, check=not self.approximate)
         self._slimmed = True
         self.detach()
-        logger.info("slimmed: %d -> %d parameters", self.graph.count_params(), _params(small))
+        logger.info(
+            "slimmed: %d -> %d parameters", self.graph.count_params(), sum(p.numel() for p in small.parameters())
+        )
         if warn_change:
-            self._report_change(small)
+            report_change(self.model, small, self.example_inputs)
         return small
-
-    def _report_change(self, small: nn.Module) -> None:
-        """Log how much removing the chosen channels changed the output on the example inputs."""
-        change = max_rel_err(self.model, small, self.example_inputs)
-        if change > SLIM_CHANGE_WARNING:
-            logger.warning(
-                "slimming changed the output on the example inputs by %.3g (largest difference over the largest "
-                "output): the penalty did not drive the chosen channels to zero (see summary(): |g| chosen vs "
-                "kept); fine-tune longer, or raise Schedule.reg_limit or stabilize_iters",
-                change,
-            )
-        else:
-            logger.info("slimming changed the output on the example inputs by %.3g (relative)", change)
 
     def prune_now(self, criterion: str = "l1") -> nn.Module:
         """The one-shot baseline: choose channels now and slim, no regularization.
@@ -419,49 +287,30 @@ class Pruner:
         """
         if criterion not in ("l1", "scale"):
             raise ValueError(f"criterion must be 'l1' or 'scale', got {criterion!r}")
-        self._chosen.clear()
-        self._choose_all(self._l1_scores if criterion == "l1" else self._scale_scores)
+        sel = self._selection
+        sel.chosen.clear()
+        sel.choose_all(sel.l1_scores if criterion == "l1" else sel.scale_scores)
         self._step = self.schedule.bounds(bool(self.aligned))[2]
         return self._slim(warn_change=False)  # one-shot pruning changes the output by design
 
     def summary(self) -> str:
         """A table per pruned group: layers, units, units removed, mean |g| of chosen vs kept."""
-        rows = [("group", "layers", "channels", "remove", "aligned", "|g| chosen", "|g| kept")]
-        for name, layers in self._layers.items():
-            with torch.no_grad():
-                s = self._unit_table(name).mean(0).cpu()
-            chosen = self._chosen.get(name)
-            mask = torch.zeros(s.numel(), dtype=torch.bool)
-            if chosen:
-                mask[chosen] = True
-            fmt = lambda t: f"{t.mean():.4f}" if t.numel() else "-"  # noqa: E731
-            rows.append(
-                (
-                    name,
-                    str(len(layers)),
-                    str(s.numel()),
-                    str(self.removed[name]),
-                    "yes" if name in self.aligned else "no",
-                    fmt(s[mask]) if chosen else "-",
-                    fmt(s[~mask]),
-                )
-            )
-        widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
         head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
-        return "\n".join([head, *lines])
+        return summary_table(self._selection, self.aligned, head)
 
     # --- persistence -------------------------------------------------------------------------
+
+    def _config(self) -> dict[str, Any]:
+        """What a saved state must agree on with this Pruner to be resumed by it."""
+        return {"removed": dict(self.removed), "aligned": list(self.aligned), "schedule": self.schedule.to_dict()}
 
     def state_dict(self) -> dict[str, Any]:
         """The Pruner's progress as plain data (the scales live in the model's state_dict)."""
         return {
-            "version": 1,
+            "version": STATE_VERSION,
             "step": self._step,
             "chosen": self.chosen(),
-            "removed": dict(self.removed),
-            "aligned": list(self.aligned),
-            "schedule": self.schedule.to_dict(),
+            **self._config(),
             "slimmed": self._slimmed,
         }
 
@@ -471,50 +320,9 @@ class Pruner:
         Raises:
             ValueError: The state comes from a Pruner with another configuration.
         """
-        if state.get("version") != 1:
-            raise ValueError(f"not a Pruner state (version {state.get('version')!r})")
-        for key, mine in (
-            ("removed", dict(self.removed)),
-            ("aligned", list(self.aligned)),
-            ("schedule", self.schedule.to_dict()),
-        ):
-            if state[key] != mine:
-                raise ValueError(
-                    f"the saved Pruner has another {key} ({state[key]!r}) than this one ({mine!r}): create the "
-                    f"Pruner with the same model, ratio, skip, groups and schedule as the run you resume"
-                )
+        check_state(state, self._config())
         self._step = int(state["step"])
         self._slimmed = bool(state["slimmed"])
-        self._chosen.clear()
+        self._selection.chosen.clear()
         for name, units in state["chosen"].items():
-            self._chosen[name] = [int(u) for u in units]
-            for layer in self._layers[name]:
-                layer.choose(torch.as_tensor(self._chosen[name], dtype=torch.long))
-
-    # --- helpers -----------------------------------------------------------------------------
-
-    def _check_finite(self, layers: Iterable[_Layer] | None = None) -> None:
-        """Raise, naming the layer, if a scale (of ``layers``, default all) is NaN or inf."""
-        for layer in layers if layers is not None else (la for ls in self._layers.values() for la in ls):
-            if not bool(torch.isfinite(layer.ws.scale).all()):
-                raise ASSLError(
-                    f"the scales of `{layer.name}` contain NaN or inf: training diverged (lower the learning "
-                    f"rate or the penalty); the model is left as it is"
-                )
-
-    def _summary_chosen(self) -> str:
-        return ", ".join(f"{k}: {len(v)}" for k, v in self._chosen.items())
-
-
-def _add_penalty(p: torch.Tensor, idx: torch.Tensor, factor: float | torch.Tensor) -> None:
-    """``grad[idx] += factor * p[idx]``: the gradient of ``factor/2 * p^2`` on the chosen entries."""
-    if idx.numel() == 0 or not p.requires_grad:
-        return
-    if p.grad is None:
-        p.grad = torch.zeros_like(p)
-    idx = idx.to(p.device)
-    p.grad.index_add_(0, idx, p.detach().index_select(0, idx) * factor)
-
-
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
+            self._selection.set(name, units)

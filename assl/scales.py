@@ -12,14 +12,11 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .layers import output_dim
+
 __all__ = ["WeightScale", "insert_scale", "scale_of"]
 
 _EPS = 1e-12
-
-
-def output_dim(module: nn.Module) -> int:
-    """The weight dimension that indexes output channels (1 for transposed convolutions)."""
-    return 1 if isinstance(module, nn.modules.conv._ConvTransposeNd) else 0
 
 
 class WeightScale(nn.Module):

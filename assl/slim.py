@@ -21,13 +21,12 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._layers import resize
-from ._oputil import tensors
-from .errors import PlanError
+from ._inputs import call_args, tensors
+from .errors import ASSLError, PlanError
 from .graph import Graph, Plan
-from .trace import _call_args
+from .layers import resize
 
-__all__ = ["masked_copy", "max_rel_err", "slim", "tolerance"]
+__all__ = ["masked_copy", "max_rel_err", "slim", "slimmed_copy", "tolerance"]
 
 logger = logging.getLogger("assl")
 
@@ -156,6 +155,24 @@ def masked_copy(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     return masked
 
 
+def slimmed_copy(model: nn.Module, graph: Graph, plan: Plan, example_inputs: Any, *, check: bool = True) -> nn.Module:
+    """A slimmed deep copy of ``model``; with ``check``, proven equal to the masked model first.
+
+    Raises:
+        ASSLError: The slimmed copy differs from the masked model on ``example_inputs`` beyond
+            float tolerance; ``model`` is untouched.
+    """
+    small = slim(copy.deepcopy(model), graph, plan)
+    if check:
+        err = max_rel_err(masked_copy(model, graph, plan), small, example_inputs)
+        if not err <= tolerance(small):
+            raise ASSLError(
+                f"the slimmed model differs from the masked model by {err:.3g} (relative) on the example "
+                f"inputs; the model is untouched. Please report this with the model's code."
+            )
+    return small
+
+
 @contextlib.contextmanager
 def _exact_float32() -> Iterator[None]:
     """Turn off TF32: cuDNN and cuBLAS use it by default, with a 10-bit mantissa."""
@@ -179,7 +196,7 @@ def max_rel_err(reference: nn.Module, model: nn.Module, inputs: Any) -> float:
     Both run in eval mode, without gradients and without TF32, on ``inputs`` given as to
     :func:`assl.trace`; their training flags are restored afterwards.
     """
-    args, kwargs = _call_args(inputs)
+    args, kwargs = call_args(inputs)
     modes = [[m.training for m in net.modules()] for net in (reference, model)]
     reference.eval()
     model.eval()

@@ -40,7 +40,7 @@ def _x(seed: int = 0, n: int = 1) -> torch.Tensor:
 def _scores(pruner: assl.Pruner) -> dict[str, torch.Tensor]:
     """``|g|`` per unit, one row per layer of each pruned group."""
     with torch.no_grad():
-        return {n: torch.stack([layer.unit_scores() for layer in ls]).clone() for n, ls in pruner._layers.items()}
+        return {n: pruner.unit_scales(n) for n in pruner._selection.layers}
 
 
 # --- a toy run in fp32 and in bfloat16 with GradScaler ---------------------------------------

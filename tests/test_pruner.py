@@ -128,7 +128,7 @@ def test_step_adds_penalty_only_to_chosen_channels():
         p.grad = torch.zeros_like(p)
     pruner.step()  # first regularize step: penalty 0.25
     chosen = pruner.chosen()
-    for name, layers in pruner._layers.items():
+    for name, layers in pruner._selection.layers.items():
         units = torch.tensor(chosen[name])
         for layer in layers:
             g = layer.ws.scale
@@ -151,7 +151,7 @@ def test_penalty_drives_chosen_scales_to_zero_on_a_toy_task():
     pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=sched)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     pruner.attach(opt)
-    start = {n: torch.stack([layer.unit_scores() for layer in ls]).mean(0).detach() for n, ls in pruner._layers.items()}
+    start = {n: pruner.unit_scales(n).mean(0) for n, k in pruner.removed.items() if k}
     while not pruner.done:
         x = torch.randn(4, 3, 8, 8)
         with torch.no_grad():
@@ -160,8 +160,8 @@ def test_penalty_drives_chosen_scales_to_zero_on_a_toy_task():
         opt.zero_grad()
         loss.backward()
         opt.step()
-    for name, layers in pruner._layers.items():
-        s = torch.stack([layer.unit_scores() for layer in layers]).mean(0).detach()
+    for name in pruner.chosen():
+        s = pruner.unit_scales(name).mean(0)
         chosen = torch.tensor(pruner.chosen()[name])
         kept = torch.ones_like(s, dtype=torch.bool)
         kept[chosen] = False
@@ -255,10 +255,9 @@ def test_slim_warns_when_the_removed_channels_still_matter(caplog):
         pruner.plan()
         if zero_chosen:  # what a penalty that did its job leaves: chosen scales and biases at zero
             with torch.no_grad():
-                for layers in pruner._layers.values():
-                    for layer in layers:
-                        layer.ws.scale[layer.scale_idx] = 0
-                        layer.bias[layer.bias_idx] = 0
+                for layer in pruner._selection.all_layers():
+                    layer.ws.scale[layer.scale_idx] = 0
+                    layer.bias[layer.bias_idx] = 0
         with caplog.at_level("INFO", logger="assl"):
             caplog.clear()
             small = pruner.slim()

@@ -118,22 +118,6 @@ class Nodes:
             self.union_arrays(rows[0], rows[j], reason)
 
 
-@dataclass
-class Entry:
-    """One dimension of one tensor of one module whose indices follow channel nodes.
-
-    ``role`` is ``"zero"`` when the masked model zeroes the removed indices (producers' rows,
-    biases, per-channel affine parameters) and ``"slice"`` when they are only cut out
-    (consumers' input channels, running variances).
-    """
-
-    module: str
-    tensor: str
-    dim: int
-    labels: np.ndarray
-    role: str
-
-
 class ParamRef(NamedTuple):
     """A raw tensor that is (a reshaped view of) a per-channel parameter or buffer of the model."""
 

@@ -1,4 +1,4 @@
-"""Rules for the layers the tracer treats as whole operations, and how slimming resizes them.
+"""Rules for the layers the tracer treats as whole operations.
 
 Convolutions and Linear layers *produce* channels (each output channel gets a node) and
 *consume* them (their input channels are cut when a node goes). Normalization layers and PReLU
@@ -7,24 +7,14 @@ carry per-channel parameters along. Every other module is traced through its ope
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from ._values import FIXED, Value, fixed_value
-
-if TYPE_CHECKING:
-    from .trace import _Tracer
-
-_CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
-_DECONV = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
-_INSTANCENORM = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
-LAYER_TYPES = (*_CONV, *_DECONV, nn.Linear, *_BATCHNORM, *_INSTANCENORM, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
-PRODUCER_TYPES = (*_CONV, *_DECONV, nn.Linear)
+from ..layers import DECONV, INSTANCENORM
+from .channels import Value, fixed_value
+from .protocol import Tracer
 
 _ACROSS = (
     "{name} ({kind}) normalizes across channels: removing its input channels changes the statistics of "
@@ -32,7 +22,7 @@ _ACROSS = (
 )
 
 
-def _input_value(tr: _Tracer, x: torch.Tensor, channel_dim: int, name: str) -> Value:
+def _input_value(tr: Tracer, x: torch.Tensor, channel_dim: int, name: str) -> Value:
     v = tr.get(x)
     if v is not None and v.dim == channel_dim:
         return v
@@ -41,8 +31,8 @@ def _input_value(tr: _Tracer, x: torch.Tensor, channel_dim: int, name: str) -> V
     return fixed_value(channel_dim, x.shape[channel_dim])
 
 
-def _conv(tr: _Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor) -> None:
-    transposed = isinstance(m, _DECONV)
+def _conv(tr: Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor) -> None:
+    transposed = isinstance(m, DECONV)
     spatial = len(m.kernel_size)
     cd = x.ndim - spatial - 1
     v = _input_value(tr, x, cd, name)
@@ -73,7 +63,7 @@ def _conv(tr: _Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor
     tr.put(out, Value(cd, src, np.ones(c_out, dtype=bool)), name)
 
 
-def _linear(tr: _Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> None:
+def _linear(tr: Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> None:
     v = _input_value(tr, x, x.ndim - 1, name)
     tr.count_positions(name, out.numel() // m.out_features)
     tr.consume(v, name)
@@ -85,8 +75,8 @@ def _linear(tr: _Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Te
     tr.put(out, Value(out.ndim - 1, src, np.ones(m.out_features, dtype=bool)), name)
 
 
-def _norm(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
-    if isinstance(m, _INSTANCENORM):
+def _norm(tr: Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+    if isinstance(m, INSTANCENORM):
         spatial = 1 if isinstance(m, nn.InstanceNorm1d) else 2 if isinstance(m, nn.InstanceNorm2d) else 3
         cd = x.ndim - spatial - 1  # unbatched input has its channels first
     else:
@@ -108,7 +98,7 @@ def _norm(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tens
     tr.put(out, Value(cd, v.labels, zero), name)
 
 
-def _layernorm(tr: _Tracer, name: str, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> None:
+def _layernorm(tr: Tracer, name: str, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> None:
     v = tr.get(x)
     if v is None:
         return
@@ -129,7 +119,7 @@ def _layernorm(tr: _Tracer, name: str, m: nn.LayerNorm, x: torch.Tensor, out: to
     tr.put(out, Value(v.dim, v.labels, np.full(v.size, m.weight is not None)), name)
 
 
-def _prelu(tr: _Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tensor) -> None:
+def _prelu(tr: Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tensor) -> None:
     cd = 1 if x.ndim >= 2 else 0
     v = tr.get(x)
     if v is None:
@@ -140,7 +130,7 @@ def _prelu(tr: _Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tens
     tr.put(out, v, name)
 
 
-def record(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
+def record(tr: Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
     """Record one call of a known layer: its entries and the labels of its output."""
     if isinstance(m, _ConvNd):
         _conv(tr, name, m, x, out)
@@ -154,46 +144,4 @@ def record(tr: _Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Ten
         _norm(tr, name, m, x, out)
 
 
-def resize(m: nn.Module) -> None:
-    """Update a slimmed layer's size attributes from its (already cut) tensors."""
-    if isinstance(m, (*_CONV, *_DECONV)):
-        w = m.weight
-        depthwise = m.groups > 1 and m.in_channels == m.groups
-        if isinstance(m, _DECONV):
-            if depthwise:
-                m.groups = w.shape[0]
-            m.in_channels = w.shape[0]
-            m.out_channels = w.shape[1] * m.groups
-        else:
-            if depthwise:
-                # cut rows of a depthwise weight remove whole groups of `multiplier` rows
-                m.groups = w.shape[0] // (m.out_channels // m.in_channels)
-            m.out_channels = w.shape[0]
-            m.in_channels = w.shape[1] * m.groups
-    elif isinstance(m, nn.Linear):
-        m.out_features, m.in_features = m.weight.shape
-    elif isinstance(m, (*_BATCHNORM, *_INSTANCENORM)):
-        n = _first_size(m, ("weight", "running_mean"))
-        if n is not None:
-            m.num_features = n
-    elif isinstance(m, nn.GroupNorm):
-        n = _first_size(m, ("weight",))
-        if n is not None:
-            m.num_channels = n
-    elif isinstance(m, nn.LayerNorm):
-        n = _first_size(m, ("weight", "bias"))
-        if n is not None:
-            m.normalized_shape = (n,)
-    elif isinstance(m, nn.PReLU):
-        m.num_parameters = m.weight.shape[0]
-
-
-def _first_size(m: nn.Module, names: tuple[str, ...]) -> int | None:
-    for n in names:
-        t = getattr(m, n, None)
-        if isinstance(t, torch.Tensor):
-            return int(t.shape[0])
-    return None
-
-
-__all__ = ["FIXED", "LAYER_TYPES", "PRODUCER_TYPES", "record", "resize"]
+__all__ = ["record"]

@@ -9,18 +9,15 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 
-from ._oputil import Opaque, Rule
-from ._oputil import arg as _arg
-from ._oputil import norm_dim as _norm_dim
-from ._values import FIXED, Value
-
-if TYPE_CHECKING:
-    from .trace import _Tracer
+from .channels import FIXED, Value
+from .protocol import Opaque, Rule, Tracer
+from .protocol import arg as _arg
+from .protocol import norm_dim as _norm_dim
 
 
 def _reshape_map(in_shape: Sequence[int], out_shape: Sequence[int], d: int) -> tuple[int, int] | None:
@@ -48,7 +45,7 @@ def _reshape_map(in_shape: Sequence[int], out_shape: Sequence[int], d: int) -> t
     return None
 
 
-def _reshape(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+def _reshape(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     if not isinstance(out, torch.Tensor):
         return
@@ -99,7 +96,7 @@ def _permutation(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
     raise Opaque
 
 
-def _permute(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+def _permute(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     v = tr.get(x)
     if v is None or not isinstance(out, torch.Tensor):
@@ -108,7 +105,7 @@ def _permute(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
     tr.put(out, v.moved(perm.index(v.dim)), name)
 
 
-def _expand(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+def _expand(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     v = tr.get(x)
     if v is None or not isinstance(out, torch.Tensor):
@@ -125,7 +122,7 @@ _CONSTANT_CUT = (
 )
 
 
-def _getitem(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+def _getitem(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     x, index = args[0], args[1]
     if not isinstance(out, torch.Tensor):
         return
@@ -163,7 +160,7 @@ def _getitem(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Non
     tr.put(out, v.moved(v.dim - d_in + d_out), name)
 
 
-def _split(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+def _split(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     v = tr.get(x)
     if v is None:
@@ -199,7 +196,7 @@ def _split(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
             tr.put(o, v, name)
 
 
-def _narrow(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+def _narrow(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
     v = tr.get(x)
     if v is None:
@@ -216,7 +213,7 @@ def _narrow(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
         tr.put(out, v, name)
 
 
-def _cat(tr: _Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+def _cat(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     tensors = list(_arg(args, kwargs, 0, "tensors"))
     d = _arg(args, kwargs, 1, "dim", kwargs.get("axis", 0))
     values = [tr.get(t) for t in tensors]

@@ -9,7 +9,7 @@ PReLU) are observed through forward hooks; everything between them through a
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
@@ -18,17 +18,24 @@ from torch import nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from ._layers import LAYER_TYPES, PRODUCER_TYPES, record
-from ._ops import RULES
-from ._oputil import Opaque
-from ._oputil import tensors as _tensors
-from ._values import Entry, Nodes, ParamRef, Value
-from .errors import TraceError
-from .graph import Graph, build_graph
+from .._inputs import call_args as _call_args
+from .._inputs import tensors as _tensors
+from ..errors import TraceError
+from ..graph import Entry, Graph
+from ..layers import LAYER_TYPES, PRODUCER_TYPES
+from .build import build_graph
+from .channels import Nodes, ParamRef, Value
+from .elementwise import ELEMENTWISE_RULES
+from .layer_rules import record
+from .protocol import Opaque, Rule
+from .shape_rules import SHAPE_RULES
+from .spatial import SPATIAL_RULES
 
 __all__ = ["trace"]
 
 logger = logging.getLogger("assl")
+
+RULES: dict[str, Rule] = {**ELEMENTWISE_RULES, **SPATIAL_RULES, **SHAPE_RULES}
 
 
 class _Tracer(TorchFunctionMode):
@@ -257,19 +264,6 @@ def _pin_shared(model: nn.Module, tracer: _Tracer) -> None:
             names = ", ".join(sorted({f"{e.module}.{e.tensor}" for e in entries}))
             for e in entries:
                 tracer.fix(e.labels, f"one Parameter shared by {names}")
-
-
-def _call_args(inputs: Any) -> tuple[tuple, dict]:
-    if isinstance(inputs, torch.Tensor):
-        return (inputs,), {}
-    if isinstance(inputs, (tuple, list)):
-        return tuple(inputs), {}
-    if isinstance(inputs, Mapping):
-        return (), dict(inputs)
-    raise TypeError(
-        f"example inputs must be a tensor, a tuple/list of positional arguments or a dict of keyword "
-        f"arguments, got {type(inputs).__name__}"
-    )
 
 
 def trace(

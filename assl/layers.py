@@ -1,0 +1,78 @@
+"""What the library knows about each kind of layer, shared by tracing, scaling and slimming.
+
+Convolutions, transposed convolutions and Linear layers *produce* channels (their output channels
+can be pruned) and *consume* them (their input channels are cut). Normalization layers and PReLU
+carry per-channel parameters. Every other module is traced through the operations it runs.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+__all__ = [
+    "BATCHNORM",
+    "CONV",
+    "DECONV",
+    "INSTANCENORM",
+    "LAYER_TYPES",
+    "PRODUCER_TYPES",
+    "output_dim",
+    "resize",
+]
+
+CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
+DECONV = (nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
+BATCHNORM = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm)
+INSTANCENORM = (nn.InstanceNorm1d, nn.InstanceNorm2d, nn.InstanceNorm3d)
+LAYER_TYPES = (*CONV, *DECONV, nn.Linear, *BATCHNORM, *INSTANCENORM, nn.GroupNorm, nn.LayerNorm, nn.PReLU)
+"""Layers the tracer treats as whole operations."""
+PRODUCER_TYPES = (*CONV, *DECONV, nn.Linear)
+"""Layers whose output channels can be pruned."""
+
+
+def output_dim(module: nn.Module) -> int:
+    """The weight dimension that indexes output channels (1 for transposed convolutions)."""
+    return 1 if isinstance(module, DECONV) else 0
+
+
+def resize(m: nn.Module) -> None:
+    """Update a slimmed layer's size attributes from its (already cut) tensors."""
+    if isinstance(m, (*CONV, *DECONV)):
+        w = m.weight
+        depthwise = m.groups > 1 and m.in_channels == m.groups
+        if isinstance(m, DECONV):
+            if depthwise:
+                m.groups = w.shape[0]
+            m.in_channels = w.shape[0]
+            m.out_channels = w.shape[1] * m.groups
+        else:
+            if depthwise:
+                # cut rows of a depthwise weight remove whole groups of `multiplier` rows
+                m.groups = w.shape[0] // (m.out_channels // m.in_channels)
+            m.out_channels = w.shape[0]
+            m.in_channels = w.shape[1] * m.groups
+    elif isinstance(m, nn.Linear):
+        m.out_features, m.in_features = m.weight.shape
+    elif isinstance(m, (*BATCHNORM, *INSTANCENORM)):
+        n = _first_size(m, ("weight", "running_mean"))
+        if n is not None:
+            m.num_features = n
+    elif isinstance(m, nn.GroupNorm):
+        n = _first_size(m, ("weight",))
+        if n is not None:
+            m.num_channels = n
+    elif isinstance(m, nn.LayerNorm):
+        n = _first_size(m, ("weight", "bias"))
+        if n is not None:
+            m.normalized_shape = (n,)
+    elif isinstance(m, nn.PReLU):
+        m.num_parameters = m.weight.shape[0]
+
+
+def _first_size(m: nn.Module, names: tuple[str, ...]) -> int | None:
+    for n in names:
+        t = getattr(m, n, None)
+        if isinstance(t, torch.Tensor):
+            return int(t.shape[0])
+    return None
