@@ -44,19 +44,9 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from quality import (
-    _evaluate,
-    _stream,
-    _train,
-    assl_pruner,
-    build_parser,
-    configure,
-    describe,
-    load_data,
-    parse_args,
-    save,
-    sweep,
-)
+from _baselines import assl_pruner
+from _sr_args import build_parser, configure, describe, parse_args
+from _sr_bench import Batches, batch_stream, evaluate, figure, load_data, mean_sd, save, sweep, train
 
 import assl
 from assl.scales import scale_of
@@ -76,7 +66,7 @@ def removed_share(rows: torch.Tensor, removed: list[int]) -> float:
     return float((rows[:, idx].sum(1) / rows.sum(1)).mean())
 
 
-def grad_ratio(pruner: assl.Pruner, model: nn.Module, stream, batches: int = 4) -> float:
+def grad_ratio(pruner: assl.Pruner, model: nn.Module, stream: Batches, batches: int = 4) -> float:
     """``||grad of the alignment term|| / ||grad of the task loss||`` on the aligned groups' scales."""
     scales = [
         scale_of(model.get_submodule(n)).scale  # type: ignore[union-attr]
@@ -99,7 +89,15 @@ def _std_scaled_soft_masks(scores: torch.Tensor, k: int) -> torch.Tensor:
     return torch.sigmoid((scores - threshold) / scores.detach().std(dim=-1, keepdim=True).clamp_min(1e-12))
 
 
-def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.Namespace, seed: int, data, device):
+def run_setting(
+    weight: float | None,
+    iters: int,
+    dense: nn.Module,
+    a: argparse.Namespace,
+    seed: int,
+    data: dict,
+    device: torch.device,
+) -> dict:
     """One ASSL run (``weight=None``: no alignment phase) with the diagnostics of the module docstring."""
     b = argparse.Namespace(**{**vars(a), "align_weight": weight or 0.0, "align_iters": iters})
     torch.manual_seed(seed + 1000)
@@ -107,7 +105,7 @@ def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.
     pruner, groups = assl_pruner(model, b, align=weight is not None)
     name = next(iter(pruner.aligned))
     k = pruner.removed[name]
-    stream = _stream(data["train"], b.batch_size, device, seed + 2000)
+    stream = batch_stream(data["train"], b.batch_size, device, seed + 2000)
     start = pruner.unit_scales(name).cpu()
     r = {"setting": "noalign" if weight is None else f"w={weight:g}, {iters} steps", "seed": seed}
     r["weight"], r["align_iters"] = weight, iters if weight is not None else 0
@@ -116,13 +114,13 @@ def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.
     at_choice = {"rows": start}
     if weight is not None:
         with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):  # runs stay paired
-            r["grad_ratio"] = grad_ratio(pruner, model, _stream(data["train"], b.batch_size, device, seed + 4000))
+            r["grad_ratio"] = grad_ratio(pruner, model, batch_stream(data["train"], b.batch_size, device, seed + 4000))
 
         def after(n: int) -> None:
             if n == iters:
                 at_choice["rows"] = pruner.unit_scales(name).cpu()
 
-        used = _train(
+        used = train(
             model,
             stream,
             b.prune_iters,
@@ -136,7 +134,7 @@ def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.
         r["agreement_end"] = agreement(end, k)
         r["g_drift"] = float((end - start).abs().mean() / start.mean())
     else:
-        used = _train(model, stream, b.prune_iters, b.lr, pruner=pruner, param_groups=groups, stop=lambda: pruner.done)
+        used = train(model, stream, b.prune_iters, b.lr, pruner=pruner, param_groups=groups, stop=lambda: pruner.done)
     if not pruner.done:
         raise SystemExit(f"the schedule needs more than --prune_iters {b.prune_iters} steps: raise it")
     chosen = pruner.chosen()[name]
@@ -145,22 +143,16 @@ def run_setting(weight: float | None, iters: int, dense: nn.Module, a: argparse.
     keep = torch.ones(final.shape[1], dtype=torch.bool)
     keep[chosen] = False
     r["left_g"] = float(final[:, ~keep].mean() / final[:, keep].mean())
-    r["psnr_before_slim"] = _evaluate(model, data["eval"], b.scale, device)[0]
+    r["psnr_before_slim"] = evaluate(model, data["eval"], b.scale, device)[0]
     small = pruner.slim()
-    r["psnr_slim"] = _evaluate(small, data["eval"], b.scale, device)[0]
-    _train(small, stream, b.prune_iters + b.finetune_iters - used, b.lr)
-    r["psnr"] = _evaluate(small, data["eval"], b.scale, device)[0]
+    r["psnr_slim"] = evaluate(small, data["eval"], b.scale, device)[0]
+    train(small, stream, b.prune_iters + b.finetune_iters - used, b.lr)
+    r["psnr"] = evaluate(small, data["eval"], b.scale, device)[0]
     return r
 
 
-def _mean_sd(values: list[float], digits: int) -> str:
-    if not values:
-        return "-"
-    sd = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.{digits}f} ± {sd:.{digits}f}"
-
-
 def summary(rows: list[dict], dense_rows: list[dict]) -> str:
+    """The markdown table: each setting's measurements, mean ± sd over seeds, then the chance levels."""
     out = [
         "| setting | grad ratio | agreement start -> end | removed share | g drift | left g | PSNR before slim | "
         "PSNR after slim | PSNR | seeds |",
@@ -170,7 +162,7 @@ def summary(rows: list[dict], dense_rows: list[dict]) -> str:
         rs = [r for r in rows if r["setting"] == setting]
 
         def col(key: str, digits: int, rs=rs) -> str:
-            return _mean_sd([r[key] for r in rs if key in r], digits)
+            return mean_sd([r[key] for r in rs if key in r], digits)
 
         agree = col("agreement_start", 3) + (" -> " + col("agreement_end", 3) if "agreement_end" in rs[0] else "")
         out.append(
@@ -181,37 +173,31 @@ def summary(rows: list[dict], dense_rows: list[dict]) -> str:
     chance = rows[0]["chance"]
     out.append(
         f"\nchance agreement {chance:.3f}, chance removed share {1 - chance:.3f}; dense on the same images "
-        f"{_mean_sd([r['psnr'] for r in dense_rows], 3)} dB"
+        f"{mean_sd([r['psnr'] for r in dense_rows], 3)} dB"
     )
     return "\n".join(out)
 
 
 def _plot(rows: list[dict], dense_rows: list[dict], path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
-    weights = sorted({r["weight"] for r in rows if r["weight"] is not None})
-    pos = {w: i for i, w in enumerate(weights)}
-    for iters in sorted({r["align_iters"] for r in rows if r["weight"] is not None}):
-        pts = [(pos[r["weight"]], r["psnr"]) for r in rows if r["weight"] is not None and r["align_iters"] == iters]
-        ax.scatter(*zip(*pts), alpha=0.6, label=f"{iters} alignment steps")
-    noalign = [r["psnr"] for r in rows if r["weight"] is None]
-    if noalign:
-        ax.axhspan(min(noalign), max(noalign), color="gray", alpha=0.2, label="no alignment (range over seeds)")
-    ax.axhline(statistics.mean(r["psnr"] for r in dense_rows), color="gray", ls="--", label="dense")
-    ax.set_xticks(range(len(weights)), [f"{w:g}" for w in weights])
-    ax.set_xlabel("alignment weight")
-    ax.set_ylabel("PSNR (Y, dB), validation photo")
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    """PSNR per setting against the alignment weight, the no-alignment range and the dense mean."""
+    with figure(path) as ax:
+        weights = sorted({r["weight"] for r in rows if r["weight"] is not None})
+        pos = {w: i for i, w in enumerate(weights)}
+        for iters in sorted({r["align_iters"] for r in rows if r["weight"] is not None}):
+            pts = [(pos[r["weight"]], r["psnr"]) for r in rows if r["weight"] is not None and r["align_iters"] == iters]
+            ax.scatter(*zip(*pts), alpha=0.6, label=f"{iters} alignment steps")
+        noalign = [r["psnr"] for r in rows if r["weight"] is None]
+        if noalign:
+            ax.axhspan(min(noalign), max(noalign), color="gray", alpha=0.2, label="no alignment (range over seeds)")
+        ax.axhline(statistics.mean(r["psnr"] for r in dense_rows), color="gray", ls="--", label="dense")
+        ax.set_xticks(range(len(weights)), [f"{w:g}" for w in weights])
+        ax.set_xlabel("alignment weight")
+        ax.set_ylabel("PSNR (Y, dB), validation photo")
+        ax.legend(fontsize=8)
 
 
 def main(argv: list[str] | None = None) -> None:
+    """Run every setting of the grid for every seed; print and write the table, the rows and the plot."""
     p = build_parser(__doc__)
     p.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 10.0, 100.0, 1000.0])
     p.add_argument("--align_grid", type=int, nargs="+", default=[100, 300], help="alignment lengths in steps")

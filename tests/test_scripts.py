@@ -141,7 +141,7 @@ def test_alignment_study_measures(monkeypatch):
 
 def test_quality_presets_are_defaults_that_explicit_flags_override(monkeypatch):
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from quality import QUICK, build_parser, parse_args
+    from _sr_args import QUICK, build_parser, parse_args
 
     args = parse_args(build_parser(), ["--quick", "--prune_iters", "600", "--finetune_iters", "400"])
     assert (args.prune_iters, args.finetune_iters) == (600, 400)
