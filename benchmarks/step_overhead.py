@@ -160,7 +160,7 @@ def main(argv: list[str] | None = None) -> None:
     print("|---|---|---|")
     rows = [("alignment_loss() + its backward (align)", _ms(align_ms))]
     rows += [(f"step() ({ph}, penalty on)", _ms(step_ms[ph])) for ph in PHASES[1:]]
-    rows.append((f"_check_finite() (inside step(), 1 in {pruner.schedule.reg_interval} steps)", _ms(check)))
+    rows.append((f"check_finite() (inside step(), 1 in {pruner.schedule.reg_interval} steps)", _ms(check)))
     for label, ms in rows:
         print(f"| {label} | {ms:.3f} | {ms / d * 100:.3f}% |")
 
