@@ -2,7 +2,7 @@
 
 ``SRModel`` wraps the network as ``self.model`` like the authors' ``Model`` class, so module
 names read ``model.head.0``, ``model.body.3.body.2``, ``model.body.16``, ``model.tail.0``,
-``model.sub_mean``: the seed's ``--skip_layers`` and ``--same_pruned_wg_layers`` work unchanged.
+``model.sub_mean``: the authors' ``--skip_layers`` and ``--same_pruned_wg_layers`` work unchanged.
 """
 
 from __future__ import annotations

@@ -1,4 +1,4 @@
-"""Prune LEDSR with ASSL end to end; the seed's commands run with only the paths changed.
+"""Prune LEDSR with ASSL end to end; the authors' commands run with only the paths changed.
 
     python examples/sr/main.py --quick                       # a few minutes on a CPU
     python examples/sr/main.py --model LEDSR --scale 2 --patch_size 96 --dir_data DIV2K_ROOT \\

@@ -1,6 +1,6 @@
 """Command-line options: the authors' flags, spelled as in their commands, plus our own.
 
-The seed's commands run unchanged except for the data and checkpoint paths. Flags that only
+The authors' commands run unchanged except for the data and checkpoint paths. Flags that only
 made sense in the authors' setup are accepted and say so in ``--help``.
 """
 
