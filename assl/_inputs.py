@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
 
 import torch
+from torch import nn
 
-__all__ = ["call_args", "tensors"]
+__all__ = ["call_args", "check_on_device", "input_sets", "tensors"]
 
 
 def tensors(obj: Any) -> Iterable[torch.Tensor]:
@@ -42,3 +44,46 @@ def call_args(inputs: Any) -> tuple[tuple, dict]:
         f"example inputs must be a tensor, a tuple/list of positional arguments or a dict of keyword "
         f"arguments, got {type(inputs).__name__}"
     )
+
+
+def input_sets(example_inputs: Any, extra_inputs: Any) -> list[tuple[tuple, dict]]:
+    """Call arguments of ``example_inputs`` and of every set in ``extra_inputs``, checked.
+
+    Raises:
+        TypeError: ``extra_inputs`` is not a list of input sets (a tensor there would be iterated
+            row by row), or an input set is not a tensor, tuple/list or dict.
+        ValueError: An input set holds a tensor on the meta device.
+    """
+    if isinstance(extra_inputs, (torch.Tensor, str, bytes, Mapping)) or not isinstance(extra_inputs, Iterable):
+        raise TypeError(
+            f"extra_inputs must be a list of input sets, each given as example_inputs is (e.g. "
+            f"extra_inputs=[torch.randn(1, 3, 24, 40)]), got a {type(extra_inputs).__name__}"
+        )
+    named = [("example_inputs", example_inputs), *((f"extra_inputs[{i}]", x) for i, x in enumerate(extra_inputs))]
+    calls = []
+    for which, inputs in named:
+        try:
+            args, kwargs = call_args(inputs)
+        except TypeError as e:
+            raise TypeError(f"{which}: {e}") from None
+        if any(t.is_meta for t in tensors((args, kwargs))):
+            raise ValueError(
+                f"{which} holds a tensor on the meta device, which has no values to run the model on; "
+                f"give real tensors on the model's device"
+            )
+        calls.append((args, kwargs))
+    return calls
+
+
+def check_on_device(model: nn.Module) -> None:
+    """Raise unless every parameter and buffer of ``model`` holds real values.
+
+    Raises:
+        ValueError: A parameter or buffer is on the meta device (named).
+    """
+    for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
+        if t.is_meta:
+            raise ValueError(
+                f"`{name}` of the model is on the meta device, which has no values to run it on: "
+                f"materialize the model first (model.to_empty(device=...), then load its weights)"
+            )

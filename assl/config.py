@@ -1,8 +1,11 @@
 """From the user's ratio, skip and groups to what each traced group loses and which are aligned.
 
-Patterns are checked against the trace here, before the Pruner changes anything: a skip or ratio
-pattern that matches nothing, a same-pruned group that leaves out a layer the model ties to it,
-and layers of different groups given different ratios are errors that name the layers.
+Patterns are checked against the trace here, before the Pruner changes anything: a skip pattern
+that matches no module, a ratio or group pattern that matches no producer, a same-pruned group
+that leaves out a layer the model ties to it, and layers of different groups given different
+ratios are errors that name the layers. A skip pattern may name any module: a layer without
+output channels of its own (a depthwise conv, a norm) keeps the channels it carries, and one
+that changes nothing (a layer the trace pins anyway) is logged as a warning.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from collections.abc import Iterable, Mapping, Sequence
 
 from .budget import Budget, check_ratio, solve_ratio, units_to_remove
 from .graph import ChannelGroup, Graph
-from .patterns import PatternError, match, match_each
+from .patterns import PatternError, match, match_each, patterns_of
 
 __all__ = ["resolve"]
 
@@ -32,10 +35,10 @@ def resolve(
     Raises:
         ValueError: A bad ratio, a pattern that matches nothing, groups that do not fit the trace,
             an unreachable budget, or nothing left to prune.
+        TypeError: ``skip`` or ``groups`` of the wrong type.
     """
     producers = list(graph.layers)
-    skipped = set(match(skip, producers, what="skip"))
-    kept_groups = {graph.group(s).name for s in skipped}
+    kept_groups = _skipped_groups(graph, skip)
     for name in sorted(kept_groups):
         logger.info("group %s keeps all channels: it contains a skipped layer", name)
     ratio_of = _layer_ratios(ratio, producers)
@@ -60,6 +63,34 @@ def resolve(
             f"channel.\n{graph.summary()}"
         )
     return removed, aligned
+
+
+def _skipped_groups(graph: Graph, skip: str | Iterable[str]) -> set[str]:
+    """The groups the skip patterns keep whole; warns about patterns that change nothing."""
+    modules = list(graph.module_names) or list(graph.layers)
+    kept: set[str] = set()
+    for pattern, hits in match_each(skip, list(graph.layers), what="skip", known=modules).items():
+        named = hits or match(pattern, modules, what="skip")
+        groups = {graph.group(n).name for n in hits} or {g for n in named for g in graph.groups_through(n)}
+        kept |= groups
+        if not any(graph.group(g).num_prunable for g in groups):
+            logger.warning("skip pattern %r changes nothing: %s", pattern, _why_nothing(graph, named))
+    return kept
+
+
+def _why_nothing(graph: Graph, named: list[str]) -> str:
+    """Why skipping these modules keeps no channel that could have gone."""
+    name = named[0]
+    more = f" (and {len(named) - 1} more)" if len(named) > 1 else ""
+    if name in graph.opaque_layers:
+        return f"`{name}`{more} is opaque, its channels stay anyway: {graph.opaque_layers[name]}"
+    groups = [graph.group(g) for g in (graph.groups_through(name) if name not in graph.layers else [name])]
+    if groups:
+        reason = next((r for g in groups for r in g.reasons.values()), "")
+        return f"the channels of `{name}`{more} stay anyway: {reason}"
+    inside = [n for n in graph.layers if n.startswith(name + ".")]
+    hint = f"; to skip the layers inside it, use {name + '.*'!r}" if inside else ""
+    return f"`{name}`{more} has no channels of its own to prune{hint}"
 
 
 def _layer_ratios(ratio: float | Mapping[str, float] | Budget, producers: list[str]) -> dict[str, float]:
@@ -97,10 +128,17 @@ def _aligned_groups(
         return [g.name for g in pruned if len(g.layers) > 1]
     if isinstance(groups, str):
         groups = [groups]
+    if not isinstance(groups, Sequence):
+        raise TypeError(f"groups must be a list of same-pruned groups (lists of globs), got {type(groups).__name__}")
     producers = list(graph.layers)
     covered: set[str] = set()
-    for patterns in groups:
-        layers = match(patterns, producers, what="group")
+    for i, patterns in enumerate(groups):
+        if not patterns_of(patterns, f"groups[{i}]"):
+            raise PatternError(
+                f"groups[{i}] is empty: list the layers of each same-pruned group as globs, e.g. "
+                f"[{', '.join(repr(n) for n in producers[:2])}]"
+            )
+        layers = match(patterns, producers, what=f"groups[{i}]")
         traced = {graph.group(layer).name for layer in layers}
         if len(traced) > 1:
             widths = ", ".join(f"{layer} ({graph.group(layer).size} channels)" for layer in layers[:6])

@@ -104,11 +104,16 @@ class Graph:
         shapes: dict[tuple[str, str], tuple[int, ...]],
         fixed_params: int,
         positions: dict[str, int],
+        followers: dict[tuple[str, str], list[tuple[str, int]]] | None = None,
     ) -> None:
         self.groups: tuple[ChannelGroup, ...] = tuple(groups)
         self.layers: tuple[str, ...] = tuple(layer for g in groups for layer in g.layers)
         self.untraced: tuple[str, ...] = ()
         self.opaque_ops: dict[str, int] = {}
+        self.opaque_layers: dict[str, str] = {}
+        """Known layers traced as opaque (their channels stay) -> why."""
+        self.module_names: tuple[str, ...] = ()
+        """Every named submodule of the traced model, in ``named_modules`` order."""
         self._by_name = {g.name: g for g in groups}
         self._group_of = {layer: g for g in groups for layer in g.layers}
         self._unit_roots = unit_roots
@@ -117,6 +122,7 @@ class Graph:
         self._shapes = shapes
         self._fixed_params = fixed_params
         self._positions = positions
+        self._followers = followers or {}
 
     # --- groups ------------------------------------------------------------------------------
 
@@ -212,6 +218,9 @@ class Graph:
                 key = (e.module, e.tensor)
                 if key in shapes:
                     shapes[key][e.dim] = int(keep.sum())
+                for other, dim in self._followers.get(key, []):  # weight_g of a legacy weight norm
+                    if dim == e.dim and (e.module, other) in shapes:
+                        shapes[(e.module, other)][dim] = int(keep.sum())
         return shapes
 
     def count_params(self, plan: Plan | None = None) -> int:
@@ -245,14 +254,31 @@ class Graph:
             np.add.at(saved, roots[roots >= 0], per)
         return {name: saved[roots] for name, roots in self._unit_roots.items()}
 
+    def groups_through(self, module: str) -> tuple[str, ...]:
+        """The groups whose units have a tensor of ``module`` cut (its weight rows, its norm
+        parameters, a depthwise conv's filters), in trace order; empty for a module slimming
+        never touches.
+        """
+        roots = [r for e, r in zip(self._entries, self._entry_roots) if e.module == module]
+        if not roots:
+            return ()
+        mine = np.concatenate(roots)
+        return tuple(name for name, units in self._unit_roots.items() if np.isin(units, mine).any())
+
     def summary(self) -> str:
-        """A table of the groups: name, producers, units, removable units and why others stay."""
+        """A table of the groups: name, producers, units, removable units and why others stay.
+
+        Layers traced as opaque (their channels stay) follow the table, each with its reason.
+        """
         rows = [("group", "layers", "channels", "prunable", "why some stay")]
         for g in self.groups:
             why = next(iter(g.reasons.values()), "")
             rows.append((g.name, str(len(g.layers)), str(g.size), str(g.num_prunable), why))
         widths = [max(len(r[i]) for r in rows) for i in range(4)]
         lines = ["  ".join(r[i].ljust(widths[i]) for i in range(4)) + "  " + r[4] for r in rows]
+        if self.opaque_layers:
+            lines.append("opaque layers (their channels stay):")
+            lines += [f"  {name}: {reason}" for name, reason in self.opaque_layers.items()]
         return "\n".join(line.rstrip() for line in lines)
 
     def __repr__(self) -> str:

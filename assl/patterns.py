@@ -14,7 +14,7 @@ from fnmatch2 import fnmatchcase2
 
 from .errors import ASSLError
 
-__all__ = ["PatternError", "match", "match_each"]
+__all__ = ["PatternError", "match", "match_each", "patterns_of"]
 
 
 class PatternError(ASSLError, ValueError):
@@ -23,7 +23,12 @@ class PatternError(ASSLError, ValueError):
 
 def _as_list(patterns: str | Iterable[str], what: str) -> list[str]:
     if isinstance(patterns, str):
-        return [p for p in patterns.split(",") if p]
+        return [p.strip() for p in patterns.split(",") if p.strip()]
+    if not isinstance(patterns, Iterable):
+        raise TypeError(
+            f"{what} must be a glob, a comma-separated string of globs or a list of globs, got "
+            f"{type(patterns).__name__}{' (use () for none)' if patterns is None else ''}"
+        )
     out = list(patterns)
     for p in out:
         if not isinstance(p, str):
@@ -31,27 +36,54 @@ def _as_list(patterns: str | Iterable[str], what: str) -> list[str]:
     return out
 
 
-def match_each(patterns: str | Iterable[str], names: Sequence[str], *, what: str) -> dict[str, list[str]]:
+def _close(pattern: str, names: Sequence[str], n: int = 3) -> list[str]:
+    """Names that look like ``pattern``: whole names or any of their dotted parts."""
+    core = pattern.strip("*?[]") or pattern
+
+    def score(name: str) -> float:
+        parts = [name, *name.split(".")]
+        return max(difflib.SequenceMatcher(None, core, part).ratio() for part in parts)
+
+    scored = sorted(((score(name), name) for name in names), key=lambda t: -t[0])
+    return [name for s, name in scored[:n] if s >= 0.5]
+
+
+def _no_match(pattern: str, names: Sequence[str], known: Sequence[str] | None, what: str) -> str:
+    pool = list(dict.fromkeys([*names, *(known or ())]))
+    close = _close(pattern, pool)
+    if close:
+        hint = f"Close names: {', '.join(close)}."
+    else:
+        hint = f"Its layers include {', '.join(list(names)[:5])}{' ...' if len(names) > 5 else ''}."
+    target = "module of the model" if known else "prunable layer"
+    return (
+        f"{what} pattern {pattern!r} matches no {target}. {hint} Patterns are fnmatch globs on dotted module "
+        f"names (case-sensitive, '*' crosses dots)."
+    )
+
+
+def match_each(
+    patterns: str | Iterable[str], names: Sequence[str], *, what: str, known: Sequence[str] | None = None
+) -> dict[str, list[str]]:
     """The names each pattern matches, in ``names`` order.
 
     Args:
         patterns: Globs, or one comma-separated string of globs (as on the authors' command line).
         names: Dotted module names to match against.
         what: What the patterns are for, used in error messages (``"skip"``).
+        known: Every name a pattern may name (all modules of the model): a pattern that matches
+            some of these but none of ``names`` maps to an empty list instead of raising.
 
     Raises:
-        PatternError: A pattern matches none of ``names``; the message lists close names.
+        PatternError: A pattern matches none of ``names`` (nor of ``known``); the message lists
+            close names.
+        TypeError: ``patterns`` is not a string or an iterable of strings.
     """
     out: dict[str, list[str]] = {}
     for p in _as_list(patterns, what):
         hits = [n for n in names if fnmatchcase2(n, p)]
-        if not hits:
-            close = difflib.get_close_matches(p.strip("*"), list(names), n=3, cutoff=0.5)
-            hint = f" Close names: {', '.join(close)}." if close else ""
-            raise PatternError(
-                f"{what} pattern {p!r} matches no prunable layer.{hint} Patterns are fnmatch globs on "
-                f"dotted module names (case-sensitive, '*' crosses dots), e.g. '*tail*' or 'body.*.conv1'."
-            )
+        if not hits and not (known and any(fnmatchcase2(n, p) for n in known)):
+            raise PatternError(_no_match(p, names, known, what))
         out[p] = hits
     return out
 
@@ -60,3 +92,12 @@ def match(patterns: str | Iterable[str], names: Sequence[str], *, what: str) -> 
     """The names any of ``patterns`` matches, in ``names`` order (see :func:`match_each`)."""
     hit = {n for hits in match_each(patterns, names, what=what).values() for n in hits}
     return [n for n in names if n in hit]
+
+
+def patterns_of(patterns: str | Iterable[str], what: str) -> list[str]:
+    """The globs of ``patterns`` (a comma-separated string or a list), checked to be strings.
+
+    Raises:
+        TypeError: Not a string or an iterable of strings.
+    """
+    return _as_list(patterns, what)

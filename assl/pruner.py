@@ -7,8 +7,9 @@ Data flows one way: model -> trace (groups) -> which units each group loses -> s
 
 from __future__ import annotations
 
+import contextlib
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -20,12 +21,13 @@ from .config import resolve
 from .errors import ASSLError
 from .graph import Graph
 from .penalty import apply_penalty, check_optimizer, step_pre_hook
+from .reparam import parametrizations_in_eval
 from .report import SLIM_CHANGE_WARNING, report_change, summary_table
-from .scales import scale_of
+from .scales import removed_on_error, scale_of
 from .schedule import Schedule
 from .selection import Selection
 from .slim import slimmed_copy
-from .state import STATE_VERSION, check_state
+from .state import STATE_VERSION, ScaleWatch, check_state
 from .tracing import trace
 
 __all__ = ["SLIM_CHANGE_WARNING", "Pruner"]
@@ -35,6 +37,11 @@ logger = logging.getLogger("assl")
 _ORDER = (
     "create the Pruner on the bare model first, then wrap it (DistributedDataParallel) and build the "
     "optimizer over model.parameters(), which then include the scales"
+)
+_SLIMMED = "the Pruner already slimmed its model: fine-tune the slimmed module without it"
+_TWICE = (
+    "the Pruner is attached to an optimizer, whose step() calls pruner.step() itself: do not call it by hand "
+    "as well (each step would count twice), or detach() first"
 )
 
 
@@ -65,9 +72,10 @@ class Pruner:
         approximate_norms: Allow pruning through GroupNorm/LayerNorm (inexact, see trace).
 
     Raises:
-        TypeError: The model is already wrapped, or an argument has the wrong type.
-        ValueError: A ratio outside [0, 1), a pattern matching nothing, groups that do not
-            match the trace, layers already scaled, an unreachable budget.
+        TypeError: The model is not an ``nn.Module`` (or is wrapped), or an argument's type.
+        ValueError: A ratio outside [0, 1), a pattern matching no module, groups that do not
+            match the trace, layers already scaled, an unreachable budget, meta tensors.
+        ASSLError: Inserting the scales failed: they are removed again, the model is as it was.
 
     Example:
         >>> pruner = assl.Pruner(model, x, ratio=0.5, skip=["*tail*"])
@@ -94,6 +102,8 @@ class Pruner:
     ) -> None:
         if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
             raise TypeError(f"the model is already wrapped in {type(model).__name__}: {_ORDER}")
+        if not isinstance(model, nn.Module):
+            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
         if not isinstance(round_to, int) or round_to < 1:
             raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
         self.schedule = schedule if schedule is not None else Schedule()
@@ -108,15 +118,15 @@ class Pruner:
         self.approximate = approximate_norms
         self.graph: Graph = trace(model, example_inputs, extra_inputs=extra_inputs, approximate_norms=approximate_norms)
         self.removed, self.aligned = resolve(self.graph, ratio, skip=skip, groups=groups, round_to=round_to)
-        self._selection = Selection.insert_scales(model, self.graph, self.removed)  # the only change, after checks
         self._step = 0
         self._hook: Any = None
         self._slimmed = False
-        self._zero: torch.Tensor | None = None
-        sel = self._selection
-        for name in sel.layers:  # groups that are not aligned choose now; aligned ones after alignment
-            if self.phase != "align" or name not in self.aligned:
-                sel.choose(name, sel.scale_scores(name))
+        self._hooked, self._watch = False, ScaleWatch()  # inside the optimizer's step pre-hook; frozen scales
+        with removed_on_error(model), parametrizations_in_eval(model):  # the only change, after every check
+            self._selection = sel = Selection.insert_scales(model, self.graph, self.removed)
+            for name in sel.layers:  # groups that are not aligned choose now; aligned ones after alignment
+                if self.phase != "align" or name not in self.aligned:
+                    sel.choose(name, sel.scale_scores(name))
         logger.info(
             "Pruner: %d groups lose channels (%d aligned), phase %s", len(sel.layers), len(self.aligned), self.phase
         )
@@ -179,10 +189,8 @@ class Pruner:
     def alignment_loss(self) -> torch.Tensor:
         """The alignment term to add to the loss: non-zero only in the align phase."""
         if self.phase != "align" or self._slimmed:
-            if self._zero is None:
-                p = self.scale_parameters()[0]
-                self._zero = torch.zeros((), dtype=p.dtype, device=p.device)
-            return self._zero
+            p = self.scale_parameters()[0]
+            return torch.zeros((), dtype=p.dtype, device=p.device)  # a new one: callers may add to it in place
         total = sum(
             alignment.alignment_loss(self._selection.unit_table(name), self.removed[name]) for name in self.aligned
         )
@@ -198,7 +206,9 @@ class Pruner:
         ``grad_scale``.
         """
         if self._slimmed:
-            raise ASSLError("the Pruner already slimmed its model: fine-tune the slimmed module without it")
+            raise ASSLError(_SLIMMED)
+        if self._hook is not None and not self._hooked:
+            raise ASSLError(_TWICE)
         phase = self.phase
         sel = self._selection
         if phase != "align" and not sel.complete():
@@ -208,6 +218,7 @@ class Pruner:
         if reg > 0:
             if (self._step - self.schedule.bounds(bool(self.aligned))[0]) % self.schedule.reg_interval == 0:
                 sel.check_finite()
+                self._watch.check(self.scale_parameters(), self._step)
             apply_penalty(sel.all_layers(), reg if grad_scale is None else reg * grad_scale)
         self._step += 1
         if self.phase != phase:
@@ -224,10 +235,12 @@ class Pruner:
             ValueError: The optimizer does not update the scales (built before the Pruner), or
                 the Pruner is already attached.
         """
+        if self._slimmed:
+            raise ASSLError(_SLIMMED)
         check_optimizer(optimizer, self._selection.all_layers(), _ORDER)
         if self._hook is not None:
             raise ValueError("the Pruner is already attached to an optimizer; call detach() first")
-        self._hook = step_pre_hook(optimizer, self.step)
+        self._hook = step_pre_hook(optimizer, _ByHook(self))
 
     def detach(self) -> None:
         """Undo :meth:`attach`."""
@@ -288,10 +301,11 @@ class Pruner:
         if criterion not in ("l1", "scale"):
             raise ValueError(f"criterion must be 'l1' or 'scale', got {criterion!r}")
         sel = self._selection
-        sel.chosen.clear()
-        sel.choose_all(sel.l1_scores if criterion == "l1" else sel.scale_scores)
-        self._step = self.schedule.bounds(bool(self.aligned))[2]
-        return self._slim(warn_change=False)  # one-shot pruning changes the output by design
+        with _unchanged_on_error(self), parametrizations_in_eval(self.model):  # after slim() too: _slim raises
+            sel.chosen.clear()
+            sel.choose_all(sel.l1_scores if criterion == "l1" else sel.scale_scores)
+            self._step = self.schedule.bounds(bool(self.aligned))[2]
+            return self._slim(warn_change=False)  # one-shot pruning changes the output by design
 
     def summary(self) -> str:
         """A table per pruned group: layers, units, units removed, mean |g| of chosen vs kept."""
@@ -318,11 +332,42 @@ class Pruner:
         """Resume from :meth:`state_dict`; load the model's and the optimizer's states as well.
 
         Raises:
-            ValueError: The state comes from a Pruner with another configuration.
+            ValueError: A key missing, of the wrong type or from another configuration, or bad units
+                (named; nothing is applied).
         """
-        check_state(state, self._config())
+        check_state(state, self._config(), self.graph)
         self._step = int(state["step"])
         self._slimmed = bool(state["slimmed"])
         self._selection.chosen.clear()
         for name, units in state["chosen"].items():
             self._selection.set(name, units)
+
+
+@contextlib.contextmanager
+def _unchanged_on_error(pruner: Pruner) -> Iterator[None]:
+    """Put the Pruner's step count and chosen units back if the block fails."""
+    sel = pruner._selection
+    step, chosen = pruner._step, dict(sel.chosen)
+    try:
+        yield
+    except BaseException:
+        pruner._step = step
+        for name in sel.layers:
+            sel.set(name, chosen.get(name, []))
+            if name not in chosen:
+                del sel.chosen[name]
+        raise
+
+
+class _ByHook:
+    """How the optimizer's step pre-hook calls :meth:`Pruner.step`; calls by hand are refused meanwhile."""
+
+    def __init__(self, pruner: Pruner) -> None:
+        self.pruner = pruner
+
+    def __call__(self, grad_scale: float | torch.Tensor | None) -> None:
+        self.pruner._hooked = True
+        try:
+            self.pruner.step(grad_scale)
+        finally:
+            self.pruner._hooked = False

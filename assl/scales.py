@@ -3,18 +3,26 @@
 The scale is a ``torch.nn.utils.parametrize`` parametrization that owns the new Parameter
 ``g``; the layer's weight Parameter stays the same object (as ``parametrizations.weight.original``),
 so an optimizer built before the insertion keeps updating it. ``g`` starts at ``||W||`` of the
-weight the layer holds at that moment, so inserting the scale does not change the output.
+weight the layer holds at that moment, so inserting the scale does not change the output. Under a
+legacy weight-norm or spectral-norm hook the scale goes on the tensor the hook rebuilds the weight
+from (``reparam.scale_target``).
 """
 
 from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from typing import cast
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from .errors import ASSLError
 from .layers import output_dim
+from .reparam import scale_target
 
-__all__ = ["WeightScale", "insert_scale", "scale_of"]
+__all__ = ["WeightScale", "insert_scale", "remove_scale", "removed_on_error", "scale_of"]
 
 _EPS = 1e-12
 
@@ -42,20 +50,63 @@ class WeightScale(nn.Module):
 
 
 def insert_scale(module: nn.Module) -> WeightScale:
-    """Register a :class:`WeightScale` on ``module.weight`` and return it."""
-    weight = module.weight
+    """Register a :class:`WeightScale` on ``module.weight`` (or what a legacy hook builds it from)."""
+    name = scale_target(module, output_dim(module))
+    weight = getattr(module, name, None)
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{type(module).__name__} has no weight tensor to scale")
+        raise TypeError(f"{type(module).__name__} has no tensor `{name}` to scale")
     ws = WeightScale(weight, output_dim(module))
-    parametrize.register_parametrization(module, "weight", ws)
+    parametrize.register_parametrization(module, name, ws)
     return ws
 
 
 def scale_of(module: nn.Module) -> WeightScale | None:
-    """The :class:`WeightScale` on ``module.weight``, if one is registered."""
-    if not parametrize.is_parametrized(module, "weight"):
+    """The :class:`WeightScale` registered on a tensor of ``module``, if any."""
+    if not parametrize.is_parametrized(module):
         return None
-    for p in module.parametrizations["weight"]:  # type: ignore[index]
-        if isinstance(p, WeightScale):
-            return p
+    for plist in _lists(module).values():
+        for p in plist:
+            if isinstance(p, WeightScale):
+                return p
     return None
+
+
+def _lists(module: nn.Module) -> dict[str, nn.ModuleList]:
+    plists = cast(nn.ModuleDict, module.parametrizations)
+    return {name: cast(nn.ModuleList, plists[name]) for name in plists}
+
+
+def remove_scale(module: nn.Module) -> bool:
+    """Remove the :class:`WeightScale` of ``module`` (other parametrizations stay); whether one was there.
+
+    The tensor it scaled gets back its original Parameter object, unchanged.
+    """
+    if not parametrize.is_parametrized(module):
+        return False
+    for name, plist in _lists(module).items():
+        for i, p in enumerate(plist):
+            if not isinstance(p, WeightScale):
+                continue
+            if len(plist) == 1:
+                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+            else:
+                del plist[i]
+            return True
+    return False
+
+
+@contextlib.contextmanager
+def removed_on_error(model: nn.Module) -> Iterator[None]:
+    """Remove every :class:`WeightScale` of ``model`` again if the block fails.
+
+    The model is then as it was before the block inserted them. Errors that are not already
+    :class:`~assl.ASSLError` are raised as one, naming what failed.
+    """
+    try:
+        yield
+    except Exception as e:
+        for m in model.modules():
+            remove_scale(m)
+        if isinstance(e, ASSLError):
+            raise
+        raise ASSLError(f"inserting the scales failed ({type(e).__name__}: {e}); the model is left as it was") from e

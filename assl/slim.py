@@ -3,13 +3,14 @@
 ``slim`` removes, for every unit a plan names, the producers' output rows and biases, the
 per-channel parameters and buffers that follow them (normalization, PReLU, depthwise convs) and
 the matching input channels of every consumer. ``masked_copy`` builds the reference it must
-equal: a copy of the dense model with the same channels zeroed.
+equal: a copy of the dense model with the same channels zeroed. Both go through ``reparam`` for a
+weight that a legacy weight-norm or spectral-norm hook rebuilds, so the hook keeps working.
 """
 
 from __future__ import annotations
 
 import contextlib
-import copy
+import functools
 import logging
 import math
 from collections import defaultdict
@@ -25,6 +26,7 @@ from ._inputs import call_args, tensors
 from .errors import ASSLError, PlanError
 from .graph import Graph, Plan
 from .layers import resize
+from .reparam import copy_model, cut, legacy_hook, refresh, value
 
 __all__ = ["masked_copy", "max_rel_err", "slim", "slimmed_copy", "tolerance"]
 
@@ -45,15 +47,14 @@ def _fold(m: nn.Module) -> None:
         plists = cast(nn.ModuleDict, m.parametrizations)
         for name, plist in plists.items():
             original = cast(torch.Tensor, plist.original if hasattr(plist, "original") else plist.original0)
-            value = getattr(m, name).detach().clone()
-            folded[name] = (value, isinstance(original, nn.Parameter), bool(original.requires_grad))
+            folded[name] = (value(m, name).clone(), isinstance(original, nn.Parameter), bool(original.requires_grad))
     m.__class__ = m.__class__.__bases__[0]
     del m._modules["parametrizations"]
-    for name, (value, is_param, requires_grad) in folded.items():
+    for name, (plain, is_param, requires_grad) in folded.items():
         if is_param:
-            m.register_parameter(name, nn.Parameter(value, requires_grad=requires_grad))
+            m.register_parameter(name, nn.Parameter(plain, requires_grad=requires_grad))
         else:
-            m.register_buffer(name, value)
+            m.register_buffer(name, plain)
 
 
 def _new_tensors(model: nn.Module, graph: Graph, plan: Plan) -> dict[str, dict[str, torch.Tensor]]:
@@ -67,24 +68,54 @@ def _new_tensors(model: nn.Module, graph: Graph, plan: Plan) -> dict[str, dict[s
             m = model.get_submodule(mod_name)
         except AttributeError as e:
             raise PlanError(f"the model has no module {mod_name!r} any more; trace it again") from e
-        t = getattr(m, t_name, None)
+        t = getattr(m, t_name, None) if not parametrize.is_parametrized(m, t_name) else value(m, t_name)
         if not isinstance(t, torch.Tensor):
             raise PlanError(f"`{mod_name}.{t_name}` is gone from the model; trace it again")
-        new = t.detach()
-        changed = False
         for dim, keep in cuts:
-            if new.shape[dim] != keep.shape[0]:
+            if t.shape[dim] != keep.shape[0]:
                 raise PlanError(
                     f"`{mod_name}.{t_name}` has {t.shape[dim]} entries on dim {dim} but was traced with "
                     f"{keep.shape[0]}: the model changed since trace() (already slimmed?); trace it again"
                 )
-            if not keep.all():
-                idx = torch.from_numpy(np.flatnonzero(keep)).to(new.device)
-                new = new.index_select(dim, idx)
-                changed = True
-        if changed:
+        active = [(dim, keep) for dim, keep in cuts if not keep.all()]
+        hook = legacy_hook(m, t_name)
+        if hook is not None:  # cut what the hook rebuilds the tensor from
+            if active:
+                out[mod_name].update(_guarded(mod_name, functools.partial(cut, m, hook, active, zero=False)))
+            continue
+        new = t.detach()
+        for dim, keep in active:
+            new = new.index_select(dim, torch.from_numpy(np.flatnonzero(keep)).to(new.device))
+        if active:
             out[mod_name][t_name] = new
     return out
+
+
+def _guarded(module: str, compute: Any) -> Any:
+    """``compute()``, with any error it raises turned into an ASSLError naming ``module``."""
+    try:
+        return compute()
+    except ASSLError:
+        raise
+    except Exception as e:
+        raise ASSLError(
+            f"slimming `{module}` failed ({type(e).__name__}: {e}); the model is left as it was. Please "
+            f"report this with the model's code"
+        ) from e
+
+
+def _module_state(m: nn.Module) -> tuple[type, dict, dict, dict, dict]:
+    return m.__class__, dict(m.__dict__), dict(m._parameters), dict(m._buffers), dict(m._modules)
+
+
+def _put_back(m: nn.Module, state: tuple[type, dict, dict, dict, dict]) -> None:
+    cls, attrs, params, buffers, modules = state
+    m.__class__ = cls
+    m.__dict__.clear()
+    m.__dict__.update(attrs)
+    for table, saved in ((m._parameters, params), (m._buffers, buffers), (m._modules, modules)):
+        table.clear()
+        table.update(saved)
 
 
 def slim(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
@@ -112,23 +143,34 @@ def slim(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
         >>> assl.slim(model, graph, {"body.0.conv1": [0, 5, 7]})
     """
     new = _new_tensors(model, graph, plan)  # every check happens before the first change
-    with torch.no_grad():
-        for mod_name in graph.modules:
-            m = model.get_submodule(mod_name)
-            _fold(m)
-            for t_name, t in new.get(mod_name, {}).items():
-                if t_name in m._parameters:
-                    old = m._parameters[t_name]
-                    requires_grad = old.requires_grad if old is not None else True
-                    m._parameters[t_name] = nn.Parameter(t, requires_grad=requires_grad)
-                elif t_name in m._buffers:
-                    m._buffers[t_name] = t
-                else:
-                    setattr(m, t_name, t)
-            resize(m)
+    saved = {name: _module_state(model.get_submodule(name)) for name in graph.modules}
+    try:
+        with torch.no_grad():
+            for mod_name in graph.modules:
+                _guarded(mod_name, functools.partial(_apply, model.get_submodule(mod_name), new.get(mod_name, {})))
+    except ASSLError:
+        for name, state in saved.items():  # whatever went wrong, the model goes back as it was
+            _put_back(model.get_submodule(name), state)
+        raise
     removed = sum(len(v) for v in graph.validate(plan).values())
     logger.info("slimmed %d channel units out of %d groups", removed, len(graph.validate(plan)))
     return model
+
+
+def _apply(m: nn.Module, new: dict[str, torch.Tensor]) -> None:
+    """Fold ``m``'s parametrizations, put in its cut tensors and update its size attributes."""
+    _fold(m)
+    for t_name, t in new.items():
+        if t_name in m._parameters:
+            old = m._parameters[t_name]
+            requires_grad = old.requires_grad if old is not None else True
+            m._parameters[t_name] = nn.Parameter(t, requires_grad=requires_grad)
+        elif t_name in m._buffers:
+            m._buffers[t_name] = t
+        else:
+            setattr(m, t_name, t)
+    refresh(m)  # the tensors legacy hooks rebuild, at their new sizes
+    resize(m)
 
 
 def masked_copy(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
@@ -142,14 +184,21 @@ def masked_copy(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
         PlanError: The plan does not fit the graph.
     """
     cuts = graph.cuts(plan)
-    masked = copy.deepcopy(model)
+    masked = copy_model(model)
     with torch.no_grad():
         for mod_name in graph.modules:
             _fold(masked.get_submodule(mod_name))
         for e, keep in cuts:
             if e.role != "zero" or keep.all():
                 continue
-            t = getattr(masked.get_submodule(e.module), e.tensor)
+            m = masked.get_submodule(e.module)
+            hook = legacy_hook(m, e.tensor)
+            if hook is not None:  # zero through the tensors the hook rebuilds it from
+                for t_name, t in cut(m, hook, [(e.dim, keep)], zero=True).items():
+                    getattr(m, t_name).copy_(t)
+                refresh(m)
+                continue
+            t = getattr(m, e.tensor)
             idx = torch.from_numpy(np.flatnonzero(~keep)).to(t.device)
             t.index_fill_(e.dim, idx, 0)
     return masked
@@ -162,15 +211,45 @@ def slimmed_copy(model: nn.Module, graph: Graph, plan: Plan, example_inputs: Any
         ASSLError: The slimmed copy differs from the masked model on ``example_inputs`` beyond
             float tolerance; ``model`` is untouched.
     """
-    small = slim(copy.deepcopy(model), graph, plan)
+    small = slim(_guarded("the model", functools.partial(copy_model, model)), graph, plan)
     if check:
-        err = max_rel_err(masked_copy(model, graph, plan), small, example_inputs)
+        masked = _guarded("the model", lambda: masked_copy(model, graph, plan))
+        with _failing_layer(small) as where:
+            try:
+                err = max_rel_err(masked, small, example_inputs)
+            except Exception as e:
+                raise ASSLError(
+                    f"the slimmed model fails in `{where[-1] if where else type(small).__name__}` on the example "
+                    f"inputs ({type(e).__name__}: {e}); the model is untouched. Its forward code may depend "
+                    f"on the channel count in a way the tracer does not see: please report this with the model's code"
+                ) from e
         if not err <= tolerance(small):
             raise ASSLError(
                 f"the slimmed model differs from the masked model by {err:.3g} (relative) on the example "
                 f"inputs; the model is untouched. Please report this with the model's code."
             )
     return small
+
+
+@contextlib.contextmanager
+def _failing_layer(model: nn.Module) -> Iterator[list[str]]:
+    """Yield the names of the modules whose forward is running: after an error, where it happened."""
+    stack: list[str] = []
+    names = {id(m): name or type(model).__name__ for name, m in model.named_modules()}
+
+    def enter(m: nn.Module, args: Any) -> None:
+        stack.append(names.get(id(m), type(m).__name__))
+
+    def leave(m: nn.Module, args: Any, out: Any) -> None:
+        if stack:
+            stack.pop()
+
+    handles = [h for m in model.modules() for h in (m.register_forward_pre_hook(enter), m.register_forward_hook(leave))]
+    try:
+        yield stack
+    finally:
+        for h in handles:
+            h.remove()
 
 
 @contextlib.contextmanager

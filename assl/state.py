@@ -1,26 +1,115 @@
-"""The Pruner's progress as plain data, and the checks a saved state must pass to be resumed."""
+"""The Pruner's progress as plain data, the checks a saved state must pass to be resumed, and the
+watch that notices scales no optimizer updates."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
 from typing import Any
 
-__all__ = ["STATE_VERSION", "check_state"]
+import torch
+
+from .errors import ASSLError, PlanError
+from .graph import Graph
+
+__all__ = ["STATE_VERSION", "ScaleWatch", "check_state"]
+
+logger = logging.getLogger("assl")
 
 STATE_VERSION = 1
 
+_KEYS = ("version", "step", "chosen", "removed", "aligned", "schedule", "slimmed")
 
-def check_state(state: Mapping[str, Any], config: Mapping[str, Any]) -> None:
-    """Raise unless ``state`` comes from a Pruner configured as ``config`` describes.
+
+def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Graph | None = None) -> None:
+    """Raise unless ``state`` is a whole, valid Pruner state from a Pruner configured as ``config``.
+
+    Checked, before anything is applied: every key present, the version, ``step`` a non-negative
+    int, ``slimmed`` a bool, ``config``'s keys equal, and ``chosen`` a mapping from groups that
+    lose channels to at most as many distinct units as they lose, each one in range and removable
+    (checked against ``graph`` when given).
 
     Raises:
-        ValueError: Not a Pruner state, or another configuration (naming the key that differs).
+        ValueError: Naming the key that is missing, of the wrong type, or differs.
     """
+    if not isinstance(state, Mapping):
+        raise ValueError(f"a Pruner state is a dict from Pruner.state_dict(), got {type(state).__name__}")
     if state.get("version") != STATE_VERSION:
-        raise ValueError(f"not a Pruner state (version {state.get('version')!r})")
+        version = state.get("version")
+        raise ValueError(f"not a Pruner state of version {STATE_VERSION} (state['version'] is {version!r})")
+    missing = [k for k in _KEYS if k not in state]
+    if missing:
+        raise ValueError(f"not a whole Pruner state: key(s) {', '.join(map(repr, missing))} missing")
+    step = state["step"]
+    if not isinstance(step, int) or isinstance(step, bool) or step < 0:
+        raise ValueError(f"state['step'] must be an int >= 0, got {step!r}")
+    if not isinstance(state["slimmed"], bool):
+        raise ValueError(f"state['slimmed'] must be a bool, got {state['slimmed']!r}")
     for key, mine in config.items():
         if state[key] != mine:
             raise ValueError(
                 f"the saved Pruner has another {key} ({state[key]!r}) than this one ({mine!r}): create the "
                 f"Pruner with the same model, ratio, skip, groups and schedule as the run you resume"
             )
+    _check_chosen(state["chosen"], config.get("removed", {}), graph)
+
+
+def _check_chosen(chosen: Any, removed: Mapping[str, int], graph: Graph | None) -> None:
+    if not isinstance(chosen, Mapping):
+        raise ValueError(f"state['chosen'] must be a dict of group name -> units, got {type(chosen).__name__}")
+    for name, units in chosen.items():
+        where = f"state['chosen'][{name!r}]"
+        if not removed.get(name):
+            pruned = sorted(k for k, v in removed.items() if v)
+            raise ValueError(f"{where}: {name!r} is not a group that loses channels here; those are {pruned}")
+        if not isinstance(units, Sequence) or isinstance(units, str):
+            raise ValueError(f"{where} must be a list of unit indices, got {type(units).__name__}")
+        if any(not isinstance(u, int) or isinstance(u, bool) for u in units):
+            raise ValueError(f"{where} must hold ints, got {list(units)!r}")
+        if len(units) > removed[name]:
+            raise ValueError(f"{where} lists {len(units)} units, but the group loses {removed[name]}")
+        if graph is not None:
+            try:
+                graph.validate({name: units})
+            except PlanError as e:
+                raise ValueError(f"{where}: {e}") from None
+        elif len(set(units)) != len(units) or any(u < 0 for u in units):
+            raise ValueError(f"{where} lists a unit twice or a negative one: {list(units)!r}")
+
+
+class ScaleWatch:
+    """Notices scales that no optimizer updates (an optimizer built before the Pruner).
+
+    While the penalty is on, an optimizer that holds the scales moves them at every step.
+    :meth:`check` keeps a copy of the scales the first time it is called and raises when, at a
+    later call, they are still bit for bit the same. Once they have moved it stops looking, so a
+    step skipped later (GradScaler, a zero learning rate) is never mistaken for the problem.
+    """
+
+    def __init__(self) -> None:
+        self._first: tuple[int, torch.Tensor] | None = None
+        self._moved = False
+
+    def check(self, scales: Sequence[torch.Tensor], step: int) -> None:
+        """Compare ``scales`` at ``step`` with the copy taken at the first call.
+
+        Raises:
+            ASSLError: They have not changed since then.
+        """
+        if self._moved or not scales:
+            return
+        with torch.no_grad():
+            now = torch.cat([s.detach().reshape(-1) for s in scales])
+        if self._first is None:
+            self._first = (step, now.clone())
+            return
+        since, first = self._first
+        if not torch.equal(first, now):
+            self._moved, self._first = True, None
+            return
+        raise ASSLError(
+            f"the scales have not changed in the {step - since} steps since step {since}, although the penalty "
+            f"acts on them: the optimizer does not update them. Build the optimizer after creating the Pruner "
+            f"(over model.parameters(), which then include the scales), or add pruner.scale_parameters() as a "
+            f"param group"
+        )

@@ -9,6 +9,7 @@ affine parameters and running statistics, so eval-mode comparisons are meaningfu
 from __future__ import annotations
 
 import math
+import warnings
 from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -16,7 +17,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from torch.nn.utils.parametrizations import weight_norm
+from torch.nn.utils import spectral_norm as legacy_spectral_norm
+from torch.nn.utils import weight_norm as legacy_weight_norm
+from torch.nn.utils.parametrizations import spectral_norm, weight_norm
 
 _NORMS = (
     nn.BatchNorm1d,
@@ -691,6 +694,111 @@ class WeightNormNet(nn.Module):
         return self.tail(x)
 
 
+class WSConv2d(nn.Conv2d):
+    """Weight-standardized conv with a per-filter gain (normalizer-free ResNets): its own forward."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+
+    def forward(self, x):
+        w = self.weight
+        mean, var = w.mean(dim=(1, 2, 3), keepdim=True), w.var(dim=(1, 2, 3), keepdim=True)
+        w = (w - mean) / torch.sqrt(var + 1e-5) * self.gain
+        return F.conv2d(x, w, self.bias, self.stride, self.padding)
+
+
+class WSConvNet(nn.Module):
+    """A weight-standardized conv in front of a residual block: it is opaque, the block prunes."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.stem = default_conv(3, ch, 3)
+        self.ws = WSConv2d(ch, ch, 3, padding=1)
+        self.body = nn.Sequential(default_conv(ch, 2 * ch, 3), nn.ReLU(inplace=True), default_conv(2 * ch, ch, 3))
+        self.head = default_conv(ch, 3, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.ws(torch.relu(self.stem(x))))
+        x = x + self.body(x)
+        return self.head(x)
+
+
+class LegacyWeightNormNet(nn.Module):
+    """WDSR-like, with the legacy weight_norm hooks: per output channel, over everything, and on a
+    ConvTranspose whose dim=0 normalizes its input channels."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            self.head = legacy_weight_norm(default_conv(3, ch, 3))
+            self.body = nn.Sequential(
+                legacy_weight_norm(default_conv(ch, 2 * ch, 3)),
+                nn.ReLU(inplace=True),
+                legacy_weight_norm(default_conv(2 * ch, ch, 3), dim=None),
+            )
+            self.up = legacy_weight_norm(nn.ConvTranspose2d(ch, ch, 4, stride=2, padding=1))
+        self.tail = default_conv(ch, 3, 3)
+
+    def forward(self, x):
+        x = self.head(x)
+        x = x + self.body(x)
+        return self.tail(torch.relu(self.up(x)))
+
+
+class LegacySpectralNormNet(nn.Module):
+    """Legacy spectral_norm hooks on a ConvTranspose (dim=1) and on the second conv of a residual
+    block: their output channels can go, the channels they consume stay."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.up = legacy_spectral_norm(nn.ConvTranspose2d(3, ch, 4, stride=2, padding=1))
+        self.mid = default_conv(ch, ch, 3)
+        self.body = nn.Sequential(
+            default_conv(ch, 2 * ch, 3), nn.ReLU(inplace=True), legacy_spectral_norm(default_conv(2 * ch, ch, 3))
+        )
+        self.tail = default_conv(ch, 3, 3)
+
+    def forward(self, x):
+        x = self.mid(torch.relu(self.up(x)))
+        x = x + self.body(x)
+        return self.tail(x)
+
+
+class SpectralNormNet(nn.Sequential):
+    """The parametrized spectral_norm on two convs of a plain chain."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__(
+            spectral_norm(default_conv(3, ch, 3)),
+            nn.ReLU(inplace=True),
+            spectral_norm(default_conv(ch, ch, 3)),
+            nn.ReLU(inplace=True),
+            default_conv(ch, 3, 3),
+        )
+
+
+class HookNet(nn.Module):
+    """The user's hooks on convs: a pre-hook scales the input, a forward hook applies ReLU and scales,
+    another adds 1 (its channels are no longer zero once removed, so they stay)."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.stem = default_conv(3, ch, 3)
+        self.a = default_conv(ch, ch, 3)
+        self.b = default_conv(ch, ch, 3)
+        self.tail = default_conv(ch, 3, 3)
+        self.a.register_forward_pre_hook(lambda m, args: (args[0] * 0.5,))
+        self.a.register_forward_hook(lambda m, args, out: torch.relu(out) * 2)
+        self.b.register_forward_hook(lambda m, args, out: out + 1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.a(x)
+        return self.tail(torch.relu(self.b(x)))
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -755,4 +863,9 @@ CASES: list[Case] = [
     Case("conv1d", _seeded(ConvNdNet, 1, 2, 8), _rand(2, 2, 16), _rand(2, 2, 24)),
     Case("conv3d", _seeded(ConvNdNet, 3, 1, 4), _rand(2, 1, 6, 6, 6), _rand(2, 1, 4, 8, 8)),
     Case("weight_norm", _seeded(WeightNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
+    Case("ws_conv", _seeded(WSConvNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 12)),
+    Case("legacy_weight_norm", _seeded(LegacyWeightNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 6)),
+    Case("legacy_spectral_norm", _seeded(LegacySpectralNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 6, 10)),
+    Case("spectral_norm", _seeded(SpectralNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
+    Case("hooks", _seeded(HookNet), _rand(2, 3, 8, 8), _rand(2, 3, 12, 10)),
 ]

@@ -2,16 +2,46 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from typing import cast
 
 import numpy as np
+import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from torch.nn.utils.weight_norm import WeightNorm
 
 from ..graph import ChannelGroup, Entry, Graph
+from ..reparam import legacy_hook, underlying, value
 from .channels import Nodes
 
-__all__ = ["build_graph"]
+__all__ = ["build_graph", "pin_shared"]
+
+
+def _backing(m: nn.Module, name: str) -> list[torch.Tensor]:
+    """The Parameters a tensor of ``m`` is computed from (itself when it is one)."""
+    hook = legacy_hook(m, name)
+    names = underlying(hook) if hook is not None else (name,)
+    out: list[torch.Tensor] = []
+    for n in names:
+        if parametrize.is_parametrized(m, n):
+            out.extend(cast(nn.ModuleDict, m.parametrizations)[n].parameters(recurse=False))
+        elif m._parameters.get(n) is not None:
+            out.append(cast(torch.Tensor, m._parameters[n]))
+    return out
+
+
+def pin_shared(model: nn.Module, entries: Iterable[Entry], nodes: Nodes) -> None:
+    """A Parameter shared by two modules (weight tying) cannot be cut differently for each: pin it."""
+    owners: dict[int, list[Entry]] = {}
+    for e in entries:
+        for p in _backing(model.get_submodule(e.module), e.tensor):
+            owners.setdefault(id(p), []).append(e)
+    for shared in owners.values():
+        if len({e.module for e in shared}) > 1:
+            names = ", ".join(sorted({f"{e.module}.{e.tensor}" for e in shared}))
+            for e in shared:
+                nodes.fix(e.labels, f"one Parameter shared by {names}")
 
 
 def build_graph(
@@ -69,7 +99,10 @@ def build_graph(
 
     entry_roots = [Nodes.roots(table, e.labels) for e in entries]
     # parameter shapes after folding parametrizations, to predict counts after slimming
+    # a legacy hook's tensor stands for the Parameters it is rebuilt from: weight_v (and weight_g,
+    # whose normalized dim follows it) for weight norm, weight_orig for spectral norm
     shapes: dict[tuple[str, str], tuple[int, ...]] = {}
+    followers: dict[tuple[str, str], list[tuple[str, int]]] = {}
     counted: set[int] = set()
     for name in dict.fromkeys(e.module for e in entries):
         m = model.get_submodule(name)
@@ -79,10 +112,18 @@ def build_graph(
             names += list(plists.keys())
             for p in plists.parameters():
                 counted.add(id(p))
+        hook = legacy_hook(m)
+        if hook is not None:
+            names = [n for n in names if n not in underlying(hook)] + [hook.name]
+            counted.update(id(p) for p in _backing(m, hook.name))
+            if isinstance(hook, WeightNorm):
+                names.append(hook.name + "_g")
+                if hook.dim >= 0:
+                    followers[(name, hook.name)] = [(hook.name + "_g", hook.dim)]
         for t_name in names:
-            t = getattr(m, t_name)
+            t = value(m, t_name) if parametrize.is_parametrized(m, t_name) else getattr(m, t_name)
             if t is not None and t_name not in m._buffers:
                 shapes[(name, t_name)] = tuple(t.shape)
                 counted.add(id(m._parameters.get(t_name)))
     fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in counted)
-    return Graph(groups, unit_roots, entries, entry_roots, shapes, fixed_params, positions or {})
+    return Graph(groups, unit_roots, entries, entry_roots, shapes, fixed_params, positions or {}, followers)

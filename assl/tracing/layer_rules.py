@@ -130,6 +130,32 @@ def _prelu(tr: Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tenso
     tr.put(out, v, name)
 
 
+def _channel_dim(m: nn.Module, t: torch.Tensor) -> int:
+    """The dimension of ``t`` that holds the channels a known layer produces or carries."""
+    if isinstance(m, _ConvNd):
+        return t.ndim - len(m.kernel_size) - 1
+    if isinstance(m, INSTANCENORM):
+        return t.ndim - (1 if isinstance(m, nn.InstanceNorm1d) else 2 if isinstance(m, nn.InstanceNorm2d) else 3) - 1
+    if isinstance(m, (nn.Linear, nn.LayerNorm)):
+        return t.ndim - 1
+    return 1 if t.ndim >= 2 else 0
+
+
+def opaque_layer(tr: Tracer, name: str, m: nn.Module, inputs: list[torch.Tensor], out: object, why: str) -> None:
+    """A known layer whose computation the tracer cannot see: its input and output channels stay."""
+    reason = f"`{name}` is opaque: {why}"
+    for x in inputs:
+        v = tr.get(x)
+        if v is not None:
+            tr.fix(v.labels, reason)
+    if isinstance(out, torch.Tensor) and out.ndim:
+        d = _channel_dim(m, out)
+        if 0 <= d < out.ndim:  # channels of its own that carry the reason to whatever they meet
+            labels = tr.nodes.new(out.shape[d])
+            tr.fix(labels, reason)
+            tr.put(out, Value(d, labels, np.zeros(out.shape[d], dtype=bool)), name)
+
+
 def record(tr: Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
     """Record one call of a known layer: its entries and the labels of its output."""
     if isinstance(m, _ConvNd):
@@ -144,4 +170,4 @@ def record(tr: Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tens
         _norm(tr, name, m, x, out)
 
 
-__all__ = ["record"]
+__all__ = ["opaque_layer", "record"]

@@ -14,7 +14,7 @@ import torch
 
 from .channels import Nodes, ParamRef, Value
 
-__all__ = ["Opaque", "Rule", "Tracer", "arg", "first_out", "norm_dim"]
+__all__ = ["METADATA", "Opaque", "Rule", "Tracer", "arg", "first_out", "norm_dim"]
 
 
 class Tracer(Protocol):
@@ -81,3 +81,51 @@ def first_out(out: Any) -> torch.Tensor | None:
 def norm_dim(d: int, ndim: int) -> int:
     """A dimension index made non-negative."""
     return d + ndim if d < 0 else d
+
+
+# tensor methods and properties that read metadata, not values: they never pin channels
+METADATA = frozenset(
+    {
+        "size",
+        "shape",
+        "dim",
+        "ndim",
+        "ndimension",
+        "numel",
+        "nelement",
+        "dtype",
+        "device",
+        "is_cuda",
+        "is_contiguous",
+        "stride",
+        "storage_offset",
+        "requires_grad",
+        "is_leaf",
+        "grad",
+        "grad_fn",
+        "layout",
+        "is_floating_point",
+        "is_complex",
+        "element_size",
+        "__len__",
+        "__repr__",
+        "__format__",
+        "__hash__",
+        "get_device",
+        "is_sparse",
+        "is_quantized",
+        "is_meta",
+        "names",
+        "_version",
+        "data_ptr",
+        "_base",
+        "is_nested",
+        "is_mps",
+        "is_xpu",
+        "itemsize",
+        "nbytes",
+        "__bool__",
+        "__eq__",
+        "__ne__",
+    }
+)

@@ -3,6 +3,11 @@
 A channel keeps its node wherever it moves; pieces of constant size (``split`` with sizes,
 ``x[:, a:b]``) pin the channels they cut, because the forward code would cut the slimmed tensor at
 the same sizes. ``chunk`` sizes its pieces from the tensor, so it only ties them.
+
+Sizes given to ``view``/``reshape``/``unflatten``/``expand`` follow the same rule: the size the
+channels land in must be ``-1`` or computed from a traced channel size (a :class:`SizeInt` that
+``x.size(1)``, ``x.shape`` or ``x.numel()`` returned while tracing); a size written in the forward
+code (``h.reshape(b, 8 * 144)``) would not fit the slimmed tensor, so it pins the channels.
 """
 
 from __future__ import annotations
@@ -14,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from .channels import FIXED, Value
+from .channels import FIXED, SizeInt, Value
 from .protocol import Opaque, Rule, Tracer
 from .protocol import arg as _arg
 from .protocol import norm_dim as _norm_dim
@@ -57,7 +62,61 @@ def _reshape(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
     if mapped is None:
         raise Opaque
     j, repeat = mapped
-    tr.put(out, Value(j, np.repeat(v.labels, repeat), np.repeat(v.zero, repeat)), name)
+    labels = np.repeat(v.labels, repeat)
+    if name in ("view_as", "reshape_as"):
+        _follow_shape_of(tr, name, _arg(args, kwargs, 1, "other"), j, labels)
+    else:
+        _check_size(tr, name, _requested(name, args, kwargs, x.ndim, out.ndim), j, v)
+    tr.put(out, Value(j, labels, np.repeat(v.zero, repeat)), name)
+
+
+_CONSTANT_SIZE = (
+    "reshaped by `{name}` to a size written in the forward code ({size}): the slimmed tensor would not fit "
+    "it; compute the size from the tensor (x.size(1), x.shape, -1) to let these channels go"
+)
+
+
+def _requested(name: str, args: tuple, kwargs: dict, in_ndim: int, out_ndim: int) -> list[Any] | None:
+    """The sizes the forward code asked for, one per output dimension (None: taken from the tensor)."""
+    if name in ("view", "reshape", "expand", "broadcast_to"):
+        rest: Any = args[1:]
+        if len(rest) == 1 and not isinstance(rest[0], int):
+            rest = rest[0]
+        elif not rest:
+            rest = kwargs.get("shape", kwargs.get("size"))
+        if isinstance(rest, torch.dtype) or rest is None:
+            return None
+        sizes = list(rest)
+        return sizes if len(sizes) == out_ndim else None
+    if name == "unflatten":
+        d = _norm_dim(_arg(args, kwargs, 1, "dim"), in_ndim)
+        sizes = list(_arg(args, kwargs, 2, "sizes"))
+        return [None] * d + sizes + [None] * (in_ndim - d - 1)
+    return None  # flatten, squeeze, unsqueeze, ravel: every size comes from the tensor
+
+
+def _check_size(tr: Tracer, name: str, sizes: list[Any] | None, j: int, v: Value) -> None:
+    """Pin the channels unless the size they land in (``sizes[j]``) follows the tensor."""
+    if sizes is None:
+        return
+    size = sizes[j]
+    if size is None or (size == -1 and not isinstance(size, SizeInt)):
+        return
+    if isinstance(size, SizeInt):
+        same = [s for s in size.sources if len(s) == v.size]
+        if same:  # read from a tensor with as many channels: both must lose the same ones
+            tr.union(same[0], v.labels, f"sized by `{name}` after a channel that cannot be removed")
+            return
+    tr.fix(v.labels, _CONSTANT_SIZE.format(name=name, size=size))
+
+
+def _follow_shape_of(tr: Tracer, name: str, other: Any, j: int, labels: np.ndarray) -> None:
+    """``x.view_as(other)``: x's channels land where other's are, and must go with them."""
+    w = tr.get(other)
+    if w is not None and w.dim == j and w.size == len(labels):
+        tr.union(w.labels, labels, f"shaped by `{name}` like a channel that cannot be removed")
+    else:
+        tr.fix(labels, _CONSTANT_SIZE.format(name=name, size="the shape of a tensor whose channels stay"))
 
 
 def _permutation(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
@@ -113,7 +172,33 @@ def _expand(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     pos = v.dim + out.ndim - x.ndim
     if out.shape[pos] != v.size:
         raise Opaque
+    if name == "expand_as":
+        _follow_shape_of(tr, name, _arg(args, kwargs, 1, "other"), pos, v.labels)
+    else:
+        _check_size(tr, name, _requested(name, args, kwargs, x.ndim, out.ndim), pos, v)
     tr.put(out, v.moved(pos), name)
+
+
+_SIZES = frozenset({"size", "shape", "numel", "__len__"})
+
+
+def sized(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Any:
+    """What ``size``/``shape``/``numel``/``len`` return, with a traced channel size as a :class:`SizeInt`."""
+    x = args[0] if args else None
+    v = tr.get(x)
+    if name not in _SIZES or v is None or not isinstance(x, torch.Tensor):
+        return out
+    src = (v.labels,)
+    if isinstance(out, torch.Size):
+        return torch.Size([SizeInt(n, src) if i == v.dim else n for i, n in enumerate(out)])
+    if not isinstance(out, int) or isinstance(out, bool):
+        return out
+    if name == "numel" or (name == "__len__" and v.dim == 0):
+        return SizeInt(out, src)
+    d = _arg(args, kwargs, 1, "dim")
+    if name == "size" and isinstance(d, int) and _norm_dim(d, x.ndim) == v.dim:
+        return SizeInt(out, src)
+    return out
 
 
 _CONSTANT_CUT = (

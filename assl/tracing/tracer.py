@@ -3,7 +3,9 @@
 The model runs eagerly, so Python control flow, in-place ops and any number of inputs and
 outputs behave exactly as in training. Known layers (convolutions, Linear, normalizations,
 PReLU) are observed through forward hooks; everything between them through a
-``TorchFunctionMode`` that sees each torch function and tensor method. See ``docs/graph.md``.
+``TorchFunctionMode`` that sees each torch function and tensor method, the user's own forward
+hooks and pre-hooks on known layers included. Known layers whose computation is not their torch
+class's are opaque (``reparam.opaque_reason``). See ``docs/graph.md``.
 """
 
 from __future__ import annotations
@@ -15,20 +17,23 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.modules import module as _module
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .._inputs import call_args as _call_args
+from .._inputs import check_on_device, input_sets
 from .._inputs import tensors as _tensors
 from ..errors import TraceError
 from ..graph import Entry, Graph
 from ..layers import LAYER_TYPES, PRODUCER_TYPES
-from .build import build_graph
+from ..reparam import exact_dim, opaque_reason, spectral_reason
+from .build import build_graph, pin_shared
 from .channels import Nodes, ParamRef, Value
 from .elementwise import ELEMENTWISE_RULES
-from .layer_rules import record
-from .protocol import Opaque, Rule
-from .shape_rules import SHAPE_RULES
+from .layer_rules import opaque_layer, record
+from .preserve import Preserved
+from .protocol import METADATA, Opaque, Rule
+from .shape_rules import SHAPE_RULES, sized
 from .spatial import SPATIAL_RULES
 
 __all__ = ["trace"]
@@ -41,7 +46,7 @@ RULES: dict[str, Rule] = {**ELEMENTWISE_RULES, **SPATIAL_RULES, **SHAPE_RULES}
 class _Tracer(TorchFunctionMode):
     """Records channel labels of every tensor the forward pass makes."""
 
-    def __init__(self, model: nn.Module, approximate_norms: bool) -> None:
+    def __init__(self, model: nn.Module, approximate_norms: bool, layers: Sequence[tuple[str, nn.Module]]) -> None:
         super().__init__()
         self.approximate_norms = approximate_norms
         self.nodes = Nodes()
@@ -53,6 +58,9 @@ class _Tracer(TorchFunctionMode):
         self.called: set[str] = set()
         self.positions: dict[str, int] = {}
         self.opaque: dict[str, int] = {}
+        self.opaque_layers = {n: r for n, r in ((n, opaque_reason(m)) for n, m in layers) if r is not None}
+        dims = ((n, exact_dim(m, "weight")) for n, m in layers)
+        self.exact_dims = {(n, "weight"): d for n, d in dims if d is not None}
         self._depth = 0
         self._stack: list[bool] = []
         for mod_name, mod in model.named_modules():
@@ -95,6 +103,9 @@ class _Tracer(TorchFunctionMode):
 
     def entry(self, module: str, tensor: str, dim: int, labels: np.ndarray, role: str) -> None:
         key = (module, tensor, dim)
+        exact = self.exact_dims.get((module, tensor))
+        if exact is not None and dim != exact:
+            self.fix(labels, spectral_reason(module, dim))
         old = self.entries.get(key)
         if old is None:
             self.entries[key] = Entry(module, tensor, dim, labels.copy(), role)
@@ -130,6 +141,10 @@ class _Tracer(TorchFunctionMode):
             if not self._stack.pop():
                 return
             self.called.add(name)
+            reason = self.opaque_layers.get(name)
+            if reason is not None:
+                opaque_layer(self, name, module, list(_tensors((args, kwargs))), output, reason)
+                return
             x = args[0] if args else next(iter(_tensors(kwargs)), None)
             if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
                 return
@@ -149,6 +164,7 @@ class _Tracer(TorchFunctionMode):
         name = getattr(func, "__name__", "")
         if name == "__get__":
             name = getattr(getattr(func, "__self__", None), "__name__", name)
+        out = sized(self, name, args, kwargs, out)  # x.size(1) of a traced tensor: a SizeInt
         self._record(name, args, kwargs, out)
         return out
 
@@ -156,7 +172,7 @@ class _Tracer(TorchFunctionMode):
         outs = list(_tensors(out))
         inputs = list(_tensors((args, kwargs)))
         if not outs:
-            if name not in _METADATA:  # data leaves torch (numpy, tolist, item): we lose track of it
+            if name not in METADATA:  # data leaves torch (numpy, tolist, item): we lose track of it
                 self._opaque(name, inputs, f"`{name}` takes the values out of torch")
             return
         if not any(t in self.values or t in self.refs for t in inputs):
@@ -194,53 +210,6 @@ class _Tracer(TorchFunctionMode):
         return t._base is not None or t in self.has_views
 
 
-_METADATA = frozenset(
-    {
-        "size",
-        "shape",
-        "dim",
-        "ndim",
-        "ndimension",
-        "numel",
-        "nelement",
-        "dtype",
-        "device",
-        "is_cuda",
-        "is_contiguous",
-        "stride",
-        "storage_offset",
-        "requires_grad",
-        "is_leaf",
-        "grad",
-        "grad_fn",
-        "layout",
-        "is_floating_point",
-        "is_complex",
-        "element_size",
-        "__len__",
-        "__repr__",
-        "__format__",
-        "__hash__",
-        "get_device",
-        "is_sparse",
-        "is_quantized",
-        "is_meta",
-        "names",
-        "_version",
-        "data_ptr",
-        "_base",
-        "is_nested",
-        "is_mps",
-        "is_xpu",
-        "itemsize",
-        "nbytes",
-        "__bool__",
-        "__eq__",
-        "__ne__",
-    }
-)
-
-
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     try:
         return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr() != 0
@@ -250,20 +219,6 @@ def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def _same(a: Value, b: Value) -> bool:
     return a.dim == b.dim and np.array_equal(a.labels, b.labels) and np.array_equal(a.zero, b.zero)
-
-
-def _pin_shared(model: nn.Module, tracer: _Tracer) -> None:
-    """A Parameter shared by two modules (weight tying) cannot be cut differently for each: pin it."""
-    owners: dict[int, list[Entry]] = {}
-    for e in tracer.entries.values():
-        p = model.get_submodule(e.module)._parameters.get(e.tensor)
-        if p is not None:
-            owners.setdefault(id(p), []).append(e)
-    for entries in owners.values():
-        if len({e.module for e in entries}) > 1:
-            names = ", ".join(sorted({f"{e.module}.{e.tensor}" for e in entries}))
-            for e in entries:
-                tracer.fix(e.labels, f"one Parameter shared by {names}")
 
 
 def trace(
@@ -302,7 +257,7 @@ def trace(
         >>> print(graph.summary())
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"trace() needs an nn.Module, got {type(model).__name__}")
+        raise TypeError(f"trace() needs an nn.Module as the model, got {type(model).__name__}")
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
         raise TypeError("trace the wrapped model itself (model.module), not its DataParallel wrapper")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
@@ -311,15 +266,23 @@ def trace(
             f"{type(model).__name__} has no prunable layer: trace() prunes the output channels of "
             f"Conv1d/2d/3d, ConvTranspose1d/2d/3d and Linear layers and found none"
         )
-    calls = [_call_args(example_inputs), *(_call_args(x) for x in extra_inputs)]
-    tracer = _Tracer(model, approximate_norms)
-    saved = {n: b.detach().clone() for n, b in model.named_buffers()}
+    calls = input_sets(example_inputs, extra_inputs)
+    check_on_device(model)
+    if _module._global_forward_hooks:
+        raise TraceError(
+            "a global forward hook (torch.nn.modules.module.register_module_forward_hook) changes what every "
+            "layer returns before the tracer sees it; remove it while tracing and slimming"
+        )
+    tracer = _Tracer(model, approximate_norms, layers)
+    preserved = Preserved(model)  # every parameter and buffer goes back as it was, whatever happens
     devices = sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.is_cuda})
     handles = []
     try:
         for name, m in layers:
+            # the user's pre-hooks run before ours and their forward hooks after ours: their
+            # operations are traced as code between layers
             handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
-            handles.append(m.register_forward_hook(tracer.make_post_hook(name), with_kwargs=True))
+            handles.append(m.register_forward_hook(tracer.make_post_hook(name), with_kwargs=True, prepend=True))
         with torch.random.fork_rng(devices=devices), torch.no_grad():
             for i, (args, kwargs) in enumerate(calls):
                 try:
@@ -336,19 +299,25 @@ def trace(
                     v = tracer.get(t)
                     if v is not None:
                         tracer.fix(v.labels, "reaches the model's output")
+        for h in handles:
+            h.remove()
+        handles = []
+        pin_shared(model, tracer.entries.values(), tracer.nodes)
+        graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
     finally:
         for h in handles:
             h.remove()
-        buffers = dict(model.named_buffers())
-        with torch.no_grad():
-            for n, b in saved.items():
-                if n in buffers:
-                    buffers[n].copy_(b)
-    _pin_shared(model, tracer)
-    graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
-    untraced = [n for n, m in layers if n not in tracer.called and isinstance(m, PRODUCER_TYPES)]
-    graph.untraced = tuple(untraced)
+        preserved.restore()
+    graph.untraced = tuple(n for n, m in layers if n not in tracer.called and isinstance(m, PRODUCER_TYPES))
     graph.opaque_ops = dict(tracer.opaque)
+    graph.opaque_layers = dict(tracer.opaque_layers)
+    graph.module_names = tuple(n for n, _ in model.named_modules() if n)
+    _log(model, graph)
+    return graph
+
+
+def _log(model: nn.Module, graph: Graph) -> None:
+    untraced = graph.untraced
     if untraced:
         logger.warning(
             "%d layer(s) never ran on the example inputs and are left untouched: %s. If forward can "
@@ -356,8 +325,10 @@ def trace(
             len(untraced),
             ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else ""),
         )
-    if tracer.opaque:
-        logger.info("ops not modeled (their input channels stay): %s", tracer.opaque)
+    if graph.opaque_ops:
+        logger.info("ops not modeled (their input channels stay): %s", graph.opaque_ops)
+    for name, reason in graph.opaque_layers.items():
+        logger.info("layer %s is opaque, its channels stay: %s", name, reason)
     for g in graph.groups:
         if g.num_prunable < g.size:
             logger.info(
@@ -371,4 +342,3 @@ def trace(
     if not any(g.num_prunable for g in graph.groups):
         logger.warning("%s has no channel that can be removed exactly:\n%s", type(model).__name__, graph.summary())
     logger.info("traced %d producers in %d channel groups", len(graph.layers), len(graph.groups))
-    return graph
