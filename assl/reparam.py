@@ -40,6 +40,7 @@ __all__ = [
     "copy_model",
     "cut",
     "exact_dim",
+    "hook_dim",
     "legacy_hook",
     "legacy_hooks",
     "opaque_reason",
@@ -75,6 +76,14 @@ def _kind(hook: LegacyHook) -> str:
     return "weight_norm" if isinstance(hook, WeightNorm) else "spectral_norm"
 
 
+def hook_dim(m: nn.Module, hook: LegacyHook) -> int:
+    """The dimension the hook normalizes, made non-negative; -1 for a weight norm over everything."""
+    if isinstance(hook, WeightNorm) and hook.dim == -1:
+        return -1
+    ndim = value(m, underlying(hook)[-1]).ndim
+    return hook.dim % ndim
+
+
 def underlying(hook: LegacyHook) -> tuple[str, ...]:
     """The Parameters the hook rebuilds its tensor from."""
     if isinstance(hook, WeightNorm):
@@ -85,7 +94,7 @@ def underlying(hook: LegacyHook) -> tuple[str, ...]:
 def exact_dim(m: nn.Module, tensor: str) -> int | None:
     """The only dimension of ``m.<tensor>`` that can be cut exactly, or None when any can."""
     hook = legacy_hook(m, tensor)
-    return hook.dim if isinstance(hook, SpectralNorm) else None
+    return hook_dim(m, hook) if isinstance(hook, SpectralNorm) else None
 
 
 def spectral_reason(module: str, dim: int) -> str:
@@ -105,7 +114,7 @@ def scale_target(m: nn.Module, out_dim: int) -> str:
     """
     hook = legacy_hook(m)
     if isinstance(hook, WeightNorm):
-        return hook.name + ("_g" if hook.dim == out_dim else "_v")
+        return hook.name + ("_g" if hook_dim(m, hook) == out_dim else "_v")
     if isinstance(hook, SpectralNorm):
         return hook.name + "_orig"
     return "weight"
@@ -197,7 +206,7 @@ def _cut_weight_norm(
     m: nn.Module, hook: WeightNorm, cuts: Sequence[tuple[int, np.ndarray]], zero: bool
 ) -> dict[str, torch.Tensor]:
     g, v = value(m, hook.name + "_g"), value(m, hook.name + "_v")
-    d = hook.dim  # -1: one norm over the whole tensor
+    d = hook_dim(m, hook)  # -1: one norm over the whole tensor
     old = torch.norm_except_dim(v, 2, d)  # the norm each slice of v had: the shape of g
     for dim, keep in cuts:
         if zero:
@@ -223,7 +232,7 @@ def _cut_spectral_norm(
     w = value(m, hook.name + "_orig")
     u = getattr(m, hook.name + "_u").detach()
     for dim, keep in cuts:
-        if dim != hook.dim:
+        if dim != hook_dim(m, hook):
             raise ASSLError(spectral_reason(_name(m), dim) + "; trace the model again")
         if zero:
             w = w.index_fill(dim, _index(~keep, w.device), 0)

@@ -122,6 +122,23 @@ def test_legacy_weight_norm_is_cut_and_its_hook_keeps_working():
     assert max_rel_err(masked, model, X) < 1e-5
 
 
+@pytest.mark.parametrize("dim", [0, 1, None, -4, -3])
+def test_legacy_weight_norm_over_any_dimension_is_exact(dim):
+    torch.manual_seed(0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)
+        model = nn.Sequential(
+            _conv(3, 8), nn.ReLU(), torch.nn.utils.weight_norm(_conv(8, 8), dim=dim), nn.ReLU(), _conv(8, 3)
+        ).eval()
+    graph = assl.trace(model, X)
+    plan = {"0": [1, 2, 5], "2": [0, 3, 4, 7]}
+    masked = assl.masked_copy(model, graph, plan)
+    assl.slim(model, graph, plan)
+    assert max_rel_err(masked, model, X) < 1e-5 and max_rel_err(masked, model, X[:, :, :5]) < 1e-5
+    assert sum(p.numel() for p in model.parameters()) == graph.count_params(plan)
+    assert model[2].weight_v.shape == (4, 5, 3, 3)
+
+
 def test_pruner_on_legacy_weight_norm_and_spectral_norm_scales_what_the_hook_reads():
     for net, scaled in ((LegacyWeightNormNet, "weight_g"), (LegacySpectralNormNet, "weight_orig")):
         model = net().eval()  # in train mode spectral norm steps its power iteration at every call

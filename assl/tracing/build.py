@@ -12,7 +12,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
 from ..graph import ChannelGroup, Entry, Graph
-from ..reparam import legacy_hook, underlying, value
+from ..reparam import hook_dim, legacy_hook, underlying, value
 from .channels import Nodes
 
 __all__ = ["build_graph", "pin_shared"]
@@ -118,8 +118,8 @@ def build_graph(
             counted.update(id(p) for p in _backing(m, hook.name))
             if isinstance(hook, WeightNorm):
                 names.append(hook.name + "_g")
-                if hook.dim >= 0:
-                    followers[(name, hook.name)] = [(hook.name + "_g", hook.dim)]
+                if hook_dim(m, hook) >= 0:
+                    followers[(name, hook.name)] = [(hook.name + "_g", hook_dim(m, hook))]
         for t_name in names:
             t = value(m, t_name) if parametrize.is_parametrized(m, t_name) else getattr(m, t_name)
             if t is not None and t_name not in m._buffers:

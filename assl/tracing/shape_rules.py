@@ -184,9 +184,11 @@ _SIZES = frozenset({"size", "shape", "numel", "__len__"})
 
 def sized(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Any:
     """What ``size``/``shape``/``numel``/``len`` return, with a traced channel size as a :class:`SizeInt`."""
-    x = args[0] if args else None
+    if name not in _SIZES or not args:
+        return out
+    x = args[0]
     v = tr.get(x)
-    if name not in _SIZES or v is None or not isinstance(x, torch.Tensor):
+    if v is None or not isinstance(x, torch.Tensor):
         return out
     src = (v.labels,)
     if isinstance(out, torch.Size):

@@ -231,16 +231,19 @@ def trace(
     """Find the channel groups of ``model`` by running it on ``example_inputs``.
 
     The model runs once per input set, eagerly and without gradients. It is left as it was
-    found: same training flag, same buffers (BatchNorm running statistics), no gradients, same
-    global random state.
+    found: same training flag, every parameter and buffer bit for bit (BatchNorm running
+    statistics, spectral norm's power-iteration vectors), no gradients, same global random state.
+    Known layers whose computation is not their torch class's are opaque: their channels stay,
+    listed in ``graph.opaque_layers`` and ``graph.summary()``.
 
     Args:
         model: Any ``nn.Module``.
         example_inputs: Exactly what the model is called with: a tensor is one positional
             argument (keep the batch dimension), a tuple or list gives positional arguments, a
             dict keyword arguments.
-        extra_inputs: More input sets, traced too, for forward code whose path depends on the
-            input (a shape-dependent branch): the constraints of all runs are combined.
+        extra_inputs: A list of more input sets, each given as ``example_inputs`` is, traced too,
+            for forward code whose path depends on the input (a shape-dependent branch): the
+            constraints of all runs are combined.
         approximate_norms: Allow pruning channels that GroupNorm or LayerNorm normalize together.
             The slimmed model is then NOT equal to the masked one (the statistics change);
             fine-tune afterwards.
@@ -249,8 +252,11 @@ def trace(
         The :class:`~assl.Graph` of producers, consumers and channel groups.
 
     Raises:
-        TypeError: ``model`` is not a module, or the inputs are of an unsupported type.
-        TraceError: The model rejects the inputs, or has no Conv/ConvTranspose/Linear layer.
+        TypeError: ``model`` is not a module, the inputs are of an unsupported type, or
+            ``extra_inputs`` is not a list of input sets.
+        ValueError: The model or the inputs hold tensors on the meta device.
+        TraceError: The model rejects the inputs, has no Conv/ConvTranspose/Linear layer, or a
+            global forward hook is registered.
 
     Example:
         >>> graph = assl.trace(model, torch.randn(1, 3, 48, 48))
