@@ -260,7 +260,7 @@ def opaque_reason(m: nn.Module) -> str | None:
     class's computation. That does not hold when:
 
     * its class replaces ``forward`` (or ``_conv_forward``) of the torch class, e.g. a convolution
-      that standardizes its weight with a per-filter gain;
+      that standardizes its weight with a per-filter gain, or the instance's own attribute does;
     * its ``weight`` or ``bias`` is neither a Parameter, a buffer, a parametrization nor the
       tensor of a supported legacy weight-norm or spectral-norm hook, but something a hook computes;
     * a legacy weight-norm or spectral-norm hook sits on another tensor or on a layer that is not
@@ -271,6 +271,8 @@ def opaque_reason(m: nn.Module) -> str | None:
         return None
     cls = type(m)
     for attr in _OWN_METHODS:
+        if attr in m.__dict__:
+            return f"its `{attr}` is replaced on the instance, so the tracer cannot see what it computes"
         if getattr(cls, attr, None) is not getattr(base, attr, None):
             owner = next((c for c in cls.__mro__ if attr in c.__dict__), cls)
             return (

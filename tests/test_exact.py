@@ -86,6 +86,15 @@ def test_weight_computed_by_an_unknown_pre_hook_is_opaque():
     assert "computed outside the layer" in graph.opaque_layers["a"]
 
 
+def test_forward_replaced_on_the_instance_is_opaque():
+    model = _Res()
+    conv = model.a
+    model.a.forward = lambda x: nn.functional.conv2d(x, conv.weight.flip(0), conv.bias, padding=1)
+    graph = assl.trace(model, X)
+    assert "replaced on the instance" in graph.opaque_layers["a"]
+    assert graph.group("head").num_prunable == 0
+
+
 def test_the_users_hooks_are_traced_through():
     model = _Res()
     model.a.register_forward_hook(lambda m, args, out: out + 1)  # slimmed != masked by 0.46 before
