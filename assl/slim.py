@@ -137,6 +137,7 @@ def slim(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     Raises:
         PlanError: The plan does not fit the graph, or the model changed since it was traced.
             The model is untouched then.
+        ASSLError: Changing a module failed (named); every module is put back as it was.
 
     Example:
         >>> graph = assl.trace(model, x)
@@ -209,19 +210,21 @@ def slimmed_copy(model: nn.Module, graph: Graph, plan: Plan, example_inputs: Any
 
     Raises:
         ASSLError: The slimmed copy differs from the masked model on ``example_inputs`` beyond
-            float tolerance; ``model`` is untouched.
+            float tolerance, or building or running it fails (naming the module); ``model`` is
+            untouched.
     """
     small = slim(_guarded("the model", functools.partial(copy_model, model)), graph, plan)
     if check:
         masked = _guarded("the model", lambda: masked_copy(model, graph, plan))
-        with _failing_layer(small) as where:
+        with _failing_layer(masked) as in_masked, _failing_layer(small) as in_small:
             try:
                 err = max_rel_err(masked, small, example_inputs)
             except Exception as e:
+                which, where = ("the masked reference", in_masked) if in_masked else ("the slimmed model", in_small)
                 raise ASSLError(
-                    f"the slimmed model fails in `{where[-1] if where else type(small).__name__}` on the example "
-                    f"inputs ({type(e).__name__}: {e}); the model is untouched. Its forward code may depend "
-                    f"on the channel count in a way the tracer does not see: please report this with the model's code"
+                    f"{which} fails in `{where[-1] if where else type(small).__name__}` on the example inputs "
+                    f"({type(e).__name__}: {e}); the model is untouched. Its forward code may depend on the "
+                    f"channel count in a way the tracer does not see: please report this with the model's code"
                 ) from e
         if not err <= tolerance(small):
             raise ASSLError(
