@@ -13,16 +13,16 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from .selection import ScaledLayer
+from .selection import Carrier
 
 __all__ = ["add_penalty", "apply_penalty", "check_optimizer", "step_pre_hook"]
 
 
-def apply_penalty(layers: Iterable[ScaledLayer], factor: float | torch.Tensor) -> None:
+def apply_penalty(layers: Iterable[Carrier], factor: float | torch.Tensor) -> None:
     """Add ``factor * x`` to the gradient of the chosen scale entries and biases of ``layers``."""
     with torch.no_grad():
         for layer in layers:
-            add_penalty(layer.ws.scale, layer.scale_idx, factor)
+            add_penalty(layer.scale, layer.scale_idx, factor)
             if layer.bias is not None:
                 add_penalty(layer.bias, layer.bias_idx, factor)
 
@@ -37,14 +37,14 @@ def add_penalty(p: torch.Tensor, idx: torch.Tensor, factor: float | torch.Tensor
     p.grad.index_add_(0, idx, p.detach().index_select(0, idx) * factor)
 
 
-def check_optimizer(optimizer: torch.optim.Optimizer, layers: Iterable[ScaledLayer], advice: str) -> None:
+def check_optimizer(optimizer: torch.optim.Optimizer, layers: Iterable[Carrier], advice: str) -> None:
     """Raise if ``optimizer`` does not update the scale of every one of ``layers``.
 
     Raises:
         ValueError: Naming the layers whose scales the optimizer leaves alone, with ``advice``.
     """
     params = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [layer.name for layer in layers if id(layer.ws.scale) not in params]
+    missing = [layer.name for layer in layers if id(layer.scale) not in params]
     if missing:
         raise ValueError(
             f"the optimizer does not update the scales of {', '.join(missing[:5])}"

@@ -108,7 +108,7 @@ class Pruner:
         self.approximate = approximate_norms
         self.graph: Graph = trace(model, example_inputs, extra_inputs=extra_inputs, approximate_norms=approximate_norms)
         self.removed, self.aligned = resolve(self.graph, ratio, skip=skip, groups=groups, round_to=round_to)
-        self._selection = Selection.insert_scales(model, self.graph, self.removed)  # the only change, after checks
+        self._selection = Selection.build(model, self.graph, self.removed)  # the only change, after checks
         self._step = 0
         self._hook: Any = None
         self._slimmed = False
@@ -145,19 +145,17 @@ class Pruner:
 
     def scale_parameters(self) -> list[nn.Parameter]:
         """The scale Parameters the Pruner added (for a param group of their own)."""
-        return [layer.ws.scale for layer in self._selection.all_layers()]
+        return [layer.scale for layer in self._selection.all_layers() if layer.kind == "g"]
 
     def penalized_parameters(self) -> list[nn.Parameter]:
-        """The parameters the penalty acts on: the scales and the biases of the scaled layers.
-
-        Adam moves a parameter by about its learning rate per step, so a short schedule can give
-        these a larger learning rate of their own to drive the chosen channels to zero in time.
-        """
-        biases = [layer.bias for layer in self._selection.all_layers() if layer.bias is not None]
-        return [*self.scale_parameters(), *biases]
+        """The parameters the penalty acts on: the inserted scales ``g`` and the weights (gamma) of
+        the normalization layers that carry pruned channels, and the biases that go with them."""
+        carriers = list(self._selection.all_layers())
+        params = [c.scale for c in carriers] + [c.bias for c in carriers if c.bias is not None]
+        return list({id(p): p for p in params}.values())
 
     def unit_scales(self, group: str) -> torch.Tensor:
-        """``|g|`` of each unit of ``group``, one row per layer in ``graph.group(group).layers`` order.
+        """``|scale|`` of each unit of ``group``, one row per carrier (:meth:`carriers` order).
 
         A unit's value is the mean over the channels it stands for (one channel for plain
         convolutions). A detached copy: read it to see how the schedule is going, e.g. what is
@@ -172,6 +170,14 @@ class Pruner:
         with torch.no_grad():
             return self._selection.unit_table(group).clone()
 
+    def carriers(self, group: str) -> list[tuple[str, str]]:
+        """Where the units of ``group`` are scaled: ``(module, kind)`` per row of :meth:`unit_scales`.
+
+        ``kind`` is ``"g"`` for a weight-normalization scale the Pruner inserted on a producer, and
+        ``"norm"`` for the weight (gamma) and bias (beta) of a normalization layer.
+        """
+        return [(c.name, c.kind) for c in self._selection.layers.get(group, [])]
+
     def chosen(self) -> dict[str, list[int]]:
         """Group name -> the units chosen for removal so far (the plan :meth:`slim` applies)."""
         return {k: list(v) for k, v in self._selection.chosen.items()}
@@ -180,7 +186,7 @@ class Pruner:
         """The alignment term to add to the loss: non-zero only in the align phase."""
         if self.phase != "align" or self._slimmed:
             if self._zero is None:
-                p = self.scale_parameters()[0]
+                p = next(self._selection.all_layers()).scale
                 self._zero = torch.zeros((), dtype=p.dtype, device=p.device)
             return self._zero
         total = sum(

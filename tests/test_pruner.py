@@ -36,7 +36,12 @@ def test_inserting_scales_keeps_outputs(case):
         before = [t.clone() for t in flat(call(model, x))]
     extra = [case.other_inputs(0)] if case.other_inputs else []
     pruner = assl.Pruner(model, x, ratio=0.5, extra_inputs=extra, schedule=TINY)
-    assert pruner.scale_parameters()
+    assert pruner.penalized_parameters()
+    # every pruned group has a carrier; producers read only through an affine norm get no scale
+    groups = [n for n, k in pruner.removed.items() if k]
+    assert groups and all(pruner.carriers(n) for n in groups)
+    scaled = {name for n in groups for name, kind in pruner.carriers(n) if kind == "g"}
+    assert not scaled & set(pruner.graph.normalized)
     with torch.no_grad():
         after = flat(call(model, x))
     for a, b in zip(before, after):
@@ -131,7 +136,7 @@ def test_step_adds_penalty_only_to_chosen_channels():
     for name, layers in pruner._selection.layers.items():
         units = torch.tensor(chosen[name])
         for layer in layers:
-            g = layer.ws.scale
+            g = layer.scale
             mask = torch.isin(layer.scale_units, units)
             torch.testing.assert_close(g.grad[mask], 0.25 * g.detach()[mask])
             assert torch.all(g.grad[~mask] == 0)
@@ -256,7 +261,7 @@ def test_slim_warns_when_the_removed_channels_still_matter(caplog):
         if zero_chosen:  # what a penalty that did its job leaves: chosen scales and biases at zero
             with torch.no_grad():
                 for layer in pruner._selection.all_layers():
-                    layer.ws.scale[layer.scale_idx] = 0
+                    layer.scale[layer.scale_idx] = 0
                     layer.bias[layer.bias_idx] = 0
         with caplog.at_level("INFO", logger="assl"):
             caplog.clear()

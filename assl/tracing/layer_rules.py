@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from ..layers import DECONV, INSTANCENORM
+from ..layers import DECONV, channel_dim
 from .channels import Value, fixed_value
 from .protocol import Tracer
 
@@ -76,12 +76,9 @@ def _linear(tr: Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Ten
 
 
 def _norm(tr: Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
-    if isinstance(m, INSTANCENORM):
-        spatial = 1 if isinstance(m, nn.InstanceNorm1d) else 2 if isinstance(m, nn.InstanceNorm2d) else 3
-        cd = x.ndim - spatial - 1  # unbatched input has its channels first
-    else:
-        cd = 1
+    cd = channel_dim(m, x)  # unbatched input has its channels first
     v = _input_value(tr, x, cd, name)
+    tr.normalizes(name, v.labels)
     if isinstance(m, nn.GroupNorm):
         if not tr.approximate_norms:
             tr.fix(v.labels, _ACROSS.format(name=name, kind="GroupNorm"))

@@ -22,7 +22,7 @@ from .._inputs import call_args as _call_args
 from .._inputs import tensors as _tensors
 from ..errors import TraceError
 from ..graph import Entry, Graph
-from ..layers import LAYER_TYPES, PRODUCER_TYPES
+from ..layers import CHANNEL_NORMS, LAYER_TYPES, PRODUCER_TYPES
 from .build import build_graph
 from .channels import Nodes, ParamRef, Value
 from .elementwise import ELEMENTWISE_RULES
@@ -53,6 +53,10 @@ class _Tracer(TorchFunctionMode):
         self.called: set[str] = set()
         self.positions: dict[str, int] = {}
         self.opaque: dict[str, int] = {}
+        self.norms: dict[str, np.ndarray] = {}  # normalization layer -> labels of its channels
+        self.made: Any = WeakIdKeyDictionary()  # output tensor of a producer -> the producer
+        self.norm_reads: dict[str, set[str]] = {}  # producer -> norm layers reading its raw output
+        self.raw_reads: set[str] = set()  # producers whose raw output something else reads
         self._depth = 0
         self._stack: list[bool] = []
         for mod_name, mod in model.named_modules():
@@ -107,6 +111,13 @@ class _Tracer(TorchFunctionMode):
         else:
             self.union(old.labels, labels, f"`{module}.{tensor}` is shared with a channel that cannot go")
 
+    def normalizes(self, norm: str, labels: np.ndarray) -> None:
+        old = self.norms.get(norm)
+        if old is not None and old.shape == labels.shape:
+            self.union(old, labels, f"`{norm}` is called on two tensors")
+        else:
+            self.norms[norm] = labels.copy()
+
     def param_ref(self, t: torch.Tensor) -> ParamRef | None:
         return self.refs.get(t)
 
@@ -133,11 +144,14 @@ class _Tracer(TorchFunctionMode):
             x = args[0] if args else next(iter(_tensors(kwargs)), None)
             if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
                 return
+            self._note_read(x, name if isinstance(module, CHANNEL_NORMS) else None)
             self._depth += 1
             try:
                 record(self, name, module, x, output)
             finally:
                 self._depth -= 1
+            if isinstance(module, PRODUCER_TYPES):
+                self.made[output] = name
 
         return hook
 
@@ -152,9 +166,21 @@ class _Tracer(TorchFunctionMode):
         self._record(name, args, kwargs, out)
         return out
 
+    def _note_read(self, t: torch.Tensor, norm: str | None) -> None:
+        """A producer's raw output is read by normalization layer ``norm``, or by anything else."""
+        producer = self.made.get(t)
+        if producer is None:
+            return
+        if norm is None:
+            self.raw_reads.add(producer)
+        else:
+            self.norm_reads.setdefault(producer, set()).add(norm)
+
     def _record(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         outs = list(_tensors(out))
         inputs = list(_tensors((args, kwargs)))
+        for t in inputs:
+            self._note_read(t, None)
         if not outs:
             if name not in _METADATA:  # data leaves torch (numpy, tolist, item): we lose track of it
                 self._opaque(name, inputs, f"`{name}` takes the values out of torch")
@@ -194,50 +220,12 @@ class _Tracer(TorchFunctionMode):
         return t._base is not None or t in self.has_views
 
 
+# torch functions that read what a tensor is, not its values
 _METADATA = frozenset(
-    {
-        "size",
-        "shape",
-        "dim",
-        "ndim",
-        "ndimension",
-        "numel",
-        "nelement",
-        "dtype",
-        "device",
-        "is_cuda",
-        "is_contiguous",
-        "stride",
-        "storage_offset",
-        "requires_grad",
-        "is_leaf",
-        "grad",
-        "grad_fn",
-        "layout",
-        "is_floating_point",
-        "is_complex",
-        "element_size",
-        "__len__",
-        "__repr__",
-        "__format__",
-        "__hash__",
-        "get_device",
-        "is_sparse",
-        "is_quantized",
-        "is_meta",
-        "names",
-        "_version",
-        "data_ptr",
-        "_base",
-        "is_nested",
-        "is_mps",
-        "is_xpu",
-        "itemsize",
-        "nbytes",
-        "__bool__",
-        "__eq__",
-        "__ne__",
-    }
+    "size shape dim ndim ndimension numel nelement dtype device is_cuda is_contiguous stride "
+    "storage_offset requires_grad is_leaf grad grad_fn layout is_floating_point is_complex element_size "
+    "__len__ __repr__ __format__ __hash__ get_device is_sparse is_quantized is_meta names _version "
+    "data_ptr _base is_nested is_mps is_xpu itemsize nbytes __bool__ __eq__ __ne__".split()
 )
 
 
@@ -346,6 +334,10 @@ def trace(
                     buffers[n].copy_(b)
     _pin_shared(model, tracer)
     graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
+    graph.set_norms(
+        {n: Nodes.roots(tracer.nodes.root_table(), labels) for n, labels in tracer.norms.items()},
+        {p: tuple(sorted(norms)) for p, norms in tracer.norm_reads.items() if p not in tracer.raw_reads},
+    )
     untraced = [n for n, m in layers if n not in tracer.called and isinstance(m, PRODUCER_TYPES)]
     graph.untraced = tuple(untraced)
     graph.opaque_ops = dict(tracer.opaque)
