@@ -16,12 +16,12 @@ from torch import nn
 
 from . import alignment
 from .budget import Budget
-from .config import resolve
+from .config import check_arguments, resolve
 from .errors import ASSLError
 from .graph import Graph
+from .liveness import liveness
 from .penalty import apply_penalty, check_optimizer, step_pre_hook
-from .report import SLIM_CHANGE_WARNING, report_change, summary_table
-from .scales import scale_of
+from .report import SLIM_CHANGE_WARNING, report_change, summary_table, warn_early
 from .schedule import Schedule
 from .selection import Selection
 from .slim import slimmed_copy
@@ -92,17 +92,7 @@ class Pruner:
         extra_inputs: Sequence[Any] = (),
         approximate_norms: bool = False,
     ) -> None:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            raise TypeError(f"the model is already wrapped in {type(model).__name__}: {_ORDER}")
-        if not isinstance(round_to, int) or round_to < 1:
-            raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
-        self.schedule = schedule if schedule is not None else Schedule()
-        if not isinstance(self.schedule, Schedule):
-            raise TypeError(f"schedule must be an assl.Schedule, got {type(self.schedule).__name__}")
-        for name, m in model.named_modules():
-            if scale_of(m) is not None:
-                raise ValueError(f"`{name}` already has ASSL scales: a model is pruned by one Pruner at a time")
-
+        self.schedule = check_arguments(model, schedule, round_to, _ORDER)
         self.model = model
         self.example_inputs = example_inputs
         self.approximate = approximate_norms
@@ -117,9 +107,8 @@ class Pruner:
         for name in sel.layers:  # groups that are not aligned choose now; aligned ones after alignment
             if self.phase != "align" or name not in self.aligned:
                 sel.choose(name, sel.scale_scores(name))
-        logger.info(
-            "Pruner: %d groups lose channels (%d aligned), phase %s", len(sel.layers), len(self.aligned), self.phase
-        )
+        info = (len(sel.layers), len(self.aligned), self.total_steps)
+        logger.info("Pruner: %d groups lose channels (%d aligned), %d steps in all", *info)
 
     # --- the training-loop interface ---------------------------------------------------------
 
@@ -140,8 +129,17 @@ class Pruner:
 
     @property
     def penalty(self) -> float:
-        """The penalty factor the next :meth:`step` applies to the chosen channels."""
+        """The penalty the next :meth:`step` applies to the chosen channels of aligned groups.
+
+        Groups that are not aligned run the same growth from step 0, so they reach it earlier.
+        """
         return self.schedule.penalty(self._step, bool(self.aligned))
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole schedule for this model (without an align phase when no
+        group is aligned): :attr:`done` turns True after this many calls of :meth:`step`."""
+        return self.schedule.bounds(bool(self.aligned))[2]
 
     def scale_parameters(self) -> list[nn.Parameter]:
         """The scale Parameters the Pruner added (for a param group of their own)."""
@@ -150,9 +148,7 @@ class Pruner:
     def penalized_parameters(self) -> list[nn.Parameter]:
         """The parameters the penalty acts on: the inserted scales ``g`` and the weights (gamma) of
         the normalization layers that carry pruned channels, and the biases that go with them."""
-        carriers = list(self._selection.all_layers())
-        params = [c.scale for c in carriers] + [c.bias for c in carriers if c.bias is not None]
-        return list({id(p): p for p in params}.values())
+        return self._selection.penalized_parameters()
 
     def unit_scales(self, group: str) -> torch.Tensor:
         """``|scale|`` of each unit of ``group``, one row per carrier (:meth:`carriers` order).
@@ -164,11 +160,7 @@ class Pruner:
         Raises:
             ValueError: ``group`` loses no channels (it has no scales).
         """
-        layers = self._selection.layers
-        if group not in layers:
-            raise ValueError(f"group {group!r} has no scales; groups that lose channels: {sorted(layers)}")
-        with torch.no_grad():
-            return self._selection.unit_table(group).clone()
+        return self._selection.unit_scales(group)
 
     def carriers(self, group: str) -> list[tuple[str, str]]:
         """Where the units of ``group`` are scaled: ``(module, kind)`` per row of :meth:`unit_scales`.
@@ -210,11 +202,11 @@ class Pruner:
         if phase != "align" and not sel.complete():
             sel.choose_all(sel.scale_scores)
             logger.info("alignment done at step %d: chosen %s", self._step, sel.describe())
-        reg = self.penalty
-        if reg > 0:
-            if (self._step - self.schedule.bounds(bool(self.aligned))[0]) % self.schedule.reg_interval == 0:
-                sel.check_finite()
-            apply_penalty(sel.all_layers(), reg if grad_scale is None else reg * grad_scale)
+        if self._step % self.schedule.reg_interval == 0:
+            sel.check_finite()
+        for name, carriers in sel.layers.items():  # free groups from step 0, aligned ones after alignment
+            reg = self.schedule.penalty(self._step, name in self.aligned)
+            apply_penalty(carriers, reg, self.schedule.penalty_form, grad_scale)
         self._step += 1
         if self.phase != phase:
             logger.info("pruner phase %s -> %s at step %d (penalty %.4g)", phase, self.phase, self._step, self.penalty)
@@ -267,11 +259,7 @@ class Pruner:
         if self._slimmed:
             raise ASSLError("slim() was already called: the slimmed module it returned is the result")
         if not self.done:
-            logger.warning(
-                "slimming in phase %s (step %d): the chosen channels were not driven to zero, expect a larger drop",
-                self.phase,
-                self._step,
-            )
+            warn_early(self.phase, self._step)
         self._selection.check_finite()
         small = slimmed_copy(self.model, self.graph, self.plan(), self.example_inputs, check=not self.approximate)
         self._slimmed = True
@@ -280,7 +268,7 @@ class Pruner:
             "slimmed: %d -> %d parameters", self.graph.count_params(), sum(p.numel() for p in small.parameters())
         )
         if warn_change:
-            report_change(self.model, small, self.example_inputs)
+            report_change(self.model, small, self.example_inputs, self.liveness())
         return small
 
     def prune_now(self, criterion: str = "l1") -> nn.Module:
@@ -302,7 +290,17 @@ class Pruner:
     def summary(self) -> str:
         """A table per pruned group: layers, units, units removed, mean |g| of chosen vs kept."""
         head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
-        return summary_table(self._selection, self.aligned, head)
+        return summary_table(self._selection, self.aligned, self.liveness(), head)
+
+    def liveness(self) -> dict[str, float]:
+        """Per group with chosen units: how much signal the chosen channels still carry.
+
+        The RMS of the chosen channels over the RMS of the kept ones where their consumers read
+        them (the output of the producer, or of the normalization layer that carries them), on
+        the example inputs in eval mode. ``0``: removing them changes nothing; ``1``: as loud as
+        the channels that stay.
+        """
+        return liveness(self.model, self._selection, self.example_inputs)
 
     # --- persistence -------------------------------------------------------------------------
 

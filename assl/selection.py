@@ -181,6 +181,23 @@ class Selection:
         for layers in self.layers.values():
             yield from layers
 
+    def penalized_parameters(self) -> list[nn.Parameter]:
+        """Every carrier's scale and bias, each Parameter once."""
+        carriers = list(self.all_layers())
+        params = [c.scale for c in carriers] + [c.bias for c in carriers if c.bias is not None]
+        return list({id(p): p for p in params}.values())
+
+    def unit_scales(self, name: str) -> torch.Tensor:
+        """A detached copy of :meth:`unit_table`.
+
+        Raises:
+            ValueError: Group ``name`` loses no channels (it has no carriers).
+        """
+        if name not in self.layers:
+            raise ValueError(f"group {name!r} has no scales; groups that lose channels: {sorted(self.layers)}")
+        with torch.no_grad():
+            return self.unit_table(name).clone()
+
     def unit_table(self, name: str) -> torch.Tensor:
         """``|scale|`` per unit of group ``name``, one row per carrier (differentiable)."""
         return torch.stack([layer.unit_scores() for layer in self.layers[name]])

@@ -127,7 +127,9 @@ def test_pruner_phases_switch_at_the_right_steps():
 
 def test_step_adds_penalty_only_to_chosen_channels():
     model = _edsr()
-    sched = assl.Schedule(align_iters=0, reg_interval=1, reg_step=0.25, reg_limit=1.0, stabilize_iters=1)
+    sched = assl.Schedule(
+        align_iters=0, reg_interval=1, reg_step=0.25, reg_limit=1.0, stabilize_iters=1, penalty_form="gradient"
+    )
     pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=sched)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -148,11 +150,20 @@ def test_step_adds_penalty_only_to_chosen_channels():
     assert all(torch.all(p.grad == 0) for p in others)
 
 
-def test_penalty_drives_chosen_scales_to_zero_on_a_toy_task():
+@pytest.mark.parametrize(
+    "sched",
+    [
+        assl.Schedule(
+            align_iters=20, reg_interval=2, reg_step=0.02, reg_limit=1.0, stabilize_iters=40, penalty_form="gradient"
+        ),
+        assl.Schedule.for_steps(162),
+    ],
+    ids=["gradient", "shrink"],
+)
+def test_penalty_drives_chosen_scales_to_zero_on_a_toy_task(sched):
     torch.manual_seed(0)
     teacher = _edsr(seed=3)
     model = _edsr(seed=4)
-    sched = assl.Schedule(align_iters=20, reg_interval=2, reg_step=0.02, reg_limit=1.0, stabilize_iters=40)
     pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=sched)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     pruner.attach(opt)
