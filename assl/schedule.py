@@ -163,7 +163,7 @@ class Schedule:
         final = self.increments * self.reg_step
         if self.penalty_form == "shrink" and final >= 1:
             raise ValueError(
-                f"with penalty_form='shrink' the final penalty ({final:.4g}, increments x reg_step) is the share "
+                f"Schedule: with penalty_form='shrink' the final penalty ({final:.4g}, increments x reg_step) is the share "
                 f"of the chosen entries removed per step and must stay below 1: lower reg_limit or reg_step"
             )
 

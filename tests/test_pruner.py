@@ -101,11 +101,63 @@ def test_schedule_numbers():
         {"reg_step": math.nan},
         {"align_weight": math.inf},
         {"align_iters": 1.5},
+        {"penalty_form": "l1"},
+        {"reg_step": 0.5, "reg_limit": 0.6},  # a shrink of 100% per step
     ],
 )
 def test_schedule_rejects_bad_numbers(kwargs):
     with pytest.raises(ValueError, match="Schedule"):
         assl.Schedule(**kwargs)
+
+
+@pytest.mark.parametrize("n", [10, 11, 17, 50, 99, 100, 333, 600, 2000, 12345, 160430])
+@pytest.mark.parametrize("align", [True, False])
+def test_for_steps_fills_exactly_n_steps_in_the_papers_proportions(n, align):
+    s = assl.Schedule.for_steps(n, align=align)
+    a, r, d = s.bounds(align)
+    assert d == n and s.total_steps == n
+    assert (a >= 1) == align and r - a >= 2 and d - r >= 1
+    if n >= 1000:  # align 11%, regularize 62%, stabilize 27%, as in the paper
+        assert abs(a / n - 17260 / 160430 * align) < 0.01 and abs((d - r) / n - 43150 / 160430) < 0.02
+    # the penalty passes its limit inside regularize and holds it in stabilize
+    assert s.penalty(r - 1, align) > s.reg_limit and s.penalty(r - 1, align) == s.penalty(d - 1, align)
+    assert s.penalty(r - 1 - s.reg_interval, align) <= s.reg_limit
+    # the shrink takes the chosen entries to 1e-6 of their size by the end of regularize (or its cap)
+    kept = math.prod(1 - s.penalty(t, align) for t in range(a, r))
+    assert kept <= 1e-6 or s.reg_limit == 0.5
+
+
+def test_for_steps_refuses_too_few_steps_and_fields_it_sizes_itself():
+    with pytest.raises(ValueError, match=">= 10"):
+        assl.Schedule.for_steps(9)
+    with pytest.raises(ValueError, match="align_iters"):
+        assl.Schedule.for_steps(100, align_iters=5)
+    with pytest.raises(ValueError, match="nonsense"):
+        assl.Schedule.for_steps(100, nonsense=1)
+    s = assl.Schedule.for_steps(500, align_weight=0.5, penalty_form="gradient", reg_limit=2.0)
+    assert (s.align_weight, s.penalty_form, s.reg_limit, s.total_steps) == (0.5, "gradient", 2.0, 500)
+
+
+def test_the_papers_schedule_is_kept_for_reproducing_it():
+    paper = assl.Schedule.paper()
+    assert paper.penalty_form == "gradient" and paper.total_steps == 160430
+    assert assl.Schedule().total_steps == 160430 and assl.Schedule().penalty_form == "shrink"
+
+
+def test_groups_that_are_not_aligned_are_penalized_from_step_0():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    assert pruner.aligned == ["head.0"] and pruner.phase == "align"
+    free = [g for g, k in pruner.removed.items() if k and g not in pruner.aligned]
+    assert free and set(free) <= set(pruner.chosen())  # chosen at once, not after alignment
+    before = {g: pruner.unit_scales(g) for g in [*free, "head.0"]}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.step()
+    for g in free:  # shrunk by the first increment of the penalty
+        chosen = pruner.chosen()[g]
+        torch.testing.assert_close(pruner.unit_scales(g)[:, chosen], before[g][:, chosen] * (1 - TINY.reg_step))
+    assert torch.equal(pruner.unit_scales("head.0"), before["head.0"])  # aligned: no penalty yet
 
 
 def test_pruner_phases_switch_at_the_right_steps():
