@@ -39,7 +39,8 @@ PENALTY_FORMS = ("shrink", "gradient")
 
 # the paper's phases, as fractions of its 160430 steps: align 17260, regularize 100020, stabilize 43150
 _PAPER = (17260, 5001 * 20, 43150)
-_SHRINK_DECAY = math.log(1e6)  # for_steps: the chosen entries fall to 1e-6 of their size in regularize
+_SHRINK_DECAY = math.log(1e4)  # for_steps: the chosen entries fall to 1e-4 of their size in regularize
+_SHRINK_CAP = 0.3  # for_steps: at most this share per step (faster removal only shocks the kept channels)
 _MIN_STEPS = 10
 
 
@@ -86,7 +87,8 @@ class Schedule:
         Align, regularize and stabilize take about 11%, 62% and 27% of the steps; the penalty
         grows in up to 50 increments and reaches its limit inside regularize (steps it leaves over
         go to stabilize). With the ``"shrink"`` penalty the limit is sized so that the chosen
-        entries fall to 1e-6 of their size by the end of regularize (capped at 0.5 per step).
+        entries fall to 1e-4 of their size by the end of regularize (at most 0.3 per step, reached
+        below about 200 steps, where they end less small), and shrink further in stabilize.
 
         Args:
             n: The number of optimizer steps the Pruner may take before :meth:`Pruner.slim`.
@@ -122,7 +124,7 @@ class Schedule:
         if "reg_limit" in overrides:
             limit = overrides.pop("reg_limit")
         elif form == "shrink":
-            limit = min(0.5, 2 * _SHRINK_DECAY / (k * interval))
+            limit = min(_SHRINK_CAP, 2 * _SHRINK_DECAY / (k * interval))
         else:
             limit = cls.reg_limit
         step = limit / (k - 0.5)  # k increments: (k - 1) * step <= limit < k * step
@@ -163,8 +165,8 @@ class Schedule:
         final = self.increments * self.reg_step
         if self.penalty_form == "shrink" and final >= 1:
             raise ValueError(
-                f"Schedule: with penalty_form='shrink' the final penalty ({final:.4g}, increments x reg_step) is the share "
-                f"of the chosen entries removed per step and must stay below 1: lower reg_limit or reg_step"
+                f"Schedule: with penalty_form='shrink' the final penalty ({final:.4g}, increments x reg_step) is the "
+                f"share of the chosen entries removed per step and must stay below 1: lower reg_limit or reg_step"
             )
 
     @property
