@@ -14,7 +14,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import alignment
 from .budget import Budget
 from .config import check_arguments, resolve
 from .errors import ASSLError
@@ -181,10 +180,15 @@ class Pruner:
                 p = next(self._selection.all_layers()).scale
                 self._zero = torch.zeros((), dtype=p.dtype, device=p.device)
             return self._zero
-        total = sum(
-            alignment.alignment_loss(self._selection.unit_table(name), self.removed[name]) for name in self.aligned
-        )
-        return self.schedule.align_weight * total  # type: ignore[return-value]
+        return self.schedule.align_weight * self._selection.alignment_loss(self.aligned, self.schedule.align_loss)
+
+    def alignment_agreement(self) -> dict[str, float]:
+        """Per aligned group: how much its carriers agree on which units to keep, from 0 to 1.
+
+        The mean over pairs of carriers of the share of one's kept units (its highest
+        ``|scale|``) that the other keeps too; ``1 - removed / units`` is what chance gives.
+        """
+        return self._selection.agreement(self.aligned)
 
     def step(self, grad_scale: float | torch.Tensor | None = None) -> None:
         """Apply the penalty to the gradients of the chosen channels and count one step.

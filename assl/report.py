@@ -21,9 +21,11 @@ SLIM_CHANGE_WARNING = 0.05
 
 
 def summary_table(selection: Selection, aligned: list[str], alive: Mapping[str, float], head: str) -> str:
-    """A table per pruned group: carriers, units, units removed, mean |scale| of chosen vs kept,
-    and the chosen channels' liveness (RMS relative to the kept ones on the example inputs)."""
-    rows = [("group", "carriers", "channels", "remove", "aligned", "|s| chosen", "|s| kept", "alive")]
+    """A table per pruned group: carriers, units, units removed, the agreement of an aligned
+    group's carriers on the units to keep, mean |scale| of chosen vs kept, and the chosen
+    channels' liveness (RMS relative to the kept ones on the example inputs)."""
+    agree = selection.agreement(aligned)
+    rows = [("group", "carriers", "channels", "remove", "aligned (agree)", "|s| chosen", "|s| kept", "alive")]
     for name, layers in selection.layers.items():
         with torch.no_grad():
             s = selection.unit_table(name).mean(0).cpu()
@@ -37,7 +39,7 @@ def summary_table(selection: Selection, aligned: list[str], alive: Mapping[str, 
                 str(len(layers)),
                 str(s.numel()),
                 str(selection.removed[name]),
-                "yes" if name in aligned else "no",
+                f"yes ({agree[name]:.2f})" if name in aligned else "no",
                 _mean(s[mask]) if chosen else "-",
                 _mean(s[~mask]),
                 f"{alive[name]:.2g}" if name in alive else "-",

@@ -32,6 +32,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from .alignment import ALIGN_LOSSES
+
 __all__ = ["PENALTY_FORMS", "PHASES", "Schedule"]
 
 PHASES = ("align", "regularize", "stabilize", "done")
@@ -65,6 +67,9 @@ class Schedule:
         reg_limit: The penalty grows until it passes this value.
         stabilize_iters: Steps of training at the final penalty.
         penalty_form: ``"shrink"`` or ``"gradient"`` (see the module's documentation).
+        align_loss: ``"consensus"`` (pulls each layer's soft mask toward the group's mean mask;
+            bounded by 0.25, so ``align_weight=1`` sits beside any task loss) or ``"authors"``
+            (the paper's ``-mean(M Mᵀ)``, which does not align; see :mod:`assl.alignment`).
 
     Example:
         >>> Schedule.for_steps(2000).total_steps
@@ -79,6 +84,7 @@ class Schedule:
     reg_limit: float = 0.5
     stabilize_iters: int = 43150
     penalty_form: str = "shrink"
+    align_loss: str = "consensus"
 
     @classmethod
     def for_steps(cls, n: int, *, align: bool = True, **overrides: Any) -> Schedule:
@@ -111,7 +117,7 @@ class Schedule:
         if bad:
             raise ValueError(
                 f"Schedule.for_steps sizes {sorted(sized)} itself and takes only the other fields "
-                f"(align_weight, reg_limit, penalty_form), got {bad}"
+                f"(align_weight, align_loss, reg_limit, penalty_form), got {bad}"
             )
         total = sum(_PAPER)
         a = max(1, round(n * _PAPER[0] / total)) if align else 0
@@ -139,8 +145,8 @@ class Schedule:
 
     @classmethod
     def paper(cls) -> Schedule:
-        """The authors' schedule with their gradient-form penalty: 160430 steps, for their runs."""
-        return cls(penalty_form="gradient")
+        """The authors' schedule with their penalty and alignment loss: 160430 steps, for their runs."""
+        return cls(penalty_form="gradient", align_loss="authors")
 
     @property
     def total_steps(self) -> int:
@@ -160,6 +166,8 @@ class Schedule:
                 raise ValueError(f"Schedule.{name} must be a finite number >= 0, got {v!r}")
         if self.reg_step <= 0:
             raise ValueError(f"Schedule.reg_step must be > 0, got {self.reg_step!r}")
+        if self.align_loss not in ALIGN_LOSSES:
+            raise ValueError(f"Schedule.align_loss must be one of {ALIGN_LOSSES}, got {self.align_loss!r}")
         if self.penalty_form not in PENALTY_FORMS:
             raise ValueError(f"Schedule.penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
         final = self.increments * self.reg_step

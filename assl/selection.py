@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from . import alignment
 from .errors import ASSLError
 from .graph import ChannelGroup, Graph
 from .layers import has_affine, output_dim
@@ -201,6 +202,21 @@ class Selection:
     def unit_table(self, name: str) -> torch.Tensor:
         """``|scale|`` per unit of group ``name``, one row per carrier (differentiable)."""
         return torch.stack([layer.unit_scores() for layer in self.layers[name]])
+
+    def alignment_loss(self, groups: Iterable[str], form: str) -> torch.Tensor:
+        """The alignment loss of ``groups`` (see :mod:`assl.alignment`), differentiable.
+
+        ``"authors"``: the paper's term summed over groups; ``"consensus"``: the mean over groups
+        of a term bounded by 0.25, so the total stays bounded for any number of groups.
+        """
+        if form == "authors":
+            return torch.stack([alignment.alignment_loss(self.unit_table(g), self.removed[g]) for g in groups]).sum()
+        return torch.stack([alignment.consensus_loss(self.unit_table(g), self.removed[g]) for g in groups]).mean()
+
+    def agreement(self, groups: Iterable[str]) -> dict[str, float]:
+        """Per group, :func:`assl.alignment.agreement` of its carriers' current scales."""
+        with torch.no_grad():
+            return {g: alignment.agreement(self.unit_table(g), self.removed[g]) for g in groups}
 
     def scale_scores(self, name: str) -> torch.Tensor:
         """Group score per unit: each carrier's ``|scale|`` per unit relative to its mean, summed."""

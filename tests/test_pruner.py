@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from util import assert_same, call, flat, max_rel_err, snapshot
 
 import assl
-from assl.alignment import alignment_loss, soft_masks
+from assl.alignment import agreement, alignment_loss, consensus_loss, soft_masks
 
 TINY = assl.Schedule(align_iters=6, reg_interval=2, reg_step=0.1, reg_limit=0.3, stabilize_iters=4)
 
@@ -570,3 +571,69 @@ def test_half_precision_models_are_verified_at_their_precision():
     assert tolerance(small) == 2e-2 and tolerance(_edsr()) == 1e-4
     masked = assl.masked_copy(_edsr(feats=16), assl.trace(_edsr(feats=16), _x()), {})
     assert max_rel_err(masked, _edsr(feats=16), _x(1)) == 0.0
+
+
+# --- alignment that aligns ---------------------------------------------------------------
+
+
+def _disagreeing_scores(seed: int) -> torch.Tensor:
+    """6 layers x 32 units whose kept sets (16 of 32) agree at about 0.6-0.7 (chance: 0.5)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(32, generator=g) + 0.5
+    return (base + 0.3 * base.mean() * torch.randn(6, 32, generator=g)).abs()
+
+
+def _adam_on_loss_alone(loss_fn, start: torch.Tensor, steps: int = 150) -> torch.Tensor:
+    s = nn.Parameter(start.clone())
+    opt = torch.optim.Adam([s], lr=1e-2)
+    for _ in range(steps):
+        loss = loss_fn(s.abs(), 16)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return s.detach().abs()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_alignment_loss_aligns_without_inflating_the_scores(seed):
+    start = _disagreeing_scores(seed)
+    assert 0.55 < agreement(start, 16) < 0.8
+    end = _adam_on_loss_alone(consensus_loss, start)
+    assert agreement(end, 16) >= 0.9
+    assert float((end - start).abs().mean() / start.mean()) <= 0.5  # drift
+    assert abs(float(end.mean() / start.mean()) - 1) < 0.1  # no inflation
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_authors_alignment_loss_does_not_align_and_inflates_the_scores(seed):
+    start = _disagreeing_scores(seed)
+    end = _adam_on_loss_alone(alignment_loss, start)
+    assert agreement(end, 16) < agreement(start, 16) + 0.05
+    assert float(end.mean() / start.mean()) > 1.3
+
+
+def test_the_default_alignment_loss_is_bounded_whatever_the_width_and_depth():
+    for layers, units in [(2, 4), (6, 32), (40, 512)]:
+        g = torch.Generator().manual_seed(layers)
+        worst = torch.stack([torch.randperm(units, generator=g).float() for _ in range(layers)])
+        k = units // 2
+        assert 0 < float(consensus_loss(worst, k)) <= 0.25
+        assert float(consensus_loss(worst[:1].repeat(layers, 1), k)) < 1e-12
+        assert float(alignment_loss(worst, k)) < -0.1 * units / 4  # the authors' grows with the width
+
+
+def test_pruner_alignment_forms_and_agreement():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    assert TINY.align_loss == "consensus" and assl.Schedule.paper().align_loss == "authors"
+    loss = pruner.alignment_loss()
+    assert loss.requires_grad and 0 <= loss.item() <= 0.25
+    agree = pruner.alignment_agreement()
+    assert set(agree) == {"head.0"} and 0 <= agree["head.0"] <= 1
+    assert "yes (" in pruner.summary()
+    authors = assl.Pruner(
+        _edsr(), _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=replace(TINY, align_loss="authors")
+    )
+    assert authors.alignment_loss().item() < 0
+    with pytest.raises(ValueError, match="align_loss"):
+        assl.Schedule(align_loss="mean")
