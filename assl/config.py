@@ -13,13 +13,40 @@ from __future__ import annotations
 import logging
 from collections.abc import Iterable, Mapping, Sequence
 
+from torch import nn
+
 from .budget import Budget, check_ratio, solve_ratio, units_to_remove
 from .graph import ChannelGroup, Graph
 from .patterns import PatternError, match, match_each, patterns_of
+from .scales import scale_of
+from .schedule import Schedule
 
-__all__ = ["resolve"]
+__all__ = ["check_arguments", "resolve"]
 
 logger = logging.getLogger("assl")
+
+
+def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int, order: str) -> Schedule:
+    """Check the Pruner's arguments that need no trace; return the schedule (the default if None).
+
+    Raises:
+        TypeError: The model is not an ``nn.Module`` or is wrapped in (Distributed)DataParallel
+            (``order`` says what to do), or ``schedule`` is not a :class:`Schedule`.
+        ValueError: ``round_to`` is not an int >= 1, or the model already has ASSL scales.
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+    if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
+        raise TypeError(f"the model is already wrapped in {type(model).__name__}: {order}")
+    if not isinstance(round_to, int) or round_to < 1:
+        raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
+    schedule = schedule if schedule is not None else Schedule()
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
+    for name, m in model.named_modules():
+        if scale_of(m) is not None:
+            raise ValueError(f"`{name}` already has ASSL scales: a model is pruned by one Pruner at a time")
+    return schedule
 
 
 def resolve(

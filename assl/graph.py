@@ -123,6 +123,30 @@ class Graph:
         self._fixed_params = fixed_params
         self._positions = positions
         self._followers = followers or {}
+        self._norm_roots: dict[str, np.ndarray] = {}
+        self.normalized: dict[str, tuple[str, ...]] = {}
+
+    def set_norms(self, norm_roots: Mapping[str, np.ndarray], normalized: Mapping[str, tuple[str, ...]]) -> None:
+        """Record the normalization layers: the channel components each renormalizes, and
+        ``normalized``: producer -> the normalization layers that alone read its raw output."""
+        self._norm_roots = dict(norm_roots)
+        self.normalized = dict(normalized)
+
+    def norms_of(self, group: str) -> dict[str, np.ndarray]:
+        """Normalization layers that renormalize units of ``group``, in trace order.
+
+        Returns:
+            Layer name -> the unit of each of its channels (``-1`` for channels of other groups
+            or channels that cannot go).
+        """
+        roots = self._unit_roots[self.group(group).name]
+        unit_of = {int(r): u for u, r in enumerate(roots.tolist())}
+        out = {}
+        for name, norm_roots in self._norm_roots.items():
+            units = np.array([unit_of.get(int(r), -1) for r in norm_roots.tolist()], dtype=np.int64)
+            if (units >= 0).any():
+                out[name] = units
+        return out
 
     # --- groups ------------------------------------------------------------------------------
 

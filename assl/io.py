@@ -4,103 +4,93 @@ A slimmed model keeps its classes and forward code, so it cannot be rebuilt from
 arguments: the constructor makes the dense widths. ``save`` stores the state dict together with
 the size attributes of every known layer; ``load`` shrinks a freshly built dense model to those
 sizes and loads the weights. The file holds plain types only and reads with
-``torch.load(path, weights_only=True)``.
+``torch.load(path, weights_only=True)``; a SHA-256 digest of its tensors and sizes lets ``load``
+refuse a truncated or corrupted copy instead of loading changed weights.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import pickle
-from dataclasses import dataclass
 from typing import Any, BinaryIO, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
+from ._io_checks import (
+    _check_layers,
+    _check_sizes,
+    _check_state,
+    _few,
+    _first_line,
+    _sizes,
+    _Slot,
+    _slots,
+    _Undo,
+    _where,
+)
 from .errors import CheckpointError
 
 __all__ = ["CheckpointError", "load", "save"]
 
 FORMAT = "assl.slim"
-VERSION = 1
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-_FEATURE_NORMS = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-)
-# the layers slimming resizes, and the attributes that follow their tensors
-_SIZE_ATTRS: tuple[tuple[tuple[type[nn.Module], ...], tuple[str, ...]], ...] = (
-    (_CONVS, ("in_channels", "out_channels", "groups")),
-    ((nn.Linear,), ("in_features", "out_features")),
-    (_FEATURE_NORMS, ("num_features",)),
-    ((nn.GroupNorm,), ("num_channels",)),
-    ((nn.LayerNorm,), ("normalized_shape",)),
-    ((nn.PReLU,), ("num_parameters",)),
-)
+VERSION = 2  # 2: the file carries "sha256"; version 1 files had no digest and are refused
+_KEYS = ("format", "version", "state_dict", "sizes", "sha256")
 
 
-@dataclass
-class _Slot:
-    """Where a state-dict entry lives in the model once its parametrizations are folded."""
-
-    module: nn.Module
-    name: str
-    tensor: torch.Tensor  # the model's tensor now (computed if parametrized): shape, dtype, device
-    is_param: bool
-    requires_grad: bool
-    folded: bool  # a parametrized tensor: becomes a plain one on load
+def _frame(h: Any, tag: bytes, data: bytes) -> None:
+    h.update(tag + len(data).to_bytes(8, "little"))
+    h.update(data)
 
 
-def _size_attrs(m: nn.Module) -> tuple[str, ...]:
-    for types, attrs in _SIZE_ATTRS:
-        if isinstance(m, types):
-            return attrs
-    return ()
+def _feed(h: Any, obj: object) -> None:
+    """Feed ``obj`` to the hash ``h`` in a form that tells types, structure and values apart."""
+    if isinstance(obj, torch.Tensor):
+        t = obj.detach().to("cpu").resolve_conj().resolve_neg().contiguous().reshape(-1)
+        _frame(h, b"T", f"{t.dtype}{tuple(obj.shape)}".encode())
+        data = t.view(torch.uint8).numpy()
+        h.update(b"B" + data.nbytes.to_bytes(8, "little"))
+        h.update(data)
+    elif isinstance(obj, dict):
+        h.update(b"d" + len(obj).to_bytes(8, "little"))
+        for k, v in obj.items():
+            _feed(h, k)
+            _feed(h, v)
+    elif isinstance(obj, (list, tuple)):
+        h.update((b"l" if isinstance(obj, list) else b"t") + len(obj).to_bytes(8, "little"))
+        for v in obj:
+            _feed(h, v)
+    elif isinstance(obj, str):
+        _frame(h, b"s", obj.encode("utf-8", "surrogatepass"))
+    elif isinstance(obj, bytes):
+        _frame(h, b"b", obj)
+    elif obj is None or isinstance(obj, (bool, int, float)):
+        _frame(h, b"v", f"{type(obj).__name__}:{obj.hex() if isinstance(obj, float) else obj}".encode())
+    else:
+        _frame(h, b"r", f"{type(obj).__module__}.{type(obj).__qualname__}:{obj!r}".encode("utf-8", "surrogatepass"))
 
 
-def _sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    sizes: dict[str, dict[str, Any]] = {}
-    for name, m in model.named_modules():
-        attrs = _size_attrs(m)
-        if attrs:
-            sizes[name] = {a: list(getattr(m, a)) if a == "normalized_shape" else int(getattr(m, a)) for a in attrs}
-    return sizes
-
-
-def _where(path: object) -> str:
-    if isinstance(path, (str, os.PathLike)):
-        return repr(os.fspath(path))
-    name = getattr(path, "name", None)
-    return repr(name) if isinstance(name, str) else "the file object"
-
-
-def _shape(t: torch.Tensor | torch.Size) -> str:
-    return " x ".join(str(s) for s in t.shape) if isinstance(t, torch.Tensor) else " x ".join(map(str, t))
-
-
-def _few(names: set[str]) -> str:
-    shown = sorted(names)[:5]
-    more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
-    return ", ".join(repr(n) for n in shown) + more
+def _digest(state: dict[str, Any], sizes: dict[str, Any]) -> str:
+    """SHA-256 over the format, version, state dict (names, dtypes, shapes and bytes of every tensor,
+    other entries, the per-module metadata) and sizes, as hex."""
+    h = hashlib.sha256()
+    _feed(h, [FORMAT, VERSION, state, getattr(state, "_metadata", None), sizes])
+    return h.hexdigest()
 
 
 def save(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> None:
-    """Save a slimmed model: its state dict and the size attributes of its layers.
+    """Save a slimmed model: its state dict, the size attributes of its layers and their digest.
 
-    The file is a dict of plain types, ``{"format": "assl.slim", "version": 1, "state_dict": ...,
-    "sizes": {module name: {attribute: value}}}``, readable with ``torch.load(path,
-    weights_only=True)``. ``sizes`` holds, for every Conv/ConvTranspose (``in_channels``,
-    ``out_channels``, ``groups``), Linear (``in_features``, ``out_features``), BatchNorm and
-    InstanceNorm (``num_features``), GroupNorm (``num_channels``), LayerNorm
-    (``normalized_shape``, as a list) and PReLU (``num_parameters``). Read it back with
-    :func:`assl.load` into a fresh instance of the dense architecture.
+    The file is a dict of plain types, ``{"format": "assl.slim", "version": 2, "state_dict": ...,
+    "sizes": {module name: {attribute: value}}, "sha256": ...}``, readable with
+    ``torch.load(path, weights_only=True)``. ``sizes`` holds, for every Conv/ConvTranspose
+    (``in_channels``, ``out_channels``, ``groups``), Linear (``in_features``, ``out_features``),
+    BatchNorm and InstanceNorm (``num_features``), GroupNorm (``num_channels``), LayerNorm
+    (``normalized_shape``, as a list) and PReLU (``num_parameters``). ``sha256`` is a hex SHA-256
+    digest over the format, the version, the state dict (the names, dtypes, shapes and bytes of
+    every tensor) and ``sizes``: :func:`assl.load` refuses a file that does not match it. Read it
+    back with :func:`assl.load` into a fresh instance of the dense architecture.
 
     Shared (tied) parameters are out of scope: each name is stored, and later loaded, on its own,
     as ``slim`` cuts them.
@@ -129,22 +119,37 @@ def save(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> None:
                 "models, whose parametrizations assl.slim() folded; slim the model first, or fold them with "
                 "torch.nn.utils.parametrize.remove_parametrizations"
             )
-    torch.save(
-        {"format": FORMAT, "version": VERSION, "state_dict": model.state_dict(), "sizes": _sizes(model)},
-        path,
-    )
+    state, sizes = model.state_dict(), _sizes(model)
+    obj = {"format": FORMAT, "version": VERSION, "state_dict": state, "sizes": sizes, "sha256": _digest(state, sizes)}
+    torch.save(obj, path)
+
+
+def _torch_load(f: BinaryIO, where: str) -> object:
+    try:
+        return torch.load(f, weights_only=True, map_location="cpu")
+    except Exception as e:  # a damaged file fails anywhere in the zip, pickle or storage code, with any type
+        raise CheckpointError(
+            f"{where} cannot be read with torch.load(weights_only=True) ({_first_line(e)}): it is truncated or "
+            f"corrupted, or not a file written by assl.save (format {FORMAT!r}); copy it again or save the model "
+            "again (see the chained error)"
+        ) from e
 
 
 def _read(path: str | os.PathLike[str] | BinaryIO) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The file's state dict and sizes, once its format, version, layout and digest are checked."""
     where = _where(path)
-    try:
-        obj = torch.load(path, weights_only=True, map_location="cpu")
-    except (pickle.UnpicklingError, EOFError, RuntimeError) as e:
+    if isinstance(path, (str, os.PathLike)):
+        with open(path, "rb") as f:  # a missing or unreadable file raises OSError, as open() does
+            obj = _torch_load(f, where)
+    else:
+        obj = _torch_load(path, where)
+    fmt = obj.get("format") if isinstance(obj, dict) else None
+    if isinstance(obj, dict) and {"state_dict", "sizes"} <= set(obj) and not (isinstance(fmt, str) and fmt == FORMAT):
         raise CheckpointError(
-            f"{where} cannot be read with torch.load(weights_only=True) ({type(e).__name__}): it is not a file "
-            f"written by assl.save (format {FORMAT!r}); see the chained error"
-        ) from e
-    if not isinstance(obj, dict) or obj.get("format") != FORMAT:
+            f"{where} has the layout of an assl.save file but format {repr(fmt)[:80]} where assl.save writes "
+            f"{FORMAT!r}: it is damaged; copy it again or save the model again"
+        )
+    if not isinstance(obj, dict) or not (isinstance(fmt, str) and fmt == FORMAT):
         got = f"an object of type {type(obj).__name__}" + (
             f" with keys {_few(set(map(str, obj)))}" if isinstance(obj, dict) else ""
         )
@@ -153,140 +158,56 @@ def _read(path: str | os.PathLike[str] | BinaryIO) -> tuple[dict[str, Any], dict
             "state dict loads with model.load_state_dict into a model of the same sizes"
         )
     version = obj.get("version")
-    if version != VERSION:
+    if not isinstance(version, int) or isinstance(version, bool) or version != VERSION:
+        if isinstance(version, int) and not isinstance(version, bool) and 0 < version < VERSION:
+            raise CheckpointError(
+                f"{where} has {FORMAT!r} version {version}, written by an earlier assl without the integrity "
+                f"digest this assl checks, so it is refused rather than loaded unchecked; this assl reads version "
+                f"{VERSION}: load the file with the assl that wrote it and save the model again with this one"
+            )
         raise CheckpointError(
-            f"{where} has {FORMAT!r} version {version!r}; this assl reads version {VERSION}: upgrade assl"
+            f"{where} has {FORMAT!r} version {version!r}; this assl reads version {VERSION}: upgrade assl (if "
+            "this assl wrote the file, it is damaged: copy it again or save the model again)"
         )
-    state, sizes = obj.get("state_dict"), obj.get("sizes")
-    if not isinstance(state, dict) or not isinstance(sizes, dict):
-        raise CheckpointError(f"{where} has no 'state_dict' or 'sizes' dict: the file is damaged; save it again")
+    if set(obj) != set(_KEYS):
+        what = "no integrity digest ('sha256')" if "sha256" not in obj else f"the keys {_few(set(map(str, obj)))}"
+        raise CheckpointError(
+            f"{where} has {what}, where an assl.save file has {', '.join(map(repr, _KEYS))}: it is damaged or was "
+            "not written by assl.save; save the model again"
+        )
+    state, sizes, stored = obj["state_dict"], obj["sizes"], obj["sha256"]
+    if not isinstance(state, dict) or not isinstance(sizes, dict) or not isinstance(stored, str):
+        raise CheckpointError(
+            f"{where} holds a {type(state).__name__} 'state_dict', a {type(sizes).__name__} 'sizes' and a "
+            f"{type(stored).__name__} 'sha256' where assl.save writes dict, dict and str: the file is damaged; "
+            "save the model again"
+        )
+    try:
+        digest = _digest(state, sizes)
+    except Exception as e:
+        raise CheckpointError(
+            f"{where} is damaged: its contents cannot be hashed to check them against their digest "
+            f"({_first_line(e)}); copy the file again or save the model again"
+        ) from e
+    if digest != stored:
+        raise CheckpointError(
+            f"{where} is damaged: its tensors and sizes do not match the SHA-256 digest assl.save stored with them "
+            "(a truncated or corrupted copy, or a file edited after saving), so nothing was loaded; copy the file "
+            "again or save the model again"
+        )
+    if not all(isinstance(k, str) for k in state) or not all(
+        isinstance(k, str) and isinstance(v, dict) and all(isinstance(a, str) for a in v) for k, v in sizes.items()
+    ):
+        raise CheckpointError(
+            f"{where} has a state dict or sizes with keys other than names, or sizes other than dicts: it was not "
+            "written by assl.save; save the model again"
+        )
     return state, sizes
 
 
-def _slots(model: nn.Module) -> dict[str, _Slot]:
-    """State-dict key -> slot, as the model's state dict will be once its parametrizations are folded."""
-    slots: dict[str, _Slot] = {}
-    folded_prefixes: list[str] = []
-    for mod_name, m in model.named_modules(remove_duplicate=False):
-        if not parametrize.is_parametrized(m):
-            continue
-        prefix = f"{mod_name}." if mod_name else ""
-        with torch.no_grad():
-            for t_name, plist in cast(nn.ModuleDict, m.parametrizations).items():
-                original = cast(torch.Tensor, plist.original if hasattr(plist, "original") else plist.original0)
-                slots[prefix + t_name] = _Slot(
-                    m,
-                    t_name,
-                    getattr(m, t_name).detach(),
-                    isinstance(original, nn.Parameter),
-                    bool(original.requires_grad),
-                    folded=True,
-                )
-                folded_prefixes.append(f"{prefix}parametrizations.{t_name}.")
-    for key, value in model.state_dict(keep_vars=True).items():
-        if any(key.startswith(p) for p in folded_prefixes) or not isinstance(value, torch.Tensor):
-            continue
-        mod_name, _, t_name = key.rpartition(".")
-        m = model.get_submodule(mod_name)
-        is_param = isinstance(value, nn.Parameter)
-        slots[key] = _Slot(m, t_name, value.detach(), is_param, bool(value.requires_grad), folded=False)
-    return slots
-
-
-def _check_state(state: dict[str, Any], slots: dict[str, _Slot], model_keys: set[str], where: str) -> None:
-    missing, unexpected = model_keys - set(state), set(state) - model_keys
-    if missing or unexpected:
-        parts = [f"missing from the file: {_few(missing)}" if missing else ""]
-        parts.append(f"not in the model: {_few(unexpected)}" if unexpected else "")
-        raise CheckpointError(
-            f"{where} was saved from a different architecture; state dict keys {'; '.join(p for p in parts if p)}. "
-            "Build the model with the class and arguments it was saved from"
-        )
-    for key, slot in slots.items():
-        saved, now = state[key], slot.tensor
-        if not isinstance(saved, torch.Tensor):
-            raise CheckpointError(f"{where} holds a {type(saved).__name__} for tensor {key!r}: the file is damaged")
-        if saved.ndim != now.ndim or any(s > n for s, n in zip(saved.shape, now.shape)):
-            raise CheckpointError(
-                f"tensor {key!r} is {_shape(saved)} in {where} but {_shape(now)} in the model: a slimmed model "
-                "only shrinks; load it into a fresh instance of the dense architecture it was slimmed from"
-            )
-
-
-def _check_sizes(sizes: dict[str, Any], model: nn.Module, where: str) -> None:
-    expected = {name: _size_attrs(m) for name, m in model.named_modules() if _size_attrs(m)}
-    missing, unexpected = set(expected) - set(sizes), set(sizes) - set(expected)
-    if unexpected:
-        raise CheckpointError(
-            f"{where} has sizes for modules the model lacks or that are not layers slimming resizes: "
-            f"{_few(unexpected)}; it was saved from a different architecture"
-        )
-    if missing:
-        raise CheckpointError(
-            f"{where} has no sizes for the model's layers {_few(missing)}: it was saved from a different architecture"
-        )
-    for name, attrs in expected.items():
-        saved = sizes[name]
-        m = model.get_submodule(name)
-        if not isinstance(saved, dict) or set(saved) != set(attrs):
-            raise CheckpointError(
-                f"{where} has sizes {sorted(saved) if isinstance(saved, dict) else saved!r} for module {name!r}, a "
-                f"{type(m).__name__} with {list(attrs)}: it was saved from a different architecture"
-            )
-        for attr in attrs:
-            value, now = saved[attr], getattr(m, attr)
-            values, nows = (value, list(now)) if attr == "normalized_shape" else ([value], [now])
-            if (
-                not isinstance(values, list)
-                or len(values) != len(nows)
-                or not all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= n for v, n in zip(values, nows))
-            ):
-                raise CheckpointError(
-                    f"`{name}.{attr}` is {value!r} in {where} but {now!r} in the model: a slimmed model only "
-                    "shrinks; load it into a fresh instance of the dense architecture it was slimmed from"
-                )
-
-
-def load(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> nn.Module:
-    """Shrink a fresh dense model to the sizes saved by :func:`assl.save` and load the weights.
-
-    ``model`` must be built as the saved model was before slimming: same classes and module
-    names, tensors as large or larger. Every tensor whose saved shape differs is replaced by a new
-    one of the saved shape (a ``Parameter`` keeps its ``requires_grad``; dtype and device are the
-    model's), parametrizations of the model (weight norm, ...) are folded into plain tensors as
-    ``slim`` folds them, the size attributes are set from the file, then the weights load with
-    ``strict=True``. Build the optimizer after loading.
-
-    Shared (tied) parameters are out of scope: each name gets its own tensor, so ties are broken,
-    as ``slim`` breaks them.
-
-    Args:
-        model: A fresh instance of the dense architecture, on the device and dtype wanted.
-        path: A file name, path-like object, or binary file object written by :func:`assl.save`.
-
-    Returns:
-        ``model`` itself, slimmed to the saved sizes and holding the saved weights.
-
-    Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
-        CheckpointError: The file is not an ``assl.save`` file, has another format version, or
-            does not fit the model (other state-dict keys or modules, a tensor with other
-            dimensions or larger than the model's). Every check happens before the first change:
-            the model is untouched then.
-
-    Example:
-        >>> model = assl.load(EDSR(n_resblocks=16, n_feats=64), "edsr_slim.pt")
-    """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"assl.load needs a fresh instance of the dense nn.Module, got {type(model).__name__}")
-    where = _where(path)
-    state, sizes = _read(path)
-    slots = _slots(model)
-    model_keys = set(slots) | {k for k, v in model.state_dict().items() if not isinstance(v, torch.Tensor)}
-    _check_state(state, slots, model_keys, where)
-    _check_sizes(sizes, model, where)
-
-    with torch.no_grad():  # every check is done: from here on the model changes
+def _shrink(model: nn.Module, state: dict[str, Any], sizes: dict[str, Any], slots: dict[str, _Slot]) -> None:
+    """Fold the parametrizations, give every tensor its saved shape and every layer its saved sizes."""
+    with torch.no_grad():
         for slot in slots.values():
             if slot.folded and parametrize.is_parametrized(slot.module):
                 m = slot.module
@@ -305,5 +226,81 @@ def load(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> nn.Module
             m = model.get_submodule(name)
             for attr, value in attrs.items():
                 setattr(m, attr, tuple(value) if attr == "normalized_shape" else value)
-    model.load_state_dict(state, strict=True)
+
+
+def load(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> nn.Module:
+    """Shrink a fresh dense model to the sizes saved by :func:`assl.save` and load the weights.
+
+    ``model`` must be built as the saved model was before slimming: same classes and module
+    names, tensors as large or larger. Every tensor whose saved shape differs is replaced by a new
+    one of the saved shape (a ``Parameter`` keeps its ``requires_grad``; dtype and device are the
+    model's), parametrizations of the model (weight norm, ...) are folded into plain tensors as
+    ``slim`` folds them, the size attributes are set from the file, then the weights load with
+    ``strict=True``. Build the optimizer after loading.
+
+    The file is checked whole before the model changes: its format and version, the SHA-256
+    digest ``save`` stored over its tensors and sizes (a truncated or corrupted copy does not
+    match it), its keys and layers against the model's, and every layer's sizes against the
+    shapes of its saved tensors (``out_channels``, ``in_channels`` and ``groups`` against a
+    convolution's weight, ``num_features`` against a norm's weight and running stats, ...). Should
+    a step fail once the model has started to change (a module's ``set_extra_state`` refusing its
+    value, running out of memory), the model is put back as it was before the error propagates:
+    the same tensors with the same values, sizes, classes and parametrizations. Tensors that keep
+    their shape are copied once for that while the weights load.
+
+    Shared (tied) parameters are out of scope: each name gets its own tensor, so ties are broken,
+    as ``slim`` breaks them.
+
+    Args:
+        model: A fresh instance of the dense architecture, on the device and dtype wanted.
+        path: A file name, path-like object, or binary file object written by :func:`assl.save`.
+
+    Returns:
+        ``model`` itself, slimmed to the saved sizes and holding the saved weights.
+
+    Raises:
+        TypeError: ``model`` is not an ``nn.Module``.
+        OSError: ``path`` names a file that cannot be opened (``FileNotFoundError``, ...).
+        CheckpointError: The file cannot be read (truncated, corrupted, not a torch file), is not
+            an ``assl.save`` file, has another format version (version 1 files, written before
+            the digest, are refused), does not match its digest, contradicts itself (sizes that
+            do not fit its tensors), or does not fit the model (other state-dict keys or modules,
+            a tensor with other dimensions or larger than the model's, another kernel size); or
+            loading the weights failed after the model started to change. The model is as it was
+            before the call then. Running out of memory raises the usual error, also with the
+            model put back.
+
+    Example:
+        >>> model = assl.load(EDSR(n_resblocks=16, n_feats=64), "edsr_slim.pt")
+    """
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"assl.load needs a fresh instance of the dense nn.Module, got {type(model).__name__}")
+    where = _where(path)
+    state, sizes = _read(path)
+    slots = _slots(model)
+    model_keys = set(slots) | {k for k, v in model.state_dict().items() if not isinstance(v, torch.Tensor)}
+    _check_state(state, slots, model_keys, where)
+    _check_sizes(sizes, model, where)
+    _check_layers(state, sizes, model, where)
+
+    undo = _Undo()  # every check is done: from here on the model changes, and goes back on failure
+    try:
+        for key, slot in slots.items():
+            undo.module(slot.module)
+            if not slot.folded and state[key].shape == slot.tensor.shape:
+                undo.values(slot.tensor)  # overwritten in place by load_state_dict
+        for name in sizes:
+            undo.module(model.get_submodule(name))
+        for key in model_keys - set(slots):  # extra state, set by the module's set_extra_state
+            undo.extra_state(model.get_submodule(key.rpartition(".")[0]))
+        _shrink(model, state, sizes, slots)
+        model.load_state_dict(state, strict=True)
+    except BaseException as e:
+        undo.restore()
+        if isinstance(e, (MemoryError, torch.cuda.OutOfMemoryError)) or not isinstance(e, Exception):
+            raise
+        raise CheckpointError(
+            f"loading {where} into the model failed ({_first_line(e)}); the model is as it was before the call: "
+            "see the chained error"
+        ) from e
     return model

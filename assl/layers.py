@@ -12,11 +12,14 @@ from torch import nn
 
 __all__ = [
     "BATCHNORM",
+    "CHANNEL_NORMS",
     "CONV",
     "DECONV",
     "INSTANCENORM",
     "LAYER_TYPES",
     "PRODUCER_TYPES",
+    "channel_dim",
+    "has_affine",
     "output_dim",
     "resize",
 ]
@@ -29,6 +32,27 @@ LAYER_TYPES = (*CONV, *DECONV, nn.Linear, *BATCHNORM, *INSTANCENORM, nn.GroupNor
 """Layers the tracer treats as whole operations."""
 PRODUCER_TYPES = (*CONV, *DECONV, nn.Linear)
 """Layers whose output channels can be pruned."""
+CHANNEL_NORMS = (*BATCHNORM, *INSTANCENORM, nn.GroupNorm)
+"""Normalizations with per-channel affine parameters (when ``affine=True``) along dim 1."""
+
+
+def has_affine(module: nn.Module) -> bool:
+    """Whether a normalization layer has a per-channel weight (gamma) and bias (beta)."""
+    return isinstance(getattr(module, "weight", None), nn.Parameter) and isinstance(
+        getattr(module, "bias", None), nn.Parameter
+    )
+
+
+def channel_dim(module: nn.Module, out: torch.Tensor) -> int:
+    """The dimension of ``module``'s output ``out`` that holds its channels."""
+    if isinstance(module, nn.Linear):
+        return out.ndim - 1
+    if isinstance(module, (*CONV, *DECONV)):
+        return out.ndim - len(module.kernel_size) - 1
+    if isinstance(module, INSTANCENORM):
+        spatial = 1 if isinstance(module, nn.InstanceNorm1d) else 2 if isinstance(module, nn.InstanceNorm2d) else 3
+        return out.ndim - spatial - 1
+    return 1 if out.ndim > 1 else 0
 
 
 def output_dim(module: nn.Module) -> int:

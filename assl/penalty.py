@@ -1,8 +1,13 @@
-"""The growing L2 penalty on the chosen channels, added to their gradients.
+"""The growing penalty on the chosen channels: a shrink toward zero, or the paper's gradient form.
 
-At each step the chosen entries ``c`` of every scale ``g`` and bias ``b`` get
-``grad(x_c) += reg * x_c``, the gradient of ``reg/2 * x_c**2`` (Wang et al., "Neural Pruning via
-Growing Regularization", ICLR 2021). ``reg`` comes from the :class:`~assl.Schedule`.
+Both act on the entries the :class:`~assl.selection.Carrier` objects mark as chosen (scales,
+normalization weights and their biases), at a strength the :class:`~assl.Schedule` grows:
+
+* ``"shrink"``: the chosen entries take no gradient from the task and are multiplied by
+  ``1 - penalty``. Adam and AdamW normalize a gradient away, whatever its size; a decay applied
+  outside the optimizer does not depend on it, nor on the learning rate.
+* ``"gradient"``: ``grad(x_c) += penalty * x_c``, the gradient of ``penalty/2 * x_c**2`` (Wang et
+  al., "Neural Pruning via Growing Regularization", ICLR 2021), as in the paper.
 """
 
 from __future__ import annotations
@@ -13,38 +18,57 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from .selection import ScaledLayer
+from .selection import Carrier
 
-__all__ = ["add_penalty", "apply_penalty", "check_optimizer", "step_pre_hook"]
+__all__ = ["add_penalty", "apply_penalty", "check_optimizer", "shrink", "step_pre_hook"]
 
 
-def apply_penalty(layers: Iterable[ScaledLayer], factor: float | torch.Tensor) -> None:
-    """Add ``factor * x`` to the gradient of the chosen scale entries and biases of ``layers``."""
+def apply_penalty(
+    carriers: Iterable[Carrier], penalty: float, form: str, grad_scale: float | torch.Tensor | None = None
+) -> None:
+    """Apply ``penalty`` in ``form`` to the chosen entries of ``carriers``; before ``optimizer.step()``.
+
+    Args:
+        grad_scale: The scale the gradients still carry (a fused optimizer under GradScaler): the
+            gradient form is multiplied by it; the shrink does not depend on it.
+    """
+    if penalty <= 0:
+        return
     with torch.no_grad():
-        for layer in layers:
-            add_penalty(layer.ws.scale, layer.scale_idx, factor)
-            if layer.bias is not None:
-                add_penalty(layer.bias, layer.bias_idx, factor)
+        for c in carriers:
+            for p, idx in ((c.scale, c.scale_idx), (c.bias, c.bias_idx)):
+                if p is None or idx.numel() == 0 or not p.requires_grad:
+                    continue
+                if form == "shrink":
+                    shrink(p, idx, penalty)
+                else:
+                    add_penalty(p, idx, penalty if grad_scale is None else penalty * grad_scale)
+
+
+def shrink(p: torch.Tensor, idx: torch.Tensor, penalty: float) -> None:
+    """``p[idx] *= 1 - penalty`` and ``grad[idx] = 0``: the entries fade out, the task cannot hold them."""
+    idx = idx.to(p.device)
+    p.data.index_copy_(0, idx, p.data.index_select(0, idx) * (1 - penalty))
+    if p.grad is not None:
+        p.grad.index_fill_(0, idx, 0)
 
 
 def add_penalty(p: torch.Tensor, idx: torch.Tensor, factor: float | torch.Tensor) -> None:
     """``grad[idx] += factor * p[idx]``: the gradient of ``factor/2 * p^2`` on the chosen entries."""
-    if idx.numel() == 0 or not p.requires_grad:
-        return
     if p.grad is None:
         p.grad = torch.zeros_like(p)
     idx = idx.to(p.device)
     p.grad.index_add_(0, idx, p.detach().index_select(0, idx) * factor)
 
 
-def check_optimizer(optimizer: torch.optim.Optimizer, layers: Iterable[ScaledLayer], advice: str) -> None:
+def check_optimizer(optimizer: torch.optim.Optimizer, layers: Iterable[Carrier], advice: str) -> None:
     """Raise if ``optimizer`` does not update the scale of every one of ``layers``.
 
     Raises:
         ValueError: Naming the layers whose scales the optimizer leaves alone, with ``advice``.
     """
     params = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [layer.name for layer in layers if id(layer.ws.scale) not in params]
+    missing = [layer.name for layer in layers if id(layer.scale) not in params]
     if missing:
         raise ValueError(
             f"the optimizer does not update the scales of {', '.join(missing[:5])}"

@@ -15,15 +15,15 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import alignment
 from .budget import Budget
-from .config import resolve
+from .config import check_arguments, resolve
 from .errors import ASSLError
 from .graph import Graph
+from .liveness import liveness
 from .penalty import apply_penalty, check_optimizer, step_pre_hook
 from .reparam import parametrizations_in_eval
-from .report import SLIM_CHANGE_WARNING, report_change, summary_table
-from .scales import removed_on_error, scale_of
+from .report import SLIM_CHANGE_WARNING, report_change, summary_table, warn_early
+from .scales import removed_on_error
 from .schedule import Schedule
 from .selection import Selection
 from .slim import slimmed_copy
@@ -100,19 +100,7 @@ class Pruner:
         extra_inputs: Sequence[Any] = (),
         approximate_norms: bool = False,
     ) -> None:
-        if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-            raise TypeError(f"the model is already wrapped in {type(model).__name__}: {_ORDER}")
-        if not isinstance(model, nn.Module):
-            raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
-        if not isinstance(round_to, int) or round_to < 1:
-            raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
-        self.schedule = schedule if schedule is not None else Schedule()
-        if not isinstance(self.schedule, Schedule):
-            raise TypeError(f"schedule must be an assl.Schedule, got {type(self.schedule).__name__}")
-        for name, m in model.named_modules():
-            if scale_of(m) is not None:
-                raise ValueError(f"`{name}` already has ASSL scales: a model is pruned by one Pruner at a time")
-
+        self.schedule = check_arguments(model, schedule, round_to, _ORDER)
         self.model = model
         self.example_inputs = example_inputs
         self.approximate = approximate_norms
@@ -123,13 +111,12 @@ class Pruner:
         self._slimmed = False
         self._hooked, self._watch = False, ScaleWatch()  # inside the optimizer's step pre-hook; frozen scales
         with removed_on_error(model), parametrizations_in_eval(model):  # the only change, after every check
-            self._selection = sel = Selection.insert_scales(model, self.graph, self.removed)
+            self._selection = sel = Selection.build(model, self.graph, self.removed)
             for name in sel.layers:  # groups that are not aligned choose now; aligned ones after alignment
                 if self.phase != "align" or name not in self.aligned:
                     sel.choose(name, sel.scale_scores(name))
-        logger.info(
-            "Pruner: %d groups lose channels (%d aligned), phase %s", len(sel.layers), len(self.aligned), self.phase
-        )
+        info = (len(sel.layers), len(self.aligned), self.total_steps)
+        logger.info("Pruner: %d groups lose channels (%d aligned), %d steps in all", *info)
 
     # --- the training-loop interface ---------------------------------------------------------
 
@@ -150,24 +137,29 @@ class Pruner:
 
     @property
     def penalty(self) -> float:
-        """The penalty factor the next :meth:`step` applies to the chosen channels."""
+        """The penalty the next :meth:`step` applies to the chosen channels of aligned groups.
+
+        Groups that are not aligned run the same growth from step 0, so they reach it earlier.
+        """
         return self.schedule.penalty(self._step, bool(self.aligned))
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole schedule for this model (without an align phase when no
+        group is aligned): :attr:`done` turns True after this many calls of :meth:`step`."""
+        return self.schedule.bounds(bool(self.aligned))[2]
 
     def scale_parameters(self) -> list[nn.Parameter]:
         """The scale Parameters the Pruner added (for a param group of their own)."""
-        return [layer.ws.scale for layer in self._selection.all_layers()]
+        return [layer.scale for layer in self._selection.all_layers() if layer.kind == "g"]
 
     def penalized_parameters(self) -> list[nn.Parameter]:
-        """The parameters the penalty acts on: the scales and the biases of the scaled layers.
-
-        Adam moves a parameter by about its learning rate per step, so a short schedule can give
-        these a larger learning rate of their own to drive the chosen channels to zero in time.
-        """
-        biases = [layer.bias for layer in self._selection.all_layers() if layer.bias is not None]
-        return [*self.scale_parameters(), *biases]
+        """The parameters the penalty acts on: the inserted scales ``g`` and the weights (gamma) of
+        the normalization layers that carry pruned channels, and the biases that go with them."""
+        return self._selection.penalized_parameters()
 
     def unit_scales(self, group: str) -> torch.Tensor:
-        """``|g|`` of each unit of ``group``, one row per layer in ``graph.group(group).layers`` order.
+        """``|scale|`` of each unit of ``group``, one row per carrier (:meth:`carriers` order).
 
         A unit's value is the mean over the channels it stands for (one channel for plain
         convolutions). A detached copy: read it to see how the schedule is going, e.g. what is
@@ -176,11 +168,15 @@ class Pruner:
         Raises:
             ValueError: ``group`` loses no channels (it has no scales).
         """
-        layers = self._selection.layers
-        if group not in layers:
-            raise ValueError(f"group {group!r} has no scales; groups that lose channels: {sorted(layers)}")
-        with torch.no_grad():
-            return self._selection.unit_table(group).clone()
+        return self._selection.unit_scales(group)
+
+    def carriers(self, group: str) -> list[tuple[str, str]]:
+        """Where the units of ``group`` are scaled: ``(module, kind)`` per row of :meth:`unit_scales`.
+
+        ``kind`` is ``"g"`` for a weight-normalization scale the Pruner inserted on a producer, and
+        ``"norm"`` for the weight (gamma) and bias (beta) of a normalization layer.
+        """
+        return [(c.name, c.kind) for c in self._selection.layers.get(group, [])]
 
     def chosen(self) -> dict[str, list[int]]:
         """Group name -> the units chosen for removal so far (the plan :meth:`slim` applies)."""
@@ -189,12 +185,17 @@ class Pruner:
     def alignment_loss(self) -> torch.Tensor:
         """The alignment term to add to the loss: non-zero only in the align phase."""
         if self.phase != "align" or self._slimmed:
-            p = self.scale_parameters()[0]
+            p = next(self._selection.all_layers()).scale
             return torch.zeros((), dtype=p.dtype, device=p.device)  # a new one: callers may add to it in place
-        total = sum(
-            alignment.alignment_loss(self._selection.unit_table(name), self.removed[name]) for name in self.aligned
-        )
-        return self.schedule.align_weight * total  # type: ignore[return-value]
+        return self.schedule.align_weight * self._selection.alignment_loss(self.aligned, self.schedule.align_loss)
+
+    def alignment_agreement(self) -> dict[str, float]:
+        """Per aligned group: how much its carriers agree on which units to keep, from 0 to 1.
+
+        The mean over pairs of carriers of the share of one's kept units (its highest
+        ``|scale|``) that the other keeps too; ``1 - removed / units`` is what chance gives.
+        """
+        return self._selection.agreement(self.aligned)
 
     def step(self, grad_scale: float | torch.Tensor | None = None) -> None:
         """Apply the penalty to the gradients of the chosen channels and count one step.
@@ -214,12 +215,12 @@ class Pruner:
         if phase != "align" and not sel.complete():
             sel.choose_all(sel.scale_scores)
             logger.info("alignment done at step %d: chosen %s", self._step, sel.describe())
-        reg = self.penalty
-        if reg > 0:
-            if (self._step - self.schedule.bounds(bool(self.aligned))[0]) % self.schedule.reg_interval == 0:
-                sel.check_finite()
-                self._watch.check(self.scale_parameters(), self._step)
-            apply_penalty(sel.all_layers(), reg if grad_scale is None else reg * grad_scale)
+        if self._step % self.schedule.reg_interval == 0:
+            sel.check_finite()
+            self._watch.check(sel.all_layers(), self._step)
+        for name, carriers in sel.layers.items():  # free groups from step 0, aligned ones after alignment
+            reg = self.schedule.penalty(self._step, name in self.aligned)
+            apply_penalty(carriers, reg, self.schedule.penalty_form, grad_scale)
         self._step += 1
         if self.phase != phase:
             logger.info("pruner phase %s -> %s at step %d (penalty %.4g)", phase, self.phase, self._step, self.penalty)
@@ -274,11 +275,7 @@ class Pruner:
         if self._slimmed:
             raise ASSLError("slim() was already called: the slimmed module it returned is the result")
         if not self.done:
-            logger.warning(
-                "slimming in phase %s (step %d): the chosen channels were not driven to zero, expect a larger drop",
-                self.phase,
-                self._step,
-            )
+            warn_early(self.phase, self._step)
         self._selection.check_finite()
         small = slimmed_copy(self.model, self.graph, self.plan(), self.example_inputs, check=not self.approximate)
         self._slimmed = True
@@ -287,7 +284,7 @@ class Pruner:
             "slimmed: %d -> %d parameters", self.graph.count_params(), sum(p.numel() for p in small.parameters())
         )
         if warn_change:
-            report_change(self.model, small, self.example_inputs)
+            report_change(self.model, small, self.example_inputs, self.liveness())
         return small
 
     def prune_now(self, criterion: str = "l1") -> nn.Module:
@@ -310,7 +307,17 @@ class Pruner:
     def summary(self) -> str:
         """A table per pruned group: layers, units, units removed, mean |g| of chosen vs kept."""
         head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
-        return summary_table(self._selection, self.aligned, head)
+        return summary_table(self._selection, self.aligned, self.liveness(), head)
+
+    def liveness(self) -> dict[str, float]:
+        """Per group with chosen units: how much signal the chosen channels still carry.
+
+        The RMS of the chosen channels over the RMS of the kept ones where their consumers read
+        them (the output of the producer, or of the normalization layer that carries them), on
+        the example inputs in eval mode. ``0``: removing them changes nothing; ``1``: as loud as
+        the channels that stay.
+        """
+        return liveness(self.model, self._selection, self.example_inputs)
 
     # --- persistence -------------------------------------------------------------------------
 

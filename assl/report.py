@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 
 import torch
 from torch import nn
 
+from .liveness import ALIVE
 from .selection import Selection
 from .slim import max_rel_err
 
-__all__ = ["SLIM_CHANGE_WARNING", "report_change", "summary_table"]
+__all__ = ["SLIM_CHANGE_WARNING", "report_change", "summary_table", "warn_early"]
 
 logger = logging.getLogger("assl")
 
@@ -18,9 +20,12 @@ SLIM_CHANGE_WARNING = 0.05
 """slim() warns when removing the chosen channels changes the output by more than this (relative)."""
 
 
-def summary_table(selection: Selection, aligned: list[str], head: str) -> str:
-    """A table per pruned group: layers, units, units removed, mean |g| of chosen vs kept."""
-    rows = [("group", "layers", "channels", "remove", "aligned", "|g| chosen", "|g| kept")]
+def summary_table(selection: Selection, aligned: list[str], alive: Mapping[str, float], head: str) -> str:
+    """A table per pruned group: carriers, units, units removed, the agreement of an aligned
+    group's carriers on the units to keep, mean |scale| of chosen vs kept, and the chosen
+    channels' liveness (RMS relative to the kept ones on the example inputs)."""
+    agree = selection.agreement(aligned)
+    rows = [("group", "carriers", "channels", "remove", "aligned (agree)", "|s| chosen", "|s| kept", "alive")]
     for name, layers in selection.layers.items():
         with torch.no_grad():
             s = selection.unit_table(name).mean(0).cpu()
@@ -34,9 +39,10 @@ def summary_table(selection: Selection, aligned: list[str], head: str) -> str:
                 str(len(layers)),
                 str(s.numel()),
                 str(selection.removed[name]),
-                "yes" if name in aligned else "no",
+                f"yes ({agree[name]:.2f})" if name in aligned else "no",
                 _mean(s[mask]) if chosen else "-",
                 _mean(s[~mask]),
+                f"{alive[name]:.2g}" if name in alive else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
@@ -48,20 +54,35 @@ def _mean(t: torch.Tensor) -> str:
     return f"{t.mean():.4f}" if t.numel() else "-"
 
 
-def report_change(model: nn.Module, small: nn.Module, example_inputs: object) -> float:
+def warn_early(phase: str, step: int) -> None:
+    """Warn that slimming comes before the schedule is done."""
+    logger.warning(
+        "slimming in phase %s (step %d): the chosen channels were not driven to zero, expect a larger drop", phase, step
+    )
+
+
+def report_change(model: nn.Module, small: nn.Module, example_inputs: object, alive: Mapping[str, float]) -> float:
     """Log how much removing the chosen channels changed the output on the example inputs.
 
+    Args:
+        alive: Liveness of each group's chosen channels (:func:`assl.liveness.liveness`).
+
     Returns:
-        The largest difference relative to the largest output; logged as a warning above
-        :data:`SLIM_CHANGE_WARNING`.
+        The largest difference relative to the largest output; logged as a warning, naming the
+        groups whose chosen channels are still alive, above :data:`SLIM_CHANGE_WARNING`.
     """
     change = max_rel_err(model, small, example_inputs)
     if change > SLIM_CHANGE_WARNING:
+        loud = sorted(((v, k) for k, v in alive.items() if v > ALIVE), reverse=True)
+        named = ", ".join(f"{k} ({v:.2g})" for v, k in loud[:5]) + (" ..." if len(loud) > 5 else "")
         logger.warning(
             "slimming changed the output on the example inputs by %.3g (largest difference over the largest "
-            "output): the penalty did not drive the chosen channels to zero (see summary(): |g| chosen vs "
-            "kept); fine-tune longer, or raise Schedule.reg_limit or stabilize_iters",
+            "output). %s; give the schedule more steps (Schedule.for_steps with a larger n, or a longer "
+            "stabilize phase) or a stronger penalty (a larger reg_limit), or fine-tune longer",
             change,
+            f"The chosen channels of these groups are still alive (RMS relative to kept): {named}"
+            if loud
+            else "The chosen channels are silent where they are read, so the change comes from elsewhere",
         )
     else:
         logger.info("slimming changed the output on the example inputs by %.3g (relative)", change)

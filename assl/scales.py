@@ -99,14 +99,14 @@ def remove_scale(module: nn.Module) -> bool:
 def removed_on_error(model: nn.Module) -> Iterator[None]:
     """Remove every :class:`WeightScale` of ``model`` again if the block fails.
 
-    The model is then as it was before the block inserted them. Errors that are not already
-    :class:`~assl.ASSLError` are raised as one, naming what failed.
+    The model is then as it was before the block inserted them. An error raised before the first
+    scale went in (a check) propagates as it is; one raised after it is an :class:`~assl.ASSLError`
+    (if it is not one already) saying that the scales were removed again.
     """
     try:
         yield
     except Exception as e:
-        for m in model.modules():
-            remove_scale(m)
-        if isinstance(e, ASSLError):
+        removed = sum(remove_scale(m) for m in model.modules())
+        if isinstance(e, ASSLError) or not removed:
             raise
         raise ASSLError(f"inserting the scales failed ({type(e).__name__}: {e}); the model is left as it was") from e

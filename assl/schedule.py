@@ -3,12 +3,27 @@
 Steps are optimizer steps, counted from 0. With ``A = align_iters`` (0 when nothing is aligned),
 ``n`` the number of penalty increments it takes to pass ``reg_limit`` and ``R = n * reg_interval``:
 
-* steps ``[0, A)``: **align**, the alignment loss is on and no penalty is applied;
-* steps ``[A, A + R)``: **regularize**, the penalty at step ``A + j`` is
+* steps ``[0, A)``: **align**, the alignment loss is on for same-pruned groups; groups that are
+  not aligned choose their channels at step 0 and are already penalized;
+* steps ``[A, A + R)``: **regularize**, the penalty of aligned groups at step ``A + j`` is
   ``reg_step * (j // reg_interval + 1)``: it grows by ``reg_step`` every ``reg_interval`` steps
-  and reaches ``n * reg_step > reg_limit`` in the last interval;
-* steps ``[A + R, A + R + stabilize_iters)``: **stabilize**, the penalty stays at ``n * reg_step``;
+  and reaches ``n * reg_step > reg_limit`` in the last interval (groups that are not aligned run
+  the same growth from step 0 and hold their final penalty after step ``R``);
+* steps ``[A + R, A + R + stabilize_iters)``: **stabilize**, every penalty stays at ``n * reg_step``;
 * from ``A + R + stabilize_iters`` on: **done** (the final penalty keeps applying if you go on).
+
+What the penalty does to the chosen entries (scales, normalization weights and their biases)
+is ``Schedule.penalty_form``:
+
+* ``"shrink"`` (default): at every step the chosen entries take no gradient from the task and
+  are multiplied by ``1 - penalty``. It acts the same under Adam, AdamW and SGD at any learning
+  rate: after ``R`` steps of growth to ``p`` the chosen entries are ``exp(-R * p / 2)`` of what
+  they were, and exactly that at any scale of the task loss.
+* ``"gradient"`` (the paper's): ``grad += penalty * x`` on the chosen entries before the optimizer
+  step, the gradient of ``penalty/2 * x**2`` (Wang et al., "Neural Pruning via Growing
+  Regularization", ICLR 2021). Under Adam a parameter moves about one learning rate per step
+  whatever the gradient's size, so it needs ``|x| / lr`` steps to reach zero, and then jitters
+  at about ``lr``: fine for the paper's 160k steps, too slow for short schedules.
 """
 
 from __future__ import annotations
@@ -17,21 +32,31 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-__all__ = ["PHASES", "Schedule"]
+from .alignment import ALIGN_LOSSES
+
+__all__ = ["PENALTY_FORMS", "PHASES", "Schedule"]
 
 PHASES = ("align", "regularize", "stabilize", "done")
+PENALTY_FORMS = ("shrink", "gradient")
+
+# the paper's phases, as fractions of its 160430 steps: align 17260, regularize 100020, stabilize 43150
+_PAPER = (17260, 5001 * 20, 43150)
+_SHRINK_DECAY = math.log(1e4)  # for_steps: the chosen entries fall to 1e-4 of their size in regularize
+_SHRINK_CAP = 0.3  # for_steps: at most this share per step (faster removal only shocks the kept channels)
+_MIN_STEPS = 10
 
 
 @dataclass(frozen=True)
 class Schedule:
     """The numbers of the ASSL schedule.
 
-    The defaults are those of the authors' released commands for the paper (Zhang, Wang, Qin, Fu,
+    Size a schedule to your training with :meth:`for_steps`. The field defaults are the phase
+    lengths and numbers of the authors' released commands for the paper (Zhang, Wang, Qin, Fu,
     "Aligned Structured Sparsity Learning for Efficient Image Super-Resolution", NeurIPS 2021):
     17260 alignment steps, a penalty growing by 1e-4 every 20 steps until it passes 0.5 (5001
-    increments, 100020 steps), then 43150 steps at the final penalty. That is 160430 optimizer
-    steps in all (143170 when no group is aligned). A much shorter schedule needs a stronger
-    penalty to drive the chosen channels to zero in time (docs/pruner.md, "Short schedules").
+    increments, 100020 steps), then 43150 steps at the final penalty: 160430 optimizer steps in
+    all (143170 when no group is aligned, :attr:`total_steps`), with the ``"shrink"`` penalty;
+    :meth:`paper` is that schedule with the paper's gradient-form penalty, to reproduce its runs.
 
     Attributes:
         align_iters: Steps of the alignment phase for same-pruned groups (0: no alignment; groups
@@ -41,8 +66,14 @@ class Schedule:
         reg_step: How much the penalty grows each time.
         reg_limit: The penalty grows until it passes this value.
         stabilize_iters: Steps of training at the final penalty.
+        penalty_form: ``"shrink"`` or ``"gradient"`` (see the module's documentation).
+        align_loss: ``"consensus"`` (pulls each layer's soft mask toward the group's mean mask;
+            bounded by 0.25, so ``align_weight=1`` sits beside any task loss) or ``"authors"``
+            (the paper's ``-mean(M Mᵀ)``, which does not align; see :mod:`assl.alignment`).
 
     Example:
+        >>> Schedule.for_steps(2000).total_steps
+        2000
         >>> Schedule(align_iters=100, reg_interval=2, reg_step=0.01, reg_limit=0.1, stabilize_iters=50)
     """
 
@@ -52,6 +83,75 @@ class Schedule:
     reg_step: float = 1e-4
     reg_limit: float = 0.5
     stabilize_iters: int = 43150
+    penalty_form: str = "shrink"
+    align_loss: str = "consensus"
+
+    @classmethod
+    def for_steps(cls, n: int, *, align: bool = True, **overrides: Any) -> Schedule:
+        """A schedule of exactly ``n`` optimizer steps, its phases in the paper's proportions.
+
+        Align, regularize and stabilize take about 11%, 62% and 27% of the steps; the penalty
+        grows in up to 50 increments and reaches its limit inside regularize (steps it leaves over
+        go to stabilize). With the ``"shrink"`` penalty the limit is sized so that the chosen
+        entries fall to 1e-4 of their size by the end of regularize (at most 0.3 per step, reached
+        below about 200 steps, where they end less small), and shrink further in stabilize.
+
+        Args:
+            n: The number of optimizer steps the Pruner may take before :meth:`Pruner.slim`.
+            align: Whether the model has same-pruned groups that run the align phase; without
+                them ``n`` is split between regularize and stabilize alone.
+            overrides: Any field, e.g. ``align_weight`` or ``penalty_form``; a given
+                ``reg_limit`` is kept and the increments are sized to it.
+
+        Raises:
+            ValueError: ``n`` below 10, too few steps for the phases; or an unknown field.
+
+        Example:
+            >>> schedule = Schedule.for_steps(600)
+            >>> schedule.align_iters, schedule.stabilize_iters, schedule.total_steps
+        """
+        if not isinstance(n, int) or isinstance(n, bool) or n < _MIN_STEPS:
+            raise ValueError(f"Schedule.for_steps needs an int n >= {_MIN_STEPS} (a few steps per phase), got {n!r}")
+        sized = {"align_iters", "stabilize_iters", "reg_interval", "reg_step"}
+        bad = sorted((set(overrides) - set(cls.__dataclass_fields__)) | (set(overrides) & sized))
+        if bad:
+            raise ValueError(
+                f"Schedule.for_steps sizes {sorted(sized)} itself and takes only the other fields "
+                f"(align_weight, align_loss, reg_limit, penalty_form), got {bad}"
+            )
+        total = sum(_PAPER)
+        a = max(1, round(n * _PAPER[0] / total)) if align else 0
+        s = max(1, round(n * _PAPER[2] / total))
+        budget = n - a - s
+        k = min(50, budget)
+        interval = budget // k
+        k = budget // interval
+        form = overrides.get("penalty_form", "shrink")
+        if "reg_limit" in overrides:
+            limit = overrides.pop("reg_limit")
+        elif form == "shrink":
+            limit = min(_SHRINK_CAP, 2 * _SHRINK_DECAY / (k * interval))
+        else:
+            limit = cls.reg_limit
+        step = limit / (k - 0.5)  # k increments: (k - 1) * step <= limit < k * step
+        return cls(
+            align_iters=a,
+            reg_interval=interval,
+            reg_step=step,
+            reg_limit=limit,
+            stabilize_iters=n - a - k * interval,
+            **overrides,
+        )
+
+    @classmethod
+    def paper(cls) -> Schedule:
+        """The authors' schedule with their penalty and alignment loss: 160430 steps, for their runs."""
+        return cls(penalty_form="gradient", align_loss="authors")
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps from the first to ``done`` when a group is aligned."""
+        return self.bounds(True)[2]
 
     def __post_init__(self) -> None:
         for name in ("align_iters", "stabilize_iters"):
@@ -66,6 +166,16 @@ class Schedule:
                 raise ValueError(f"Schedule.{name} must be a finite number >= 0, got {v!r}")
         if self.reg_step <= 0:
             raise ValueError(f"Schedule.reg_step must be > 0, got {self.reg_step!r}")
+        if self.align_loss not in ALIGN_LOSSES:
+            raise ValueError(f"Schedule.align_loss must be one of {ALIGN_LOSSES}, got {self.align_loss!r}")
+        if self.penalty_form not in PENALTY_FORMS:
+            raise ValueError(f"Schedule.penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
+        final = self.increments * self.reg_step
+        if self.penalty_form == "shrink" and final >= 1:
+            raise ValueError(
+                f"Schedule: with penalty_form='shrink' the final penalty ({final:.4g}, increments x reg_step) is the "
+                f"share of the chosen entries removed per step and must stay below 1: lower reg_limit or reg_step"
+            )
 
     @property
     def increments(self) -> int:
@@ -84,7 +194,7 @@ class Schedule:
         return PHASES[(step >= a) + (step >= r) + (step >= d)]
 
     def penalty(self, step: int, aligned: bool) -> float:
-        """The penalty factor applied to the chosen channels at ``step``."""
+        """The penalty at ``step`` of a group that is ``aligned`` (its growth starts after align)."""
         a, r, _ = self.bounds(aligned)
         if step < a:
             return 0.0

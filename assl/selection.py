@@ -1,10 +1,11 @@
 """Choosing channels: the scaled producers, their importance scores, and the units each group loses.
 
-Each group that loses units has one :class:`ScaledLayer` per producer: the per-filter scale ``g``
-inserted on its weight, and the unit each scale entry and each output channel stands for. A
-group's score of a unit sums each layer's ``|g|`` (or weight L1 norm) relative to that layer's
-mean, so every layer of the group has one vote; the lowest-scoring units that leave every layer
-an output channel are chosen.
+Each group that loses units has :class:`Carrier` objects: per-channel scales that say how loud
+each unit is and that the penalty drives to zero, the weight-normalization scale ``g`` inserted on
+a producer or the weight of a normalization layer. A group's score of a unit sums each carrier's
+``|scale|`` (or each producer's weight L1 norm) relative to that carrier's mean, so every carrier
+of the group has one vote; the lowest-scoring units that leave every layer an output channel are
+chosen.
 """
 
 from __future__ import annotations
@@ -12,15 +13,17 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable, Iterable, Iterator, Mapping
 
+import numpy as np
 import torch
 from torch import nn
 
+from . import alignment
 from .errors import ASSLError
 from .graph import ChannelGroup, Graph
-from .layers import output_dim
-from .scales import WeightScale, insert_scale
+from .layers import has_affine, output_dim
+from .scales import insert_scale
 
-__all__ = ["ScaledLayer", "Selection"]
+__all__ = ["Carrier", "Selection"]
 
 logger = logging.getLogger("assl")
 
@@ -28,49 +31,87 @@ Scorer = Callable[[str], torch.Tensor]
 """Group name -> one score per unit (lower goes first)."""
 
 
-class ScaledLayer:
-    """A scaled producer: its scale, bias, and the units of its scale entries and channels."""
+class Carrier:
+    """One tensor of per-channel scales of a group: what says how loud each unit is, and what the
+    penalty drives to zero.
 
-    def __init__(self, name: str, module: nn.Module, ws: WeightScale, group: ChannelGroup) -> None:
+    A producer whose output is read as it is carries its units in the weight-normalization scale
+    ``g`` the Pruner inserts, with its bias. A producer read only by a normalization layer (conv ->
+    BatchNorm) would have ``g`` undone by the normalization's statistics: there the channel's scale
+    is the normalization's weight (gamma), with its bias (beta). Normalization layers further down a
+    group's channels (after a residual add, or several reading one concat) carry them too: each
+    turns a zero input into its beta, so their gamma and beta are driven to zero as well.
+
+    Attributes:
+        name: The module that holds the scale.
+        kind: ``"g"`` (an inserted weight-normalization scale) or ``"norm"`` (gamma and beta).
+        scale: The Parameter whose entries ``scale_pos`` carry units ``scale_units``.
+        bias: The bias that goes with it (``None`` if the module has none).
+        channel_units: The unit of each output channel of the module (``-1``: not this group's).
+    """
+
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        kind: str,
+        scale: nn.Parameter,
+        scale_units: np.ndarray,
+        channel_units: np.ndarray,
+        size: int,
+    ) -> None:
         self.name = name
         self.module = module
-        self.ws = ws
+        self.kind = kind
+        self.scale = scale
+        self.size = size
+        device = scale.device
         bias = getattr(module, "bias", None)
         self.bias: nn.Parameter | None = bias if isinstance(bias, nn.Parameter) else None
-        units = group.channels(name)
-        n = ws.scale.numel()
-        # a grouped ConvTranspose scales out/groups columns; its groups are tied channel by channel
-        self.scale_units = torch.as_tensor(units[:n], dtype=torch.long, device=ws.scale.device)
-        self.channel_units = torch.as_tensor(units, dtype=torch.long, device=ws.scale.device)
-        self.counts = torch.bincount(self.scale_units, minlength=group.size).clamp_min(1).to(ws.scale.dtype)
-        self.size = group.size
+        mine = scale_units >= 0
+        self.scale_pos = torch.as_tensor(np.flatnonzero(mine), dtype=torch.long, device=device)
+        self.scale_units = torch.as_tensor(scale_units[mine], dtype=torch.long, device=device)
+        self.channel_units = torch.as_tensor(channel_units, dtype=torch.long, device=device)
+        mine_b = channel_units >= 0
+        self.bias_pos = torch.as_tensor(np.flatnonzero(mine_b), dtype=torch.long, device=device)
+        self.bias_units = torch.as_tensor(channel_units[mine_b], dtype=torch.long, device=device)
+        self.counts = torch.bincount(self.scale_units, minlength=size).clamp_min(1).to(scale.dtype)
         self.scale_idx = torch.zeros(0, dtype=torch.long)
         self.bias_idx = torch.zeros(0, dtype=torch.long)
 
+    @classmethod
+    def weight_scale(cls, name: str, module: nn.Module, group: ChannelGroup) -> Carrier:
+        """Insert a :class:`WeightScale` on producer ``module`` and carry its units in ``g``."""
+        ws = insert_scale(module)
+        units = group.channels(name)
+        # a grouped ConvTranspose scales out/groups columns; its groups are tied channel by channel
+        return cls(name, module, "g", ws.scale, units[: ws.scale.numel()], units, group.size)
+
+    @classmethod
+    def norm(cls, name: str, module: nn.Module, units: np.ndarray, size: int) -> Carrier:
+        """Carry the units ``units`` (one per channel, ``-1``: not this group's) in gamma and beta."""
+        return cls(name, module, "norm", module.weight, units, units, size)  # type: ignore[arg-type]
+
     def per_unit(self, values: torch.Tensor) -> torch.Tensor:
-        """Mean of per-scale-entry ``values`` over the entries of each unit (differentiable)."""
+        """Mean of per-entry ``values`` over the entries of each unit (differentiable)."""
         total = torch.zeros(self.size, dtype=values.dtype, device=values.device)
-        return total.index_add(0, self.scale_units.to(values.device), values) / self.counts.to(values.device)
+        units = self.scale_units.to(values.device)
+        return total.index_add(0, units, values) / self.counts.to(device=values.device, dtype=values.dtype)
 
     def unit_scores(self) -> torch.Tensor:
-        """``|g|`` averaged over the channels of each unit (differentiable)."""
-        return self.per_unit(self.ws.scale.abs())
-
-    def l1_scores(self) -> torch.Tensor:
-        """The L1 norm of each filter, averaged over the channels of each unit."""
-        weight: torch.Tensor = self.module.weight  # type: ignore[assignment]
-        return self.per_unit(weight.detach().transpose(0, output_dim(self.module)).flatten(1).abs().sum(1))
+        """``|scale|`` averaged over the entries of each unit (differentiable)."""
+        return self.per_unit(self.scale.index_select(0, self.scale_pos.to(self.scale.device)).abs())
 
     def choose(self, units: torch.Tensor) -> None:
         """Mark ``units`` as chosen: the penalty then acts on their scale entries and biases."""
         chosen = torch.zeros(self.size, dtype=torch.bool, device=self.scale_units.device)
         chosen[units.to(chosen.device)] = True
-        self.scale_idx = chosen[self.scale_units].nonzero().flatten()
-        self.bias_idx = chosen[self.channel_units].nonzero().flatten()
+        self.scale_idx = self.scale_pos[chosen[self.scale_units]]
+        self.bias_idx = self.bias_pos[chosen[self.bias_units]]
 
     def check_finite(self) -> None:
         """Raise, naming the layer, if its scale is NaN or inf."""
-        if not bool(torch.isfinite(self.ws.scale).all()):
+        if not bool(torch.isfinite(self.scale).all()):
             raise ASSLError(
                 f"the scales of `{self.name}` contain NaN or inf: training diverged (lower the learning "
                 f"rate or the penalty); the model is left as it is"
@@ -78,59 +119,125 @@ class ScaledLayer:
 
 
 class Selection:
-    """Which units each group loses: scores, the chosen units, and the layers that carry them.
+    """Which units each group loses: scores, the chosen units, and the carriers of each group.
 
     Args:
         graph: The traced graph.
-        removed: Units each group loses (groups losing none are absent from ``layers``).
-        layers: Group name -> its scaled producers, in ``graph.group(name).layers`` order.
+        removed: Units each group loses (groups losing none are absent from ``carriers``).
+        carriers: Group name -> its :class:`Carrier` objects (producers first, then norms).
     """
 
-    def __init__(self, graph: Graph, removed: Mapping[str, int], layers: Mapping[str, list[ScaledLayer]]) -> None:
+    def __init__(self, graph: Graph, removed: Mapping[str, int], carriers: Mapping[str, list[Carrier]]) -> None:
         self.graph = graph
         self.removed = removed
-        self.layers = dict(layers)
+        self.layers = dict(carriers)
         self.chosen: dict[str, list[int]] = {}
+        self._model: nn.Module | None = None
 
     @classmethod
-    def insert_scales(cls, model: nn.Module, graph: Graph, removed: Mapping[str, int]) -> Selection:
-        """Insert a scale on every producer of each group that loses units; check everything first.
+    def build(cls, model: nn.Module, graph: Graph, removed: Mapping[str, int]) -> Selection:
+        """Find each pruned group's carriers and insert the scales they need; check everything first.
 
         Raises:
-            ASSLError: The weight of such a producer holds NaN or inf (the scale would start there);
-                the model is left as it is.
+            ASSLError: The weight of a producer to be scaled holds NaN or inf (the scale would
+                start there); the model is left as it is.
+            ValueError: A normalization layer without affine parameters renormalizes channels that
+                could be removed: no penalty can drive them to zero there.
         """
-        modules = {n: model.get_submodule(n) for g in graph.groups if removed[g.name] for n in g.layers}
+        plans: dict[str, tuple[list[str], dict[str, np.ndarray]]] = {}
+        unscalable: list[str] = []
+        for g in graph.groups:
+            if not removed[g.name]:
+                continue
+            norms = {n: np.where(g.prunable[u] & (u >= 0), u, -1) for n, u in graph.norms_of(g.name).items()}
+            norms = {n: u for n, u in norms.items() if (u >= 0).any()}
+            plain = [n for n in norms if not has_affine(model.get_submodule(n))]
+            unscalable += [f"`{n}` (group {g.name})" for n in plain]
+            affine = set(norms) - set(plain)
+            scaled = [p for p in g.layers if not (p in graph.normalized and set(graph.normalized[p]) <= affine)]
+            plans[g.name] = (scaled, norms)
+        if unscalable:
+            raise ValueError(
+                f"{', '.join(unscalable)} normalize(s) channels that could be removed without affine parameters, so "
+                f"no penalty can drive those channels to zero: give the normalization affine=True, or skip the "
+                f"group's layers (skip=[...])"
+            )
+        modules = {n: model.get_submodule(n) for scaled, _ in plans.values() for n in scaled}
         for n, m in modules.items():
             weight = m.weight
             if isinstance(weight, torch.Tensor) and not bool(torch.isfinite(weight).all()):
                 raise ASSLError(f"the weight of `{n}` contains NaN or inf; the model is left as it is")
-        layers = {
-            g.name: [ScaledLayer(n, modules[n], insert_scale(modules[n]), g) for n in g.layers]
-            for g in graph.groups
-            if removed[g.name]
-        }
-        return cls(graph, removed, layers)
+        carriers: dict[str, list[Carrier]] = {}
+        for name, (scaled, norms) in plans.items():  # the only change to the model, after every check
+            g = graph.group(name)
+            carriers[name] = [Carrier.weight_scale(n, modules[n], g) for n in scaled] + [
+                Carrier.norm(n, model.get_submodule(n), units, g.size) for n, units in norms.items()
+            ]
+        selection = cls(graph, removed, carriers)
+        selection._model = model
+        return selection
 
-    def all_layers(self) -> Iterator[ScaledLayer]:
-        """Every scaled producer, group by group."""
+    def all_layers(self) -> Iterator[Carrier]:
+        """Every carrier, group by group."""
         for layers in self.layers.values():
             yield from layers
 
+    def penalized_parameters(self) -> list[nn.Parameter]:
+        """Every carrier's scale and bias, each Parameter once."""
+        carriers = list(self.all_layers())
+        params = [c.scale for c in carriers] + [c.bias for c in carriers if c.bias is not None]
+        return list({id(p): p for p in params}.values())
+
+    def unit_scales(self, name: str) -> torch.Tensor:
+        """A detached copy of :meth:`unit_table`.
+
+        Raises:
+            ValueError: Group ``name`` loses no channels (it has no carriers).
+        """
+        if name not in self.layers:
+            raise ValueError(f"group {name!r} has no scales; groups that lose channels: {sorted(self.layers)}")
+        with torch.no_grad():
+            return self.unit_table(name).clone()
+
     def unit_table(self, name: str) -> torch.Tensor:
-        """``|g|`` per unit of group ``name``, one row per layer (differentiable)."""
+        """``|scale|`` per unit of group ``name``, one row per carrier (differentiable)."""
         return torch.stack([layer.unit_scores() for layer in self.layers[name]])
 
+    def alignment_loss(self, groups: Iterable[str], form: str) -> torch.Tensor:
+        """The alignment loss of ``groups`` (see :mod:`assl.alignment`), differentiable.
+
+        ``"authors"``: the paper's term summed over groups; ``"consensus"``: the mean over groups
+        of a term bounded by 0.25, so the total stays bounded for any number of groups.
+        """
+        if form == "authors":
+            return torch.stack([alignment.alignment_loss(self.unit_table(g), self.removed[g]) for g in groups]).sum()
+        return torch.stack([alignment.consensus_loss(self.unit_table(g), self.removed[g]) for g in groups]).mean()
+
+    def agreement(self, groups: Iterable[str]) -> dict[str, float]:
+        """Per group, :func:`assl.alignment.agreement` of its carriers' current scales."""
+        with torch.no_grad():
+            return {g: alignment.agreement(self.unit_table(g), self.removed[g]) for g in groups}
+
     def scale_scores(self, name: str) -> torch.Tensor:
-        """Group score per unit: each layer's ``|g|`` per unit relative to its mean, summed."""
+        """Group score per unit: each carrier's ``|scale|`` per unit relative to its mean, summed."""
         self.check_finite(self.layers[name])
         with torch.no_grad():
             return _relative_sum(self.unit_table(name))
 
     def l1_scores(self, name: str) -> torch.Tensor:
-        """Group score per unit from the filters' L1 norms, each layer relative to its mean."""
+        """Group score per unit from the producers' filter L1 norms, each relative to its mean."""
+        assert self._model is not None
+        g = self.graph.group(name)
+        rows = []
         with torch.no_grad():
-            return _relative_sum(torch.stack([layer.l1_scores() for layer in self.layers[name]]))
+            for layer in g.layers:
+                m = self._model.get_submodule(layer)
+                weight: torch.Tensor = m.weight  # type: ignore[assignment]
+                w = weight.detach().transpose(0, output_dim(m)).flatten(1).abs().sum(1)
+                units = torch.as_tensor(g.channels(layer)[: w.numel()], dtype=torch.long, device=w.device)
+                counts = torch.bincount(units, minlength=g.size).clamp_min(1).to(w.dtype)
+                rows.append(torch.zeros(g.size, dtype=w.dtype, device=w.device).index_add(0, units, w) / counts)
+            return _relative_sum(torch.stack(rows))
 
     def choose(self, name: str, scores: torch.Tensor) -> None:
         """Choose the lowest-scoring units of group ``name`` that leave every layer a channel."""
@@ -160,7 +267,7 @@ class Selection:
         """Whether every group has its units chosen."""
         return len(self.chosen) == len(self.layers)
 
-    def check_finite(self, layers: Iterable[ScaledLayer] | None = None) -> None:
+    def check_finite(self, layers: Iterable[Carrier] | None = None) -> None:
         """Raise, naming the layer, if a scale (of ``layers``, default all) is NaN or inf."""
         for layer in layers if layers is not None else self.all_layers():
             layer.check_finite()

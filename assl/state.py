@@ -4,7 +4,7 @@ watch that notices scales no optimizer updates."""
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -78,38 +78,51 @@ def _check_chosen(chosen: Any, removed: Mapping[str, int], graph: Graph | None) 
 
 
 class ScaleWatch:
-    """Notices scales that no optimizer updates (an optimizer built before the Pruner).
+    """Notices inserted scales that no optimizer updates (an optimizer built before the Pruner).
 
-    While the penalty is on, an optimizer that holds the scales moves them at every step.
-    :meth:`check` keeps a copy of the scales the first time it is called and raises when, at a
-    later call, they are still bit for bit the same. Once they have moved it stops looking, so a
-    step skipped later (GradScaler, a zero learning rate) is never mistaken for the problem.
+    An optimizer that holds the scales ``g`` moves their entries the penalty leaves alone (the
+    units not chosen) at every step, with the task's gradient. :meth:`check` keeps a copy of those
+    entries the first time it is called and raises when, at a later call, they are still bit for
+    bit the same. Once they have moved it stops looking, so a step skipped later (GradScaler, a
+    zero learning rate) is never mistaken for the problem. Normalization weights are the model's
+    own Parameters, which an optimizer built before the Pruner holds: they are not watched.
     """
 
     def __init__(self) -> None:
-        self._first: tuple[int, torch.Tensor] | None = None
+        self._first: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self._moved = False
 
-    def check(self, scales: Sequence[torch.Tensor], step: int) -> None:
-        """Compare ``scales`` at ``step`` with the copy taken at the first call.
+    def check(self, carriers: Iterable[Any], step: int) -> None:
+        """Compare the unchosen entries of the carriers' inserted scales with the first call's.
 
         Raises:
             ASSLError: They have not changed since then.
         """
-        if self._moved or not scales:
+        if self._moved:
             return
+        values, free = [], []
         with torch.no_grad():
-            now = torch.cat([s.detach().reshape(-1) for s in scales])
-        if self._first is None:
-            self._first = (step, now.clone())
+            for c in carriers:
+                if c.kind != "g":
+                    continue
+                flat = c.scale.detach().reshape(-1)
+                mask = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+                mask[c.scale_idx.to(flat.device)] = False
+                values.append(flat.clone())
+                free.append(mask)
+        if not values:
             return
-        since, first = self._first
-        if not torch.equal(first, now):
+        now, now_free = torch.cat(values), torch.cat(free)
+        if self._first is None:
+            self._first = (step, now, now_free)
+            return
+        since, first, first_free = self._first
+        both = first_free & now_free
+        if not torch.equal(first[both], now[both]):
             self._moved, self._first = True, None
             return
         raise ASSLError(
-            f"the scales have not changed in the {step - since} steps since step {since}, although the penalty "
-            f"acts on them: the optimizer does not update them. Build the optimizer after creating the Pruner "
-            f"(over model.parameters(), which then include the scales), or add pruner.scale_parameters() as a "
-            f"param group"
+            f"the scales have not changed in the {step - since} steps since step {since}: the optimizer does not "
+            f"update them. Build the optimizer after creating the Pruner (over model.parameters(), which then "
+            f"include the scales), or add pruner.scale_parameters() as a param group"
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import pytest
 import torch
@@ -11,7 +12,7 @@ from torch import nn
 from util import assert_same, call, flat, max_rel_err, snapshot
 
 import assl
-from assl.alignment import alignment_loss, soft_masks
+from assl.alignment import agreement, alignment_loss, consensus_loss, soft_masks
 
 TINY = assl.Schedule(align_iters=6, reg_interval=2, reg_step=0.1, reg_limit=0.3, stabilize_iters=4)
 
@@ -36,7 +37,12 @@ def test_inserting_scales_keeps_outputs(case):
         before = [t.clone() for t in flat(call(model, x))]
     extra = [case.other_inputs(0)] if case.other_inputs else []
     pruner = assl.Pruner(model, x, ratio=0.5, extra_inputs=extra, schedule=TINY)
-    assert pruner.scale_parameters()
+    assert pruner.penalized_parameters()
+    # every pruned group has a carrier; producers read only through an affine norm get no scale
+    groups = [n for n, k in pruner.removed.items() if k]
+    assert groups and all(pruner.carriers(n) for n in groups)
+    scaled = {name for n in groups for name, kind in pruner.carriers(n) if kind == "g"}
+    assert not scaled & set(pruner.graph.normalized)
     with torch.no_grad():
         after = flat(call(model, x))
     for a, b in zip(before, after):
@@ -96,11 +102,63 @@ def test_schedule_numbers():
         {"reg_step": math.nan},
         {"align_weight": math.inf},
         {"align_iters": 1.5},
+        {"penalty_form": "l1"},
+        {"reg_step": 0.5, "reg_limit": 0.6},  # a shrink of 100% per step
     ],
 )
 def test_schedule_rejects_bad_numbers(kwargs):
     with pytest.raises(ValueError, match="Schedule"):
         assl.Schedule(**kwargs)
+
+
+@pytest.mark.parametrize("n", [10, 11, 17, 50, 99, 100, 333, 600, 2000, 12345, 160430])
+@pytest.mark.parametrize("align", [True, False])
+def test_for_steps_fills_exactly_n_steps_in_the_papers_proportions(n, align):
+    s = assl.Schedule.for_steps(n, align=align)
+    a, r, d = s.bounds(align)
+    assert d == n and s.total_steps == n
+    assert (a >= 1) == align and r - a >= 2 and d - r >= 1
+    if n >= 1000:  # align 11%, regularize 62%, stabilize 27%, as in the paper
+        assert abs(a / n - 17260 / 160430 * align) < 0.01 and abs((d - r) / n - 43150 / 160430) < 0.02
+    # the penalty passes its limit inside regularize and holds it in stabilize
+    assert s.penalty(r - 1, align) > s.reg_limit and s.penalty(r - 1, align) == s.penalty(d - 1, align)
+    assert s.penalty(r - 1 - s.reg_interval, align) <= s.reg_limit
+    # the shrink takes the chosen entries to 1e-4 of their size by the end of regularize (or its cap)
+    kept = math.prod(1 - s.penalty(t, align) for t in range(a, r))
+    assert kept <= 1.01e-4 or s.reg_limit == 0.3
+
+
+def test_for_steps_refuses_too_few_steps_and_fields_it_sizes_itself():
+    with pytest.raises(ValueError, match=">= 10"):
+        assl.Schedule.for_steps(9)
+    with pytest.raises(ValueError, match="align_iters"):
+        assl.Schedule.for_steps(100, align_iters=5)
+    with pytest.raises(ValueError, match="nonsense"):
+        assl.Schedule.for_steps(100, nonsense=1)
+    s = assl.Schedule.for_steps(500, align_weight=0.5, penalty_form="gradient", reg_limit=2.0)
+    assert (s.align_weight, s.penalty_form, s.reg_limit, s.total_steps) == (0.5, "gradient", 2.0, 500)
+
+
+def test_the_papers_schedule_is_kept_for_reproducing_it():
+    paper = assl.Schedule.paper()
+    assert paper.penalty_form == "gradient" and paper.total_steps == 160430
+    assert assl.Schedule().total_steps == 160430 and assl.Schedule().penalty_form == "shrink"
+
+
+def test_groups_that_are_not_aligned_are_penalized_from_step_0():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    assert pruner.aligned == ["head.0"] and pruner.phase == "align"
+    free = [g for g, k in pruner.removed.items() if k and g not in pruner.aligned]
+    assert free and set(free) <= set(pruner.chosen())  # chosen at once, not after alignment
+    before = {g: pruner.unit_scales(g) for g in [*free, "head.0"]}
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    pruner.step()
+    for g in free:  # shrunk by the first increment of the penalty
+        chosen = pruner.chosen()[g]
+        torch.testing.assert_close(pruner.unit_scales(g)[:, chosen], before[g][:, chosen] * (1 - TINY.reg_step))
+    assert torch.equal(pruner.unit_scales("head.0"), before["head.0"])  # aligned: no penalty yet
 
 
 def test_pruner_phases_switch_at_the_right_steps():
@@ -125,7 +183,9 @@ def test_pruner_phases_switch_at_the_right_steps():
 
 def test_step_adds_penalty_only_to_chosen_channels():
     model = _edsr()
-    sched = assl.Schedule(align_iters=0, reg_interval=1, reg_step=0.25, reg_limit=1.0, stabilize_iters=1)
+    sched = assl.Schedule(
+        align_iters=0, reg_interval=1, reg_step=0.25, reg_limit=1.0, stabilize_iters=1, penalty_form="gradient"
+    )
     pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=sched)
     for p in model.parameters():
         p.grad = torch.zeros_like(p)
@@ -134,7 +194,7 @@ def test_step_adds_penalty_only_to_chosen_channels():
     for name, layers in pruner._selection.layers.items():
         units = torch.tensor(chosen[name])
         for layer in layers:
-            g = layer.ws.scale
+            g = layer.scale
             mask = torch.isin(layer.scale_units, units)
             torch.testing.assert_close(g.grad[mask], 0.25 * g.detach()[mask])
             assert torch.all(g.grad[~mask] == 0)
@@ -146,11 +206,20 @@ def test_step_adds_penalty_only_to_chosen_channels():
     assert all(torch.all(p.grad == 0) for p in others)
 
 
-def test_penalty_drives_chosen_scales_to_zero_on_a_toy_task():
+@pytest.mark.parametrize(
+    "sched",
+    [
+        assl.Schedule(
+            align_iters=20, reg_interval=2, reg_step=0.02, reg_limit=1.0, stabilize_iters=40, penalty_form="gradient"
+        ),
+        assl.Schedule.for_steps(162),
+    ],
+    ids=["gradient", "shrink"],
+)
+def test_penalty_drives_chosen_scales_to_zero_on_a_toy_task(sched):
     torch.manual_seed(0)
     teacher = _edsr(seed=3)
     model = _edsr(seed=4)
-    sched = assl.Schedule(align_iters=20, reg_interval=2, reg_step=0.02, reg_limit=1.0, stabilize_iters=40)
     pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=sched)
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     pruner.attach(opt)
@@ -261,7 +330,7 @@ def test_slim_warns_when_the_removed_channels_still_matter(caplog):
         if zero_chosen:  # what a penalty that did its job leaves: chosen scales and biases at zero
             with torch.no_grad():
                 for layer in pruner._selection.all_layers():
-                    layer.ws.scale[layer.scale_idx] = 0
+                    layer.scale[layer.scale_idx] = 0
                     layer.bias[layer.bias_idx] = 0
         with caplog.at_level("INFO", logger="assl"):
             caplog.clear()
@@ -507,3 +576,69 @@ def test_half_precision_models_are_verified_at_their_precision():
     assert tolerance(small) == 2e-2 and tolerance(_edsr()) == 1e-4
     masked = assl.masked_copy(_edsr(feats=16), assl.trace(_edsr(feats=16), _x()), {})
     assert max_rel_err(masked, _edsr(feats=16), _x(1)) == 0.0
+
+
+# --- alignment that aligns ---------------------------------------------------------------
+
+
+def _disagreeing_scores(seed: int) -> torch.Tensor:
+    """6 layers x 32 units whose kept sets (16 of 32) agree at about 0.6-0.7 (chance: 0.5)."""
+    g = torch.Generator().manual_seed(seed)
+    base = torch.rand(32, generator=g) + 0.5
+    return (base + 0.3 * base.mean() * torch.randn(6, 32, generator=g)).abs()
+
+
+def _adam_on_loss_alone(loss_fn, start: torch.Tensor, steps: int = 150) -> torch.Tensor:
+    s = nn.Parameter(start.clone())
+    opt = torch.optim.Adam([s], lr=1e-2)
+    for _ in range(steps):
+        loss = loss_fn(s.abs(), 16)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return s.detach().abs()
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_default_alignment_loss_aligns_without_inflating_the_scores(seed):
+    start = _disagreeing_scores(seed)
+    assert 0.55 < agreement(start, 16) < 0.8
+    end = _adam_on_loss_alone(consensus_loss, start)
+    assert agreement(end, 16) >= 0.9
+    assert float((end - start).abs().mean() / start.mean()) <= 0.5  # drift
+    assert abs(float(end.mean() / start.mean()) - 1) < 0.1  # no inflation
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_authors_alignment_loss_does_not_align_and_inflates_the_scores(seed):
+    start = _disagreeing_scores(seed)
+    end = _adam_on_loss_alone(alignment_loss, start)
+    assert agreement(end, 16) < agreement(start, 16) + 0.05
+    assert float(end.mean() / start.mean()) > 1.3
+
+
+def test_the_default_alignment_loss_is_bounded_whatever_the_width_and_depth():
+    for layers, units in [(2, 4), (6, 32), (40, 512)]:
+        g = torch.Generator().manual_seed(layers)
+        worst = torch.stack([torch.randperm(units, generator=g).float() for _ in range(layers)])
+        k = units // 2
+        assert 0 < float(consensus_loss(worst, k)) <= 0.25
+        assert float(consensus_loss(worst[:1].repeat(layers, 1), k)) < 1e-12
+        assert float(alignment_loss(worst, k)) < -0.1 * units / 4  # the authors' grows with the width
+
+
+def test_pruner_alignment_forms_and_agreement():
+    model = _edsr()
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    assert TINY.align_loss == "consensus" and assl.Schedule.paper().align_loss == "authors"
+    loss = pruner.alignment_loss()
+    assert loss.requires_grad and 0 <= loss.item() <= 0.25
+    agree = pruner.alignment_agreement()
+    assert set(agree) == {"head.0"} and 0 <= agree["head.0"] <= 1
+    assert "yes (" in pruner.summary()
+    authors = assl.Pruner(
+        _edsr(), _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=replace(TINY, align_loss="authors")
+    )
+    assert authors.alignment_loss().item() < 0
+    with pytest.raises(ValueError, match="align_loss"):
+        assl.Schedule(align_loss="mean")

@@ -12,7 +12,7 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from ..layers import DECONV, INSTANCENORM
+from ..layers import DECONV, channel_dim
 from .channels import Value, fixed_value
 from .protocol import Tracer
 
@@ -76,12 +76,9 @@ def _linear(tr: Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Ten
 
 
 def _norm(tr: Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
-    if isinstance(m, INSTANCENORM):
-        spatial = 1 if isinstance(m, nn.InstanceNorm1d) else 2 if isinstance(m, nn.InstanceNorm2d) else 3
-        cd = x.ndim - spatial - 1  # unbatched input has its channels first
-    else:
-        cd = 1
+    cd = channel_dim(m, x)  # unbatched input has its channels first
     v = _input_value(tr, x, cd, name)
+    tr.normalizes(name, v.labels)
     if isinstance(m, nn.GroupNorm):
         if not tr.approximate_norms:
             tr.fix(v.labels, _ACROSS.format(name=name, kind="GroupNorm"))
@@ -130,17 +127,6 @@ def _prelu(tr: Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tenso
     tr.put(out, v, name)
 
 
-def _channel_dim(m: nn.Module, t: torch.Tensor) -> int:
-    """The dimension of ``t`` that holds the channels a known layer produces or carries."""
-    if isinstance(m, _ConvNd):
-        return t.ndim - len(m.kernel_size) - 1
-    if isinstance(m, INSTANCENORM):
-        return t.ndim - (1 if isinstance(m, nn.InstanceNorm1d) else 2 if isinstance(m, nn.InstanceNorm2d) else 3) - 1
-    if isinstance(m, (nn.Linear, nn.LayerNorm)):
-        return t.ndim - 1
-    return 1 if t.ndim >= 2 else 0
-
-
 def opaque_layer(tr: Tracer, name: str, m: nn.Module, inputs: list[torch.Tensor], out: object, why: str) -> None:
     """A known layer whose computation the tracer cannot see: its input and output channels stay."""
     reason = f"`{name}` is opaque: {why}"
@@ -149,7 +135,7 @@ def opaque_layer(tr: Tracer, name: str, m: nn.Module, inputs: list[torch.Tensor]
         if v is not None:
             tr.fix(v.labels, reason)
     if isinstance(out, torch.Tensor) and out.ndim:
-        d = _channel_dim(m, out)
+        d = channel_dim(m, out)
         if 0 <= d < out.ndim:  # channels of its own that carry the reason to whatever they meet
             labels = tr.nodes.new(out.shape[d])
             tr.fix(labels, reason)

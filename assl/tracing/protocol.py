@@ -47,6 +47,9 @@ class Tracer(Protocol):
     def entry(self, module: str, tensor: str, dim: int, labels: np.ndarray, role: str) -> None:
         """Record that dim ``dim`` of ``module.tensor`` follows ``labels`` (``role``: zero/slice)."""
 
+    def normalizes(self, norm: str, labels: np.ndarray) -> None:
+        """Record that normalization layer ``norm`` renormalizes the channels of ``labels``."""
+
     def param_ref(self, t: torch.Tensor) -> ParamRef | None:
         """The per-channel parameter or buffer that ``t`` is (a view of), if any."""
 

@@ -25,7 +25,7 @@ from .._inputs import check_on_device, input_sets
 from .._inputs import tensors as _tensors
 from ..errors import TraceError
 from ..graph import Entry, Graph
-from ..layers import LAYER_TYPES, PRODUCER_TYPES
+from ..layers import CHANNEL_NORMS, LAYER_TYPES, PRODUCER_TYPES
 from ..reparam import exact_dim, opaque_reason, spectral_reason
 from .build import build_graph, pin_shared
 from .channels import Nodes, ParamRef, Value
@@ -61,6 +61,10 @@ class _Tracer(TorchFunctionMode):
         self.opaque_layers = {n: r for n, r in ((n, opaque_reason(m)) for n, m in layers) if r is not None}
         dims = ((n, exact_dim(m, "weight")) for n, m in layers)
         self.exact_dims = {(n, "weight"): d for n, d in dims if d is not None}
+        self.norms: dict[str, np.ndarray] = {}  # normalization layer -> labels of its channels
+        self.made: Any = WeakIdKeyDictionary()  # output tensor of a producer -> the producer
+        self.norm_reads: dict[str, set[str]] = {}  # producer -> norm layers reading its raw output
+        self.raw_reads: set[str] = set()  # producers whose raw output something else reads
         self._depth = 0
         self._stack: list[bool] = []
         for mod_name, mod in model.named_modules():
@@ -118,6 +122,13 @@ class _Tracer(TorchFunctionMode):
         else:
             self.union(old.labels, labels, f"`{module}.{tensor}` is shared with a channel that cannot go")
 
+    def normalizes(self, norm: str, labels: np.ndarray) -> None:
+        old = self.norms.get(norm)
+        if old is not None and old.shape == labels.shape:
+            self.union(old, labels, f"`{norm}` is called on two tensors")
+        else:
+            self.norms[norm] = labels.copy()
+
     def param_ref(self, t: torch.Tensor) -> ParamRef | None:
         return self.refs.get(t)
 
@@ -143,16 +154,22 @@ class _Tracer(TorchFunctionMode):
             self.called.add(name)
             reason = self.opaque_layers.get(name)
             if reason is not None:
-                opaque_layer(self, name, module, list(_tensors((args, kwargs))), output, reason)
+                inputs = list(_tensors((args, kwargs)))
+                for t in inputs:
+                    self._note_read(t, None)
+                opaque_layer(self, name, module, inputs, output, reason)
                 return
             x = args[0] if args else next(iter(_tensors(kwargs)), None)
             if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
                 return
+            self._note_read(x, name if isinstance(module, CHANNEL_NORMS) else None)
             self._depth += 1
             try:
                 record(self, name, module, x, output)
             finally:
                 self._depth -= 1
+            if isinstance(module, PRODUCER_TYPES):
+                self.made[output] = name
 
         return hook
 
@@ -168,9 +185,21 @@ class _Tracer(TorchFunctionMode):
         self._record(name, args, kwargs, out)
         return out
 
+    def _note_read(self, t: torch.Tensor, norm: str | None) -> None:
+        """A producer's raw output is read by normalization layer ``norm``, or by anything else."""
+        producer = self.made.get(t)
+        if producer is None:
+            return
+        if norm is None:
+            self.raw_reads.add(producer)
+        else:
+            self.norm_reads.setdefault(producer, set()).add(norm)
+
     def _record(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         outs = list(_tensors(out))
         inputs = list(_tensors((args, kwargs)))
+        for t in inputs:
+            self._note_read(t, None)
         if not outs:
             if name not in METADATA:  # data leaves torch (numpy, tolist, item): we lose track of it
                 self._opaque(name, inputs, f"`{name}` takes the values out of torch")
@@ -310,6 +339,10 @@ def trace(
         handles = []
         pin_shared(model, tracer.entries.values(), tracer.nodes)
         graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
+        graph.set_norms(
+            {n: Nodes.roots(tracer.nodes.root_table(), labels) for n, labels in tracer.norms.items()},
+            {p: tuple(sorted(norms)) for p, norms in tracer.norm_reads.items() if p not in tracer.raw_reads},
+        )
     finally:
         for h in handles:
             h.remove()

@@ -1,0 +1,190 @@
+"""ASSL on networks with normalization layers: the chosen channels reach zero where they are read.
+
+A scale on a conv that feeds a BatchNorm is undone by the norm's statistics; the Pruner then
+carries the channel in the norm's weight and bias. Each net below is trained for a schedule sized
+by ``Schedule.for_steps`` with Adam at 1e-3 (the user's ordinary learning rate, no param group of
+its own): at the end the chosen channels must be silent and slimming must change nothing.
+"""
+
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from models import ResNet
+from torch import nn
+
+import assl
+from assl.slim import max_rel_err
+
+STEPS = 120
+
+
+class ConvBN(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(3, 12, 3, padding=1, bias=False),
+            nn.BatchNorm2d(12),
+            nn.ReLU(),
+            nn.Conv2d(12, 12, 3, padding=1),
+            nn.BatchNorm2d(12),
+            nn.ReLU(),
+            nn.Conv2d(12, 3, 3, padding=1),
+        )
+
+
+class LinearBN(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(nn.Linear(8, 24), nn.BatchNorm1d(24), nn.ReLU(), nn.Linear(24, 4))
+
+
+class DeconvBN(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(
+            nn.ConvTranspose2d(3, 12, 2, stride=2), nn.BatchNorm2d(12), nn.ReLU(), nn.Conv2d(12, 3, 3, padding=1)
+        )
+
+
+class InstanceNormNet(nn.Sequential):
+    def __init__(self) -> None:
+        super().__init__(
+            nn.Conv2d(3, 12, 3, padding=1),
+            nn.InstanceNorm2d(12, affine=True),
+            nn.ReLU(),
+            nn.Conv2d(12, 3, 3, padding=1),
+        )
+
+
+class PreActBlock(nn.Module):
+    """BatchNorm after the residual sum: a zero input channel comes out as the norm's beta."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 12, 3, padding=1)
+        self.conv = nn.Conv2d(12, 12, 3, padding=1)
+        self.bn = nn.BatchNorm2d(12)
+        self.head = nn.Conv2d(12, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = self.stem(x)
+        h = h + self.conv(torch.relu(h))
+        return self.head(torch.relu(self.bn(h)))
+
+
+def _resnet() -> nn.Module:
+    return ResNet(layers=(1, 1), widths=(4, 8))
+
+
+NETS = {
+    "conv_bn_relu": (ConvBN, (4, 3, 8, 8)),
+    "linear_batchnorm1d": (LinearBN, (16, 8)),
+    "convtranspose_bn": (DeconvBN, (4, 3, 4, 4)),
+    "affine_instancenorm": (InstanceNormNet, (4, 3, 8, 8)),
+    "bn_after_residual_add": (PreActBlock, (4, 3, 8, 8)),
+    "resnet_bottleneck_downsample": (_resnet, (4, 3, 16, 16)),
+}
+
+
+def _prune(factory, shape, *, eval_mode=False, optimizer=torch.optim.Adam, lr=1e-3, steps=STEPS, **kw):
+    torch.manual_seed(0)
+    model = factory()
+    teacher = copy.deepcopy(model).eval()
+    x = torch.randn(*shape)
+    pruner = assl.Pruner(model, x, ratio=0.5, schedule=assl.Schedule.for_steps(steps), **kw)
+    opt = optimizer(model.parameters(), lr=lr)
+    pruner.attach(opt)
+    gen = torch.Generator().manual_seed(1)
+    model.train(not eval_mode)
+    while not pruner.done:
+        batch = torch.randn(*shape, generator=gen)
+        with torch.no_grad():
+            target = teacher(batch)
+        loss = (model(batch) - target).pow(2).mean() + pruner.alignment_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    return model, pruner, x
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_chosen_channels_reach_zero_and_slimming_changes_nothing(name):
+    factory, shape = NETS[name]
+    model, pruner, x = _prune(factory, shape)
+    alive = pruner.liveness()
+    assert alive and max(alive.values()) < 1e-4, alive
+    small = pruner.slim()
+    assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in factory().parameters())
+    assert max_rel_err(model, small, x) < 1e-4
+    assert max_rel_err(model, small, torch.randn(*shape)) < 1e-4
+
+
+def test_normalized_producers_are_carried_by_the_norm_and_the_rest_by_a_scale():
+    model, pruner, _ = _prune(_resnet, (2, 3, 16, 16), steps=10)
+    kinds = {name: kind for g in pruner.chosen() for name, kind in pruner.carriers(g)}
+    # conv -> BN: the BN carries the channel; the conv gets no weight-normalization scale
+    assert kinds["bn1"] == "norm" and "conv1" not in kinds
+    assert kinds["layer1.0.bn3"] == kinds["layer1.0.downsample.1"] == "norm"
+    assert not pruner.scale_parameters()
+    assert {id(p) for p in pruner.penalized_parameters()} >= {id(model.bn1.weight), id(model.bn1.bias)}
+
+
+def test_batchnorm_in_eval_mode_frozen_statistics():
+    factory, shape = NETS["resnet_bottleneck_downsample"]
+    model, pruner, x = _prune(factory, shape, eval_mode=True)
+    assert all(not m.training for m in model.modules())
+    assert max(pruner.liveness().values()) < 1e-4
+    assert max_rel_err(model, pruner.slim(), x) < 1e-4
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "lr"),
+    [(torch.optim.Adam, 1e-3), (torch.optim.AdamW, 1e-3), (torch.optim.SGD, 0.05)],
+    ids=["adam", "adamw", "sgd"],
+)
+def test_the_default_penalty_works_at_the_users_learning_rate(optimizer, lr):
+    model, pruner, x = _prune(ConvBN, (4, 3, 8, 8), optimizer=optimizer, lr=lr)
+    assert max(pruner.liveness().values()) < 1e-4
+    assert max_rel_err(model, pruner.slim(), x) < 1e-4
+
+
+def test_the_gradient_form_under_adam_leaves_the_chosen_channels_alive():
+    """The paper's penalty in a short schedule: Adam normalizes it away (why it is not the default)."""
+    torch.manual_seed(0)
+    model = ConvBN()
+    x = torch.randn(4, 3, 8, 8)
+    schedule = assl.Schedule.for_steps(STEPS, penalty_form="gradient", reg_limit=0.5)
+    pruner = assl.Pruner(model, x, ratio=0.5, schedule=schedule)
+    opt = torch.optim.Adam(model.parameters(), lr=1e-3)
+    pruner.attach(opt)
+    while not pruner.done:
+        loss = model(torch.randn(4, 3, 8, 8)).pow(2).mean()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert min(pruner.liveness().values()) > 0.5
+
+
+def test_a_norm_without_affine_parameters_is_refused_and_the_model_left_alone():
+    model = nn.Sequential(
+        nn.Conv2d(3, 8, 3), nn.InstanceNorm2d(8), nn.ReLU(), nn.Conv2d(8, 8, 3), nn.ReLU(), nn.Conv2d(8, 3, 3)
+    )
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    with pytest.raises(ValueError, match=r"`1` .*affine"):
+        assl.Pruner(model, torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert not any(hasattr(m, "parametrizations") for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    # skipping the group is the way out; the other group is pruned as usual
+    pruner = assl.Pruner(model, torch.randn(2, 3, 8, 8), ratio=0.5, skip=["0"])
+    assert [g for g, k in pruner.removed.items() if k] == ["3"]
+
+
+def test_liveness_sees_a_channel_the_norm_keeps_alive():
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, bias=False), nn.BatchNorm2d(8), nn.ReLU(), nn.Conv2d(8, 3, 3))
+    pruner = assl.Pruner(model, torch.randn(4, 3, 8, 8), ratio=0.5, schedule=assl.Schedule.for_steps(20))
+    assert min(pruner.liveness().values()) > 0.1  # nothing trained yet: chosen channels as loud as kept
+    with torch.no_grad():
+        chosen = pruner.chosen()["0"]
+        model[1].weight[chosen] = 0
+        model[1].bias[chosen] = 0
+    assert max(pruner.liveness().values()) == 0.0
