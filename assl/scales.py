@@ -8,13 +8,15 @@ weight the layer holds at that moment, so inserting the scale does not change th
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
 from .layers import output_dim
 
-__all__ = ["WeightScale", "insert_scale", "scale_of"]
+__all__ = ["WeightScale", "insert_scale", "scale_of", "scaled_state_dict"]
 
 _EPS = 1e-12
 
@@ -49,6 +51,25 @@ def insert_scale(module: nn.Module) -> WeightScale:
     ws = WeightScale(weight, output_dim(module))
     parametrize.register_parametrization(module, "weight", ws)
     return ws
+
+
+def scaled_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``, a dense state dict, rewritten for ``model`` whose layers carry :class:`WeightScale`.
+
+    Each scaled layer's ``weight`` becomes its ``parametrizations.weight.original`` and its scale
+    is set to the per-channel norm of that weight, so the model then computes exactly what the
+    dense weights compute. Keys already in the parametrized form are kept as they are.
+    """
+    out = dict(state)
+    for name, module in model.named_modules():
+        ws = scale_of(module)
+        prefix = f"{name}." if name else ""
+        dense = out.get(f"{prefix}weight")
+        if ws is None or dense is None or f"{prefix}parametrizations.weight.original" in out:
+            continue
+        out[f"{prefix}parametrizations.weight.original"] = out.pop(f"{prefix}weight")
+        out[f"{prefix}parametrizations.weight.0.scale"] = ws._norm(dense.detach()).to(ws.scale.dtype)
+    return out
 
 
 def scale_of(module: nn.Module) -> WeightScale | None:
