@@ -19,11 +19,11 @@ from .budget import Budget
 from .config import check_arguments, resolve
 from .errors import ASSLError
 from .graph import Graph
-from .liveness import liveness
 from .penalty import apply_penalty, check_optimizer, step_pre_hook
+from .readouts import Readouts
 from .reparam import parametrizations_in_eval
-from .report import SLIM_CHANGE_WARNING, report_change, summary_table, warn_early
-from .scales import removed_on_error
+from .report import SLIM_CHANGE_WARNING, report_change, warn_early
+from .scales import removed_on_error, scaled_state_dict
 from .schedule import Schedule
 from .selection import Selection
 from .slim import slimmed_copy
@@ -45,7 +45,7 @@ _TWICE = (
 )
 
 
-class Pruner:
+class Pruner(Readouts):
     """Aligned Structured Sparsity Learning on any ``nn.Module``, driven by your training loop.
 
     Creating the Pruner traces the model, decides how many channels each group loses, and
@@ -126,61 +126,9 @@ class Pruner:
         return self._step
 
     @property
-    def phase(self) -> str:
-        """``"align"``, ``"regularize"``, ``"stabilize"`` or ``"done"``."""
-        return self.schedule.phase(self._step, bool(self.aligned))
-
-    @property
     def done(self) -> bool:
         """Whether the schedule is over: time to :meth:`slim`."""
         return self.phase == "done"
-
-    @property
-    def penalty(self) -> float:
-        """The penalty the next :meth:`step` applies to the chosen channels of aligned groups.
-
-        Groups that are not aligned run the same growth from step 0, so they reach it earlier.
-        """
-        return self.schedule.penalty(self._step, bool(self.aligned))
-
-    @property
-    def total_steps(self) -> int:
-        """Optimizer steps of the whole schedule for this model (without an align phase when no
-        group is aligned): :attr:`done` turns True after this many calls of :meth:`step`."""
-        return self.schedule.bounds(bool(self.aligned))[2]
-
-    def scale_parameters(self) -> list[nn.Parameter]:
-        """The scale Parameters the Pruner added (for a param group of their own)."""
-        return [layer.scale for layer in self._selection.all_layers() if layer.kind == "g"]
-
-    def penalized_parameters(self) -> list[nn.Parameter]:
-        """The parameters the penalty acts on: the inserted scales ``g`` and the weights (gamma) of
-        the normalization layers that carry pruned channels, and the biases that go with them."""
-        return self._selection.penalized_parameters()
-
-    def unit_scales(self, group: str) -> torch.Tensor:
-        """``|scale|`` of each unit of ``group``, one row per carrier (:meth:`carriers` order).
-
-        A unit's value is the mean over the channels it stands for (one channel for plain
-        convolutions). A detached copy: read it to see how the schedule is going, e.g. what is
-        left of the chosen units (:meth:`chosen`) before :meth:`slim`.
-
-        Raises:
-            ValueError: ``group`` loses no channels (it has no scales).
-        """
-        return self._selection.unit_scales(group)
-
-    def carriers(self, group: str) -> list[tuple[str, str]]:
-        """Where the units of ``group`` are scaled: ``(module, kind)`` per row of :meth:`unit_scales`.
-
-        ``kind`` is ``"g"`` for a weight-normalization scale the Pruner inserted on a producer, and
-        ``"norm"`` for the weight (gamma) and bias (beta) of a normalization layer.
-        """
-        return [(c.name, c.kind) for c in self._selection.layers.get(group, [])]
-
-    def chosen(self) -> dict[str, list[int]]:
-        """Group name -> the units chosen for removal so far (the plan :meth:`slim` applies)."""
-        return {k: list(v) for k, v in self._selection.chosen.items()}
 
     def alignment_loss(self) -> torch.Tensor:
         """The alignment term to add to the loss: non-zero only in the align phase."""
@@ -188,14 +136,6 @@ class Pruner:
             p = next(self._selection.all_layers()).scale
             return torch.zeros((), dtype=p.dtype, device=p.device)  # a new one: callers may add to it in place
         return self.schedule.align_weight * self._selection.alignment_loss(self.aligned, self.schedule.align_loss)
-
-    def alignment_agreement(self) -> dict[str, float]:
-        """Per aligned group: how much its carriers agree on which units to keep, from 0 to 1.
-
-        The mean over pairs of carriers of the share of one's kept units (its highest
-        ``|scale|``) that the other keeps too; ``1 - removed / units`` is what chance gives.
-        """
-        return self._selection.agreement(self.aligned)
 
     def step(self, grad_scale: float | torch.Tensor | None = None) -> None:
         """Apply the penalty to the gradients of the chosen channels and count one step.
@@ -304,22 +244,23 @@ class Pruner:
             self._step = self.schedule.bounds(bool(self.aligned))[2]
             return self._slim(warn_change=False)  # one-shot pruning changes the output by design
 
-    def summary(self) -> str:
-        """A table per pruned group: layers, units, units removed, mean |g| of chosen vs kept."""
-        head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
-        return summary_table(self._selection, self.aligned, self.liveness(), head)
-
-    def liveness(self) -> dict[str, float]:
-        """Per group with chosen units: how much signal the chosen channels still carry.
-
-        The RMS of the chosen channels over the RMS of the kept ones where their consumers read
-        them (the output of the producer, or of the normalization layer that carries them), on
-        the example inputs in eval mode. ``0``: removing them changes nothing; ``1``: as loud as
-        the channels that stay.
-        """
-        return liveness(self.model, self._selection, self.example_inputs)
-
     # --- persistence -------------------------------------------------------------------------
+
+    def load_dense_state_dict(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Load dense weights (a ``state_dict`` of the model without scales) into the model.
+
+        ``model.load_state_dict`` of such a state fails on the layers that carry scales (their
+        weight lives in ``parametrizations.weight.original``); this loads it and restarts those
+        scales at the loaded weights' norms, so the model computes what the dense weights do.
+        Best done before training starts: the Pruner's chosen units stay as they are.
+
+        Raises:
+            ASSLError: The Pruner already slimmed its model.
+            RuntimeError: From ``load_state_dict``, for keys that fit neither form.
+        """
+        if self._slimmed:
+            raise ASSLError("the Pruner already slimmed its model: load the weights into the slimmed module")
+        self.model.load_state_dict(scaled_state_dict(self.model, state))
 
     def _config(self) -> dict[str, Any]:
         """What a saved state must agree on with this Pruner to be resumed by it."""

@@ -11,7 +11,7 @@ from (``reparam.scale_target``).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import cast
 
 import torch
@@ -22,7 +22,7 @@ from .errors import ASSLError
 from .layers import output_dim
 from .reparam import scale_target
 
-__all__ = ["WeightScale", "insert_scale", "remove_scale", "removed_on_error", "scale_of"]
+__all__ = ["WeightScale", "insert_scale", "remove_scale", "removed_on_error", "scale_of", "scaled_state_dict"]
 
 _EPS = 1e-12
 
@@ -60,15 +60,45 @@ def insert_scale(module: nn.Module) -> WeightScale:
     return ws
 
 
-def scale_of(module: nn.Module) -> WeightScale | None:
-    """The :class:`WeightScale` registered on a tensor of ``module``, if any."""
+def scaled_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state``, a dense state dict, rewritten for ``model`` whose layers carry :class:`WeightScale`.
+
+    Each scaled tensor (``weight``, or ``weight_g``/``weight_v``/``weight_orig`` under a legacy
+    hook) becomes its ``parametrizations.<tensor>.original`` and its scale is set to the
+    per-channel norm of that tensor, so the model then computes exactly what the dense weights
+    compute. Keys already in the parametrized form are kept as they are.
+    """
+    out = dict(state)
+    for name, module in model.named_modules():
+        found = _scaled(module)
+        if found is None:
+            continue
+        t_name, index, ws = found
+        prefix = f"{name}." if name else ""
+        dense = out.get(f"{prefix}{t_name}")
+        original = f"{prefix}parametrizations.{t_name}.original"
+        if dense is None or original in out:
+            continue
+        out[original] = out.pop(f"{prefix}{t_name}")
+        out[f"{prefix}parametrizations.{t_name}.{index}.scale"] = ws._norm(dense.detach()).to(ws.scale.dtype)
+    return out
+
+
+def _scaled(module: nn.Module) -> tuple[str, int, WeightScale] | None:
+    """The tensor a :class:`WeightScale` of ``module`` scales, its place in the list, and the scale."""
     if not parametrize.is_parametrized(module):
         return None
-    for plist in _lists(module).values():
-        for p in plist:
+    for name, plist in _lists(module).items():
+        for i, p in enumerate(plist):
             if isinstance(p, WeightScale):
-                return p
+                return name, i, p
     return None
+
+
+def scale_of(module: nn.Module) -> WeightScale | None:
+    """The :class:`WeightScale` registered on a tensor of ``module``, if any."""
+    found = _scaled(module)
+    return found[2] if found is not None else None
 
 
 def _lists(module: nn.Module) -> dict[str, nn.ModuleList]:
@@ -81,18 +111,16 @@ def remove_scale(module: nn.Module) -> bool:
 
     The tensor it scaled gets back its original Parameter object, unchanged.
     """
-    if not parametrize.is_parametrized(module):
+    found = _scaled(module)
+    if found is None:
         return False
-    for name, plist in _lists(module).items():
-        for i, p in enumerate(plist):
-            if not isinstance(p, WeightScale):
-                continue
-            if len(plist) == 1:
-                parametrize.remove_parametrizations(module, name, leave_parametrized=False)
-            else:
-                del plist[i]
-            return True
-    return False
+    name, index, _ = found
+    plist = _lists(module)[name]
+    if len(plist) == 1:
+        parametrize.remove_parametrizations(module, name, leave_parametrized=False)
+    else:
+        del plist[index]
+    return True
 
 
 @contextlib.contextmanager

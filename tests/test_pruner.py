@@ -642,3 +642,37 @@ def test_pruner_alignment_forms_and_agreement():
     assert authors.alignment_loss().item() < 0
     with pytest.raises(ValueError, match="align_loss"):
         assl.Schedule(align_loss="mean")
+
+
+# --- progress and dense weights ----------------------------------------------------------
+
+
+def test_progress_record_counts_down_to_done():
+    model = _edsr()
+    sched = assl.Schedule.for_steps(30)
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=sched)
+    first = pruner.progress()
+    assert (first.phase, first.step, first.steps_left, first.alive) == ("align", 0, 30, None)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    while not pruner.done:
+        pruner.step()
+    last = pruner.progress(liveness=True)
+    assert (last.phase, last.step, last.steps_left) == ("done", 30, 0)
+    assert last.alive is not None and 0 <= last.alive <= 1
+    assert set(last.postfix()) == {"phase", "left", "penalty", "alive"} and "left 0" in str(last)
+
+
+def test_dense_weights_load_into_a_pruned_in_progress_model():
+    trained = _edsr(seed=5)
+    model = _edsr(seed=1)
+    pruner = assl.Pruner(model, _x(), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
+    with pytest.raises(RuntimeError, match=r"parametrizations\.weight\.original"):
+        model.load_state_dict(trained.state_dict())
+    pruner.load_dense_state_dict(trained.state_dict())
+    with torch.no_grad():
+        torch.testing.assert_close(model(_x()), trained(_x()), rtol=1e-5, atol=1e-5)
+    scale = pruner.unit_scales("head.0")[0]  # restarted at the loaded weights' norms
+    norms = trained.head[0].weight.detach().flatten(1).norm(dim=1)
+    torch.testing.assert_close(scale, norms[: scale.numel()])
+    pruner.load_dense_state_dict(model.state_dict())  # its own (parametrized) state loads too
