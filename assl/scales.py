@@ -127,14 +127,14 @@ def remove_scale(module: nn.Module) -> bool:
 def removed_on_error(model: nn.Module) -> Iterator[None]:
     """Remove every :class:`WeightScale` of ``model`` again if the block fails.
 
-    The model is then as it was before the block inserted them. An error raised before the first
-    scale went in (a check) propagates as it is; one raised after it is an :class:`~assl.ASSLError`
-    (if it is not one already) saying that the scales were removed again.
+    The model is then as it was before the block inserted them. The checks' errors (an
+    :class:`~assl.ASSLError`, or a ``ValueError``/``TypeError`` before the first scale went in)
+    propagate as they are; any other is raised as an ``ASSLError`` saying the scales were removed.
     """
     try:
         yield
     except Exception as e:
         removed = sum(remove_scale(m) for m in model.modules())
-        if isinstance(e, ASSLError) or not removed:
+        if isinstance(e, ASSLError) or (not removed and isinstance(e, (ValueError, TypeError))):
             raise
         raise ASSLError(f"inserting the scales failed ({type(e).__name__}: {e}); the model is left as it was") from e

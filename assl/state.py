@@ -81,16 +81,18 @@ class ScaleWatch:
     """Notices inserted scales that no optimizer updates (an optimizer built before the Pruner).
 
     An optimizer that holds the scales ``g`` moves their entries the penalty leaves alone (the
-    units not chosen) at every step, with the task's gradient. :meth:`check` keeps a copy of those
-    entries the first time it is called and raises when, at a later call, they are still bit for
-    bit the same. Once they have moved it stops looking, so a step skipped later (GradScaler, a
-    zero learning rate) is never mistaken for the problem. Normalization weights are the model's
-    own Parameters, which an optimizer built before the Pruner holds: they are not watched.
+    units not chosen) with the task's gradient. :meth:`check` keeps a copy of those entries the
+    first time it is called and raises when, at a later call, they are still bit for bit the same
+    although they had a non-zero gradient. Once they have moved it stops looking, so a step skipped
+    later (GradScaler, a zero learning rate) is never mistaken for the problem. Normalization
+    weights are the model's own Parameters, which an optimizer built before the Pruner holds: they
+    are not watched.
     """
 
     def __init__(self) -> None:
         self._first: tuple[int, torch.Tensor, torch.Tensor] | None = None
         self._moved = False
+        self._pushed = False  # a non-zero gradient reached the watched entries since the copy
 
     def check(self, carriers: Iterable[Any], step: int) -> None:
         """Compare the unchosen entries of the carriers' inserted scales with the first call's.
@@ -100,7 +102,7 @@ class ScaleWatch:
         """
         if self._moved:
             return
-        values, free = [], []
+        values, free, grads = [], [], []
         with torch.no_grad():
             for c in carriers:
                 if c.kind != "g":
@@ -110,9 +112,12 @@ class ScaleWatch:
                 mask[c.scale_idx.to(flat.device)] = False
                 values.append(flat.clone())
                 free.append(mask)
+                grad = c.scale.grad
+                grads.append(torch.zeros_like(flat) if grad is None else grad.detach().reshape(-1))
         if not values:
             return
         now, now_free = torch.cat(values), torch.cat(free)
+        self._pushed |= bool(torch.cat(grads)[now_free].any())
         if self._first is None:
             self._first = (step, now, now_free)
             return
@@ -120,6 +125,8 @@ class ScaleWatch:
         both = first_free & now_free
         if not torch.equal(first[both], now[both]):
             self._moved, self._first = True, None
+            return
+        if not self._pushed:  # no gradient to apply yet: nothing says an optimizer should have moved them
             return
         raise ASSLError(
             f"the scales have not changed in the {step - since} steps since step {since}: the optimizer does not "

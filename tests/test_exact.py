@@ -162,6 +162,17 @@ def test_pruner_on_legacy_weight_norm_and_spectral_norm_scales_what_the_hook_rea
         assert sum(p.numel() for p in small.parameters()) < sum(p.numel() for p in model.parameters())
 
 
+def test_dense_weights_load_into_a_pruner_on_legacy_weight_norm():
+    trained, model = LegacyWeightNormNet().eval(), LegacyWeightNormNet().eval()
+    with torch.no_grad():
+        for p in trained.parameters():
+            p.mul_(1.5)
+    pruner = assl.Pruner(model, X, ratio=0.5, schedule=TINY)
+    pruner.load_dense_state_dict(trained.state_dict())  # head.weight_g goes where the scale reads it
+    with torch.no_grad():
+        torch.testing.assert_close(model(X), trained(X), rtol=1e-5, atol=1e-5)
+
+
 def test_spectral_norm_pins_the_channels_it_consumes():
     graph = assl.trace(LegacySpectralNormNet(), X)
     assert "has spectral_norm" in graph.group("body.0").reasons[0]
