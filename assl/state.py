@@ -72,7 +72,7 @@ def _check_chosen(chosen: Any, removed: Mapping[str, int], graph: Graph | None) 
             try:
                 graph.validate({name: units})
             except PlanError as e:
-                raise ValueError(f"{where}: {e}") from None
+                raise ValueError(f"{where}: {str(e).replace(f'plan[{name!r}] ', '')}") from None
         elif len(set(units)) != len(units) or any(u < 0 for u in units):
             raise ValueError(f"{where} lists a unit twice or a negative one: {list(units)!r}")
 
