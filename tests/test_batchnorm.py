@@ -188,3 +188,31 @@ def test_liveness_sees_a_channel_the_norm_keeps_alive():
         model[1].weight[chosen] = 0
         model[1].bias[chosen] = 0
     assert max(pruner.liveness().values()) == 0.0
+
+
+class ShapeThenNorm(nn.Module):
+    """Reads the conv output's shape before its BatchNorm, and feeds another conv output raw."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.b = nn.Conv2d(8, 8, 3, padding=1)
+        self.bn_b = nn.BatchNorm2d(8)
+        self.head = nn.Conv2d(16, 3, 3, padding=1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = self.a(x)
+        assert a.shape[1] == self.bn.num_features  # metadata only
+        h = torch.relu(self.bn(a))
+        b = self.b(h)
+        side = b * 0.5  # b's raw output is read by something other than its norm
+        return self.head(torch.cat([torch.relu(self.bn_b(b)), side], 1))
+
+
+def test_which_producers_a_norm_alone_reads():
+    graph = assl.trace(ShapeThenNorm(), torch.randn(2, 3, 8, 8))
+    assert graph.normalized == {"a": ("bn",)}  # b is also read raw: it keeps a scale of its own
+    pruner = assl.Pruner(ShapeThenNorm(), torch.randn(2, 3, 8, 8), ratio=0.5)
+    assert pruner.carriers("a") == [("bn", "norm")]
+    assert pruner.carriers("b") == [("b", "g"), ("bn_b", "norm")]

@@ -198,8 +198,9 @@ class _Tracer(TorchFunctionMode):
     def _record(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         outs = list(_tensors(out))
         inputs = list(_tensors((args, kwargs)))
-        for t in inputs:
-            self._note_read(t, None)
+        if name not in METADATA:  # reading a producer's shape does not read its values
+            for t in inputs:
+                self._note_read(t, None)
         if not outs:
             if name not in METADATA:  # data leaves torch (numpy, tolist, item): we lose track of it
                 self._opaque(name, inputs, f"`{name}` takes the values out of torch")
