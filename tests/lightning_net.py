@@ -82,6 +82,10 @@ class LitNet(pl.LightningModule):
         x, y = batch
         return F.mse_loss(self.net(x), y)
 
+    def validation_step(self, batch: Any, batch_idx: int) -> None:
+        x, y = batch
+        self.log("val_loss", F.mse_loss(self.net(x), y))
+
     def configure_optimizers(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.parameters(), lr=LR)
 

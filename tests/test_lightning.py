@@ -31,7 +31,7 @@ from assl.slim import max_rel_err  # noqa: E402
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
     "ignore:.*number of training batches.*:UserWarning",
-    "ignore:.*isinstance.treespec, LeafSpec. is deprecated",
+    "ignore:You defined a `validation_step` but have no `val_dataloader`",
     "ignore:Be aware that when using `ckpt_path`, callbacks used to create the checkpoint",
 )
 
@@ -183,6 +183,11 @@ def test_a_slimmed_checkpoint_loads_outside_the_trainer_and_through_assl_load(un
     assert lit.state_dict().keys() == saved.keys() and all(torch.equal(lit.state_dict()[k], saved[k]) for k in saved)
     with pytest.raises(ValueError, match="not taken after ASSLPruning slimmed"):
         load_slimmed(LitNet(), folder / "step=8.ckpt")
+    # validating a slimmed checkpoint with the callback: the network is shrunk before the weights load
+    fresh = LitNet(seed=3)
+    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module="net")
+    trainer(1, callbacks=[pruning]).validate(fresh, loader(), ckpt_path=folder / "step=28.ckpt", verbose=False)
+    assert pruning.slimmed and _equal(fresh, lit)
 
     assl.save(ref.net, tmp_path / "small.pt")
     small = assl.load(Net(), tmp_path / "small.pt")

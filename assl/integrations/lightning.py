@@ -15,11 +15,10 @@ How the callback fits the Trainer's loop (Lightning 2.x):
 * The alignment term is added to the loss ``training_step`` returns, so Lightning's division by
   ``accumulate_grad_batches``, the AMP loss scale and DDP's averaging treat it exactly as
   ``loss + pruner.alignment_loss()`` in a plain loop.
-* Once the schedule is done (checked after every batch): the network is slimmed and put in place
-  of the dense one, wrapped in DDP again under DDP, and ``configure_optimizers`` is called again
-  for the slimmed parameters; training goes on as fine-tuning, or the Trainer stops.
-* Checkpoints: the callback's state holds the Pruner's progress and, once slimmed, the slimmed
-  sizes; resuming a slimmed checkpoint shrinks the fresh network before Lightning loads the weights.
+* Once the schedule is done, the slimmed network replaces the dense one, DDP wraps it again and
+  ``configure_optimizers`` runs again; training goes on as fine-tuning, or the Trainer stops.
+* Checkpoints hold the Pruner's progress and, once slimmed, the slimmed sizes: resuming a slimmed
+  checkpoint shrinks the fresh network before Lightning loads the weights.
 """
 
 from __future__ import annotations
@@ -126,15 +125,8 @@ class ASSLPruning(pl.Callback):
         self.module = module
         self.on_done = on_done
         self.liveness_every_n_steps = every
-        self._kwargs: dict[str, Any] = {
-            "ratio": ratio,
-            "skip": skip,
-            "groups": groups,
-            "schedule": schedule,
-            "round_to": round_to,
-            "extra_inputs": extra_inputs,
-            "approximate_norms": approximate_norms,
-        }
+        options = {"ratio": ratio, "skip": skip, "groups": groups, "schedule": schedule, "round_to": round_to}
+        self._kwargs: dict[str, Any] = {**options, "extra_inputs": extra_inputs, "approximate_norms": approximate_norms}
         self.pruner: Pruner | None = None
         self.slimmed = False
         self._lm: pl.LightningModule | None = None
@@ -306,6 +298,10 @@ class ASSLPruning(pl.Callback):
                 f"ASSLPruning: fit ended at step {pruner.step_count} of {pruner.total_steps} ({pruner.phase}), so "
                 "the network is not slimmed: resume from a checkpoint with trainer.fit(..., ckpt_path=...)"
             )
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """As ``teardown``: a failed fit does not call it."""
+        self.teardown(trainer, pl_module, "")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Detach from the optimizer and give the LightningModule its own methods back."""
