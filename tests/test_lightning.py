@@ -143,29 +143,29 @@ def test_16_mixed_grad_scaler_skips_steps_as_in_the_plain_loop():
     assert _equal(lit.net, model)
 
 
-@pytest.fixture(scope="module")
-def uninterrupted(tmp_path_factory):
+@pytest.fixture(scope="module", params=["net", None], ids=["submodule", "whole_module"])
+def uninterrupted(request, tmp_path_factory):
     """A fit with a checkpoint every 4 optimizer steps, at the last batch of each epoch (Lightning
     resumes exactly from a checkpoint taken at the end of a batch; with a plain DataLoader, only
-    from one at the end of an epoch)."""
+    from one at the end of an epoch). The callback prunes ``lit.net``, or ``lit`` itself."""
     folder = tmp_path_factory.mktemp("checkpoints")
     lit = LitNet()
-    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module="net")
+    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module=request.param)
     every = pl.callbacks.ModelCheckpoint(folder, filename="{step}", save_top_k=-1, every_n_train_steps=4)
     trainer(STEPS, callbacks=[pruning, every], enable_checkpointing=True).fit(lit, loader())
-    return folder, lit, pruning.pruner.chosen()
+    return folder, lit, pruning.pruner.chosen(), request.param
 
 
 @pytest.mark.parametrize(("step", "phase"), [(8, "regularize"), (28, "done")], ids=["mid_regularize", "after_slimming"])
 def test_resume_from_a_checkpoint_is_bit_identical(uninterrupted, step, phase):
-    folder, ref, chosen = uninterrupted
+    folder, ref, chosen, module = uninterrupted
     path = folder / f"step={step}.ckpt"
     saved = torch.load(path, map_location="cpu", weights_only=False)["callbacks"]["ASSLPruning"]
     assert saved["pruner"]["step"] == min(step, 24) and SCHEDULE.phase(saved["pruner"]["step"], True) == phase
     assert saved["slimmed"] == (phase == "done")
 
     lit = LitNet(seed=7)  # other weights: everything comes from the checkpoint
-    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module="net")
+    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module=module)
     fit = trainer(STEPS, callbacks=[pruning])
     fit.fit(lit, loader(), ckpt_path=path)
     assert fit.global_step == STEPS and pruning.slimmed
@@ -177,7 +177,7 @@ def test_resume_from_a_checkpoint_is_bit_identical(uninterrupted, step, phase):
 
 
 def test_a_slimmed_checkpoint_loads_outside_the_trainer_and_through_assl_load(uninterrupted, tmp_path):
-    folder, ref, _ = uninterrupted
+    folder, ref, _, module = uninterrupted
     lit = load_slimmed(LitNet(seed=9), folder / "step=28.ckpt")
     saved = torch.load(folder / "step=28.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert lit.state_dict().keys() == saved.keys() and all(torch.equal(lit.state_dict()[k], saved[k]) for k in saved)
@@ -185,7 +185,7 @@ def test_a_slimmed_checkpoint_loads_outside_the_trainer_and_through_assl_load(un
         load_slimmed(LitNet(), folder / "step=8.ckpt")
     # validating a slimmed checkpoint with the callback: the network is shrunk before the weights load
     fresh = LitNet(seed=3)
-    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module="net")
+    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module=module)
     trainer(1, callbacks=[pruning]).validate(fresh, loader(), ckpt_path=folder / "step=28.ckpt", verbose=False)
     assert pruning.slimmed and _equal(fresh, lit)
 
