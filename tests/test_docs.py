@@ -2,8 +2,9 @@
 
 Each block is self-contained (its model and data are defined inline) and runs in a fresh
 namespace, in a temporary working directory so that the files it writes go away. Blocks check
-their own results with ``assert``. Shell commands, outputs and code that needs data the
-repository does not ship are fenced as ```bash or ```text and are not run.
+their own results with ``assert``. A block that imports an optional framework (Lightning) is
+skipped where that framework is not installed. Shell commands, outputs and code that needs
+data the repository does not ship are fenced as ```bash or ```text and are not run.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import assl  # noqa: F401  (this checkout's, imported before the blocks change d
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 FENCE = re.compile(r"^```python[ \t]*\n(.*?)^```", re.DOTALL | re.MULTILINE)
+OPTIONAL = {"lightning": re.compile(r"^\s*(?:import|from) lightning\b", re.MULTILINE)}
 
 
 def _blocks() -> list:
@@ -55,6 +57,9 @@ def test_every_block_says_its_language(path):
 
 @pytest.mark.parametrize(("name", "line", "code"), BLOCKS)
 def test_block_runs(name, line, code, tmp_path, monkeypatch):
+    for package, imports in OPTIONAL.items():
+        if imports.search(code):
+            pytest.importorskip(package)
     monkeypatch.chdir(tmp_path)
     torch.manual_seed(0)
     # the file name and the block's first line appear in any traceback

@@ -74,3 +74,22 @@ def test_no_module_over_400_lines_and_no_class_over_300():
             if isinstance(node, ast.ClassDef):
                 length = (node.end_lineno or node.lineno) - node.lineno + 1
                 assert length <= 300, f"class {node.name} in {path.name} has {length} lines"
+
+
+def test_only_the_integrations_import_their_frameworks():
+    """``import assl`` must work, and stay light, without Lightning installed."""
+    frameworks = ("lightning", "pytorch_lightning")
+    for path in PACKAGE.rglob("*.py"):
+        name = _module_name(path)
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and not node.level:
+                targets = [node.module or ""]
+            else:
+                continue
+            for target in targets:
+                if target.split(".")[0] in frameworks:
+                    assert name == "assl.integrations.lightning", f"{name} imports {target}"
+    graph = _imports()
+    assert not any(m.startswith("assl.integrations") for m in graph["assl"])

@@ -1,0 +1,394 @@
+"""ASSL in a PyTorch Lightning ``Trainer``: the :class:`ASSLPruning` callback.
+
+``pip install "assl[lightning]"``; ``import assl`` never imports Lightning, only this module does.
+How the callback fits the Trainer's loop (Lightning 2.x):
+
+* ``setup``: the :class:`~assl.Pruner` is created on the bare network, before the strategy wraps
+  it in DistributedDataParallel and before ``configure_optimizers`` runs, so the optimizers it
+  returns include the scales (``on_fit_start`` refuses optimizers that do not).
+* The penalty: Lightning's automatic optimization runs ``training_step`` and ``backward`` inside
+  ``optimizer.step(closure)``, so an optimizer step pre-hook (:meth:`Pruner.attach`) would run
+  before this step's backward. :meth:`Pruner.step` runs in ``on_before_optimizer_step`` instead,
+  after the closure (DDP has averaged the gradients). Under a GradScaler (``"16-mixed"``)
+  Lightning runs the closure first and steps through ``scaler.step``: there the Pruner is
+  attached, so that a step GradScaler skips for inf/NaN gradients is not counted.
+* The alignment term is added to the loss ``training_step`` returns, so Lightning's division by
+  ``accumulate_grad_batches``, the AMP loss scale and DDP's averaging treat it exactly as
+  ``loss + pruner.alignment_loss()`` in a plain loop.
+* Once the schedule is done, the slimmed network replaces the dense one, DDP wraps it again and
+  ``configure_optimizers`` runs again; training goes on as fine-tuning, or the Trainer stops.
+* Checkpoints hold the Pruner's progress and, once slimmed, the slimmed sizes: resuming a slimmed
+  checkpoint shrinks the fresh network before Lightning loads the weights.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
+
+import torch
+from torch import nn
+
+try:
+    import lightning.pytorch as pl
+    from lightning.fabric.utilities.apply_func import move_data_to_device
+    from lightning.pytorch.plugins.io import TorchCheckpointIO
+    from lightning.pytorch.strategies import DDPStrategy, DeepSpeedStrategy, SingleDeviceStrategy, Strategy
+    from lightning.pytorch.utilities import rank_zero_info, rank_zero_warn
+except ImportError as e:  # pragma: no cover - depends on what is installed
+    raise ImportError(
+        "assl.integrations.lightning needs PyTorch Lightning 2.x (the `lightning` package): "
+        'pip install "assl[lightning]"'
+    ) from e
+
+from ..budget import Budget
+from ..pruner import Pruner
+from ..schedule import PHASES, Schedule
+from ._common import STATE_VERSION, check_state, device_of, find_optimizer, put_in_place, restore, sizes
+
+__all__ = ["ASSLPruning", "load_slimmed"]
+
+ON_DONE = ("finetune", "stop")
+_PATCHED = ("training_step", "on_load_checkpoint")
+_NO_SCALES = (
+    "ASSLPruning: no optimizer from configure_optimizers updates the scales the Pruner inserted into {}: build the "
+    "optimizer inside configure_optimizers from self.parameters(). The callback inserts the scales in its setup "
+    "hook, so an optimizer created before (in __init__, or outside the LightningModule) misses them"
+)
+
+
+class ASSLPruning(pl.Callback):
+    """Aligned Structured Sparsity Learning inside a Lightning ``Trainer``: prune, slim, fine-tune.
+
+    Add it to ``Trainer(callbacks=[...])``; the LightningModule stays as it is, as long as it
+    builds its network in ``__init__`` and its optimizers in ``configure_optimizers`` (from
+    ``self.parameters()``). Size the schedule in optimizer steps (``trainer.global_step``):
+    ``assl.Schedule.for_steps(n)``; with ``accumulate_grad_batches=k`` that is ``k * n`` batches.
+
+    Logged through ``pl_module.log`` at every training batch until slimming: ``assl/phase`` (0
+    align, 1 regularize, 2 stabilize, 3 done), ``assl/penalty`` and ``assl/steps_left``;
+    ``assl/alive`` (the largest liveness, one forward pass on the example inputs) every
+    ``liveness_every_n_steps`` optimizer steps; ``assl/params`` once, at slimming. ``phase``,
+    ``penalty`` and ``alive`` show in the progress bar.
+
+    Args:
+        example_inputs: What the pruned network is called with (see :func:`assl.trace`).
+        ratio: As for :class:`assl.Pruner`: a float, ``{glob: ratio}``, or an :class:`assl.Budget`.
+        skip: Globs of layers that keep all their channels, named relative to ``module``.
+        groups: Same-pruned groups as lists of globs (see :class:`assl.Pruner`).
+        schedule: The schedule in optimizer steps; the default is the paper's 160,430 steps.
+        module: The submodule of the LightningModule to prune, as ``pl_module.get_submodule``
+            reads it (``"model"``, ``"net.backbone"``); ``None`` prunes the LightningModule
+            itself, traced through its ``forward``.
+        on_done: ``"finetune"`` (go on training the slimmed network with fresh optimizers) or
+            ``"stop"`` (slim, then stop the Trainer).
+        liveness_every_n_steps: How often ``assl/alive`` is measured; 0 never.
+        round_to: As for :class:`assl.Pruner`.
+        extra_inputs: As for :class:`assl.Pruner`.
+        approximate_norms: As for :class:`assl.Pruner`.
+
+    Attributes:
+        pruner: The :class:`assl.Pruner`, from ``setup`` on; ``None`` before, and after resuming
+            from a checkpoint taken after slimming.
+        slimmed: Whether the network has been slimmed.
+
+    Raises:
+        ValueError: From ``__init__``, a bad ``on_done``, ``module`` or ``liveness_every_n_steps``;
+            during ``fit``, a ``module`` the LightningModule does not have, a strategy other than
+            single-device or DDP, or no optimizer that updates the scales.
+    """
+
+    def __init__(
+        self,
+        example_inputs: Any,
+        *,
+        ratio: float | Mapping[str, float] | Budget,
+        skip: str | Iterable[str] = (),
+        groups: Sequence[str | Sequence[str]] | None = None,
+        schedule: Schedule | None = None,
+        module: str | None = None,
+        on_done: str = "finetune",
+        liveness_every_n_steps: int = 50,
+        round_to: int = 1,
+        extra_inputs: Sequence[Any] = (),
+        approximate_norms: bool = False,
+    ) -> None:
+        if on_done not in ON_DONE:
+            raise ValueError(f"on_done must be one of {ON_DONE}, got {on_done!r}")
+        if module is not None and (not isinstance(module, str) or not module):
+            raise ValueError(f"module must name a submodule, e.g. 'model', or be None (the whole module): {module!r}")
+        every = liveness_every_n_steps
+        if not isinstance(every, int) or isinstance(every, bool) or every < 0:
+            raise ValueError(f"liveness_every_n_steps must be an int >= 0, got {every!r}")
+        self.example_inputs = example_inputs
+        self.module = module
+        self.on_done = on_done
+        self.liveness_every_n_steps = every
+        options = {"ratio": ratio, "skip": skip, "groups": groups, "schedule": schedule, "round_to": round_to}
+        self._kwargs: dict[str, Any] = {**options, "extra_inputs": extra_inputs, "approximate_norms": approximate_norms}
+        self.pruner: Pruner | None = None
+        self.slimmed = False
+        self._lm: pl.LightningModule | None = None
+        self._optimizer: torch.optim.Optimizer | None = None
+        self._attached = False
+        self._alive_step = -1
+        self._final_state: dict[str, Any] | None = None
+        self._undo: list[tuple[str, Any]] = []
+
+    # --- the network ---------------------------------------------------------------------------
+
+    def _where(self) -> str:
+        return f"the LightningModule's {self.module!r}" if self.module else "the LightningModule"
+
+    def _target(self, pl_module: pl.LightningModule) -> nn.Module:
+        """The network this callback prunes."""
+        if self.module is None:
+            if type(pl_module).forward is pl.LightningModule.forward:
+                raise ValueError(
+                    f"ASSLPruning traces the LightningModule's forward, which {type(pl_module).__name__} does not "
+                    "define: define forward, or name the network to prune, e.g. ASSLPruning(..., module='model')"
+                )
+            return pl_module
+        try:
+            return pl_module.get_submodule(self.module)
+        except AttributeError as e:
+            children = [n for n, _ in pl_module.named_children()]
+            raise ValueError(
+                f"ASSLPruning(module={self.module!r}): {type(pl_module).__name__} has no such submodule (its children: "
+                f"{children}). Build the network in __init__: the callback creates the Pruner in its setup hook, "
+                "which runs before LightningModule.setup and configure_model"
+            ) from e
+
+    def alignment_loss(self) -> torch.Tensor:
+        """The alignment term (0 outside the align phase). With automatic optimization the callback
+        adds it to the loss itself; with manual optimization add it to the loss you backpropagate."""
+        pruner = self.pruner
+        if pruner is None or self.slimmed:
+            return torch.zeros(())
+        return pruner.alignment_loss()
+
+    # --- setting up ----------------------------------------------------------------------------
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Create the Pruner on the bare network, before the strategy wraps it and before the
+        optimizers are configured; hook the alignment term and the restoring of slimmed checkpoints."""
+        _check_strategy(trainer.strategy)
+        if self._lm is not None and self._lm is not pl_module:
+            raise ValueError(
+                "this ASSLPruning callback already prunes another LightningModule: create one callback per module"
+            )
+        self._lm = pl_module
+        target = self._target(pl_module)
+        if self.pruner is None and not self.slimmed:
+            inputs = move_data_to_device(self.example_inputs, device_of(target))
+            self.pruner = Pruner(target, inputs, **self._kwargs)
+            rank_zero_info(f"ASSLPruning: {self.pruner.total_steps} optimizer steps of pruning on {self._where()}")
+        self._patch(pl_module)
+
+    def _patch(self, pl_module: pl.LightningModule) -> None:
+        """Wrap two methods on the instance (undone in ``teardown``): ``training_step``, to add the
+        alignment term to its loss, and ``on_load_checkpoint``, to shrink the network before
+        Lightning loads the weights of a slimmed checkpoint."""
+        if self._undo:
+            return
+        step, load = pl_module.training_step, pl_module.on_load_checkpoint
+
+        def training_step(*args: Any, **kwargs: Any) -> Any:
+            return self._add_alignment(step(*args, **kwargs))
+
+        def on_load_checkpoint(checkpoint: dict[str, Any]) -> None:
+            load(checkpoint)  # the module's own hook first: it may rewrite the checkpoint
+            self._restore_slimmed(pl_module, checkpoint)
+
+        self._undo = [(name, pl_module.__dict__.get(name)) for name in _PATCHED]
+        if pl_module.automatic_optimization:
+            pl_module.__dict__["training_step"] = training_step
+        elif self.pruner is not None and self.pruner.phase == "align":
+            rank_zero_warn(
+                "ASSLPruning: with manual optimization the callback cannot add the alignment term to your loss: "
+                "add `callback.alignment_loss()` to the loss you pass to manual_backward"
+            )
+        pl_module.__dict__["on_load_checkpoint"] = on_load_checkpoint
+
+    def _add_alignment(self, out: Any) -> Any:
+        pruner = self.pruner
+        if pruner is None or self.slimmed or pruner.phase != "align":
+            return out
+        if isinstance(out, torch.Tensor):
+            return out + pruner.alignment_loss()
+        if isinstance(out, Mapping) and isinstance(out.get("loss"), torch.Tensor):
+            return {**out, "loss": out["loss"] + pruner.alignment_loss()}
+        return out  # None: Lightning skips the step
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Find the optimizer that updates the scales, and put the example inputs where the network is."""
+        pruner = self.pruner
+        if pruner is None or self.slimmed:
+            return
+        inputs = move_data_to_device(self.example_inputs, device_of(pruner.model))
+        pruner.example_inputs = trainer.precision_plugin.convert_input(inputs)
+        pruner.detach()
+        self._attached = getattr(trainer.precision_plugin, "scaler", None) is not None
+        self._optimizer = find_optimizer(pruner, trainer.optimizers, self._attached, _NO_SCALES.format(self._where()))
+        if 0 <= trainer.max_steps < pruner.total_steps:
+            rank_zero_warn(
+                f"ASSLPruning: the schedule takes {pruner.total_steps} optimizer steps but max_steps is "
+                f"{trainer.max_steps}: the network will not be slimmed in this fit; size the schedule with "
+                "assl.Schedule.for_steps(n)"
+            )
+
+    # --- training ------------------------------------------------------------------------------
+
+    def on_before_optimizer_step(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: torch.optim.Optimizer
+    ) -> None:
+        """Apply the penalty after backward (gradients final and averaged), before the update."""
+        if self.pruner is None or self.slimmed or self._attached:
+            return
+        if getattr(optimizer, "_optimizer", optimizer) is self._optimizer:  # a LightningOptimizer wraps it
+            self.pruner.step()
+
+    def on_train_batch_end(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int
+    ) -> None:
+        """Log the progress; slim once the schedule is done."""
+        pruner = self.pruner
+        if pruner is None or self.slimmed:
+            return
+        step, every = pruner.step_count, self.liveness_every_n_steps
+        measure = pruner.done or (every > 0 and step % every == 0 and step != self._alive_step)
+        p = pruner.progress(liveness=measure)
+        if measure:
+            self._alive_step = step
+        _log(pl_module, "assl/phase", PHASES.index(p.phase), prog_bar=True)
+        _log(pl_module, "assl/penalty", p.penalty, prog_bar=True)
+        _log(pl_module, "assl/steps_left", p.steps_left)
+        if p.alive is not None:
+            _log(pl_module, "assl/alive", p.alive, prog_bar=True)
+        if pruner.done:
+            self._slim(trainer, pl_module, pruner)
+
+    def _slim(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pruner: Pruner) -> None:
+        """Put the slimmed network in place of the dense one and rebuild what held the old parameters."""
+        dense = pruner.graph.count_params()
+        put_in_place(pl_module, pruner.model, pruner.slim(), pruner.graph.modules)
+        self.slimmed = True
+        strategy = trainer.strategy
+        if isinstance(strategy, DDPStrategy):  # the old wrapper reduces the old parameters
+            strategy.model = pl_module
+            strategy.configure_ddp()
+        strategy.setup_optimizers(trainer)  # configure_optimizers, for the slimmed parameters
+        strategy.setup_precision_plugin()
+        params = sum(p.numel() for p in self._target(pl_module).parameters())
+        then = "fine-tuning with new optimizers from configure_optimizers" if self.on_done == "finetune" else "stopping"
+        rank_zero_info(
+            f"ASSLPruning: slimmed {self._where()} at step {pruner.step_count}: {dense:,} -> {params:,} "
+            f"parameters; {then}"
+        )
+        _log(pl_module, "assl/params", params)
+        if self.on_done == "stop":
+            trainer.should_stop = True
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        """Say so when the fit ended before the schedule did."""
+        pruner = self.pruner
+        if pruner is not None and not self.slimmed:
+            rank_zero_warn(
+                f"ASSLPruning: fit ended at step {pruner.step_count} of {pruner.total_steps} ({pruner.phase}), so "
+                "the network is not slimmed: resume from a checkpoint with trainer.fit(..., ckpt_path=...)"
+            )
+
+    def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
+        """As ``teardown``: a failed fit does not call it."""
+        self.teardown(trainer, pl_module, "")
+
+    def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Detach from the optimizer and give the LightningModule its own methods back."""
+        if self.pruner is not None:
+            self.pruner.detach()
+        for name, before in self._undo:
+            if before is None:
+                pl_module.__dict__.pop(name, None)
+            else:
+                pl_module.__dict__[name] = before
+        self._undo = []
+
+    # --- checkpoints ---------------------------------------------------------------------------
+
+    def state_dict(self) -> dict[str, Any]:
+        """The Pruner's progress; once slimmed, the slimmed sizes of the network too."""
+        if self._lm is None:
+            return {}
+        state: dict[str, Any] = {"version": STATE_VERSION, "module": self.module, "slimmed": self.slimmed}
+        state["pruner"] = self.pruner.state_dict() if self.pruner is not None else self._final_state
+        if self.slimmed:
+            state["sizes"] = sizes(self._target(self._lm))
+        return state
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Resume the Pruner's progress (the network of a slimmed checkpoint is already restored).
+
+        Raises:
+            ValueError: The checkpoint comes from a callback that pruned another module.
+        """
+        if not state_dict:
+            return
+        check_state(state_dict, self.module)
+        if state_dict["slimmed"]:  # the network was shrunk in on_load_checkpoint, before its weights loaded
+            self._final_state = state_dict["pruner"]
+        elif self.pruner is not None:
+            self.pruner.load_state_dict(state_dict["pruner"])
+
+    def _restore_slimmed(self, pl_module: pl.LightningModule, checkpoint: Mapping[str, Any]) -> None:
+        if self.slimmed or not restore(pl_module, checkpoint, self.state_key, self.module):
+            return
+        if self.pruner is not None:  # its scales are folded now: the schedule is over
+            self._final_state = self.pruner.state_dict()
+            self.pruner = None
+        self.slimmed = True
+
+
+def load_slimmed(
+    pl_module: pl.LightningModule, checkpoint: str | os.PathLike[str] | Mapping[str, Any]
+) -> pl.LightningModule:
+    """Load a checkpoint taken after :class:`ASSLPruning` slimmed the network into a fresh module.
+
+    ``LightningModule.load_from_checkpoint`` builds the dense network, which the slimmed weights do
+    not fit; this shrinks it to the sizes the callback saved (with :func:`assl.load`), then loads
+    the weights. For inference or export; to train on, resume with ``trainer.fit(..., ckpt_path=)``.
+
+    Args:
+        pl_module: A fresh instance of the LightningModule, built as for the run.
+        checkpoint: The checkpoint's path, or the checkpoint dict.
+
+    Returns:
+        ``pl_module``, slimmed and loaded.
+
+    Raises:
+        ValueError: The checkpoint has no ASSLPruning state, or was taken before slimming.
+    """
+    ckpt = checkpoint if isinstance(checkpoint, Mapping) else TorchCheckpointIO().load_checkpoint(os.fspath(checkpoint))
+    module = ckpt.get("callbacks", {}).get(ASSLPruning.__qualname__, {}).get("module")
+    if not restore(pl_module, ckpt, ASSLPruning.__qualname__, module):
+        raise ValueError(
+            "the checkpoint was not taken after ASSLPruning slimmed the network: resume it with "
+            "trainer.fit(..., ckpt_path=...) and the callback, which slims when the schedule is done"
+        )
+    pl_module.load_state_dict(ckpt["state_dict"])
+    return pl_module
+
+
+# --- helpers -------------------------------------------------------------------------------------
+
+
+def _check_strategy(strategy: Strategy) -> None:
+    if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
+        raise ValueError(
+            f"ASSLPruning works with single-device training and DDP (strategy='ddp', 'ddp_spawn', ...), not with "
+            f"{type(strategy).__name__}: sharding splits the parameters whose channels the Pruner scales and removes"
+        )
+
+
+def _log(pl_module: pl.LightningModule, name: str, value: float, prog_bar: bool = False) -> None:
+    pl_module.log(name, float(value), prog_bar=prog_bar, on_step=True, on_epoch=False, batch_size=1)
