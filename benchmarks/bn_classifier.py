@@ -30,7 +30,15 @@ import _bn_bench as bench
 
 DEFAULTS = {"batch_size": 64, "dense_iters": 600, "prune_iters": 300, "finetune_iters": 100, "eval_every": 50}
 QUICK = {"dense_iters": 400, "prune_iters": 200, "finetune_iters": 60, "seeds": 1}
-SMOKE = {"dense_iters": 4, "prune_iters": 12, "finetune_iters": 2, "eval_every": 0, "seeds": 1, "ratios": [0.5]}
+SMOKE = {
+    "dense_iters": 4,
+    "prune_iters": 10,
+    "finetune_iters": 2,
+    "eval_every": 0,
+    "seeds": 1,
+    "ratios": [0.5],
+    "batch_size": 16,
+}
 
 
 class BasicBlock(nn.Module):
