@@ -13,7 +13,8 @@ Methods, at equal steps ``T = prune_iters + finetune_iters`` after the dense mod
 * ``l1``: one-shot ``prune_now("l1")`` of the dense model, then ``T`` fine-tuning steps;
 * ``tp_groupnorm``: Torch-Pruning's GroupNormPruner (its defaults: ``reg=1e-4``, group L2
   importance) regularizing for ``prune_iters`` steps, pruning at the same ratio, then
-  ``finetune_iters`` steps; skipped with a note when ``torch_pruning`` is not installed;
+  ``finetune_iters`` steps; skipped with a note when ``torch_pruning`` is not installed, and
+  reported as failed, with its error, when it crashes on the network;
 * ``scratch``: the slim architecture of ``l1``, re-initialized, trained for the dense steps plus ``T``.
 
 Every method uses Adam on all parameters (the Pruner needs no param group of its own), a fresh
@@ -396,19 +397,21 @@ def paired(task: Task, a: argparse.Namespace, rows: list[dict]) -> list[str]:
 
 def plot(task: Task, rows: list[dict], dense_rows: list[dict], ratio: float, path: Path) -> None:
     """Mean score over seeds against steps after the dense model, per method (scratch: its last ``T`` steps)."""
+    dense = {r["seed"]: r["after"] for r in dense_rows}
     with figure(path) as ax:
-        for m in METHODS:
+        for i, m in enumerate(METHODS):
             rs = [r for r in rows if r["method"] == m and r["ratio"] == ratio and "error" not in r]
             if not rs:
                 continue
             points: dict[int, list[float]] = {}
             for r in rs:
-                for step, v in r["curve"]:
+                start = [] if m in ("l1", "scratch") else [(0, dense[r["seed"]])]  # the dense model is step 0
+                for step, v in start + r["curve"]:
                     if step >= 0 and not math.isnan(v):
                         points.setdefault(step, []).append(v)
             xs = sorted(points)
             ys = [statistics.mean(points[x]) for x in xs]
-            ax.plot(xs, ys, marker=".", label=m)
+            ax.plot(xs, ys, marker=".", color=f"C{i}", label=m)
             last = [r["after"] for r in rs]
             ax.errorbar(xs[-1], statistics.mean(last), yerr=spread(last), fmt="none", ecolor="k", capsize=4)
         ax.axhline(statistics.mean(r["after"] for r in dense_rows), color="gray", ls="--", label="dense")

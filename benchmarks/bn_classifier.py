@@ -12,8 +12,8 @@ slimming (RMS of the chosen over the kept channels where they are read; 0 = sile
 
 Needs scikit-learn (``pip install -e ".[bench]"``), and torch-pruning for ``tp_groupnorm``.
 
-    python benchmarks/bn_classifier.py --out runs/bn_classifier      # 2 ratios x 3 seeds, ~10 min
-    python benchmarks/bn_classifier.py --quick                        # 1 seed, ~1 min
+    python benchmarks/bn_classifier.py --out runs/bn_classifier   # 2 ratios x 3 seeds: ~6 min of one CPU thread
+    python benchmarks/bn_classifier.py --quick                     # 1 seed: ~2 min
 """
 
 from __future__ import annotations

@@ -2,10 +2,10 @@
 
 A small U-Net (double convs of conv -> BN -> ReLU at 12, 24 and 48 channels, max-pool down,
 stride-2 ConvTranspose up, or with ``--up bilinear`` bilinear resizing + 1x1 conv, skip
-concatenations, a zero-initialized 1x1 output conv, and a global residual: it predicts the noise) learns to
-remove Gaussian noise of sigma 25/255 from random 32x32 patches of the six training photos of
-``examples/sr/data.py``, and is scored by PSNR (RGB, [0, 1]) on its two test photos
-(``chelsea``, ``coffee``), with the same noise for every method. Then every method prunes
+concatenations, a zero-initialized 1x1 output conv, and a global residual: it predicts the
+noise) learns to remove Gaussian noise of sigma 25/255 from random 32x32 patches of the six
+training photos of ``examples/sr/data.py``, and is scored by PSNR (RGB, [0, 1]) on its two test
+photos (``chelsea``, ``coffee``), with the same noise for every method. Then every method prunes
 it at each ratio at an equal number of optimizer steps (see ``_bn_bench.py``): ``assl``,
 ``assl_noalign``, one-shot ``l1`` + fine-tuning, Torch-Pruning's GroupNormPruner (optional),
 and the slim architecture trained from scratch. Reports PSNR right after slimming and after
@@ -14,8 +14,9 @@ before slimming (RMS of the chosen over the kept channels where they are read; 0
 
 Needs scikit-image and pillow (``pip install -e ".[bench]"``), and torch-pruning for ``tp_groupnorm``.
 
-    python benchmarks/bn_denoiser.py --out runs/bn_denoiser      # 2 ratios x 3 seeds, ~15 min
-    python benchmarks/bn_denoiser.py --quick                      # 1 seed, a few minutes
+    python benchmarks/bn_denoiser.py --out runs/bn_denoiser   # 2 ratios x 3 seeds: ~7 min of one CPU thread
+    python benchmarks/bn_denoiser.py --quick                   # 1 seed: ~2 min
+    python benchmarks/bn_denoiser.py --up bilinear             # the U-Net Torch-Pruning can regularize
 """
 
 from __future__ import annotations
