@@ -403,14 +403,13 @@ def plot(task: Task, rows: list[dict], dense_rows: list[dict], ratio: float, pat
             rs = [r for r in rows if r["method"] == m and r["ratio"] == ratio and "error" not in r]
             if not rs:
                 continue
-            points: dict[int, list[float]] = {}
+            runs = []
             for r in rs:
                 start = [] if m in ("l1", "scratch") else [(0, dense[r["seed"]])]  # the dense model is step 0
-                for step, v in start + r["curve"]:
-                    if step >= 0 and not math.isnan(v):
-                        points.setdefault(step, []).append(v)
-            xs = sorted(points)
-            ys = [statistics.mean(points[x]) for x in xs]
+                runs.append([(x, v) for x, v in start + r["curve"] if x >= 0 and not math.isnan(v)])
+            # seeds share their steps; a step seen twice (before and after pruning) draws a vertical drop
+            xs = [x for x, _ in runs[0]]
+            ys = [statistics.mean(run[j][1] for run in runs) for j in range(len(xs))]
             ax.plot(xs, ys, marker=".", color=f"C{i}", label=m)
             last = [r["after"] for r in rs]
             ax.errorbar(xs[-1], statistics.mean(last), yerr=spread(last), fmt="none", ecolor="k", capsize=4)
