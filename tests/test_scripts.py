@@ -37,6 +37,8 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
         "benchmarks/quality.py",
         "benchmarks/alignment_study.py",
         "benchmarks/inference_speed.py",
+        "benchmarks/bn_classifier.py",
+        "benchmarks/bn_denoiser.py",
         "examples/slim_demo.py",
     ],
 )
@@ -148,3 +150,52 @@ def test_quality_presets_are_defaults_that_explicit_flags_override(monkeypatch):
     assert (args.blocks, args.feats, args.align_iters) == (QUICK["blocks"], QUICK["feats"], QUICK["align_iters"])
     assert parse_args(build_parser(), ["--quick"]).prune_iters == QUICK["prune_iters"]
     assert parse_args(build_parser(), []).blocks == 16
+
+
+def test_bn_classifier_smoke(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bn_classifier import main
+
+    methods = ["assl", "l1", "scratch"]
+    threads = torch.get_num_threads()
+    try:
+        rows = main(["--smoke", "--threads", "1", "--methods", *methods, "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["method"] for r in rows] == methods
+    assert len({r["params"] for r in rows}) == 1  # every method at the same size
+    assert rows[0]["liveness"] >= 0 and "liveness_groups" in rows[0]
+    table = (tmp_path / "bn_classifier.md").read_text()
+    for name in ("dense", *methods):
+        assert f"| {name} |" in table
+    assert (tmp_path / "bn_classifier-0.5.png").is_file() and (tmp_path / "bn_classifier.json").is_file()
+
+
+def test_bn_classifier_says_what_is_missing_without_scikit_learn(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    for name in ("sklearn", "sklearn.datasets", "sklearn.model_selection"):
+        monkeypatch.setitem(sys.modules, name, None)  # as if not installed
+    from bn_classifier import load
+
+    with pytest.raises(SystemExit, match="scikit-learn"):
+        load()
+
+
+def test_bn_denoiser_smoke(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from bn_denoiser import main
+
+    methods = ["assl", "l1", "scratch"]
+    threads = torch.get_num_threads()
+    try:
+        rows = main(["--smoke", "--threads", "1", "--methods", *methods, "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["method"] for r in rows] == methods and len({r["params"] for r in rows}) == 1
+    table = (tmp_path / "bn_denoiser.md").read_text()
+    assert "| assl | 0.5 |" in table and "noisy test photos" in table
