@@ -117,6 +117,14 @@ class Pruner(Readouts):
                     sel.choose(name, sel.scale_scores(name))
         info = (len(sel.layers), len(self.aligned), self.total_steps)
         logger.info("Pruner: %d groups lose channels (%d aligned), %d steps in all", *info)
+        if not self.aligned and self.schedule.align_iters:
+            logger.warning(
+                "no group is aligned, so the schedule's %d align steps are skipped: it is done after %d steps, "
+                "not %d (Schedule.for_steps(n, align=False) fills n steps)",
+                self.schedule.align_iters,
+                self.total_steps,
+                self.schedule.total_steps,
+            )
 
     # --- the training-loop interface ---------------------------------------------------------
 
