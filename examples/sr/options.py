@@ -161,9 +161,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale_lr",
         type=float,
         default=None,
-        help="learning rate of the ASSL scales and of the pruned layers' biases (default --lr). Not needed "
-        "with --penalty_form shrink; with gradient, Adam moves a parameter by about lr per step, so a short "
-        "run needs a larger one to reach zero in time",
+        help="learning rate of the ASSL scales and of the pruned layers' biases (default --lr). The shrink "
+        "penalty reaches zero without one; with gradient, Adam moves a parameter by about lr per step, so a "
+        "short run needs a larger one to reach zero in time",
     )
     o.add_argument("--finetune_iters", type=int, default=1000, help="fine-tuning steps of the slimmed model")
     o.add_argument("--eval_every", type=int, default=1000, help="validation PSNR every this many steps")
