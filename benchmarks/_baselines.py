@@ -20,16 +20,27 @@ import assl
 SKIP = ["*mean*", "*tail*"]
 
 
-def assl_pruner(model: nn.Module, a: argparse.Namespace, *, align: bool = True) -> tuple[assl.Pruner, list[dict]]:
-    """The Pruner of the ``assl`` methods on ``model`` and Adam param groups (scales at ``--scale_lr``)."""
-    sched = assl.Schedule(
+def assl_schedule(a: argparse.Namespace, *, align: bool = True) -> assl.Schedule:
+    """ASSL's schedule: ``Schedule.for_steps(--prune_iters)``, or the numbers of the flags (``--schedule``)."""
+    if a.schedule == "for_steps":
+        return assl.Schedule.for_steps(
+            a.prune_iters, align=align, align_weight=a.align_weight, penalty_form=a.penalty_form
+        )
+    return assl.Schedule(
         align_iters=a.align_iters if align else 0,
         align_weight=a.align_weight,
         reg_interval=a.reg_interval,
         reg_step=a.reg_step,
         reg_limit=a.reg_limit,
         stabilize_iters=a.stabilize_iters,
+        penalty_form=a.penalty_form,
     )
+
+
+def assl_pruner(model: nn.Module, a: argparse.Namespace, *, align: bool = True) -> tuple[assl.Pruner, list[dict]]:
+    """The Pruner of the ``assl`` methods on ``model`` and Adam param groups (what the penalty acts on
+    at ``--scale_lr``, which defaults to ``--lr``: then one learning rate for everything)."""
+    sched = assl_schedule(a, align=align)
     # pixel-like values: slim() reports the output change on these (an all-black image gives ~0 out)
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255
     pruner = assl.Pruner(
@@ -42,7 +53,7 @@ def assl_pruner(model: nn.Module, a: argparse.Namespace, *, align: bool = True) 
     pen = {id(p) for p in pruner.penalized_parameters()}
     groups = [
         {"params": [p for p in model.parameters() if id(p) not in pen]},
-        {"params": pruner.penalized_parameters(), "lr": a.scale_lr},
+        {"params": pruner.penalized_parameters(), "lr": a.scale_lr or a.lr},
     ]
     return pruner, groups
 

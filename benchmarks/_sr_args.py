@@ -38,17 +38,41 @@ def build_parser(description: str | None = None) -> argparse.ArgumentParser:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--patch_size", type=int, default=96)
     p.add_argument("--batch_size", type=int, default=16)
-    p.add_argument("--lr", type=float, default=2e-4)
-    p.add_argument("--scale_lr", type=float, default=2e-4)
+    p.add_argument("--lr", type=float, default=2e-4, help="Adam's learning rate, for every method and stage")
+    p.add_argument(
+        "--scale_lr",
+        type=float,
+        default=None,
+        help="a learning rate of their own for the parameters ASSL's penalty acts on (default: --lr)",
+    )
     p.add_argument("--dense_iters", type=int, default=10000)
-    p.add_argument("--prune_iters", type=int, default=3000, help="pruning-stage cap (ASSL's schedule is sized to fit)")
+    p.add_argument(
+        "--prune_iters",
+        type=int,
+        default=3000,
+        help="pruning steps: ASSL's schedule is Schedule.for_steps(prune_iters) (with --schedule flags, a cap)",
+    )
     p.add_argument("--finetune_iters", type=int, default=5000)
-    p.add_argument("--align_iters", type=int, default=500)
+    p.add_argument(
+        "--schedule",
+        default="for_steps",
+        choices=("for_steps", "flags"),
+        help="for_steps: assl.Schedule.for_steps(--prune_iters), the library's way to size a schedule; "
+        "flags: --align_iters, --reg_interval, --reg_step, --reg_limit and --stabilize_iters as given",
+    )
+    p.add_argument(
+        "--penalty_form",
+        default="shrink",
+        choices=("shrink", "gradient"),
+        help="ASSL's penalty: the library's default (shrink) or the paper's (gradient)",
+    )
     p.add_argument("--align_weight", type=float, default=1.0)
-    p.add_argument("--reg_interval", type=int, default=4)
-    p.add_argument("--reg_step", type=float, default=0.005)
-    p.add_argument("--reg_limit", type=float, default=0.5)
-    p.add_argument("--stabilize_iters", type=int, default=1000)
+    flags = p.add_argument_group("the schedule's numbers with --schedule flags")
+    flags.add_argument("--align_iters", type=int, default=500)
+    flags.add_argument("--reg_interval", type=int, default=4)
+    flags.add_argument("--reg_step", type=float, default=0.005)
+    flags.add_argument("--reg_limit", type=float, default=0.5)
+    flags.add_argument("--stabilize_iters", type=int, default=1000)
     p.add_argument(
         "--methods",
         nargs="+",
@@ -72,7 +96,6 @@ QUICK = {
     "patch_size": 48,
     "batch_size": 8,
     "lr": 5e-4,
-    "scale_lr": 3e-2,
     "dense_iters": 2000,
     "prune_iters": 400,
     "finetune_iters": 600,
@@ -87,7 +110,7 @@ SMOKE = {
     "patch_size": 16,
     "batch_size": 2,
     "dense_iters": 3,
-    "prune_iters": 6,
+    "prune_iters": 10,
     "finetune_iters": 2,
     "align_iters": 2,
     "reg_interval": 1,
@@ -98,11 +121,14 @@ SMOKE = {
 }
 
 
-def parse_args(p: argparse.ArgumentParser, argv: list[str] | None, smoke: dict | None = None) -> argparse.Namespace:
-    """Parse with ``--quick`` / ``--smoke`` as defaults: flags given explicitly still win."""
+def parse_args(
+    p: argparse.ArgumentParser, argv: list[str] | None, smoke: dict | None = None, quick: dict | None = None
+) -> argparse.Namespace:
+    """Parse with ``--quick`` / ``--smoke`` as defaults (``quick`` and ``smoke``: a script's own
+    additions to them): flags given explicitly still win."""
     pre, _ = p.parse_known_args(argv)
     if pre.quick:
-        p.set_defaults(**QUICK)
+        p.set_defaults(**{**QUICK, **(quick or {})})
     if pre.smoke:
         p.set_defaults(**{**SMOKE, **(smoke or {})})
     return p.parse_args(argv)
@@ -120,5 +146,6 @@ def describe(args: argparse.Namespace, device: torch.device) -> str:
     what = torch.cuda.get_device_name(device) if device.type == "cuda" else (platform.processor() or platform.machine())
     return (
         f"LEDSR {args.blocks}x{args.feats} x{args.scale}, ratio {args.ratio}, {what}, torch {torch.__version__}, "
-        f"{args.seeds} seeds, scored on the {args.eval_split} images"
+        f"{args.seeds} seeds, scored on the {args.eval_split} images; ASSL: {args.penalty_form} penalty, "
+        f"schedule {args.schedule}"
     )

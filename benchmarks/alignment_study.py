@@ -207,8 +207,11 @@ def main(argv: list[str] | None = None) -> None:
         default="raw",
         help="std: soft masks at a temperature of each layer's |g| spread (an experiment, see above)",
     )
-    p.set_defaults(eval_split="val", out="runs/alignment_study")
-    args = parse_args(p, argv, smoke={"weights": [0.0, 10.0], "align_grid": [2], "prune_iters": 12})
+    # the study varies the alignment phase of the paper's schedule, penalty and all: the flags set the
+    # numbers, and --quick keeps the scales' own learning rate its measurements were made with
+    p.set_defaults(eval_split="val", out="runs/alignment_study", schedule="flags", penalty_form="gradient")
+    smoke = {"weights": [0.0, 10.0], "align_grid": [2], "prune_iters": 12}
+    args = parse_args(p, argv, smoke=smoke, quick={"scale_lr": 3e-2})
     device = configure(args)
     if args.mask_scale == "std":
         assl.alignment.soft_masks = _std_scaled_soft_masks  # type: ignore[attr-defined]

@@ -3,7 +3,10 @@
 From one dense LEDSR per seed, every method prunes to the same kept width and then fine-tunes,
 with pruning + fine-tuning steps equal across methods:
 
-* ``assl``: alignment + growing regularization on the scales, then slim and fine-tune;
+* ``assl``: alignment + growing regularization on the scales, then slim and fine-tune, with the
+  library's defaults: ``Schedule.for_steps(--prune_iters)``, the shrink penalty, and the same
+  learning rate as every other method (``--schedule flags --penalty_form gradient`` and the
+  ``--reg_*`` flags run the paper's penalty with numbers of one's own);
 * ``assl_noalign``: the same without the alignment phase (groups chosen by aggregated |g|);
 * ``l1``: one-shot L1-norm pruning, aligned per residual group (group-aggregated score);
 * ``l1_authors``: the authors' L1 baseline: each layer ranks its own filters, and a residual
@@ -14,7 +17,10 @@ with pruning + fine-tuning steps equal across methods:
 
 Reports PSNR/SSIM (Y, border = scale) on held-out test images (or, with ``--eval_split val``, on
 the validation split that settings are chosen on), params, MACs (1280x720 output), wall time per
-method, mean and spread over seeds, as a markdown table and a PNG.
+method, mean and spread over seeds, as a markdown table and a PNG. For the pruned methods it also
+reports the PSNR right after slimming, before fine-tuning: for ASSL it shows whether the penalty
+drove the removed channels to zero (then it is the PSNR of the model before slimming); the rows
+also keep ASSL's ``Pruner.liveness()`` just before slimming (``alive``: the largest over groups).
 
     python benchmarks/quality.py --quick --out runs/quality       # CPU, embedded photos
     python benchmarks/quality.py --dir_data DIV2K --device cuda     # the full settings
@@ -49,9 +55,11 @@ def run_method(
     x0 = torch.zeros(1, 3, 16, 16, device=device)
     t0 = time.time()
     total = a.prune_iters + a.finetune_iters
+    extra: dict = {}
     if method in ("assl", "assl_noalign"):
         pruner, groups = assl_pruner(model, a, align=method == "assl")
         used = train(model, stream, a.prune_iters, a.lr, pruner=pruner, param_groups=groups, stop=lambda: pruner.done)
+        extra["alive"] = max(pruner.liveness().values(), default=0.0)
         small = pruner.slim()
         finetune = total - used
     elif method.startswith("tp_"):
@@ -74,6 +82,8 @@ def run_method(
         small, finetune = scratch(dense, a.ratio, x0), a.dense_iters + total
     else:
         small, finetune = one_shot(method, model, dense, a.ratio, seed, x0), total
+    if method != "scratch":
+        extra["psnr_slim"] = evaluate(small, data["eval"], a.scale, device)[0]
     train(small, stream, finetune, a.lr)
     p, s = evaluate(small, data["eval"], a.scale, device)
     params, gmacs = model_size(small, a.scale, device)
@@ -85,33 +95,53 @@ def run_method(
         "params": params,
         "gmacs": gmacs,
         "wall_s": time.time() - t0,
+        **extra,
     }
 
 
 def _summary(rows: list[dict], a: argparse.Namespace, dense_rows: list[dict]) -> str:
     """The markdown table: dense, bicubic, then each method's mean over seeds."""
     out = [
-        "| method | ratio | PSNR (dB) | SSIM | params | GMACs | wall s | seeds |",
-        "|---|---|---|---|---|---|---|---|",
+        "| method | ratio | PSNR (dB) | PSNR right after slimming | SSIM | params | GMACs | wall s | seeds |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
 
     def line(name: str, rs: list[dict], ratio: str) -> str:
         if any("error" in r for r in rs):
-            return f"| {name} | {ratio} | failed: {rs[0].get('error', '')[:90]} | - | - | - | - | {len(rs)} |"
+            return f"| {name} | {ratio} | failed: {rs[0].get('error', '')[:90]} | - | - | - | - | - | {len(rs)} |"
         return (
             f"| {name} | {ratio} | {mean_sd([r['psnr'] for r in rs], 3)} | "
+            f"{mean_sd([r['psnr_slim'] for r in rs if 'psnr_slim' in r], 2)} | "
             f"{statistics.mean(r['ssim'] for r in rs):.4f} | {rs[0]['params']:,} | {rs[0]['gmacs']:.2f} | "
             f"{statistics.mean(r['wall_s'] for r in rs):.0f} | {len(rs)} |"
         )
 
     out.append(line("dense", dense_rows, "0"))
     bic = [r["bicubic"] for r in dense_rows]
-    out.append(f"| bicubic | - | {statistics.mean(bic):.3f} | - | - | - | - | {len(bic)} |")
+    out.append(f"| bicubic | - | {statistics.mean(bic):.3f} | - | - | - | - | - | {len(bic)} |")
     for m in a.methods:
         rs = [r for r in rows if r["method"] == m]
         if rs:
             out.append(line(m, rs, f"{a.ratio:g}"))
-    return "\n".join(out)
+    return "\n".join(out + _paired(rows, a))
+
+
+def _paired(rows: list[dict], a: argparse.Namespace) -> list[str]:
+    """``assl`` minus each other method, seed by seed (same dense model, same batches), in dB."""
+    ok = {(r["method"], r["seed"]): r["psnr"] for r in rows if "error" not in r}
+    others = [m for m in a.methods if m != "assl"]
+    seeds = sorted({s for m, s in ok if m == "assl"})
+    if not others or not seeds:
+        return []
+    cells = [", ".join(f"{ok['assl', s] - ok[m, s]:+.3f}" for s in seeds if (m, s) in ok) or "-" for m in others]
+    return [
+        "",
+        f"assl minus each method, paired by seed (seeds {', '.join(map(str, seeds))}), dB:",
+        "",
+        f"| ratio | {' | '.join(others)} |",
+        f"|---{'|---' * len(others)}|",
+        f"| {a.ratio:g} | {' | '.join(cells)} |",
+    ]
 
 
 def _plot(rows: list[dict], dense_rows: list[dict], path: Path, split: str = "test") -> None:

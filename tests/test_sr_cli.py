@@ -11,7 +11,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "sr"))
 
 from ledsr import SRModel, load_pretrained
-from options import QUICK, parse_args, parse_stage_pr
+from options import QUICK, parse_args, parse_stage_pr, schedule
 from pipeline import infer, ratio_map
 
 import assl
@@ -57,9 +57,51 @@ def test_seed_flags_drive_the_pruner_on_a_small_ledsr():
     assert all(v == 0 for k, v in pruner.removed.items() if "tail" in k or "mean" in k)
 
 
+def test_the_seeds_commands_with_the_papers_penalty_are_the_papers_schedule():
+    args = parse_args([*SEED.format(s=2, p=96).split(), "--penalty_form", "gradient"])
+    assert schedule(args) == assl.Schedule.paper() and schedule(args).total_steps == 160430
+    # without it, the same numbers with the library's default penalty (valid: the limit 0.5 is below 1)
+    default = schedule(parse_args(SEED.format(s=2, p=96).split()))
+    assert default.penalty_form == "shrink" and default.total_steps == 160430
+
+
 def test_quick_fills_only_what_was_not_given():
     args = parse_args(["--quick", "--n_feats", "16", "--finetune_iters=7"])
     assert args.n_feats == 16 and args.finetune_iters == 7 and args.n_resblocks == QUICK["n_resblocks"]
+
+
+def test_quick_sizes_its_schedule_by_steps_at_the_users_learning_rate():
+    args = parse_args(["--quick"])
+    assert schedule(args) == assl.Schedule.for_steps(400) and schedule(args).penalty_form == "shrink"
+    assert args.scale_lr is None  # no learning rate of their own for the scales
+    assert schedule(parse_args(["--quick", "--prune_steps", "120"])).total_steps == 120
+    paper_form = schedule(parse_args(["--quick", "--penalty_form", "gradient"]))
+    assert paper_form == assl.Schedule.for_steps(400, penalty_form="gradient")
+    simple = parse_args(["--quick", "--same_pruned_wg_criterion", "simple"])
+    assert schedule(simple) == assl.Schedule.for_steps(400, align=False)
+
+
+def test_quick_with_the_authors_schedule_flags_builds_the_schedule_from_them():
+    argv = "--quick --align_iters 10 --update_reg_interval 2 --reg_granularity_prune 0.1 --reg_upper_limit 0.5"
+    s = schedule(parse_args([*argv.split(), "--stabilize_reg_interval", "5"]))
+    assert (s.align_iters, s.reg_interval, s.reg_step, s.reg_limit, s.stabilize_iters) == (10, 2, 0.1, 0.5, 5)
+    assert s.total_steps == 10 + 6 * 2 + 5
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        ("--prune_steps 100 --update_reg_interval 3", "--prune_steps sizes the whole schedule"),
+        ("--reg_upper_limit 5 --reg_granularity_prune 0.2", "--penalty_form gradient"),  # shrink: limit < 1
+        ("--prune_steps 5", "n >= 10"),
+    ],
+)
+def test_schedules_that_cannot_work_are_refused_at_parse_time(argv, message, capsys):
+    with pytest.raises(SystemExit):
+        parse_args(argv.split())
+    assert message in capsys.readouterr().err
+    # the paper's form takes any limit
+    assert schedule(parse_args("--penalty_form gradient --reg_upper_limit 5".split())).penalty_form == "gradient"
 
 
 @pytest.mark.parametrize("bad", ["[0-10]", "[5-1:0.5]", "[0-10:1.0]", "[]", "0-10:x"])

@@ -18,13 +18,17 @@ import assl
 
 TINY = (
     "--quick --n_resblocks 1 --n_feats 4 --patch_size 16 --batch_size 2 --max_side 48 --dense_iters 4 "
+    "--prune_steps 12 --finetune_iters 3 --eval_every 2 --checkpoint_every 2 --print_every 2"
+).split()
+# the authors' schedule flags, shortened, with the paper's penalty
+PAPER_FORM = (
     "--align_iters 2 --update_reg_interval 1 --reg_granularity_prune 0.25 --reg_upper_limit 0.5 "
-    "--stabilize_reg_interval 2 --finetune_iters 3 --eval_every 2 --checkpoint_every 2 --print_every 2"
+    "--stabilize_reg_interval 2 --penalty_form gradient"
 ).split()
 
 
-def _run(tmp_path: Path, *extra: str) -> dict:
-    return sr_main.run([*TINY, "--save", str(tmp_path / "run"), *extra])
+def _run(tmp_path: Path, *extra: str, base: list[str] = TINY) -> dict:
+    return sr_main.run([*base, "--save", str(tmp_path / "run"), *extra])
 
 
 def test_pipeline_writes_every_output(tmp_path, capsys):
@@ -43,6 +47,21 @@ def test_pipeline_writes_every_output(tmp_path, capsys):
     assert small.model.head[0].out_channels == 2
     table = capsys.readouterr().out
     assert "pruned PSNR / SSIM" in table and "GMACs (1280x720 out)" in table
+
+
+def test_the_default_penalty_silences_the_chosen_channels_before_slimming(tmp_path):
+    results = _run(tmp_path)
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "pruning: align 1, regularize 8, stabilize 3 steps, shrink penalty" in log
+    assert results["liveness"] < 0.1  # 12 steps: their RMS is below a tenth of the kept channels'
+
+
+def test_the_authors_schedule_flags_with_the_papers_penalty(tmp_path):
+    i = TINY.index("--prune_steps")
+    results = _run(tmp_path, *PAPER_FORM, base=TINY[:i] + TINY[i + 2 :])
+    log = (tmp_path / "run" / "log.txt").read_text()
+    assert "pruning: align 2, regularize 3, stabilize 2 steps, gradient penalty up to 0.75" in log
+    assert results["pruned_params"] < results["dense_params"] and "liveness" in results
 
 
 def test_l1_baseline_runs(tmp_path):

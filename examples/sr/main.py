@@ -156,11 +156,13 @@ def run(argv: list[str] | None = None) -> dict:
             a, r, d = pruner.schedule.bounds(bool(pruner.aligned))
             iters = stage_limit(ctx, min(d, args.max_prune_iters or d), train)
             log.info(
-                "pruning: align %d, regularize %d, stabilize %d steps%s",
+                "pruning: align %d, regularize %d, stabilize %d steps%s, %s penalty up to %.4g",
                 a,
                 r - a,
                 d - r,
                 f" (cut at {iters})" if iters < d else "",
+                pruner.schedule.penalty_form,
+                pruner.schedule.penalty(d - 1, bool(pruner.aligned)),
             )
             train_stage(
                 ctx,
@@ -177,6 +179,7 @@ def run(argv: list[str] | None = None) -> dict:
                 save=lambda s: checkpoint(ctx, "prune", s, model, opt, pruner),
             )
             log.info("%s", pruner.summary())
+            results["liveness"] = max(pruner.liveness().values(), default=0.0)
             small = pruner.slim()
         if ctx.main:
             assl.save(small, ctx.out / "slim.pt")

@@ -11,28 +11,35 @@ import re
 import sys
 from collections.abc import Sequence
 
-# --quick: the whole pipeline on the embedded photos in a few minutes on a 2-core CPU
+import assl
+
+# --quick: the whole pipeline on the embedded photos in a few minutes on a 2-core CPU. The pruning
+# stage is assl.Schedule.for_steps(400) with the library's default penalty, at the same learning
+# rate as every other stage: nothing in it is tuned by hand.
 QUICK = {
     "n_resblocks": 4,
     "n_feats": 32,
     "patch_size": 48,
     "batch_size": 8,
     "dense_iters": 2000,
-    "align_iters": 100,
-    "update_reg_interval": 4,
-    # 10x the paper's penalty: chosen on the validation photo (docs/benchmarks.md), so that the
-    # short schedule drives the chosen channels to zero before slimming
-    "reg_granularity_prune": 0.2,
-    "reg_upper_limit": 5.0,
-    "stabilize_reg_interval": 200,
+    "prune_steps": 400,
     "finetune_iters": 1000,
     "lr": 5e-4,
-    "scale_lr": 3e-2,
     "checkpoint_every": 250,
     "eval_every": 250,
     "print_every": 250,
     "stage_pr": "[0-1000:0.5]",
 }
+
+
+# the authors' flags that spell a schedule out number by number; --prune_steps sizes one instead
+SCHEDULE_FLAGS = (
+    "align_iters",
+    "update_reg_interval",
+    "reg_granularity_prune",
+    "reg_upper_limit",
+    "stabilize_reg_interval",
+)
 
 
 def parse_stage_pr(text: str) -> list[tuple[int, int, float]]:
@@ -104,7 +111,12 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["reg", "simple"],
         help="reg: run the alignment phase; simple: choose the group's channels from |g| at once",
     )
-    a.add_argument("--reg_upper_limit", type=float, default=0.5, help="the penalty grows until it passes this")
+    a.add_argument(
+        "--reg_upper_limit",
+        type=float,
+        default=0.5,
+        help="the penalty grows until it passes this (below 1 with --penalty_form shrink)",
+    )
     a.add_argument("--reg_granularity_prune", type=float, default=1e-4, help="penalty growth per interval")
     a.add_argument("--update_reg_interval", type=int, default=20, help="steps between penalty growths")
     a.add_argument("--stabilize_reg_interval", type=int, default=43150, help="steps at the final penalty")
@@ -127,14 +139,31 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--dense_iters", type=int, default=None, help="dense training steps (default 0 with --pre_train)")
     o.add_argument("--align_iters", type=int, default=17260, help="steps of the alignment phase")
     o.add_argument(
+        "--prune_steps",
+        type=int,
+        default=None,
+        help="size the pruning stage to this many optimizer steps: assl.Schedule.for_steps(N), the paper's "
+        "phase proportions and a penalty sized to them, instead of --align_iters and the authors' --reg_* / "
+        "--update_reg_interval / --stabilize_reg_interval numbers (--quick: 400)",
+    )
+    o.add_argument(
+        "--penalty_form",
+        default="shrink",
+        choices=["shrink", "gradient"],
+        help="shrink: the chosen channels' scales and biases take no task gradient and shrink by (1 - penalty) "
+        "each step, at any learning rate (the library's default); gradient: grad += penalty * x, the paper's "
+        "(with the authors' flags, the paper's setting)",
+    )
+    o.add_argument(
         "--max_prune_iters", type=int, default=None, help="cut the pruning stage short after this many steps"
     )
     o.add_argument(
         "--scale_lr",
         type=float,
         default=None,
-        help="learning rate of the ASSL scales and of the pruned layers' biases (default --lr). Adam "
-        "moves a parameter by about lr per step: short runs need a larger one to reach zero in time",
+        help="learning rate of the ASSL scales and of the pruned layers' biases (default --lr). The shrink "
+        "penalty reaches zero without one; with gradient, Adam moves a parameter by about lr per step, so a "
+        "short run needs a larger one to reach zero in time",
     )
     o.add_argument("--finetune_iters", type=int, default=1000, help="fine-tuning steps of the slimmed model")
     o.add_argument("--eval_every", type=int, default=1000, help="validation PSNR every this many steps")
@@ -144,21 +173,52 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--amp", action="store_true", help="mixed precision (CUDA only)")
     o.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     o.add_argument("--max_side", type=int, default=None, help="downsize embedded photos to this longest side")
+    o.add_argument(
+        "--threads", type=int, default=None, help="CPU threads of torch (default: all; 1 is fastest on a shared CPU)"
+    )
     return p
 
 
+def schedule(args: argparse.Namespace) -> assl.Schedule:
+    """The pruning schedule: ``Schedule.for_steps(--prune_steps)``, or the authors' numbers."""
+    align = args.same_pruned_wg_criterion == "reg"
+    if args.prune_steps is not None:
+        return assl.Schedule.for_steps(args.prune_steps, align=align, penalty_form=args.penalty_form)
+    return assl.Schedule(
+        align_iters=args.align_iters if align else 0,
+        reg_interval=args.update_reg_interval,
+        reg_step=args.reg_granularity_prune,
+        reg_limit=args.reg_upper_limit,
+        stabilize_iters=args.stabilize_reg_interval,
+        penalty_form=args.penalty_form,
+    )
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
-    """Parse ``argv``; ``--quick`` fills every option the user did not give with its quick value."""
+    """Parse ``argv``; ``--quick`` fills every option the user did not give with its quick value.
+
+    Under ``--quick``, giving any of the authors' schedule flags (``SCHEDULE_FLAGS``) builds the
+    schedule from those flags instead of ``--prune_steps 400``; the schedule flags not given keep
+    their ordinary defaults.
+    """
     argv = list(sys.argv[1:] if argv is None else argv)
     parser = build_parser()
     args = parser.parse_args(argv)
+    given = {a.dest for a in parser._actions for s in a.option_strings for t in argv if t == s or t.startswith(s + "=")}
+    by_hand = sorted(given.intersection(SCHEDULE_FLAGS))
     if args.quick:
-        given = {
-            a.dest for a in parser._actions for s in a.option_strings for t in argv if t == s or t.startswith(s + "=")
-        }
         for key, value in QUICK.items():
-            if key not in given:
+            if key not in given and not (key == "prune_steps" and by_hand):
                 setattr(args, key, value)
+    if "prune_steps" in given and by_hand:
+        flags = ", ".join(f"--{k}" for k in by_hand)
+        parser.error(f"--prune_steps sizes the whole schedule itself: drop it or drop {flags}")
+    try:
+        schedule(args)
+    except ValueError as e:
+        by_flags = args.prune_steps is None and args.penalty_form == "shrink"
+        hint = " (--penalty_form gradient takes the paper's numbers as they are)" if by_flags else ""
+        parser.error(f"{e}{hint}")
     if args.dense_iters is None:
         args.dense_iters = 0 if args.pre_train else 2000
     args.stage_ranges = parse_stage_pr(args.stage_pr)

@@ -23,6 +23,7 @@ import torch.distributed as dist
 from data import EmbeddedSR, HRFolder, SRFolder, parse_data_range
 from ledsr import SRModel
 from metrics import psnr, ssim
+from options import schedule
 from report import save_png
 from torch import nn
 from torch.utils.data import DataLoader, Dataset, DistributedSampler
@@ -74,6 +75,8 @@ def setup(args: argparse.Namespace) -> Context:
             logging.getLogger(name).setLevel(logging.INFO)
         with (out / "config.json").open("w") as f:
             json.dump({k: v for k, v in vars(args).items() if k != "stage_ranges"}, f, indent=1)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     torch.manual_seed(args.seed + rank)
     return Context(args, out, device, rank, world)
 
@@ -304,16 +307,6 @@ def checkpoint(
     tmp.replace(ctx.out / "checkpoint.pt")
 
 
-def schedule(a: argparse.Namespace) -> assl.Schedule:
-    return assl.Schedule(
-        align_iters=a.align_iters if a.same_pruned_wg_criterion == "reg" else 0,
-        reg_interval=a.update_reg_interval,
-        reg_step=a.reg_granularity_prune,
-        reg_limit=a.reg_upper_limit,
-        stabilize_iters=a.stabilize_reg_interval,
-    )
-
-
 def ratio_map(model: nn.Module, ranges: list[tuple[int, int, float]]) -> dict[str, float]:
     """``--stage_pr`` layer-index ranges -> {layer name: ratio} over the model's convolutions."""
     convs = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d)]
@@ -326,7 +319,8 @@ def ratio_map(model: nn.Module, ranges: list[tuple[int, int, float]]) -> dict[st
 
 def make_pruner(ctx: Context, model: nn.Module) -> assl.Pruner:
     a = ctx.args
-    x = torch.zeros(1, 3, 16, 16, device=ctx.device)
+    # pixel-like values: slim() and liveness() measure the chosen channels on these (not on a black image)
+    x = (torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * a.rgb_range).to(ctx.device)
     ratios = ratio_map(model, a.stage_ranges)
     skip = [p for p in a.skip_layers.split(",") if p]
     pruned = set(assl.trace(model, x).layers)
