@@ -58,11 +58,12 @@ def test_seed_flags_drive_the_pruner_on_a_small_ledsr():
 
 
 def test_the_seeds_commands_with_the_papers_penalty_are_the_papers_schedule():
-    args = parse_args([*SEED.format(s=2, p=96).split(), "--penalty_form", "gradient"])
+    paper = ["--penalty_form", "gradient", "--align_loss", "authors"]
+    args = parse_args([*SEED.format(s=2, p=96).split(), *paper])
     assert schedule(args) == assl.Schedule.paper() and schedule(args).total_steps == 160430
     # without it, the same numbers with the library's default penalty (valid: the limit 0.5 is below 1)
     default = schedule(parse_args(SEED.format(s=2, p=96).split()))
-    assert default.penalty_form == "shrink" and default.total_steps == 160430
+    assert default.penalty_form == "shrink" and default.align_loss == "consensus" and default.total_steps == 160430
 
 
 def test_quick_fills_only_what_was_not_given():

@@ -155,6 +155,14 @@ def build_parser() -> argparse.ArgumentParser:
         "(with the authors' flags, the paper's setting)",
     )
     o.add_argument(
+        "--align_loss",
+        default="consensus",
+        choices=["consensus", "authors"],
+        help="consensus: pulls each layer's soft mask toward the group's mean mask (the library's default); "
+        "authors: the paper's -mean(M Mt), which does not make the layers agree (with --penalty_form gradient "
+        "and the authors' flags, the paper's setting)",
+    )
+    o.add_argument(
         "--max_prune_iters", type=int, default=None, help="cut the pruning stage short after this many steps"
     )
     o.add_argument(
@@ -183,7 +191,9 @@ def schedule(args: argparse.Namespace) -> assl.Schedule:
     """The pruning schedule: ``Schedule.for_steps(--prune_steps)``, or the authors' numbers."""
     align = args.same_pruned_wg_criterion == "reg"
     if args.prune_steps is not None:
-        return assl.Schedule.for_steps(args.prune_steps, align=align, penalty_form=args.penalty_form)
+        return assl.Schedule.for_steps(
+            args.prune_steps, align=align, penalty_form=args.penalty_form, align_loss=args.align_loss
+        )
     return assl.Schedule(
         align_iters=args.align_iters if align else 0,
         reg_interval=args.update_reg_interval,
@@ -191,6 +201,7 @@ def schedule(args: argparse.Namespace) -> assl.Schedule:
         reg_limit=args.reg_upper_limit,
         stabilize_iters=args.stabilize_reg_interval,
         penalty_form=args.penalty_form,
+        align_loss=args.align_loss,
     )
 
 
