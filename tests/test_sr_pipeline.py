@@ -124,3 +124,10 @@ def test_two_processes_with_torchrun(tmp_path):
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
     assert results["pruned_params"] < results["dense_params"]
     assert "pruned PSNR / SSIM" in proc.stdout
+
+
+def test_the_console_shows_the_pruners_progress_and_the_librarys_warnings(tmp_path, capsys):
+    _run(tmp_path, "--prune_steps", "10", "--max_prune_iters", "4")
+    err = capsys.readouterr().err
+    assert "phase=" in err and "left=" in err  # the Pruner's progress in the prune stage's bar
+    assert "assl WARNING: slimming in phase" in err  # cut short: the library says so on the console

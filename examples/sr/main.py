@@ -175,6 +175,7 @@ def run(argv: list[str] | None = None) -> dict:
                 evals=evals,
                 bare=model,
                 extra_loss=pruner.alignment_loss,
+                progress=lambda: pruner.progress().postfix(),
                 stop=lambda: pruner.done,
                 save=lambda s: checkpoint(ctx, "prune", s, model, opt, pruner),
             )

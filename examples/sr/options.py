@@ -29,6 +29,9 @@ QUICK = {
     "eval_every": 250,
     "print_every": 250,
     "stage_pr": "[0-1000:0.5]",
+    # a 32-feature net is too small to keep two threads busy: on a shared 2-core machine the second
+    # OpenMP thread mostly waits for a busy core (measured: 62 s with one thread, 125-155 s with two)
+    "threads": 1,
 }
 
 
@@ -182,7 +185,10 @@ def build_parser() -> argparse.ArgumentParser:
     o.add_argument("--workers", type=int, default=0, help="data loader worker processes")
     o.add_argument("--max_side", type=int, default=None, help="downsize embedded photos to this longest side")
     o.add_argument(
-        "--threads", type=int, default=None, help="CPU threads of torch (default: all; 1 is fastest on a shared CPU)"
+        "--threads",
+        type=int,
+        default=None,
+        help="CPU threads of torch (default: torch's; --quick: 1, fastest for its small net on a shared CPU)",
     )
     return p
 

@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -70,15 +71,27 @@ def setup(args: argparse.Namespace) -> Context:
     if rank == 0:
         handler = logging.FileHandler(out / "log.txt")
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
+        console = _BarSafeHandler(logging.WARNING)  # the library's warnings reach the console too
+        console.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
         for name in ("sr", "assl"):
             logging.getLogger(name).addHandler(handler)
+            if not any(isinstance(h, _BarSafeHandler) for h in logging.getLogger(name).handlers):
+                logging.getLogger(name).addHandler(console)
             logging.getLogger(name).setLevel(logging.INFO)
         with (out / "config.json").open("w") as f:
             json.dump({k: v for k, v in vars(args).items() if k != "stage_ranges"}, f, indent=1)
     if args.threads:
         torch.set_num_threads(args.threads)
+    log.info("torch uses %d CPU threads (--threads to change)", torch.get_num_threads())
     torch.manual_seed(args.seed + rank)
     return Context(args, out, device, rank, world)
+
+
+class _BarSafeHandler(logging.Handler):
+    """Writes records to the console above the progress bar instead of through it."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        tqdm.write(self.format(record), file=sys.stderr)
 
 
 def datasets(ctx: Context) -> tuple[Dataset, dict[str, Dataset]]:
@@ -230,15 +243,20 @@ def train_stage(
     evals: dict[str, Dataset],
     save: Callable[[int], None],
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    progress: Callable[[], dict[str, str]] | None = None,
     stop: Callable[[], bool] | None = None,
     bare: nn.Module | None = None,
 ) -> int:
-    """Train ``model`` from step ``start`` to ``iters`` (or until ``stop()``); returns the last step."""
+    """Train ``model`` from step ``start`` to ``iters`` (or until ``stop()``); returns the last step.
+
+    ``progress()`` (e.g. the Pruner's phase, steps left and penalty) is shown in the bar.
+    """
     a = ctx.args
     use_amp = a.amp and ctx.device.type == "cuda"
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     step = start
     bar = tqdm(total=iters, initial=start, desc=stage, disable=not ctx.main, dynamic_ncols=True)
+    postfix: dict[str, str] = {}
     t0 = time.time()
     try:
         while step < iters and not (stop and stop()):
@@ -255,6 +273,9 @@ def train_stage(
             if ctx.main:
                 ctx.history["loss"].append((stage, ctx.global_step, loss.item()))
                 bar.update(1)
+                if progress is not None and (step % 10 == 0 or step == start + 1):
+                    postfix.update(progress())
+                    bar.set_postfix(postfix, refresh=False)
                 if step % a.print_every == 0:
                     log.info(
                         "%s step %d/%d loss %.4f (%.2f s/step)",
@@ -267,7 +288,8 @@ def train_stage(
                 if step % a.eval_every == 0:
                     val, _, _ = evaluate(ctx, bare or model, evals["val"])
                     ctx.history["psnr"].append((stage, ctx.global_step, val))
-                    bar.set_postfix(psnr=f"{val:.2f}")
+                    postfix["val_psnr"] = f"{val:.2f}"
+                    bar.set_postfix(postfix)
             if step % a.checkpoint_every == 0:
                 save(step)
     except KeyboardInterrupt:
