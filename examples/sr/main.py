@@ -49,6 +49,20 @@ log = logging.getLogger("sr")
 STAGES = ("dense", "prune", "finetune", "eval", "finished")
 
 
+def _schedule_point(ctx: Context, pruner: assl.Pruner) -> dict[str, str]:
+    """Record the schedule (penalty, chosen vs kept scales) for curves.png; the bar's postfix."""
+    progress = pruner.progress()
+    ratios = []
+    for group, units in pruner.chosen().items():
+        s = pruner.unit_scales(group).mean(0)
+        keep = torch.ones_like(s, dtype=torch.bool)
+        keep[units] = False
+        ratios.append(float(s[~keep].mean() / s[keep].mean().clamp_min(1e-12)))
+    ratio = max(ratios, default=float("nan"))
+    ctx.history.setdefault("schedule", []).append((ctx.global_step, progress.phase, progress.penalty, ratio))
+    return progress.postfix()
+
+
 def _wrap(ctx: Context, model: nn.Module) -> nn.Module:
     return (
         DistributedDataParallel(model, device_ids=[ctx.device] if ctx.device.type == "cuda" else None)
@@ -175,7 +189,7 @@ def run(argv: list[str] | None = None) -> dict:
                 evals=evals,
                 bare=model,
                 extra_loss=pruner.alignment_loss,
-                progress=lambda: pruner.progress().postfix(),
+                progress=lambda: _schedule_point(ctx, pruner),
                 stop=lambda: pruner.done,
                 save=lambda s: checkpoint(ctx, "prune", s, model, opt, pruner),
             )

@@ -26,7 +26,7 @@ QUICK = {
     "finetune_iters": 1000,
     "lr": 5e-4,
     "checkpoint_every": 250,
-    "eval_every": 250,
+    "eval_every": 100,
     "print_every": 250,
     "stage_pr": "[0-1000:0.5]",
     # a 32-feature net is too small to keep two threads busy: on a shared 2-core machine the second

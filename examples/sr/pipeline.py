@@ -42,7 +42,7 @@ class Context:
     device: torch.device
     rank: int = 0
     world: int = 1
-    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "psnr": []})
+    history: dict[str, list] = field(default_factory=lambda: {"loss": [], "psnr": [], "schedule": []})
     state: dict[str, Any] = field(default_factory=dict)  # stage, iteration, metrics so far
     global_step: int = 0
 

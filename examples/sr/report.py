@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -29,40 +30,79 @@ def save_png(path: Path, img: torch.Tensor, rgb_range: float) -> None:
 
 
 def plot(path: Path, history: Mapping[str, list], widths: Mapping[str, tuple[int, int]]) -> None:
-    """Loss and validation PSNR over the steps of every stage, and kept vs original widths."""
+    """Loss and validation PSNR over every stage with the stage and phase boundaries, the pruning
+    schedule (penalty, and the chosen units' scales against the kept ones), and kept widths."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 3, figsize=(16, 4.5))
+    fig, axes = plt.subplots(2, 2, figsize=(15, 9))
+    (loss_ax, psnr_ax), (sched_ax, width_ax) = axes
     for stage, color in (("dense", "tab:blue"), ("prune", "tab:red"), ("finetune", "tab:green")):
         pts = [(s, v) for st, s, v in history.get("loss", []) if st == stage]
         if pts:
             s, v = zip(*pts)
             k = max(1, len(v) // 50)
             smooth = np.convolve(v, np.ones(k) / k, mode="valid")
-            axes[0].plot(s[k - 1 :], smooth, color=color, label=stage)
+            loss_ax.plot(s[k - 1 :], smooth, color=color, label=stage)
         pts = [(s, v) for st, s, v in history.get("psnr", []) if st == stage]
         if pts:
             s, v = zip(*pts)
-            axes[1].plot(s, v, "o-", color=color, label=stage)
-    axes[0].set(title="training L1 loss", xlabel="step (all stages)", yscale="log")
-    axes[1].set(title="validation PSNR (Y, dB)", xlabel="step (all stages)")
-    for ax in axes[:2]:
-        ax.legend()
+            psnr_ax.plot(s, v, "o-", color=color, label=stage)
+    stages, phases = _boundaries(history)
+    for ax in (loss_ax, psnr_ax):
+        _mark(ax, stages, labels=True, ls="--")
+        _mark(ax, phases, labels=False, ls=":")
+    _mark(sched_ax, phases, labels=True, ls=":")
+    loss_ax.set(title="training L1 loss", xlabel="step (all stages)", yscale="log")
+    psnr_ax.set(
+        title="validation PSNR (Y, dB): one validation photo, not the test photos of the table",
+        xlabel="step (all stages)",
+    )
+    sched = history.get("schedule", [])
+    if sched:
+        steps, _, penalty, ratio = zip(*sched)
+        sched_ax.plot(steps, penalty, color="tab:purple", label="penalty")
+        sched_ax.set_ylabel("penalty", color="tab:purple")
+        twin = sched_ax.twinx()
+        twin.plot(steps, ratio, color="tab:orange", label="chosen / kept |scale|")
+        twin.set(yscale="log", ylabel="mean |scale| of chosen units / kept (worst group)")
+        twin.legend(loc="center right")
+        sched_ax.set_xlim(steps[0], steps[-1])
+    sched_ax.set(title="pruning schedule (prune stage)", xlabel="step (all stages)")
     names = list(widths)
-    before = [widths[n][0] for n in names]
-    after = [widths[n][1] for n in names]
     x = np.arange(len(names))
-    axes[2].bar(x, before, color="lightgray", label="dense")
-    axes[2].bar(x, after, color="tab:green", label="slimmed")
-    axes[2].set_xticks(x, [n.replace("model.", "") for n in names], rotation=90, fontsize=6)
-    axes[2].set(title="output channels per conv", ylabel="channels")
-    axes[2].legend()
+    width_ax.bar(x, [widths[n][0] for n in names], color="lightgray", label="dense")
+    width_ax.bar(x, [widths[n][1] for n in names], color="tab:green", label="slimmed")
+    width_ax.set_xticks(x, [n.replace("model.", "") for n in names], rotation=90, fontsize=8)
+    width_ax.set(title="output channels per conv", ylabel="channels")
+    for ax in (loss_ax, psnr_ax, width_ax):
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def _boundaries(history: Mapping[str, list]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
+    """(step, name) where each stage begins, and where each pruning phase begins."""
+    stages: list[tuple[int, str]] = []
+    for stage, step, _ in history.get("loss", []):
+        if not stages or stages[-1][1] != stage:
+            stages.append((step, stage))
+    phases: list[tuple[int, str]] = []
+    for step, phase, _, _ in history.get("schedule", []):
+        if not phases or phases[-1][1] != phase:
+            phases.append((step, phase))
+    return stages, phases
+
+
+def _mark(ax: Any, bounds: list[tuple[int, str]], *, labels: bool, ls: str) -> None:
+    for i, (step, name) in enumerate(bounds):
+        ax.axvline(step, color="gray", lw=0.8, ls=ls)
+        if labels:
+            y = 0.98 - 0.06 * (i % 2)  # alternate heights so that close labels do not overlap
+            ax.text(step, y, f" {name}", transform=ax.get_xaxis_transform(), fontsize=9, va="top", color="dimgray")
 
 
 def table(rows: Sequence[tuple[str, str]]) -> str:
