@@ -69,7 +69,8 @@ def plot(path: Path, history: Mapping[str, list], widths: Mapping[str, tuple[int
         twin.plot(steps, ratio, color="tab:orange", label="chosen / kept |scale|")
         twin.set(yscale="log", ylabel="mean |scale| of chosen units / kept (worst group)")
         twin.legend(loc="center right")
-        sched_ax.set_xlim(steps[0], steps[-1])
+        if steps[-1] > steps[0]:
+            sched_ax.set_xlim(steps[0], steps[-1])
     sched_ax.set(title="pruning schedule (prune stage)", xlabel="step (all stages)")
     names = list(widths)
     x = np.arange(len(names))
