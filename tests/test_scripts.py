@@ -152,19 +152,26 @@ def test_quality_presets_are_defaults_that_explicit_flags_override(monkeypatch):
     assert parse_args(build_parser(), []).blocks == 16
 
 
-def test_bn_classifier_smoke(tmp_path, monkeypatch):
-    pytest.importorskip("sklearn")
+def _bn_smoke(script: str, methods: list[str], tmp_path, monkeypatch) -> list[dict]:
+    """Run a BatchNorm benchmark's ``--smoke`` preset in this process, on one thread."""
+    import importlib
+
     import torch
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from bn_classifier import main
-
-    methods = ["assl", "l1", "scratch"]
+    main = importlib.import_module(script).main
     threads = torch.get_num_threads()
     try:
-        rows = main(["--smoke", "--threads", "1", "--methods", *methods, "--out", str(tmp_path)])
+        return main(["--smoke", "--threads", "1", "--methods", *methods, "--out", str(tmp_path)])
     finally:
         torch.set_num_threads(threads)
+
+
+def test_bn_classifier_smoke(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+
+    methods = ["assl", "l1", "scratch"]
+    rows = _bn_smoke("bn_classifier", methods, tmp_path, monkeypatch)
     assert [r["method"] for r in rows] == methods
     assert len({r["params"] for r in rows}) == 1  # every method at the same size
     assert rows[0]["liveness"] >= 0 and "liveness_groups" in rows[0]
@@ -185,17 +192,9 @@ def test_bn_classifier_says_what_is_missing_without_scikit_learn(monkeypatch):
 
 
 def test_bn_denoiser_smoke(tmp_path, monkeypatch):
-    import torch
-
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from bn_denoiser import main
 
     methods = ["assl", "l1", "scratch"]
-    threads = torch.get_num_threads()
-    try:
-        rows = main(["--smoke", "--threads", "1", "--methods", *methods, "--out", str(tmp_path)])
-    finally:
-        torch.set_num_threads(threads)
+    rows = _bn_smoke("bn_denoiser", methods, tmp_path, monkeypatch)
     assert [r["method"] for r in rows] == methods and len({r["params"] for r in rows}) == 1
     table = (tmp_path / "bn_denoiser.md").read_text()
     assert "| assl | 0.5 |" in table and "noisy test photos" in table
