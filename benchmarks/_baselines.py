@@ -24,7 +24,11 @@ def assl_schedule(a: argparse.Namespace, *, align: bool = True) -> assl.Schedule
     """ASSL's schedule: ``Schedule.for_steps(--prune_iters)``, or the numbers of the flags (``--schedule``)."""
     if a.schedule == "for_steps":
         return assl.Schedule.for_steps(
-            a.prune_iters, align=align, align_weight=a.align_weight, penalty_form=a.penalty_form
+            a.prune_iters,
+            align=align,
+            align_weight=a.align_weight,
+            align_loss=getattr(a, "align_loss", "consensus"),
+            penalty_form=a.penalty_form,
         )
     return assl.Schedule(
         align_iters=a.align_iters if align else 0,
@@ -34,6 +38,7 @@ def assl_schedule(a: argparse.Namespace, *, align: bool = True) -> assl.Schedule
         reg_limit=a.reg_limit,
         stabilize_iters=a.stabilize_iters,
         penalty_form=a.penalty_form,
+        align_loss=getattr(a, "align_loss", "consensus"),
     )
 
 

@@ -1,19 +1,23 @@
-"""Why the alignment phase helps little in short runs: diagnostics and a sweep on the validation split.
+"""Does the alignment phase align, and does aligning help? Controls and diagnostics on the validation split.
 
 Runs ASSL on the quality benchmark's LEDSR (same flags, same dense model per seed, same total
-pruning + fine-tuning steps) for every alignment weight x alignment length in the grid, plus
-``noalign`` (no alignment phase), and scores on the **validation** photo: settings are chosen
-here, and only the chosen one goes to the test photos (``quality.py --align_weight ...``). The
-measurements draw no random numbers from the training run, so a setting's row equals what
-``quality.py --eval_split val`` gives for ``assl`` / ``assl_noalign`` with the same flags.
+pruning + fine-tuning steps, the library's defaults: ``Schedule.for_steps(--prune_iters)`` and
+the shrink penalty) for every setting of ``--settings``, and scores on the **validation** photo:
+settings are chosen here, and only the chosen one goes to the test photos. A setting is
+``noalign`` (no alignment phase) or ``LOSS:WEIGHT`` (``Schedule(align_loss=LOSS,
+align_weight=WEIGHT)``); weight 0 runs the same alignment steps as plain training, the control
+the aligned settings are measured against. The measurements draw no random numbers from the
+training run, so the ``noalign`` and ``consensus:1`` rows equal what ``quality.py --eval_split
+val`` gives for ``assl_noalign`` / ``assl`` with the same flags.
 
 Measured per run, on the aligned group (the residual stream):
 
 * ``grad ratio``: ``||grad_g(align_weight * alignment loss)|| / ||grad_g(task loss)||`` over the
   group's scales on the first batches: how much of the scales' gradient the alignment term is;
-* ``agreement``: mean over pairs of the group's layers of the overlap of the channels each would
-  keep on its own (top ``n - k`` by ``|g|``), at the start and at the end of the alignment phase;
-  chance is ``(n - k) / n``, 1 means every layer keeps the same channels;
+* ``agreement``: :func:`assl.alignment.agreement` of the group's ``|g|``, the mean over pairs of
+  its layers of the overlap of the channels each would keep on its own (top ``n - k``), at the
+  start and at the end of the alignment phase; chance is ``(n - k) / n``, 1 means every layer
+  keeps the same channels;
 * ``removed share``: of each layer's ``sum |g|``, the share on the channels the group removes,
   when they are chosen (lower: the removed channels mattered less to every layer); chance
   ``k / n``;
@@ -23,19 +27,13 @@ Measured per run, on the aligned group (the residual stream):
 * PSNR on the validation photo at the end of the schedule (channels still there), just after
   slimming, and after fine-tuning.
 
-``--mask_scale std`` tests one explanation of what the numbers show: the soft masks
-``sigmoid(|g| - t)`` are nearly flat when the ``|g|`` of a layer differ by a few percent, so the
-cross-layer term cannot tell channels apart. It replaces ``assl.alignment.soft_masks`` in this
-process (only here, for the experiment) by ``sigmoid((|g| - t) / std(|g|))``, per layer.
-
-    python benchmarks/alignment_study.py --quick --prune_iters 600 --finetune_iters 400
+    python benchmarks/alignment_study.py --quick --ratio 0.5 --prune_iters 600 --finetune_iters 400
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import itertools
 import statistics
 import sys
 from pathlib import Path
@@ -49,15 +47,8 @@ from _sr_args import build_parser, configure, describe, parse_args
 from _sr_bench import Batches, batch_stream, evaluate, figure, load_data, mean_sd, save, sweep, train
 
 import assl
+from assl.alignment import agreement
 from assl.scales import scale_of
-
-
-def agreement(rows: torch.Tensor, k: int) -> float:
-    """Mean pairwise overlap of the per-layer kept sets (top ``n - k`` of each row)."""
-    n = rows.shape[1]
-    keep = [set(torch.argsort(r, descending=True, stable=True)[: n - k].tolist()) for r in rows]
-    pairs = list(itertools.combinations(keep, 2))
-    return sum(len(a & b) for a, b in pairs) / (len(pairs) * (n - k))
 
 
 def removed_share(rows: torch.Tensor, removed: list[int]) -> float:
@@ -83,32 +74,44 @@ def grad_ratio(pruner: assl.Pruner, model: nn.Module, stream: Batches, batches: 
     return float(norm_align) / statistics.mean(norms)
 
 
-def _std_scaled_soft_masks(scores: torch.Tensor, k: int) -> torch.Tensor:
-    """``sigmoid((s - t) / std(s))`` per row: the paper's soft mask at a temperature set by the spread."""
-    threshold = torch.kthvalue(scores, k + 1, dim=-1, keepdim=True).values
-    return torch.sigmoid((scores - threshold) / scores.detach().std(dim=-1, keepdim=True).clamp_min(1e-12))
+def parse_setting(text: str) -> tuple[str, float] | None:
+    """``"noalign"`` -> None, ``"LOSS:WEIGHT"`` -> (loss, weight)."""
+    if text == "noalign":
+        return None
+    loss, _, weight = text.partition(":")
+    if loss not in assl.alignment.ALIGN_LOSSES or not weight:
+        raise argparse.ArgumentTypeError(f"a setting is noalign or LOSS:WEIGHT, LOSS in {assl.alignment.ALIGN_LOSSES}")
+    return loss, float(weight)
+
+
+def _setting(text: str) -> str:
+    """``--settings``' type: ``text`` once :func:`parse_setting` accepts it."""
+    parse_setting(text)
+    return text
 
 
 def run_setting(
-    weight: float | None,
-    iters: int,
+    setting: str,
     dense: nn.Module,
     a: argparse.Namespace,
     seed: int,
     data: dict,
     device: torch.device,
 ) -> dict:
-    """One ASSL run (``weight=None``: no alignment phase) with the diagnostics of the module docstring."""
-    b = argparse.Namespace(**{**vars(a), "align_weight": weight or 0.0, "align_iters": iters})
+    """One ASSL run of ``setting`` (see :func:`parse_setting`) with the diagnostics of the module docstring."""
+    parsed = parse_setting(setting)
+    loss, weight = parsed if parsed is not None else ("consensus", None)
+    b = argparse.Namespace(**{**vars(a), "align_weight": weight or 0.0, "align_loss": loss})
     torch.manual_seed(seed + 1000)
     model = copy.deepcopy(dense)
     pruner, groups = assl_pruner(model, b, align=weight is not None)
     name = next(iter(pruner.aligned))
     k = pruner.removed[name]
+    iters = pruner.schedule.align_iters if weight is not None else 0
     stream = batch_stream(data["train"], b.batch_size, device, seed + 2000)
     start = pruner.unit_scales(name).cpu()
-    r = {"setting": "noalign" if weight is None else f"w={weight:g}, {iters} steps", "seed": seed}
-    r["weight"], r["align_iters"] = weight, iters if weight is not None else 0
+    r = {"setting": setting, "seed": seed, "ratio": b.ratio, "loss": loss if weight is not None else None}
+    r["weight"], r["align_iters"] = weight, iters
     r["agreement_start"] = agreement(start, k)
     r["chance"] = (start.shape[1] - k) / start.shape[1]
     at_choice = {"rows": start}
@@ -179,52 +182,49 @@ def summary(rows: list[dict], dense_rows: list[dict]) -> str:
 
 
 def _plot(rows: list[dict], dense_rows: list[dict], path: Path) -> None:
-    """PSNR per setting against the alignment weight, the no-alignment range and the dense mean."""
+    """PSNR per setting and seed: before slimming, after slimming and after fine-tuning."""
     with figure(path) as ax:
-        weights = sorted({r["weight"] for r in rows if r["weight"] is not None})
-        pos = {w: i for i, w in enumerate(weights)}
-        for iters in sorted({r["align_iters"] for r in rows if r["weight"] is not None}):
-            pts = [(pos[r["weight"]], r["psnr"]) for r in rows if r["weight"] is not None and r["align_iters"] == iters]
-            ax.scatter(*zip(*pts), alpha=0.6, label=f"{iters} alignment steps")
-        noalign = [r["psnr"] for r in rows if r["weight"] is None]
-        if noalign:
-            ax.axhspan(min(noalign), max(noalign), color="gray", alpha=0.2, label="no alignment (range over seeds)")
+        settings = list(dict.fromkeys(r["setting"] for r in rows))
+        for key, label, dx in (
+            ("psnr_before_slim", "before slimming", -0.2),
+            ("psnr_slim", "after slimming", 0.0),
+            ("psnr", "after fine-tuning", 0.2),
+        ):
+            pts = [(settings.index(r["setting"]) + dx, r[key]) for r in rows]
+            ax.scatter(*zip(*pts), alpha=0.6, label=label)
         ax.axhline(statistics.mean(r["psnr"] for r in dense_rows), color="gray", ls="--", label="dense")
-        ax.set_xticks(range(len(weights)), [f"{w:g}" for w in weights])
-        ax.set_xlabel("alignment weight")
+        ax.set_xticks(range(len(settings)), settings)
+        ax.set_xlabel("setting")
         ax.set_ylabel("PSNR (Y, dB), validation photo")
         ax.legend(fontsize=8)
 
 
+DEFAULT_SETTINGS = ["noalign", "consensus:0", "authors:1", "consensus:1", "consensus:10"]
+
+
 def main(argv: list[str] | None = None) -> None:
-    """Run every setting of the grid for every seed; print and write the table, the rows and the plot."""
+    """Run every setting for every seed; print and write the table, the rows and the plot."""
     p = build_parser(__doc__)
-    p.add_argument("--weights", type=float, nargs="+", default=[0.0, 1.0, 10.0, 100.0, 1000.0])
-    p.add_argument("--align_grid", type=int, nargs="+", default=[100, 300], help="alignment lengths in steps")
     p.add_argument(
-        "--mask_scale",
-        choices=("raw", "std"),
-        default="raw",
-        help="std: soft masks at a temperature of each layer's |g| spread (an experiment, see above)",
+        "--settings",
+        nargs="+",
+        type=_setting,
+        default=DEFAULT_SETTINGS,
+        help="noalign or LOSS:WEIGHT (LOSS consensus or authors; weight 0: the plain-training control)",
     )
-    # the study varies the alignment phase of the paper's schedule, penalty and all: the flags set the
-    # numbers, and --quick keeps the scales' own learning rate its measurements were made with
-    p.set_defaults(eval_split="val", out="runs/alignment_study", schedule="flags", penalty_form="gradient")
-    smoke = {"weights": [0.0, 10.0], "align_grid": [2], "prune_iters": 12}
-    args = parse_args(p, argv, smoke=smoke, quick={"scale_lr": 3e-2})
+    p.set_defaults(eval_split="val", out="runs/alignment_study")
+    smoke = {"settings": ["noalign", "consensus:0", "consensus:10"], "prune_iters": 12}
+    args = parse_args(p, argv, smoke=smoke)
     device = configure(args)
-    if args.mask_scale == "std":
-        assl.alignment.soft_masks = _std_scaled_soft_masks  # type: ignore[attr-defined]
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     data = load_data(args)
     print(f"# alignment study: {describe(args, device)}", flush=True)
-    settings = [(None, 0), *((w, n) for n in args.align_grid for w in args.weights)]
     rows, dense_rows = sweep(
         args,
         data,
         device,
-        lambda dense, seed: (run_setting(w, n, dense, args, seed, data, device) for w, n in settings),
+        lambda dense, seed: (run_setting(t, dense, args, seed, data, device) for t in args.settings),
     )
     save(out, "alignment_study", summary(rows, dense_rows), args, rows, dense_rows)
     _plot(rows, dense_rows, out / "alignment_study.png")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import runpy
 import sys
@@ -117,9 +118,10 @@ def test_alignment_study_smoke(tmp_path, capsys, monkeypatch):
 
     study_main(["--smoke", "--device", "cpu", "--out", str(tmp_path)])
     table = (tmp_path / "alignment_study.md").read_text()
-    for setting in ("noalign", "w=0, 2 steps", "w=10, 2 steps"):
+    for setting in ("noalign", "consensus:0", "consensus:10"):
         assert f"| {setting} |" in table
     rows = json.loads((tmp_path / "alignment_study.json").read_text())["rows"]
+    assert all(0 <= r["agreement_start"] <= 1 for r in rows)
     ratios = [r["grad_ratio"] for r in rows if r["weight"] is not None]
     assert ratios[0] == 0.0 and ratios[1] > 0  # weight 0: no alignment gradient; weight 10: some
     assert all(0 <= r["removed_share"] <= 1 and r["left_g"] >= 0 for r in rows)
@@ -130,15 +132,17 @@ def test_alignment_study_measures(monkeypatch):
     import torch
 
     monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from alignment_study import agreement, removed_share
+    from alignment_study import parse_setting, removed_share
 
     same = torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 2.0, 3.0, 4.0]])
-    assert agreement(same, 2) == 1.0
     opposite = torch.tensor([[1.0, 2.0, 3.0, 4.0], [4.0, 3.0, 2.0, 1.0]])
-    assert agreement(opposite, 2) == 0.0
-    assert agreement(torch.tensor([[1.0, 2.0, 3.0, 4.0], [1.0, 4.0, 2.0, 3.0]]), 2) == 0.5
     assert abs(removed_share(same, [0, 1]) - 0.3) < 1e-7  # (1 + 2) / 10
     assert abs(removed_share(opposite, [3]) - 0.25) < 1e-7  # (4/10 + 1/10) / 2
+    assert parse_setting("noalign") is None
+    assert parse_setting("authors:1") == ("authors", 1.0) and parse_setting("consensus:0") == ("consensus", 0.0)
+    for bad in ("consensus", "paper:1"):
+        with pytest.raises(argparse.ArgumentTypeError):
+            parse_setting(bad)
 
 
 def test_quality_presets_are_defaults_that_explicit_flags_override(monkeypatch):
