@@ -50,13 +50,20 @@ def _reshape_map(in_shape: Sequence[int], out_shape: Sequence[int], d: int) -> t
     return None
 
 
-def _reshape(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
-    x = args[0]
+def _labels_of(tr: Tracer, x: Any, out: Any) -> Value | None:
+    """The labels of ``x`` when ``out`` is a tensor; an untraced ``x`` passes its parameter on."""
     if not isinstance(out, torch.Tensor):
-        return
+        return None
     v = tr.get(x)
     if v is None:
         tr.propagate_param_ref(x, out)
+    return v
+
+
+def _reshape(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    x = args[0]
+    v = _labels_of(tr, x, out)
+    if v is None:
         return
     mapped = _reshape_map(tuple(x.shape), tuple(out.shape), v.dim)
     if mapped is None:
@@ -211,11 +218,8 @@ _CONSTANT_CUT = (
 
 def _getitem(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     x, index = args[0], args[1]
-    if not isinstance(out, torch.Tensor):
-        return
-    v = tr.get(x)
+    v = _labels_of(tr, x, out)
     if v is None:
-        tr.propagate_param_ref(x, out)
         return
     items = index if isinstance(index, tuple) else (index,)
     basic = (type(None), type(Ellipsis), int, slice)
