@@ -232,7 +232,7 @@ class Pruner(Readouts):
             "slimmed: %d -> %d parameters", self.graph.count_params(), sum(p.numel() for p in small.parameters())
         )
         if warn_change:
-            report_change(self.model, small, self.example_inputs, self.liveness())
+            report_change(self.model, small, self.example_inputs, self.liveness)
         return small
 
     def prune_now(self, criterion: str = "l1") -> nn.Module:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 import torch
 from torch import nn
@@ -61,11 +61,14 @@ def warn_early(phase: str, step: int) -> None:
     )
 
 
-def report_change(model: nn.Module, small: nn.Module, example_inputs: object, alive: Mapping[str, float]) -> float:
+def report_change(
+    model: nn.Module, small: nn.Module, example_inputs: object, alive: Callable[[], Mapping[str, float]]
+) -> float:
     """Log how much removing the chosen channels changed the output on the example inputs.
 
     Args:
-        alive: Liveness of each group's chosen channels (:func:`assl.liveness.liveness`).
+        alive: Gives the liveness of each group's chosen channels (:func:`assl.liveness.liveness`);
+            called only when the change is large enough to warn (it costs a forward pass).
 
     Returns:
         The largest difference relative to the largest output; logged as a warning, naming the
@@ -73,7 +76,7 @@ def report_change(model: nn.Module, small: nn.Module, example_inputs: object, al
     """
     change = max_rel_err(model, small, example_inputs)
     if change > SLIM_CHANGE_WARNING:
-        loud = sorted(((v, k) for k, v in alive.items() if v > ALIVE), reverse=True)
+        loud = sorted(((v, k) for k, v in alive().items() if v > ALIVE), reverse=True)
         named = ", ".join(f"{k} ({v:.2g})" for v, k in loud[:5]) + (" ..." if len(loud) > 5 else "")
         logger.warning(
             "slimming changed the output on the example inputs by %.3g (largest difference over the largest "

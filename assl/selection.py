@@ -122,17 +122,20 @@ class Selection:
     """Which units each group loses: scores, the chosen units, and the carriers of each group.
 
     Args:
+        model: The model the graph was traced from (its producers' weights give the L1 scores).
         graph: The traced graph.
         removed: Units each group loses (groups losing none are absent from ``carriers``).
         carriers: Group name -> its :class:`Carrier` objects (producers first, then norms).
     """
 
-    def __init__(self, graph: Graph, removed: Mapping[str, int], carriers: Mapping[str, list[Carrier]]) -> None:
+    def __init__(
+        self, model: nn.Module, graph: Graph, removed: Mapping[str, int], carriers: Mapping[str, list[Carrier]]
+    ) -> None:
+        self.model = model
         self.graph = graph
         self.removed = removed
         self.layers = dict(carriers)
         self.chosen: dict[str, list[int]] = {}
-        self._model: nn.Module | None = None
 
     @classmethod
     def build(cls, model: nn.Module, graph: Graph, removed: Mapping[str, int]) -> Selection:
@@ -173,9 +176,7 @@ class Selection:
             carriers[name] = [Carrier.weight_scale(n, modules[n], g) for n in scaled] + [
                 Carrier.norm(n, model.get_submodule(n), units, g.size) for n, units in norms.items()
             ]
-        selection = cls(graph, removed, carriers)
-        selection._model = model
-        return selection
+        return cls(model, graph, removed, carriers)
 
     def all_layers(self) -> Iterator[Carrier]:
         """Every carrier, group by group."""
@@ -226,12 +227,11 @@ class Selection:
 
     def l1_scores(self, name: str) -> torch.Tensor:
         """Group score per unit from the producers' filter L1 norms, each relative to its mean."""
-        assert self._model is not None
         g = self.graph.group(name)
         rows = []
         with torch.no_grad():
             for layer in g.layers:
-                m = self._model.get_submodule(layer)
+                m = self.model.get_submodule(layer)
                 weight: torch.Tensor = m.weight  # type: ignore[assignment]
                 w = weight.detach().transpose(0, output_dim(m)).flatten(1).abs().sum(1)
                 units = torch.as_tensor(g.channels(layer)[: w.numel()], dtype=torch.long, device=w.device)

@@ -64,4 +64,6 @@ def test_block_runs(name, line, code, tmp_path, monkeypatch):
     torch.manual_seed(0)
     # the file name and the block's first line appear in any traceback
     compiled = compile("\n" * (line - 1) + code, str(ROOT / name), "exec")
-    exec(compiled, {"__name__": "docs_block"})
+    namespace: dict = {"__name__": "docs_block"}
+    exec(compiled, namespace)  # a block that fails raises here, with its file and line
+    assert set(namespace) - {"__name__", "__builtins__"}, "the block defined nothing"
