@@ -4,6 +4,8 @@ from .budget import Budget
 from .errors import ASSLError, CheckpointError, PlanError, TraceError
 from .graph import ChannelGroup, Graph, Plan
 from .io import load, save
+from .latency import LatencyTable, measure_latency
+from .latency_budget import LatencyPlan
 from .patterns import PatternError
 from .pruner import Pruner
 from .schedule import Schedule
@@ -18,6 +20,8 @@ __all__ = [
     "ChannelGroup",
     "CheckpointError",
     "Graph",
+    "LatencyPlan",
+    "LatencyTable",
     "PatternError",
     "Plan",
     "PlanError",
@@ -26,6 +30,7 @@ __all__ = [
     "TraceError",
     "load",
     "masked_copy",
+    "measure_latency",
     "save",
     "slim",
     "trace",

@@ -4,35 +4,76 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
 from .graph import ChannelGroup, Graph
+from .latency import LatencyTable
 
 __all__ = ["Budget", "solve_ratio", "units_to_remove"]
 
 
 @dataclass(frozen=True)
 class Budget:
-    """A target size instead of a ratio: at most ``params`` parameters or ``macs`` MACs.
+    """A target instead of a ratio: parameters, MACs, or latency on a device.
 
-    MACs are those of the example inputs given to the Pruner (the whole batch). The Pruner
-    solves one ratio for all pruned groups so that the slimmed model fits.
+    Give exactly one of:
+
+    * ``params``: at most this many parameters; ``macs``: at most this many MACs on the example
+      inputs (whole batch). The Pruner solves one ratio for all pruned groups.
+    * ``latency``: at most this many seconds per call on the example inputs;
+      ``relative_latency``: at most this fraction of the dense model's measured latency. Before
+      pruning, the Pruner times the model's layers at a grid of widths on the example inputs'
+      device and dtype (:class:`assl.LatencyTable`), then chooses each group's width so the
+      predicted latency meets the target while dropping the least important units (the
+      producers' filter L1 norms at that moment). ``table`` reuses a table measured elsewhere
+      (on the deployment machine).
 
     Example:
         >>> assl.Pruner(model, x, ratio=assl.Budget(params=300_000))
+        >>> assl.Pruner(model, x, ratio=assl.Budget(relative_latency=0.5), round_to="auto")
     """
 
     params: int | None = None
     macs: int | None = None
+    latency: float | None = None
+    relative_latency: float | None = None
+    table: LatencyTable | None = field(default=None, compare=False)
 
     def __post_init__(self) -> None:
-        given = [v for v in (self.params, self.macs) if v is not None]
+        given = {k: v for k, v in self.target().items() if v is not None}
         if len(given) != 1:
-            raise ValueError("Budget takes exactly one of params= or macs=")
-        if not isinstance(given[0], int) or isinstance(given[0], bool) or given[0] <= 0:
-            raise ValueError(f"a Budget must be a positive int, got {given[0]!r}")
+            raise ValueError("Budget takes exactly one of params=, macs=, latency= or relative_latency=")
+        ((kind, value),) = given.items()
+        if kind in ("params", "macs"):
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"Budget({kind}=...) must be a positive int, got {value!r}")
+        elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+            raise ValueError(f"Budget({kind}=...) must be a positive number, got {value!r}")
+        if kind == "relative_latency" and not value < 1:
+            raise ValueError(
+                f"Budget(relative_latency=...) is a fraction of the dense latency in (0, 1), got {value!r}"
+            )
+        if self.table is not None:
+            if not self.is_latency:
+                raise ValueError("Budget(table=...) goes with latency= or relative_latency=")
+            if not isinstance(self.table, LatencyTable):
+                raise TypeError(f"table must be an assl.LatencyTable, got {type(self.table).__name__}")
+
+    def target(self) -> dict[str, float | int | None]:
+        """The four kinds of target, ``None`` for those not given."""
+        return {
+            "params": self.params,
+            "macs": self.macs,
+            "latency": self.latency,
+            "relative_latency": self.relative_latency,
+        }
+
+    @property
+    def is_latency(self) -> bool:
+        """Whether the target is a latency (absolute or relative)."""
+        return self.latency is not None or self.relative_latency is not None
 
 
 def check_ratio(ratio: float, where: str) -> float:

@@ -12,34 +12,36 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Mapping, Sequence
+from typing import Any, NamedTuple
 
 from torch import nn
 
 from .budget import Budget, check_ratio, solve_ratio, units_to_remove
 from .graph import ChannelGroup, Graph
+from .latency_budget import LatencyPlan, latency_removed
 from .patterns import PatternError, match, match_each, patterns_of
 from .scales import scale_of
 from .schedule import Schedule
 
-__all__ = ["check_arguments", "resolve"]
+__all__ = ["Resolved", "check_arguments", "resolve"]
 
 logger = logging.getLogger("assl")
 
 
-def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int, order: str) -> Schedule:
+def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int | str, order: str) -> Schedule:
     """Check the Pruner's arguments that need no trace; return the schedule (the default if None).
 
     Raises:
         TypeError: The model is not an ``nn.Module`` or is wrapped in (Distributed)DataParallel
             (``order`` says what to do), or ``schedule`` is not a :class:`Schedule`.
-        ValueError: ``round_to`` is not an int >= 1, or the model already has ASSL scales.
+        ValueError: ``round_to`` is not an int >= 1 or ``"auto"``, or the model already has ASSL scales.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
         raise TypeError(f"the model is already wrapped in {type(model).__name__}: {order}")
-    if not isinstance(round_to, int) or round_to < 1:
-        raise ValueError(f"round_to must be an int >= 1, got {round_to!r}")
+    if round_to != "auto" and (not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1):
+        raise ValueError(f"round_to must be an int >= 1 or 'auto', got {round_to!r}")
     schedule = schedule if schedule is not None else Schedule()
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
@@ -49,21 +51,43 @@ def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int, 
     return schedule
 
 
+class Resolved(NamedTuple):
+    """What the Pruner's arguments decide before it changes anything."""
+
+    removed: dict[str, int]
+    """Units each group loses."""
+    aligned: list[str]
+    """The groups that run the alignment phase, in trace order."""
+    latency: LatencyPlan | None
+    """What a latency budget chose (``None`` for other ratios)."""
+
+
 def resolve(
     graph: Graph,
     ratio: float | Mapping[str, float] | Budget,
     *,
     skip: str | Iterable[str],
     groups: Sequence[str | Sequence[str]] | None,
-    round_to: int,
-) -> tuple[dict[str, int], list[str]]:
-    """Units each group loses, and the groups that run the alignment phase (in trace order).
+    round_to: int | str,
+    model: nn.Module,
+    example_inputs: Any,
+) -> Resolved:
+    """Units each group loses, the groups that run the alignment phase, and a latency plan.
+
+    A latency budget times the model on ``example_inputs`` first (unless it carries a table).
 
     Raises:
         ValueError: A bad ratio, a pattern that matches nothing, groups that do not fit the trace,
-            an unreachable budget, or nothing left to prune.
+            an unreachable budget, ``round_to="auto"`` without a latency budget, or nothing left
+            to prune.
         TypeError: ``skip`` or ``groups`` of the wrong type.
     """
+    latency = isinstance(ratio, Budget) and ratio.is_latency
+    if round_to == "auto" and not latency:
+        raise ValueError(
+            "round_to='auto' takes the width step from a latency table: use it with "
+            "ratio=assl.Budget(latency=...) or Budget(relative_latency=...), or give an int"
+        )
     producers = list(graph.layers)
     kept_groups = _skipped_groups(graph, skip)
     for name in sorted(kept_groups):
@@ -74,10 +98,13 @@ def resolve(
         out = {}
         for g in graph.groups:
             gr = r if r is not None else _group_ratio(g, ratio_of)
-            out[g.name] = 0 if g.name in kept_groups or gr == 0 else units_to_remove(g, gr, round_to)
+            out[g.name] = 0 if g.name in kept_groups or gr == 0 else units_to_remove(g, gr, int(round_to))
         return out
 
-    if isinstance(ratio, Budget):
+    plan = None
+    if isinstance(ratio, Budget) and ratio.is_latency:
+        removed, plan = latency_removed(graph, ratio, model, example_inputs, kept_groups, round_to)
+    elif isinstance(ratio, Budget):
         solved = solve_ratio(graph, ratio, removed_for)
         logger.info("budget %s met with ratio %.6f", ratio, solved)
         removed = removed_for(solved)
@@ -89,7 +116,7 @@ def resolve(
             "nothing to prune: with this ratio, skip list and the channels the trace pins, no group loses a "
             f"channel.\n{graph.summary()}"
         )
-    return removed, aligned
+    return Resolved(removed, aligned, plan)
 
 
 def _skipped_groups(graph: Graph, skip: str | Iterable[str]) -> set[str]:

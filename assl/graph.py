@@ -278,6 +278,24 @@ class Graph:
             np.add.at(saved, roots[roots >= 0], per)
         return {name: saved[roots] for name, roots in self._unit_roots.items()}
 
+    def weight_shares(self) -> dict[str, tuple[tuple[int, ...], int, dict[int, dict[str, float]]]]:
+        """Per layer with MACs whose weight slimming cuts: its dense weight shape, the calls' output
+        positions, and per cut dimension the channels each group's unit holds there.
+
+        A dimension of size ``D`` with shares ``{g: s}`` keeps ``D - sum(s * removed[g])`` entries.
+        """
+        out: dict[str, tuple[tuple[int, ...], int, dict[int, dict[str, float]]]] = {}
+        for e, roots in zip(self._entries, self._entry_roots):
+            shape = self._shapes.get((e.module, e.tensor))
+            if e.tensor != "weight" or shape is None or e.module not in self._positions:
+                continue
+            shares = out.setdefault(e.module, (shape, self._positions[e.module], {}))[2].setdefault(e.dim, {})
+            for name, units in self._unit_roots.items():
+                hits = int(np.isin(roots, units).sum())
+                if hits:
+                    shares[name] = shares.get(name, 0.0) + hits / len(units)
+        return out
+
     def groups_through(self, module: str) -> tuple[str, ...]:
         """The groups whose units have a tensor of ``module`` cut (its weight rows, its norm
         parameters, a depthwise conv's filters), in trace order; empty for a module slimming

@@ -19,6 +19,7 @@ from .budget import Budget
 from .config import check_arguments, resolve
 from .errors import ASSLError
 from .graph import Graph
+from .latency_budget import report_measured
 from .penalty import apply_penalty, check_optimizer, step_pre_hook
 from .readouts import Readouts
 from .reparam import parametrizations_in_eval
@@ -60,14 +61,16 @@ class Pruner(Readouts):
         ratio: Fraction of output channels to remove: one float for every layer, a mapping
             ``{glob: ratio}`` (first matching pattern wins; layers no pattern matches keep
             everything; a group takes the ratio of its matched layers, which must agree), or a
-            :class:`assl.Budget` of parameters or MACs solved for one ratio.
+            :class:`assl.Budget`: parameters or MACs (solved for one ratio), or a latency on the
+            example inputs' device (solved per group; :attr:`latency` tells the result).
         skip: Globs of layers that keep all their output channels (e.g. ``["*mean*", "*tail*"]``);
             a whole group stays when one of its layers is skipped.
         groups: Same-pruned groups as lists of globs (or comma-separated strings), e.g.
             ``[["model.head.0", "model.body.16", "*body.2"]]``. Checked against the trace; when
             omitted, the trace's coupled groups are used.
         schedule: The phase lengths and penalty numbers (the paper's defaults).
-        round_to: Round every kept width up to a multiple of this (8 suits GPU kernels).
+        round_to: Round every kept width up to a multiple of this (8 suits GPU kernels); with a
+            latency budget, ``"auto"`` takes the step of the device's measured latency curve.
         extra_inputs: More input sets for forward code whose path depends on the input.
         approximate_norms: Allow pruning through GroupNorm/LayerNorm (inexact, see trace).
 
@@ -96,7 +99,7 @@ class Pruner(Readouts):
         skip: str | Iterable[str] = (),
         groups: Sequence[str | Sequence[str]] | None = None,
         schedule: Schedule | None = None,
-        round_to: int = 1,
+        round_to: int | str = 1,
         extra_inputs: Sequence[Any] = (),
         approximate_norms: bool = False,
     ) -> None:
@@ -105,7 +108,9 @@ class Pruner(Readouts):
         self.example_inputs = example_inputs
         self.approximate = approximate_norms
         self.graph: Graph = trace(model, example_inputs, extra_inputs=extra_inputs, approximate_norms=approximate_norms)
-        self.removed, self.aligned = resolve(self.graph, ratio, skip=skip, groups=groups, round_to=round_to)
+        self.removed, self.aligned, self.latency = resolve(
+            self.graph, ratio, skip=skip, groups=groups, round_to=round_to, model=model, example_inputs=example_inputs
+        )
         self._step = 0
         self._hook: Any = None
         self._slimmed = False
@@ -233,6 +238,8 @@ class Pruner(Readouts):
         )
         if warn_change:
             report_change(self.model, small, self.example_inputs, self.liveness)
+        if self.latency is not None:
+            report_measured(self.latency, small, self.example_inputs)
         return small
 
     def prune_now(self, criterion: str = "l1") -> nn.Module:

@@ -23,7 +23,7 @@ from .graph import ChannelGroup, Graph
 from .layers import has_affine, output_dim
 from .scales import insert_scale
 
-__all__ = ["Carrier", "Selection"]
+__all__ = ["Carrier", "Selection", "l1_scores"]
 
 logger = logging.getLogger("assl")
 
@@ -227,17 +227,7 @@ class Selection:
 
     def l1_scores(self, name: str) -> torch.Tensor:
         """Group score per unit from the producers' filter L1 norms, each relative to its mean."""
-        g = self.graph.group(name)
-        rows = []
-        with torch.no_grad():
-            for layer in g.layers:
-                m = self.model.get_submodule(layer)
-                weight: torch.Tensor = m.weight  # type: ignore[assignment]
-                w = weight.detach().transpose(0, output_dim(m)).flatten(1).abs().sum(1)
-                units = torch.as_tensor(g.channels(layer)[: w.numel()], dtype=torch.long, device=w.device)
-                counts = torch.bincount(units, minlength=g.size).clamp_min(1).to(w.dtype)
-                rows.append(torch.zeros(g.size, dtype=w.dtype, device=w.device).index_add(0, units, w) / counts)
-            return _relative_sum(torch.stack(rows))
+        return l1_scores(self.model, self.graph, name)
 
     def choose(self, name: str, scores: torch.Tensor) -> None:
         """Choose the lowest-scoring units of group ``name`` that leave every layer a channel."""
@@ -283,3 +273,18 @@ def _relative_sum(rows: torch.Tensor) -> torch.Tensor:
     for row in rows:
         total = total + row / row.mean().clamp_min(1e-12)
     return total
+
+
+def l1_scores(model: nn.Module, graph: Graph, name: str) -> torch.Tensor:
+    """Score per unit of group ``name``: each producer's filter L1 norm relative to its mean, summed."""
+    g = graph.group(name)
+    rows = []
+    with torch.no_grad():
+        for layer in g.layers:
+            m = model.get_submodule(layer)
+            weight: torch.Tensor = m.weight  # type: ignore[assignment]
+            w = weight.detach().transpose(0, output_dim(m)).flatten(1).abs().sum(1)
+            units = torch.as_tensor(g.channels(layer)[: w.numel()], dtype=torch.long, device=w.device)
+            counts = torch.bincount(units, minlength=g.size).clamp_min(1).to(w.dtype)
+            rows.append(torch.zeros(g.size, dtype=w.dtype, device=w.device).index_add(0, units, w) / counts)
+        return _relative_sum(torch.stack(rows))

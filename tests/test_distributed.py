@@ -168,5 +168,6 @@ def test_two_ranks_agree_with_each_other_and_with_one_process(tmp_path):
         assert torch.equal(a[k], b[k]), k  # the ranks saw different data: only the all-reduce keeps them equal
     assert a["head.0.weight"].shape == (4, 3, 3, 3) and a["body.0.body.0.weight"].shape == (4, 4, 3, 3)
     for k in a:
-        # one process sums in another order; Adam carries those last bits along
-        torch.testing.assert_close(a[k], single["state"][k], rtol=1e-4, atol=1e-6, msg=lambda m, k=k: f"{k}: {m}")
+        # one process sums in another order; Adam carries those last bits along (4e-5 on a bias
+        # on an AVX-512 CPU); the ranks' agreement with each other above is exact
+        torch.testing.assert_close(a[k], single["state"][k], rtol=1e-3, atol=2e-4, msg=lambda m, k=k: f"{k}: {m}")

@@ -40,6 +40,7 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
         "benchmarks/inference_speed.py",
         "benchmarks/bn_classifier.py",
         "benchmarks/bn_denoiser.py",
+        "benchmarks/latency_budget.py",
         "examples/slim_demo.py",
     ],
 )
@@ -49,6 +50,26 @@ def test_scripts_have_help(script, capsys, monkeypatch):
         runpy.run_path(str(ROOT / script), run_name="__main__")
     assert e.value.code == 0
     assert "usage" in capsys.readouterr().out
+
+
+def test_latency_budget_benchmark_smoke(tmp_path, monkeypatch):
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from latency_budget import main
+
+    threads = torch.get_num_threads()
+    try:
+        rows = main(["--smoke", "--out", str(tmp_path)])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["plan"] for r in rows] == ["latency", "macs, same prediction", "macs = 0.7 x dense"]
+    by = {r["plan"]: r for r in rows}
+    assert by["latency"]["predicted"] <= 0.7 + 1e-9  # the solver met the target on its own table
+    assert by["macs, same prediction"]["predicted"] <= 0.7 + 1e-9
+    assert abs(by["macs = 0.7 x dense"]["macs"] - 0.7) < 0.05  # that plan is sized by MACs, not time
+    assert all(r["measured"] > 0 and r["widths"] for r in rows)
+    assert (tmp_path / "latency_budget.md").read_text().count("| tiny |") == 3
 
 
 def test_step_overhead_benchmark_smoke(capsys, monkeypatch):

@@ -1,0 +1,351 @@
+"""Latency tables: how each layer's time depends on its widths, measured on the target device.
+
+A :class:`LatencyTable` holds, for every convolution, transposed convolution and Linear layer
+whose weight pruning can cut, its time on the device at a grid of (input, output) widths: a
+stand-alone copy of the layer, called on an input of the shape the model gives it. The model's
+latency after pruning is predicted as the sum of its layers' times (bilinear in the grid) plus
+the rest of the measured dense latency (activations, norms, additions, framework overhead),
+scaled with the activations the timed layers write.
+
+The table is plain data (numbers, strings, lists, dicts): measure it once on the machine the model
+will run on, :meth:`LatencyTable.save` it, and pass it to ``assl.Budget(..., table=...)`` on the
+training machine.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from ._timing import device_of, in_eval, interleaved, model_call, replica, timeable
+from .graph import Graph
+from .layers import output_dim
+from .slim import slimmed_copy
+
+__all__ = ["LatencyTable", "detect_step", "measure_latency", "timed_layers"]
+
+logger = logging.getLogger("assl")
+
+FORMAT = 1
+STEPS = (32, 16, 8, 4, 2)
+"""Candidate hardware steps of ``round_to="auto"``, largest first."""
+EVIDENCE = 10.0
+"""How much lower a step's Bayesian information criterion must be than the smooth curve's."""
+
+
+@dataclass
+class LatencyTable:
+    """Measured layer times of one model on one device and dtype; plain data.
+
+    Attributes:
+        device: Where it was measured (``"cpu"``, ``"cuda:0"``, ...).
+        dtype: The floating dtype of the model's weights.
+        dense: Seconds of one call of the dense model on the example inputs (median).
+        step: Width step of the device's latency curve found by the probe (1: none found).
+        layers: Layer name -> ``{"weight": dense weight shape, "out_dim": the weight dimension of
+            output channels, "in": input widths, "out": output widths, "calls": [signature index
+            per call]}``.
+        signatures: Per signature, seconds at every (input, output) width pair of its grid.
+        probe: The output widths and seconds the step was read from.
+        calibration: Whole-model measurements of uniformly narrowed copies, each ``{"removed":
+            {group: units}, "seconds": s}``: what the layers' times leave over (activations,
+            norms, per-op overhead) is fitted to them as a fixed part plus a part that scales with
+            the activations.
+    """
+
+    device: str
+    dtype: str
+    dense: float
+    step: int
+    layers: dict[str, dict[str, Any]]
+    signatures: list[list[list[float]]]
+    probe: dict[str, list[float]] = field(default_factory=dict)
+    calibration: list[dict[str, Any]] = field(default_factory=list)
+    format: int = FORMAT
+
+    @classmethod
+    def measure(
+        cls,
+        model: nn.Module,
+        example_inputs: Any,
+        *,
+        step: int | str = "auto",
+        max_points: int = 12,
+        rounds: int = 5,
+        min_time: float = 2e-3,
+        graph: Graph | None = None,
+    ) -> LatencyTable:
+        """Time ``model``'s prunable layers on the device and dtype of ``example_inputs``.
+
+        The model runs in eval mode under ``torch.inference_mode``; its training flags, weights
+        and buffers are left as they were.
+
+        Args:
+            model: The dense model.
+            example_inputs: What it is called with at deployment (batch included).
+            step: Width step of the grid; ``"auto"`` reads it from a probe of the largest layer.
+            max_points: At most this many widths per dimension (a coarser step above it).
+            rounds: Interleaved rounds per measurement (medians are kept).
+            min_time: Seconds each timed sample lasts at least.
+            graph: The model's :func:`assl.trace` on these inputs, if at hand (saves a trace).
+
+        Raises:
+            ValueError: The device cannot be timed, or bad arguments.
+        """
+        from .tracing import trace  # the table needs the graph; tracing is above this module
+
+        if not (step == "auto" or (isinstance(step, int) and step >= 1)):
+            raise ValueError(f"step must be 'auto' or an int >= 1, got {step!r}")
+        if not isinstance(max_points, int) or max_points < 2:
+            raise ValueError(f"max_points must be an int >= 2, got {max_points!r}")
+        device = device_of(model, example_inputs)
+        timeable(device)
+        graph = graph if graph is not None else trace(model, example_inputs)
+        timed = timed_layers(graph)
+        with in_eval(model):
+            inputs = _layer_inputs(model, example_inputs, timed)
+            probe: dict[str, list[float]] = {}
+            if step == "auto":
+                step, probe = _probe(model, timed, inputs, device, rounds, min_time)
+            sizes = {g.name: g.size for g in graph.groups}
+            least = {g.name: max(1, g.size - g.num_prunable) for g in graph.groups}
+            grids = {g: widths_grid(sizes[g], least[g], int(step), max_points) for g in sizes}
+            layers, signatures = _measure_layers(model, timed, inputs, grids, max_points, device, rounds, min_time)
+            dense, calibration = _calibrate(model, example_inputs, graph, int(step), device, rounds, min_time)
+        dtype = next((str(p.dtype) for p in model.parameters() if p.is_floating_point()), "torch.float32")
+        table = cls(str(device), dtype.replace("torch.", ""), dense, int(step), layers, signatures, probe, calibration)
+        logger.info("latency table: %d layers, %d signatures, dense %.3f ms", len(layers), len(signatures), dense * 1e3)
+        return table
+
+    def to_dict(self) -> dict[str, Any]:
+        """The table as plain data (what :meth:`save` writes)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> LatencyTable:
+        """The table from :meth:`to_dict`'s data.
+
+        Raises:
+            ValueError: Not a latency table, or one of another format.
+        """
+        if not isinstance(data, Mapping) or data.get("format") != FORMAT:
+            found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
+            raise ValueError(f"not a latency table of format {FORMAT} (found {found!r}): measure it again")
+        try:
+            return cls(**dict(data))
+        except TypeError as e:
+            raise ValueError(f"not a latency table: {e}") from None
+
+    def save(self, path: str | Path) -> None:
+        """Write the table to ``path`` (``torch.save`` of plain data, loadable with weights_only)."""
+        torch.save(self.to_dict(), path)
+
+    @classmethod
+    def load(cls, path: str | Path) -> LatencyTable:
+        """Read a table written by :meth:`save` (with ``weights_only=True``)."""
+        return cls.from_dict(torch.load(path, weights_only=True))
+
+
+Shares = dict[str, tuple[tuple[int, ...], int, dict[int, dict[str, float]]]]
+"""Layer -> (dense weight shape, output positions, {weight dim: {group: channels per unit}})."""
+
+
+def timed_layers(graph: Graph) -> Shares:
+    """The layers a table times: those with a weight dimension that a prunable group cuts."""
+    prunable = {g.name for g in graph.groups if g.num_prunable}
+    out = {}
+    for name, (shape, positions, dims) in graph.weight_shares().items():
+        dims = {d: {g: s for g, s in shares.items() if g in prunable} for d, shares in dims.items()}
+        dims = {d: shares for d, shares in dims.items() if shares}
+        if dims:
+            out[name] = (shape, positions, dims)
+    return out
+
+
+def measure_latency(model: nn.Module, example_inputs: Any, *, rounds: int = 7, min_time: float = 2e-3) -> float:
+    """Median seconds of one call of ``model`` on ``example_inputs``, in eval mode, no gradients.
+
+    Raises:
+        ValueError: The device cannot be timed.
+    """
+    device = device_of(model, example_inputs)
+    with in_eval(model):
+        samples = interleaved([model_call(model, example_inputs)], device, rounds=rounds, min_time=min_time)
+    return float(np.median(samples))
+
+
+def widths_grid(size: int, least: int, step: int, max_points: int) -> list[int]:
+    """Widths of one group to measure: multiples of ``step`` (coarser when there are more than
+    ``max_points``), plus the smallest and the full width."""
+    if size <= least:
+        return [size]
+    k = math.ceil(len(range(step, size + 1, step)) / max_points)
+    coarse = step * max(1, k)
+    widths = {w for w in range(coarse, size + 1, coarse) if w >= least} | {least, size}
+    return sorted(widths)
+
+
+def detect_step(widths: list[int], seconds: np.ndarray) -> int:
+    """The width step of a measured latency curve: 1, or a ``p`` of :data:`STEPS`.
+
+    A step ``p`` means the curve is flat on each run of widths ``(p(j-1), pj]`` and jumps between
+    them, so a width in between costs what the next multiple costs. Each ``p`` is fitted as one
+    level per run, the no-step hypothesis as a quadratic in the width, and the fit with the lowest
+    Bayesian information criterion wins, a step only with strong evidence (a criterion lower by
+    :data:`EVIDENCE`): noise alone does not make a step, and a finer step than the true one pays
+    for its extra levels.
+    """
+    w = np.asarray(widths, dtype=float)
+    t = np.asarray(seconds, dtype=float)
+    n = len(w)
+
+    def bic(residual: np.ndarray, params: int) -> float:
+        return n * math.log(max(float(residual @ residual) / n, 1e-300)) + params * math.log(n)
+
+    if n < 8:
+        return 1
+    best = (bic(t - np.polyval(np.polyfit(w, t, 2), w), 3) - EVIDENCE, 1)
+    for p in STEPS:
+        runs = np.ceil(w / p)
+        levels = np.unique(runs)
+        if len(levels) < 3:
+            continue
+        fit = np.array([t[runs == r].mean() for r in runs])
+        best = min(best, (bic(t - fit, len(levels)), p), key=lambda b: b[0])
+    return best[1]
+
+
+def _calibrate(
+    model: nn.Module, example_inputs: Any, graph: Graph, step: int, device: torch.device, rounds: int, min_time: float
+) -> tuple[float, list[dict[str, Any]]]:
+    """Seconds of the dense model, and of copies whose every prunable group keeps 1/2 and 1/4."""
+    copies, removed = [model], []
+    for keep in (0.5, 0.25):
+        cut = {}
+        for g in graph.groups:
+            width = max(g.size - g.num_prunable, 1, step * round(keep * g.size / step))
+            if width < g.size:
+                cut[g.name] = g.pick(range(g.size), g.size - width)
+        if cut and cut not in removed:
+            copies.append(slimmed_copy(model, graph, cut, example_inputs, check=False).eval())
+            removed.append(cut)
+    samples = interleaved([model_call(m, example_inputs) for m in copies], device, rounds=rounds, min_time=min_time)
+    seconds = np.median(samples, axis=0)
+    calibration = [
+        {"removed": {g: len(u) for g, u in r.items()}, "seconds": float(t)} for r, t in zip(removed, seconds[1:])
+    ]
+    return float(seconds[0]), calibration
+
+
+def _layer_inputs(model: nn.Module, example_inputs: Any, names: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:
+    """The input of every call of each named layer on ``example_inputs``."""
+    seen: dict[str, list[torch.Tensor]] = {n: [] for n in names}
+    handles = []
+    for n in names:
+
+        def grab(_m: nn.Module, args: tuple, n: str = n) -> None:
+            seen[n].append(args[0].detach())
+
+        handles.append(model.get_submodule(n).register_forward_pre_hook(grab))
+    try:
+        with torch.inference_mode():
+            model_call(model, example_inputs)()
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _dims(module: nn.Module) -> tuple[int, int]:
+    out = output_dim(module)
+    return 1 - out, out
+
+
+def _dim_grid(size: int, shares: Mapping[str, float], grids: Mapping[str, list[int]], max_points: int) -> list[int]:
+    """The sizes at which one weight dimension is measured, from the grids of its groups."""
+    if not shares:
+        return [size]
+    if len(shares) == 1:
+        ((g, s),) = shares.items()
+        fixed = size - s * grids[g][-1]
+        return sorted({max(1, round(fixed + s * w)) for w in grids[g]})
+    least = size - sum(s * (grids[g][-1] - grids[g][0]) for g, s in shares.items())
+    return sorted({max(1, round(v)) for v in np.linspace(least, size, max_points)})
+
+
+def _measure_layers(
+    model: nn.Module,
+    timed: Shares,
+    inputs: Mapping[str, list[torch.Tensor]],
+    grids: Mapping[str, list[int]],
+    max_points: int,
+    device: torch.device,
+    rounds: int,
+    min_time: float,
+) -> tuple[dict[str, dict[str, Any]], list[list[list[float]]]]:
+    layers: dict[str, dict[str, Any]] = {}
+    keys: dict[tuple, int] = {}
+    todo: list[tuple[nn.Module, torch.Tensor, list[int], list[int]]] = []
+    for name, (shape, _, shares) in timed.items():
+        m = model.get_submodule(name)
+        d_in, d_out = _dims(m)
+        grid_in = _dim_grid(shape[d_in], shares.get(d_in, {}), grids, max_points)
+        grid_out = _dim_grid(shape[d_out], shares.get(d_out, {}), grids, max_points)
+        calls = []
+        for x in inputs[name]:
+            key = (repr(m), tuple(x.shape), tuple(grid_in), tuple(grid_out))
+            if key not in keys:
+                keys[key] = len(todo)
+                todo.append((m, x, grid_in, grid_out))
+            calls.append(keys[key])
+        layers[name] = {"weight": list(shape), "out_dim": d_out, "in": grid_in, "out": grid_out, "calls": calls}
+    signatures = []
+    for i, (m, x, grid_in, grid_out) in enumerate(todo):
+        built = [replica(m, a, b, x) for a in grid_in for b in grid_out]
+        calls_ = [functools.partial(layer, xi) for layer, xi in built]
+        seconds = np.median(interleaved(calls_, device, rounds=rounds, min_time=min_time, seed=i), axis=0)
+        signatures.append(seconds.reshape(len(grid_in), len(grid_out)).tolist())
+        del built, calls_
+    return layers, signatures
+
+
+def _probe(
+    model: nn.Module,
+    timed: Shares,
+    inputs: Mapping[str, list[torch.Tensor]],
+    device: torch.device,
+    rounds: int,
+    min_time: float,
+) -> tuple[int, dict[str, list[float]]]:
+    """Time narrow output widths of the layer with the most MACs and read the step off the curve."""
+    best = None
+    for name, (shape, positions, shares) in timed.items():
+        m = model.get_submodule(name)
+        d_in, d_out = _dims(m)
+        if d_out in shares and inputs[name]:  # a wide input first: a stem reading 3 channels has no steps
+            key = (shape[d_in] >= 16, positions * math.prod(shape))
+            if best is None or key > best[0]:
+                best = (key, name, shape[d_in], shape[d_out])
+    if best is None:
+        return 1, {}
+    _, name, w_in, w_out = best
+    top = min(w_out, 96)  # narrow widths: one more vector of channels costs the most there
+    widths = list(range(max(1, top - 80), top + 1))
+    x = inputs[name][0]
+    built = [replica(model.get_submodule(name), w_in, w, x) for w in widths]
+    samples = interleaved(
+        [functools.partial(layer, xi) for layer, xi in built], device, rounds=max(rounds, 9), min_time=min_time
+    )
+    seconds = np.median(samples, axis=0)
+    step = detect_step(widths, seconds)
+    logger.info("latency probe on %s: widths %d..%d, step %d", name, widths[0], widths[-1], step)
+    return step, {"widths": [float(w) for w in widths], "seconds": seconds.tolist()}

@@ -1,0 +1,307 @@
+"""Pruning to a latency: predict the pruned model's time from a table, and choose each group's width.
+
+:class:`LatencyModel` predicts the latency of the model after each group loses ``removed[g]``
+units from a :class:`~assl.latency.LatencyTable`. :func:`solve_widths` picks every group's width
+among its allowed widths (multiples of the step, the full width) greedily: while the prediction
+is above the target it takes the narrowing that loses the least importance per second saved (it
+may jump several widths at once, over widths that save nothing), then widens again wherever the
+target still holds. Importance is the sum of the scores of the units a width drops, lowest first.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from torch import nn
+
+from ._timing import device_of
+from .graph import Graph
+from .latency import LatencyTable, measure_latency, timed_layers
+from .selection import l1_scores
+
+if TYPE_CHECKING:
+    from .budget import Budget
+
+__all__ = ["LatencyModel", "LatencyPlan", "allowed_widths", "latency_removed", "report_measured", "solve_widths"]
+
+logger = logging.getLogger("assl")
+
+MAX_CANDIDATES = 64
+"""At most this many widths per group (a coarser step above it), to keep the solver quick."""
+
+
+@dataclass
+class LatencyPlan:
+    """What a latency budget chose: seconds on the table's device, and the width of each group.
+
+    ``measured`` is filled by ``Pruner.slim()`` when the table was measured on the device the
+    model runs on (``None`` otherwise). ``table`` is the table the widths were solved with: save
+    it to resume the run (a new Pruner given the same table and dense weights solves the same
+    widths; a new measurement may differ by the timing noise).
+    """
+
+    target: float
+    predicted: float
+    dense: float
+    step: int
+    device: str
+    widths: dict[str, int] = field(default_factory=dict)
+    measured: float | None = None
+    table: LatencyTable | None = field(default=None, repr=False, compare=False)
+
+    def describe(self) -> str:
+        """One line: target, prediction, measurement (when there is one) and dense, in ms."""
+        line = f"latency target {self.target * 1e3:.3f} ms, predicted {self.predicted * 1e3:.3f} ms"
+        if self.measured is not None:
+            line += f", measured {self.measured * 1e3:.3f} ms"
+        return line + f" (dense {self.dense * 1e3:.3f} ms on {self.device}, width step {self.step})"
+
+
+class LatencyModel:
+    """Predicted seconds of the model after removing units, from a table and the traced graph.
+
+    Raises:
+        ValueError: The table does not fit the graph: a layer it lacks or has with another weight
+            shape (it was measured on another model).
+    """
+
+    def __init__(self, table: LatencyTable, graph: Graph) -> None:
+        self.table = table
+        shares = timed_layers(graph)
+        for name, (shape, _, _) in shares.items():
+            row = table.layers.get(name)
+            if row is None or tuple(row["weight"]) != tuple(shape):
+                found = "no timing for it" if row is None else f"its weight as {tuple(row['weight'])}"
+                raise ValueError(
+                    f"the latency table does not fit this model: `{name}` has weight {tuple(shape)}, the table has "
+                    f"{found}. Measure the table on this model (assl.LatencyTable.measure(model, inputs))"
+                )
+        extra = sorted(set(table.layers) - set(shares))
+        if extra:
+            raise ValueError(
+                f"the latency table times layers this model does not prune ({', '.join(extra[:4])}): it was "
+                f"measured on another model; measure it on this one"
+            )
+        self._layers = []
+        for name, (shape, positions, dims) in shares.items():
+            row = table.layers[name]
+            d_out = int(row["out_dim"])
+            d_in = 1 - d_out
+            curves = [np.asarray(table.signatures[i], dtype=float) for i in row["calls"]]
+            self._layers.append(
+                (shape[d_in], shape[d_out], dims.get(d_in, {}), dims.get(d_out, {}), positions, row, curves)
+            )
+        self._of: dict[str, list[int]] = {}
+        for i, (_, _, s_in, s_out, *_) in enumerate(self._layers):
+            for g in {*s_in, *s_out}:
+                self._of.setdefault(g, []).append(i)
+        self._dense_active = sum(self._active(i, {}) for i in range(len(self._layers))) or 1.0
+        self.fixed, self.rest = _fit_rest(self, table)
+
+    @staticmethod
+    def _size(dense: int, shares: Mapping[str, float], removed: Mapping[str, int]) -> float:
+        return dense - sum(s * removed.get(g, 0) for g, s in shares.items())
+
+    def _time(self, i: int, removed: Mapping[str, int]) -> float:
+        d_in, d_out, s_in, s_out, _, row, curves = self._layers[i]
+        w_in, w_out = self._size(d_in, s_in, removed), self._size(d_out, s_out, removed)
+        return sum(_bilinear(row["in"], row["out"], c, w_in, w_out) for c in curves)
+
+    def _active(self, i: int, removed: Mapping[str, int]) -> float:
+        _, d_out, _, s_out, positions, _, _ = self._layers[i]
+        return self._size(d_out, s_out, removed) * positions
+
+    def layer_seconds(self, removed: Mapping[str, int]) -> float:
+        """The timed layers' part of :meth:`seconds`."""
+        return sum(self._time(i, removed) for i in range(len(self._layers)))
+
+    def activations(self, removed: Mapping[str, int]) -> float:
+        """What the timed layers write, as a fraction of the dense model's."""
+        return sum(self._active(i, removed) for i in range(len(self._layers))) / self._dense_active
+
+    def seconds(self, removed: Mapping[str, int]) -> float:
+        """Predicted seconds of one call after each group ``g`` loses ``removed[g]`` units."""
+        return self.layer_seconds(removed) + self.fixed + self.rest * self.activations(removed)
+
+    def neighbours(self) -> dict[str, set[str]]:
+        """Per group, the groups (itself included) whose changes alter the time of one of its layers."""
+        near: dict[str, set[str]] = {}
+        for _, _, s_in, s_out, *_ in self._layers:
+            for g in {*s_in, *s_out}:
+                near.setdefault(g, {g}).update({*s_in, *s_out})
+        return near
+
+    def change(self, removed: Mapping[str, int], group: str, k: int) -> float:
+        """Predicted seconds gained (negative: saved) when ``group`` loses ``k`` units instead."""
+        after = {**removed, group: k}
+        delta = 0.0
+        for i in self._of.get(group, []):
+            delta += self._time(i, after) - self._time(i, removed)
+            delta += self.rest * (self._active(i, after) - self._active(i, removed)) / self._dense_active
+        return delta
+
+
+def _fit_rest(model: LatencyModel, table: LatencyTable) -> tuple[float, float]:
+    """The fixed seconds and the seconds scaling with the activations that the layers' times leave.
+
+    Fitted by least squares to the dense latency and the table's calibration measurements, both
+    parts kept >= 0; without calibration the whole rest scales with the activations.
+    """
+    points = [({}, table.dense)] + [(c["removed"], float(c["seconds"])) for c in table.calibration]
+    left = np.array([t - model.layer_seconds(r) for r, t in points])
+    act = np.array([model.activations(r) for r, _ in points])
+    if len(points) < 2 or np.ptp(act) < 1e-6:
+        return 0.0, float(left[0])
+    a, b = np.linalg.lstsq(np.stack([np.ones_like(act), act], 1), left, rcond=None)[0]
+    if a < 0 or b < 0:  # one part alone fits best: keep the one that does
+        fits = [(float(np.sum((left - c * act) ** 2)), 0.0, c) for c in [max(0.0, float(left @ act / (act @ act)))]]
+        fits += [(float(np.sum((left - c) ** 2)), c, 0.0) for c in [max(0.0, float(left.mean()))]]
+        _, a, b = min(fits)
+    return float(a), float(b)
+
+
+def _bilinear(xs: list[float], ys: list[float], table: np.ndarray, x: float, y: float) -> float:
+    """``table[i, j]`` at ``(xs[i], ys[j])``, interpolated bilinearly (clamped at the edges)."""
+    rows = [float(np.interp(y, ys, r)) for r in table] if len(ys) > 1 else [float(r[0]) for r in table]
+    return float(np.interp(x, xs, rows)) if len(xs) > 1 else rows[0]
+
+
+def allowed_widths(size: int, least: int, step: int) -> list[int]:
+    """Widths a group may take: multiples of ``step`` from ``least`` up, and ``size`` itself."""
+    widths = [w for w in range(step, size + 1, step) if w >= least]
+    if len(widths) > MAX_CANDIDATES:
+        widths = widths[:: -(-len(widths) // MAX_CANDIDATES)]
+    return sorted({*widths, size})
+
+
+def solve_widths(
+    model: LatencyModel,
+    sizes: Mapping[str, int],
+    allowed: Mapping[str, list[int]],
+    scores: Mapping[str, np.ndarray],
+    target: float,
+) -> dict[str, int]:
+    """Units each group loses so that the predicted seconds are at most ``target``.
+
+    Args:
+        model: The latency prediction.
+        sizes: Units per group.
+        allowed: Widths each group may take (its full width included).
+        scores: Per group, the importance of each unit it may lose (lower goes first).
+        target: Seconds.
+
+    Raises:
+        ValueError: Even the smallest allowed widths are predicted above ``target``.
+    """
+    lost = {g: np.concatenate([[0.0], np.cumsum(np.sort(np.asarray(s, dtype=float)))]) for g, s in scores.items()}
+    options = {g: sorted({sizes[g] - w for w in allowed[g] if sizes[g] - w < len(lost[g])}) for g in sizes}
+    smallest = {g: ks[-1] for g, ks in options.items()}
+    if model.seconds(smallest) > target:
+        raise ValueError(
+            f"the latency target of {target * 1e3:.3f} ms cannot be met: the smallest allowed widths are predicted "
+            f"at {model.seconds(smallest) * 1e3:.3f} ms (dense {model.seconds({}) * 1e3:.3f} ms); raise the target, "
+            f"allow smaller widths (round_to), or prune more layers (fewer skip patterns)"
+        )
+    removed = dict.fromkeys(sizes, 0)
+    moves = _Moves(model, options, removed)
+    while model.seconds(removed) > target:
+        best: tuple[float, str, int] | None = None
+        for g, k, delta in moves.narrower():
+            if delta < 0:
+                cost = (lost[g][k] - lost[g][removed[g]]) / -delta
+                if best is None or cost < best[0]:
+                    best = (cost, g, k)
+        if best is None:  # nothing saves time any more, yet the smallest widths met the target
+            removed.update(smallest)
+            break
+        moves.apply(best[1], best[2])
+    while True:  # widen again: most importance back per second spent, while the target holds
+        now = model.seconds(removed)
+        best = None
+        for g, k, delta in moves.wider():
+            if now + delta <= target:
+                gain = (lost[g][removed[g]] - lost[g][k]) / max(delta, 1e-12)
+                if gain > 0 and (best is None or gain > best[0]):
+                    best = (gain, g, k)
+        if best is None:
+            return removed
+        moves.apply(best[1], best[2])
+
+
+class _Moves:
+    """Each group's possible width changes with their predicted seconds, recomputed only for the
+    groups that share a layer with the group that last changed."""
+
+    def __init__(self, model: LatencyModel, options: Mapping[str, list[int]], removed: dict[str, int]) -> None:
+        self.model, self.options, self.removed = model, options, removed
+        self.near = model.neighbours()
+        self.cache: dict[str, list[tuple[int, float]]] = {}
+
+    def _deltas(self, g: str) -> list[tuple[int, float]]:
+        if g not in self.cache:
+            self.cache[g] = [
+                (k, self.model.change(self.removed, g, k)) for k in self.options[g] if k != self.removed[g]
+            ]
+        return self.cache[g]
+
+    def narrower(self) -> list[tuple[str, int, float]]:
+        return [(g, k, d) for g in self.options for k, d in self._deltas(g) if k > self.removed[g]]
+
+    def wider(self) -> list[tuple[str, int, float]]:
+        return [(g, k, d) for g in self.options for k, d in self._deltas(g) if k < self.removed[g]]
+
+    def apply(self, g: str, k: int) -> None:
+        self.removed[g] = k
+        for h in self.near.get(g, {g}):
+            self.cache.pop(h, None)
+
+
+def latency_removed(
+    graph: Graph, budget: Budget, model: nn.Module, example_inputs: Any, kept: set[str], round_to: int | str
+) -> tuple[dict[str, int], LatencyPlan]:
+    """Units each group loses to meet a latency budget, and the plan that says so.
+
+    The table is the budget's, or measured now on ``example_inputs``; groups in ``kept`` keep
+    every unit; widths are multiples of ``round_to`` (of the table's step for ``"auto"``).
+
+    Raises:
+        ValueError: The device cannot be timed, the table does not fit the model, the target is
+            out of reach, or the dense model already meets it.
+    """
+    table = budget.table
+    if table is None:
+        table = LatencyTable.measure(model, example_inputs, step=round_to, graph=graph)
+    predictor = LatencyModel(table, graph)
+    dense = predictor.seconds({})
+    target = budget.latency if budget.latency is not None else float(budget.relative_latency or 0) * dense
+    if dense <= target:
+        raise ValueError(
+            f"the dense model already meets the latency target: predicted {dense * 1e3:.3f} ms <= "
+            f"{target * 1e3:.3f} ms on {table.device}; nothing to prune for it"
+        )
+    step = table.step if round_to == "auto" else int(round_to)
+    sizes = {g.name: g.size for g in graph.groups}
+    allowed, scores = {}, {}
+    for g in graph.groups:
+        free = g.name not in kept and g.num_prunable > 0
+        allowed[g.name] = allowed_widths(g.size, g.size - g.num_prunable, step) if free else [g.size]
+        scores[g.name] = l1_scores(model, graph, g.name).cpu().numpy()[g.prunable] if free else np.zeros(0)
+    removed = solve_widths(predictor, sizes, allowed, scores, target)
+    widths = {g: sizes[g] - k for g, k in removed.items()}
+    plan = LatencyPlan(target, predictor.seconds(removed), dense, step, table.device, widths, table=table)
+    logger.info("latency budget: %s", plan.describe())
+    return removed, plan
+
+
+def report_measured(plan: LatencyPlan, small: nn.Module, example_inputs: Any) -> None:
+    """Time the slimmed model and log it beside the prediction, when on the table's device."""
+    device = str(device_of(small, example_inputs))
+    if device != plan.device:
+        logger.info("latency budget: %s; not measured here (%s)", plan.describe(), device)
+        return
+    plan.measured = measure_latency(small, example_inputs)
+    logger.info("latency budget: %s", plan.describe())

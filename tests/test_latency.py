@@ -1,0 +1,265 @@
+"""Latency budgets: the step detector, the table, the prediction and the width solver.
+
+Everything that decides is tested on synthetic tables, where the right answer is known; the one
+test that times real layers checks only what the measurement must leave behind (no timings are
+asserted: machines are shared and noisy).
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+
+import numpy as np
+import pytest
+import torch
+from models import EDSR, ResNet
+
+import assl
+from assl._timing import timeable
+from assl.latency import LatencyTable, _dim_grid, detect_step, timed_layers, widths_grid
+from assl.latency_budget import LatencyModel, allowed_widths, solve_widths
+
+
+def blocky(cin: float, cout: float, positions: int, step: int = 8) -> float:
+    """A layer whose time grows with whole blocks of ``step`` channels on each side."""
+    return 1e-9 * positions * step * math.ceil(cin / step) * step * math.ceil(cout / step)
+
+
+def synthetic_table(model, x, *, step=1, max_points=64, fixed=1e-4, cost=blocky, calibrate=False) -> LatencyTable:
+    """A table laid out as ``LatencyTable.measure`` lays it out, with ``cost`` instead of timings."""
+    graph = assl.trace(model, x)
+    grids = {g.name: widths_grid(g.size, max(1, g.size - g.num_prunable), step, max_points) for g in graph.groups}
+    layers, signatures, total = {}, [], 0.0
+    for name, (shape, positions, shares) in timed_layers(graph).items():
+        d_out = 1 if isinstance(model.get_submodule(name), torch.nn.ConvTranspose2d) else 0
+        grid_in = _dim_grid(shape[1 - d_out], shares.get(1 - d_out, {}), grids, max_points)
+        grid_out = _dim_grid(shape[d_out], shares.get(d_out, {}), grids, max_points)
+        signatures.append([[cost(a, b, positions) for b in grid_out] for a in grid_in])
+        layers[name] = {"weight": list(shape), "out_dim": d_out, "in": grid_in, "out": grid_out, "calls": [len(layers)]}
+        total += signatures[-1][-1][-1]
+    table = LatencyTable("cpu", "float32", total + fixed, step, layers, signatures)
+    if calibrate:  # the rest measured as exactly `fixed` at half width too
+        half = {g.name: g.size // 2 for g in graph.groups if g.num_prunable >= g.size // 2 > 0}
+        table.calibration = [{"removed": half, "seconds": LatencyModel(table, graph).layer_seconds(half) + fixed}]
+    return table
+
+
+def edsr(feats: int = 32) -> tuple[torch.nn.Module, torch.Tensor]:
+    torch.manual_seed(0)
+    return EDSR(2, feats, 2).eval(), torch.randn(1, 3, 8, 8)
+
+
+# --- the step of a measured curve --------------------------------------------------------------
+
+
+@pytest.mark.parametrize("seed", range(5))
+def test_detect_step_reads_plateaus_through_noise(seed: int) -> None:
+    rng = np.random.default_rng(seed)
+    widths = list(range(16, 97))
+
+    def noisy(curve: list[float]) -> np.ndarray:
+        return np.asarray(curve) * (1 + 0.02 * rng.standard_normal(len(curve)))
+
+    assert detect_step(widths, noisy([0.3 + 0.2 * math.ceil(w / 16) for w in widths])) == 16
+    assert detect_step(widths, noisy([0.3 + 0.1 * math.ceil(w / 8) for w in widths])) == 8
+    assert detect_step(widths, noisy([0.01 * w for w in widths])) == 1  # smooth: no step
+    assert detect_step(widths, noisy([1e-3 * w * w for w in widths])) == 1
+    assert detect_step(widths, 1 + 0.05 * rng.standard_normal(len(widths))) == 1  # noise alone
+
+
+def test_widths_grid_and_allowed_widths() -> None:
+    assert widths_grid(64, 1, 8, 12) == [1, 8, 16, 24, 32, 40, 48, 56, 64]
+    coarse = widths_grid(2048, 1, 8, 12)
+    assert len(coarse) <= 14 and coarse[-1] == 2048 and all(w % 8 == 0 for w in coarse[1:])
+    assert widths_grid(10, 10, 4, 12) == [10]  # nothing prunable: the full width only
+    assert allowed_widths(64, 20, 16) == [32, 48, 64]
+    assert allowed_widths(60, 1, 16) == [16, 32, 48, 60]  # the full width even off the step
+
+
+# --- prediction ---------------------------------------------------------------------------------
+
+
+def test_prediction_is_the_table_at_its_grid_points_plus_the_rest() -> None:
+    model, x = edsr()
+    table = synthetic_table(model, x, calibrate=True)  # the rest: a fixed 1e-4 s
+    graph = assl.trace(model, x)
+    lm = LatencyModel(table, graph)
+    assert lm.seconds({}) == pytest.approx(table.dense)
+    body = [g for g in graph.groups if g.name.endswith("body.0")][0]
+    removed = {body.name: 16}
+    expected = table.dense
+    for name, (shape, positions, shares) in timed_layers(graph).items():
+        for dim, s in shares.items():
+            if body.name in s:  # the one layer writing the group and the one reading it
+                before = (shape[1], shape[0])
+                after = (shape[1] - 16 * s[body.name], shape[0]) if dim == 1 else (shape[1], shape[0] - 16)
+                expected += blocky(*after, positions) - blocky(*before, positions)
+    assert lm.seconds(removed) == pytest.approx(expected, rel=1e-9)
+    assert lm.change({}, body.name, 16) == pytest.approx(expected - table.dense, rel=1e-9)
+
+
+def test_calibration_splits_the_rest_into_fixed_and_scaled_parts() -> None:
+    model, x = edsr()
+    table = synthetic_table(model, x, fixed=2e-4, calibrate=True)
+    lm = LatencyModel(table, assl.trace(model, x))
+    assert lm.fixed == pytest.approx(2e-4, rel=1e-6)  # the rest did not shrink at half width
+    assert lm.rest == pytest.approx(0.0, abs=1e-9)
+
+
+def test_table_of_another_model_is_refused_naming_the_layer() -> None:
+    model, x = edsr(32)
+    table = synthetic_table(model, x)
+    other, _ = edsr(16)
+    with pytest.raises(ValueError, match=r"`head.0` has weight \(16, 3, 3, 3\)"):
+        LatencyModel(table, assl.trace(other, x))
+
+
+def test_table_is_plain_data_that_survives_weights_only_loading(tmp_path) -> None:
+    model, x = edsr()
+    table = synthetic_table(model, x, calibrate=True)
+    table.save(tmp_path / "t.pt")
+    back = LatencyTable.load(tmp_path / "t.pt")
+    assert back == table
+    with pytest.raises(ValueError, match="not a latency table"):
+        LatencyTable.from_dict({"format": 99})
+    with pytest.raises(ValueError, match="not a latency table"):
+        LatencyTable.from_dict({**table.to_dict(), "extra": 1})
+
+
+# --- the solver ---------------------------------------------------------------------------------
+
+
+class Additive:
+    """A latency model where each group's units cost ``per_unit[g]`` seconds, independently."""
+
+    def __init__(self, per_unit: dict[str, float], sizes: dict[str, int]) -> None:
+        self.per_unit, self.sizes = per_unit, sizes
+
+    def seconds(self, removed):
+        return sum(c * (self.sizes[g] - removed.get(g, 0)) for g, c in self.per_unit.items())
+
+    def change(self, removed, g, k):
+        return -self.per_unit[g] * (k - removed.get(g, 0))
+
+    def neighbours(self):
+        return {g: {g} for g in self.sizes}
+
+
+def test_solver_drops_the_least_important_units_per_second() -> None:
+    sizes = {"a": 16, "b": 16}
+    lm = Additive({"a": 1.0, "b": 1.0}, sizes)
+    allowed = {g: list(range(1, 17)) for g in sizes}
+    scores = {"a": np.full(16, 0.1), "b": np.full(16, 5.0)}  # a's units matter less
+    removed = solve_widths(lm, sizes, allowed, scores, target=24.0)
+    assert removed == {"a": 8, "b": 0}
+    # b's units now save three times the time each: worth more than a's importance ratio
+    lm = Additive({"a": 1.0, "b": 100.0}, sizes)
+    removed = solve_widths(lm, sizes, allowed, scores, target=lm.seconds({}) - 300.0)
+    assert removed["b"] == 3 and lm.seconds(removed) <= lm.seconds({}) - 300.0
+
+
+def test_solver_widens_again_when_a_jump_overshoots() -> None:
+    sizes = {"a": 16, "b": 16}
+    lm = Additive({"a": 1.0, "b": 1.0}, sizes)
+    allowed = {"a": [8, 16], "b": list(range(1, 17))}
+    scores = {"a": np.full(16, 0.1), "b": np.full(16, 1.0)}
+    removed = solve_widths(lm, sizes, allowed, scores, target=29.0)
+    assert lm.seconds(removed) <= 29.0
+    assert removed == {"a": 8, "b": 0}  # b is not cut once a's jump already met the target
+    removed = solve_widths(lm, sizes, allowed, scores, target=21.0)
+    assert removed == {"a": 8, "b": 3}
+
+
+def test_solver_lands_on_the_steps_of_the_latency_curve() -> None:
+    model, x = edsr(32)
+    table = synthetic_table(model, x, step=1)  # every width measured; time climbs per 8 channels
+    pruner = assl.Pruner(model, x, ratio=assl.Budget(relative_latency=0.5, table=table), skip=["tail*"])
+    plan = pruner.latency
+    assert plan is not None and plan.predicted <= plan.target == pytest.approx(0.5 * table.dense)
+    cut = {g: w for g, w in plan.widths.items() if pruner.removed[g]}
+    assert cut and all(w % 8 == 0 for w in cut.values()), cut  # widths in between cost a whole block
+
+
+def test_round_to_auto_takes_the_tables_step() -> None:
+    model, x = edsr(32)
+    table = synthetic_table(model, x, step=1)
+    table.step = 16
+    pruner = assl.Pruner(model, x, ratio=assl.Budget(relative_latency=0.6, table=table), round_to="auto")
+    assert pruner.latency is not None and pruner.latency.step == 16
+    assert all(w % 16 == 0 or pruner.removed[g] == 0 for g, w in pruner.latency.widths.items())
+
+
+def test_same_table_same_weights_same_widths() -> None:
+    model, x = edsr()
+    table = synthetic_table(model, x)
+    budget = assl.Budget(relative_latency=0.4, table=table)
+    a = assl.Pruner(copy.deepcopy(model), x, ratio=budget)
+    b = assl.Pruner(copy.deepcopy(model), x, ratio=budget)
+    assert a.removed == b.removed and a.state_dict() == b.state_dict()
+
+
+def test_unreachable_and_already_met_targets_say_the_numbers() -> None:
+    model, x = edsr()
+    table = synthetic_table(model, x)
+    with pytest.raises(ValueError, match=r"cannot be met: the smallest allowed widths are predicted at [0-9.]+ ms"):
+        assl.Pruner(copy.deepcopy(model), x, ratio=assl.Budget(latency=table.dense * 1e-3, table=table))
+    with pytest.raises(ValueError, match="already meets the latency target"):
+        assl.Pruner(copy.deepcopy(model), x, ratio=assl.Budget(latency=table.dense * 2, table=table))
+    assert not any(n.endswith("parametrizations") for n, _ in model.named_modules())
+
+
+def test_budget_arguments_are_checked() -> None:
+    with pytest.raises(ValueError, match="exactly one"):
+        assl.Budget(params=10, latency=0.1)
+    with pytest.raises(ValueError, match="exactly one"):
+        assl.Budget()
+    with pytest.raises(ValueError, match=r"in \(0, 1\)"):
+        assl.Budget(relative_latency=1.5)
+    with pytest.raises(ValueError, match="positive number"):
+        assl.Budget(latency=-1.0)
+    with pytest.raises(ValueError, match="goes with latency"):
+        assl.Budget(params=10, table=LatencyTable("cpu", "float32", 1.0, 1, {}, []))
+    with pytest.raises(TypeError, match="assl.LatencyTable"):
+        assl.Budget(latency=0.1, table={"format": 1})  # type: ignore[arg-type]
+    model, x = edsr()
+    with pytest.raises(ValueError, match="round_to='auto' takes the width step from a latency table"):
+        assl.Pruner(model, x, ratio=0.5, round_to="auto")
+    with pytest.raises(ValueError, match="round_to must be"):
+        assl.Pruner(model, x, ratio=0.5, round_to="eight")  # type: ignore[arg-type]
+
+
+def test_a_device_that_cannot_be_timed_says_so() -> None:
+    with pytest.raises(ValueError, match="latency cannot be measured on device 'meta'"):
+        timeable(torch.device("meta"))
+
+
+# --- measuring on this machine (no timing asserted) ---------------------------------------------
+
+
+def test_measuring_leaves_the_model_as_it_was_and_the_budget_runs_end_to_end() -> None:
+    torch.manual_seed(0)
+    model = ResNet().train()
+    x = torch.randn(2, 3, 16, 16)
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    table = LatencyTable.measure(model, x, step=4, max_points=3, rounds=1, min_time=1e-5)
+    assert model.training and all(m.training for m in model.modules())
+    assert all(torch.equal(before[k], v) for k, v in model.state_dict().items())
+    graph = assl.trace(model, x)
+    assert set(table.layers) == set(timed_layers(graph))
+    assert all(s for _, _, s in timed_layers(graph).values())
+    for name, row in table.layers.items():
+        shape = row["weight"]
+        assert row["out"][-1] == shape[row["out_dim"]] and row["in"][-1] == shape[1 - row["out_dim"]]
+        for i in row["calls"]:
+            assert np.all(np.asarray(table.signatures[i]) > 0)
+    assert table.dense > 0 and table.calibration and all(c["seconds"] > 0 for c in table.calibration)
+    table.step = 1  # as measured with step=4, but let the solver take any width
+    lm = LatencyModel(table, graph)
+    smallest = lm.seconds({g.name: min(g.num_prunable, g.size - 1) for g in graph.groups})
+    target = (smallest + table.dense) / 2  # reachable whatever this machine measured
+    pruner = assl.Pruner(model, x, ratio=assl.Budget(latency=target, table=table))
+    plan = pruner.latency
+    assert plan is not None and plan.predicted <= plan.target
+    pruner.slim()
+    assert plan.measured is not None and plan.measured > 0  # measured on the table's device
