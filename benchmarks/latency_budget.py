@@ -129,6 +129,7 @@ def run_model(name: str, a: argparse.Namespace) -> list[dict]:
         med = np.median(samples, axis=0)
         for i, (kind, removed) in enumerate(plans.items(), start=1):
             keep = {g: graph.group(g).pick(range(graph.group(g).size), k) for g, k in removed.items() if k}
+            ratios = samples[:, i] / samples[:, 0]
             rows.append(
                 {
                     "model": name,
@@ -138,7 +139,7 @@ def run_model(name: str, a: argparse.Namespace) -> list[dict]:
                     "params": graph.count_params(keep) / graph.count_params(),
                     "predicted": lm.seconds(removed) / table.dense,
                     "measured": float(med[i] / med[0]),
-                    "spread": float(np.percentile(samples[:, i] / samples[:, 0], 75) - np.percentile(samples[:, i] / samples[:, 0], 25)),
+                    "spread": float(np.percentile(ratios, 75) - np.percentile(ratios, 25)),
                     "dense_ms": float(med[0] * 1e3),
                     "widths": {g: graph.group(g).size - k for g, k in removed.items() if k},
                 }
