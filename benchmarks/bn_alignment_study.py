@@ -22,6 +22,9 @@ Measured per run, as the mean over the aligned groups (the JSON rows keep each g
   for ``noalign``); chance is ``(n - k) / n``;
 * ``removed share``: of each carrier's ``sum |gamma|``, the share on the channels the group removes,
   when they are chosen (chance ``k / n``);
+* ``g drift``: mean ``|change of |gamma||`` over the alignment phase, against the mean ``|gamma|``;
+* ``spread``: the carriers' ``sd / mean`` of ``|gamma|`` over the group's channels at the start
+  (how different the channels look to each layer: small, and any ranking is cheap to change);
 * accuracy on the held-out split of ``bn_classifier.py`` (its 540 test images: the benchmark has no
   separate validation split) at the end of the schedule (chosen channels still there, eval mode),
   right after slimming, and after fine-tuning.
@@ -30,7 +33,7 @@ Then each setting minus the weight-0 control, per seed.
 
 Needs scikit-learn (``pip install -e ".[bench]"``).
 
-    python benchmarks/bn_alignment_study.py --out runs/bn_alignment_study   # 2 ratios x 3 seeds
+    python benchmarks/bn_alignment_study.py --out runs/bn_alignment_study  # 2 ratios x 3 seeds: ~2 min, one thread
 """
 
 from __future__ import annotations
@@ -110,12 +113,15 @@ def run_setting(
     row["groups"] = {g: {"units": units[g], "removed": removed[g], "carriers": pruner.carriers(g)} for g in units}
     row["chance_groups"] = {g: (units[g] - removed[g]) / units[g] for g in units}
     row["chance"] = _mean(row["chance_groups"])
+    start, at_choice = found["start"]["rows"], found["choice"]["rows"]
+    row["spread_groups"] = {g: float((start[g].std(1) / start[g].mean(1)).mean()) for g in units}
     row["agreement_start_groups"] = found["start"]["agreement"]
     row["agreement_start"] = _mean(row["agreement_start_groups"])
     if parsed is not None:
         row["agreement_end_groups"] = found["choice"]["agreement"]
         row["agreement_end"] = _mean(row["agreement_end_groups"])
-    at_choice = found["choice"]["rows"]
+        drift = {g: float((at_choice[g] - start[g]).abs().mean() / start[g].mean()) for g in units}
+        row["g_drift_groups"], row["g_drift"] = drift, _mean(drift)
     row["removed_share_groups"] = {g: removed_share(at_choice[g], chosen[g]) for g in units}
     row["removed_share"] = _mean(row["removed_share_groups"])
     row.update(acc_before_slim=r["before_slim"], acc_slim=r["before"], acc=r["after"])
@@ -124,9 +130,11 @@ def run_setting(
 
 
 def _group_names(rows: list[dict]) -> str:
-    """``stem.0`` (16 units, carriers ...), ... from the first row."""
+    """``stem.0`` (16 units, carriers ..., spread ...), ... from the rows of the first ratio."""
+    first = [r for r in rows if r["ratio"] == rows[0]["ratio"] and r["setting"] == rows[0]["setting"]]
     return "; ".join(
-        f"`{g}` ({v['units']} units; carriers {', '.join(c for c, _ in v['carriers'])})"
+        f"`{g}` ({v['units']} units; carriers {', '.join(c for c, _ in v['carriers'])}; |gamma| sd / mean at the "
+        f"start {mean_sd([r['spread_groups'][g] for r in first], 3)})"
         for g, v in rows[0]["groups"].items()
     )
 
@@ -145,9 +153,9 @@ def summary(task: bench.Task, rows: list[dict], dense_rows: list[dict], notes: l
             f"Ratio {ratio:g} (chance agreement {at[0]['chance']:.3f}, chance removed share {1 - at[0]['chance']:.3f},"
             f" {at[0]['params']:,} params):",
             "",
-            "| setting | align steps | agreement start -> end | chance | removed share | "
+            "| setting | align steps | agreement start -> end | chance | removed share | g drift | "
             f"{task.metric} before slim | after slim | after fine-tune | seeds |",
-            "|---|---|---|---|---|---|---|---|---|",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for setting in dict.fromkeys(r["setting"] for r in at):
             rs = [r for r in at if r["setting"] == setting]
@@ -158,7 +166,8 @@ def summary(task: bench.Task, rows: list[dict], dense_rows: list[dict], notes: l
             agree = col("agreement_start", 3) + (" -> " + col("agreement_end", 3) if "agreement_end" in rs[0] else "")
             out.append(
                 f"| {setting} | {rs[0]['align_iters']} | {agree} | {rs[0]['chance']:.3f} | {col('removed_share', 3)} | "
-                f"{col('acc_before_slim', d)} | {col('acc_slim', d)} | {col('acc', d)} | {len(rs)} |"
+                f"{col('g_drift', 3)} | {col('acc_before_slim', d)} | {col('acc_slim', d)} | {col('acc', d)} | "
+                f"{len(rs)} |"
             )
     groups = list(rows[0]["groups"])
     out += [

@@ -227,9 +227,10 @@ def test_bn_alignment_study_smoke(tmp_path, monkeypatch):
         assert 0 <= r["agreement_start"] <= 1 and 0 <= r["removed_share"] <= 1
         assert all(0 <= r[k] <= 1 for k in ("acc_before_slim", "acc_slim", "acc"))
         assert r["agreement_start"] == by["noalign"]["agreement_start"]  # the same dense model for every setting
+        assert all(v > 0 for v in r["spread_groups"].values())
     assert "agreement_end" not in by["noalign"] and by["noalign"]["align_iters"] == 0
     for s in DEFAULT_SETTINGS[1:]:
-        assert 0 <= by[s]["agreement_end"] <= 1 and by[s]["align_iters"] > 0
+        assert 0 <= by[s]["agreement_end"] <= 1 and by[s]["align_iters"] > 0 and by[s]["g_drift"] >= 0
     assert by["consensus:0"]["weight"] == 0.0 and by["authors:1"]["loss"] == "authors"
     # paired with bn_classifier.py: the default setting is its assl, noalign its assl_noalign
     same = {"consensus:1": classifier[0], "noalign": classifier[1]}
