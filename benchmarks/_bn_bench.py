@@ -37,7 +37,7 @@ import platform
 import statistics
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -88,8 +88,11 @@ class Task:
     notes: list[str] = field(default_factory=list)
 
 
-def build_parser(description: str | None, defaults: dict) -> argparse.ArgumentParser:
-    """The flags both benchmarks take; ``defaults`` sets the task's own values of the sizes."""
+def build_parser(description: str | None, defaults: dict, *, methods: bool = True) -> argparse.ArgumentParser:
+    """The flags both benchmarks take; ``defaults`` sets the task's own values of the sizes.
+
+    ``methods=False`` leaves out ``--methods`` and ``--tp_reg`` (for a study that runs ASSL only).
+    """
     p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--quick", action="store_true", help="a few minutes: fewer steps, 1 seed")
     p.add_argument("--smoke", action="store_true", help="seconds: used by the test suite")
@@ -107,8 +110,9 @@ def build_parser(description: str | None, defaults: dict) -> argparse.ArgumentPa
         choices=("finetune", "whole"),
         help="a cosine over each method's fine-tuning (pruning at --lr), or one over all steps after the dense model",
     )
-    p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
-    p.add_argument("--tp_reg", type=float, default=1e-4, help="GroupNormPruner's reg (its default)")
+    if methods:
+        p.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+        p.add_argument("--tp_reg", type=float, default=1e-4, help="GroupNormPruner's reg (its default)")
     p.add_argument("--threads", type=int, default=1, help="torch threads (0: leave torch's default)")
     p.add_argument("--out", default=None, help="folder for the table, the JSON rows and the plots")
     p.set_defaults(**defaults)
@@ -242,14 +246,30 @@ def _torch_pruning(
     return model, used
 
 
-def run_method(task: Task, method: str, dense: nn.Module, ratio: float, a: argparse.Namespace, seed: int) -> dict:
+def run_method(
+    task: Task,
+    method: str,
+    dense: nn.Module,
+    ratio: float,
+    a: argparse.Namespace,
+    seed: int,
+    *,
+    schedule: assl.Schedule | None = None,
+    observe: Callable[[assl.Pruner], Callable[[], None]] | None = None,
+) -> dict:
     """Prune a copy of ``dense`` with ``method`` at ``ratio``, fine-tune it to the common step count, score it.
 
     The row holds the score right after slimming (``before``; NaN for scratch) and at the end
     (``after``), params, MACs, the steps taken after the dense model, and ``curve``: ``(step,
     score)`` pairs, steps counted from the dense model (scratch's first ``dense_iters`` are negative).
-    For ASSL also the liveness of the chosen channels before slimming, per group and the largest,
-    and how much slimming changed the output on the example inputs.
+    For ASSL also the score at the end of the schedule with the chosen channels still there
+    (``before_slim``), the liveness of the chosen channels before slimming, per group and the
+    largest, and how much slimming changed the output on the example inputs.
+
+    ASSL only: ``schedule`` replaces ``Schedule.for_steps(prune_iters, align=method == "assl")``;
+    ``observe(pruner)``, called once the Pruner is built, returns what to call before each of the
+    schedule's optimizer steps (after ``backward()``, before the penalty), e.g. to read the scales.
+    Neither draws random numbers, so the runs stay paired with the other methods'.
     """
     torch.manual_seed(seed + 1000)
     model = copy.deepcopy(dense)
@@ -262,11 +282,16 @@ def run_method(task: Task, method: str, dense: nn.Module, ratio: float, a: argpa
     t0 = time.time()
     used = 0
     if method in ("assl", "assl_noalign"):
-        schedule = assl.Schedule.for_steps(a.prune_iters, align=method == "assl")
+        if schedule is None:
+            schedule = assl.Schedule.for_steps(a.prune_iters, align=method == "assl")
         pruner = assl.Pruner(model, task.example, ratio=ratio, schedule=schedule)
-        used = train(task, model, stream, a.prune_iters, lr, pruner=pruner, curve=curve, every=a.eval_every)
+        hook = observe(pruner) if observe is not None else None
+        used = train(
+            task, model, stream, a.prune_iters, lr, pruner=pruner, before_step=hook, curve=curve, every=a.eval_every
+        )
         alive = pruner.liveness()
         extra = {"liveness": max(alive.values(), default=0.0), "liveness_groups": alive, "aligned": pruner.aligned}
+        extra["before_slim"] = _score(task, model)
         small = pruner.slim()
         extra["slim_change"] = max_rel_err(model, small, task.example)
     elif method == "tp_groupnorm":
@@ -313,25 +338,29 @@ def torch_pruning_missing() -> bool:
     return importlib.util.find_spec("torch_pruning") is None
 
 
-def sweep(task: Task, a: argparse.Namespace) -> tuple[list[dict], list[dict], list[str]]:
-    """Every seed's dense model, then every method at every ratio; rows printed as JSON as they come.
+def sweep(
+    task: Task, a: argparse.Namespace, runs: Callable[[nn.Module, float, int], Iterable[dict]] | None = None
+) -> tuple[list[dict], list[dict], list[str]]:
+    """Every seed's dense model, then every run at every ratio; rows printed as JSON as they come.
 
-    Returns (rows, dense rows, notes).
+    ``runs(dense, ratio, seed)`` yields the rows of one dense model at one ratio; by default every
+    method of ``--methods`` (:func:`run_method`). Returns (rows, dense rows, notes).
     """
     notes = list(task.notes)
-    methods = list(a.methods)
-    if "tp_groupnorm" in methods and torch_pruning_missing():
-        methods.remove("tp_groupnorm")
-        notes.append("tp_groupnorm skipped: torch_pruning is not installed (pip install torch-pruning)")
-        print(f"# {notes[-1]}", flush=True)
+    if runs is None:
+        methods = list(a.methods)
+        if "tp_groupnorm" in methods and torch_pruning_missing():
+            methods.remove("tp_groupnorm")
+            notes.append("tp_groupnorm skipped: torch_pruning is not installed (pip install torch-pruning)")
+            print(f"# {notes[-1]}", flush=True)
+        runs = lambda dense, ratio, seed: (run_method(task, m, dense, ratio, a, seed) for m in methods)  # noqa: E731
     rows, dense_rows = [], []
     for seed in range(a.seeds):
         dense, row = train_dense(task, a, seed)
         dense_rows.append(row)
         print(json.dumps(row), flush=True)
         for ratio in a.ratios:
-            for m in methods:
-                r = run_method(task, m, dense, ratio, a, seed)
+            for r in runs(dense, ratio, seed):
                 rows.append(r)
                 print(json.dumps({k: v for k, v in r.items() if k != "curve"}), flush=True)
     return rows, dense_rows, notes

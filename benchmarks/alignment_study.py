@@ -42,6 +42,7 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _alignment import DEFAULT_SETTINGS, agreement_at_choice, paired, parse_setting, removed_share, setting_arg
 from _baselines import assl_pruner
 from _sr_args import build_parser, configure, describe, parse_args
 from _sr_bench import Batches, batch_stream, evaluate, figure, load_data, mean_sd, save, sweep, train
@@ -49,12 +50,6 @@ from _sr_bench import Batches, batch_stream, evaluate, figure, load_data, mean_s
 import assl
 from assl.alignment import agreement
 from assl.scales import scale_of
-
-
-def removed_share(rows: torch.Tensor, removed: list[int]) -> float:
-    """Mean over layers of the share of ``sum |g|`` that sits on the ``removed`` units."""
-    idx = torch.as_tensor(removed, dtype=torch.long)
-    return float((rows[:, idx].sum(1) / rows.sum(1)).mean())
 
 
 def grad_ratio(pruner: assl.Pruner, model: nn.Module, stream: Batches, batches: int = 4) -> float:
@@ -72,22 +67,6 @@ def grad_ratio(pruner: assl.Pruner, model: nn.Module, stream: Batches, batches: 
         task = torch.autograd.grad((model(x) - y).abs().mean(), scales)
         norms.append(float(torch.sqrt(sum((g**2).sum() for g in task))))
     return float(norm_align) / statistics.mean(norms)
-
-
-def parse_setting(text: str) -> tuple[str, float] | None:
-    """``"noalign"`` -> None, ``"LOSS:WEIGHT"`` -> (loss, weight)."""
-    if text == "noalign":
-        return None
-    loss, _, weight = text.partition(":")
-    if loss not in assl.alignment.ALIGN_LOSSES or not weight:
-        raise argparse.ArgumentTypeError(f"a setting is noalign or LOSS:WEIGHT, LOSS in {assl.alignment.ALIGN_LOSSES}")
-    return loss, float(weight)
-
-
-def _setting(text: str) -> str:
-    """``--settings``' type: ``text`` once :func:`parse_setting` accepts it."""
-    parse_setting(text)
-    return text
 
 
 def run_setting(
@@ -178,6 +157,11 @@ def summary(rows: list[dict], dense_rows: list[dict]) -> str:
         f"\nchance agreement {chance:.3f}, chance removed share {1 - chance:.3f}; dense on the same images "
         f"{mean_sd([r['psnr'] for r in dense_rows], 3)} dB"
     )
+    columns = [("agreement", agreement_at_choice, 3), ("PSNR", lambda r: r["psnr"], 3)]
+    diffs = paired(rows, columns)
+    if diffs:
+        out += ["", "Per seed, over the weight-0 control (agreement when the channels are chosen, final PSNR):", ""]
+        out += diffs
     return "\n".join(out)
 
 
@@ -199,16 +183,13 @@ def _plot(rows: list[dict], dense_rows: list[dict], path: Path) -> None:
         ax.legend(fontsize=8)
 
 
-DEFAULT_SETTINGS = ["noalign", "consensus:0", "authors:1", "consensus:1", "consensus:10"]
-
-
 def main(argv: list[str] | None = None) -> None:
     """Run every setting for every seed; print and write the table, the rows and the plot."""
     p = build_parser(__doc__)
     p.add_argument(
         "--settings",
         nargs="+",
-        type=_setting,
+        type=setting_arg,
         default=DEFAULT_SETTINGS,
         help="noalign or LOSS:WEIGHT (LOSS consensus or authors; weight 0: the plain-training control)",
     )

@@ -41,6 +41,7 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
         "benchmarks/bn_classifier.py",
         "benchmarks/bn_denoiser.py",
         "benchmarks/latency_budget.py",
+        "benchmarks/bn_alignment_study.py",
         "examples/slim_demo.py",
     ],
 )
@@ -223,3 +224,64 @@ def test_bn_denoiser_smoke(tmp_path, monkeypatch):
     assert [r["method"] for r in rows] == methods and len({r["params"] for r in rows}) == 1
     table = (tmp_path / "bn_denoiser.md").read_text()
     assert "| assl | 0.5 |" in table and "noisy test photos" in table
+
+
+def test_bn_alignment_study_smoke(tmp_path, monkeypatch):
+    pytest.importorskip("sklearn")
+    import torch
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _alignment import DEFAULT_SETTINGS
+    from bn_alignment_study import main as study_main
+
+    threads = torch.get_num_threads()
+    try:
+        rows = study_main(["--smoke", "--threads", "1", "--out", str(tmp_path / "study")])
+        classifier = _bn_smoke("bn_classifier", ["assl", "assl_noalign"], tmp_path / "classifier", monkeypatch)
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["setting"] for r in rows] == DEFAULT_SETTINGS
+    by = {r["setting"]: r for r in rows}
+    for r in rows:
+        assert set(r["groups"]) == {"stem.0", "layer2.0.downsample.0"}  # the two streams; single layers left out
+        assert r["chance"] == 0.5 and all(v == 0.5 for v in r["chance_groups"].values())
+        assert 0 <= r["agreement_start"] <= 1 and 0 <= r["removed_share"] <= 1
+        assert all(0 <= r[k] <= 1 for k in ("acc_before_slim", "acc_slim", "acc"))
+        assert r["agreement_start"] == by["noalign"]["agreement_start"]  # the same dense model for every setting
+        assert all(v > 0 for v in r["spread_groups"].values())
+    assert "agreement_end" not in by["noalign"] and by["noalign"]["align_iters"] == 0
+    for s in DEFAULT_SETTINGS[1:]:
+        assert 0 <= by[s]["agreement_end"] <= 1 and by[s]["align_iters"] > 0 and by[s]["g_drift"] >= 0
+    assert by["consensus:0"]["weight"] == 0.0 and by["authors:1"]["loss"] == "authors"
+    # paired with bn_classifier.py: the default setting is its assl, noalign its assl_noalign
+    same = {"consensus:1": classifier[0], "noalign": classifier[1]}
+    for setting, r in same.items():
+        assert (by[setting]["acc_slim"], by[setting]["acc"]) == (r["before"], r["after"])
+        assert by[setting]["acc_before_slim"] == r["before_slim"]
+    table = (tmp_path / "study" / "bn_alignment_study.md").read_text()
+    for s in DEFAULT_SETTINGS:
+        assert f"| {s} |" in table
+    for s in DEFAULT_SETTINGS:
+        assert (f"| 0.5 | {s} | " in table.split("minus the weight-0 control")[1]) == (s != "consensus:0")
+    assert (tmp_path / "study" / "bn_alignment_study.json").is_file()
+
+
+def test_alignment_paired_differences(monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from _alignment import agreement_at_choice, paired
+
+    rows = [
+        {"setting": s, "ratio": 0.5, "seed": seed, "agreement_start": 0.5, "acc": acc, **end}
+        for s, seed, acc, end in [
+            ("noalign", 0, 0.90, {}),
+            ("consensus:0", 0, 0.92, {"agreement_end": 0.56}),
+            ("consensus:1", 0, 0.96, {"agreement_end": 0.76}),
+            ("noalign", 1, 0.80, {}),
+            ("consensus:0", 1, 0.80, {"agreement_end": 0.50}),
+            ("consensus:1", 1, 0.70, {"agreement_end": 0.60}),
+        ]
+    ]
+    out = paired(rows, [("agreement", agreement_at_choice, 2), ("acc", lambda r: r["acc"], 2)])
+    assert out[2] == "| 0.5 | noalign | -0.06, +0.00 (mean -0.03) | -0.02, +0.00 (mean -0.01) |"
+    assert out[3] == "| 0.5 | consensus:1 | +0.20, +0.10 (mean +0.15) | +0.04, -0.10 (mean -0.03) |"
+    assert len(out) == 4 and paired([r for r in rows if r["setting"] != "consensus:0"], []) == []
