@@ -17,6 +17,7 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import sys
 from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -253,7 +254,8 @@ def _layer_inputs(model: nn.Module, example_inputs: Any, names: Mapping[str, Any
     for n in names:
 
         def grab(_m: nn.Module, args: tuple, n: str = n) -> None:
-            seen[n].append(args[0].detach())
+            if args and isinstance(args[0], torch.Tensor):  # a call by keyword is left to the rest
+                seen[n].append(args[0].detach())
 
         handles.append(model.get_submodule(n).register_forward_pre_hook(grab))
     try:
@@ -309,13 +311,23 @@ def _measure_layers(
             calls.append(keys[key])
         layers[name] = {"weight": list(shape), "out_dim": d_out, "in": grid_in, "out": grid_out, "calls": calls}
     signatures = []
-    for i, (m, x, grid_in, grid_out) in enumerate(todo):
+    for i, (m, x, grid_in, grid_out) in enumerate(_bar(todo, "timing layers")):
         built = [replica(m, a, b, x) for a in grid_in for b in grid_out]
         calls_ = [functools.partial(layer, xi) for layer, xi in built]
         seconds = np.median(interleaved(calls_, device, rounds=rounds, min_time=min_time, seed=i), axis=0)
         signatures.append(seconds.reshape(len(grid_in), len(grid_out)).tolist())
         del built, calls_
     return layers, signatures
+
+
+def _bar(items: list, what: str) -> Any:
+    """``items`` with a progress bar on a terminal when tqdm is installed; a log line either way."""
+    logger.info("latency table: %s (%d shapes)", what, len(items))
+    try:
+        from tqdm.auto import tqdm
+    except ImportError:
+        return items
+    return tqdm(items, desc=what, unit="shape", disable=not sys.stderr.isatty(), leave=False)
 
 
 def _probe(

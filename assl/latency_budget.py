@@ -10,18 +10,22 @@ target still holds. Importance is the sum of the scores of the units a width dro
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Mapping
+import math
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
+import torch
 from torch import nn
 
-from ._timing import device_of
+from ._timing import device_of, in_eval, interleaved, model_call
 from .graph import Graph
 from .latency import LatencyTable, measure_latency, timed_layers
 from .selection import l1_scores
+from .slim import slimmed_copy
 
 if TYPE_CHECKING:
     from .budget import Budget
@@ -30,6 +34,10 @@ __all__ = ["LatencyModel", "LatencyPlan", "allowed_widths", "latency_removed", "
 
 logger = logging.getLogger("assl")
 
+TOLERANCE = 0.02
+"""How far above the target a verified measurement may be before the widths are solved again."""
+RETRIES = 2
+"""How many times the widths are solved again for a lowered target."""
 MAX_CANDIDATES = 64
 """At most this many widths per group (a coarser step above it), to keep the solver quick."""
 
@@ -38,10 +46,12 @@ MAX_CANDIDATES = 64
 class LatencyPlan:
     """What a latency budget chose: seconds on the table's device, and the width of each group.
 
-    ``measured`` is filled by ``Pruner.slim()`` when the table was measured on the device the
-    model runs on (``None`` otherwise). ``table`` is the table the widths were solved with: save
-    it to resume the run (a new Pruner given the same table and dense weights solves the same
-    widths; a new measurement may differ by the timing noise).
+    ``checked`` is the latency of a slimmed copy timed when the widths were chosen (``Budget(verify=
+    True)`` on the table's device; scaled to the table's dense latency), ``measured`` that of the
+    model ``Pruner.slim()`` returns, timed on the table's device (``None`` otherwise). ``table``
+    is the table the widths were solved with. To resume a run, give the new Pruner
+    ``ratio=plan.ratios()``: the same widths without timing again (a new measurement or
+    verification may differ by the timing noise).
     """
 
     target: float
@@ -51,11 +61,25 @@ class LatencyPlan:
     device: str
     widths: dict[str, int] = field(default_factory=dict)
     measured: float | None = None
+    checked: float | None = None
     table: LatencyTable | None = field(default=None, repr=False, compare=False)
+    removed: dict[str, int] = field(default_factory=dict)
+
+    def ratios(self) -> dict[str, float]:
+        """The chosen widths as a Pruner ``ratio`` mapping (plain data): the same widths without
+        timing again, e.g. to resume the run."""
+        out = {}
+        for g, k in self.removed.items():
+            if k:
+                pattern = "".join(f"[{c}]" if c in "*?[]" else c for c in g)
+                out[pattern] = k / (k + self.widths[g])
+        return out
 
     def describe(self) -> str:
         """One line: target, prediction, measurement (when there is one) and dense, in ms."""
         line = f"latency target {self.target * 1e3:.3f} ms, predicted {self.predicted * 1e3:.3f} ms"
+        if self.checked is not None:
+            line += f", checked {self.checked * 1e3:.3f} ms"
         if self.measured is not None:
             line += f", measured {self.measured * 1e3:.3f} ms"
         return line + f" (dense {self.dense * 1e3:.3f} ms on {self.device}, width step {self.step})"
@@ -63,6 +87,9 @@ class LatencyPlan:
 
 class LatencyModel:
     """Predicted seconds of the model after removing units, from a table and the traced graph.
+
+    Each layer's time is the table's, bilinear between its grid points, at its widths rounded up
+    to the table's step: with a step of 16, 49 channels cost what 64 cost.
 
     Raises:
         ValueError: The table does not fit the graph: a layer it lacks or has with another weight
@@ -108,8 +135,15 @@ class LatencyModel:
 
     def _time(self, i: int, removed: Mapping[str, int]) -> float:
         d_in, d_out, s_in, s_out, _, row, curves = self._layers[i]
-        w_in, w_out = self._size(d_in, s_in, removed), self._size(d_out, s_out, removed)
+        w_in = self._stepped(self._size(d_in, s_in, removed), d_in)
+        w_out = self._stepped(self._size(d_out, s_out, removed), d_out)
         return sum(_bilinear(row["in"], row["out"], c, w_in, w_out) for c in curves)
+
+    def _stepped(self, width: float, dense: int) -> float:
+        """A width rounded up to the table's step (not past the dense width): the device pads it
+        to the next multiple, so it costs what that multiple costs (a staircase, not a line)."""
+        step = self.table.step
+        return min(float(dense), math.ceil(width / step - 1e-9) * step) if step > 1 else width
 
     def _active(self, i: int, removed: Mapping[str, int]) -> float:
         _, d_out, _, s_out, positions, _, _ = self._layers[i]
@@ -276,11 +310,11 @@ def latency_removed(
     if table is None:
         table = LatencyTable.measure(model, example_inputs, step=round_to, graph=graph)
     predictor = LatencyModel(table, graph)
-    dense = predictor.seconds({})
+    dense = table.dense  # measured; relative targets are fractions of it
     target = budget.latency if budget.latency is not None else float(budget.relative_latency or 0) * dense
     if dense <= target:
         raise ValueError(
-            f"the dense model already meets the latency target: predicted {dense * 1e3:.3f} ms <= "
+            f"the dense model already meets the latency target: {dense * 1e3:.3f} ms <= "
             f"{target * 1e3:.3f} ms on {table.device}; nothing to prune for it"
         )
     step = table.step if round_to == "auto" else int(round_to)
@@ -291,10 +325,64 @@ def latency_removed(
         allowed[g.name] = allowed_widths(g.size, g.size - g.num_prunable, step) if free else [g.size]
         scores[g.name] = l1_scores(model, graph, g.name).cpu().numpy()[g.prunable] if free else np.zeros(0)
     removed = solve_widths(predictor, sizes, allowed, scores, target)
+    checked = None
+    if budget.verify and table.device == str(device_of(model, example_inputs)):
+        solve = functools.partial(solve_widths, predictor, sizes, allowed, scores)
+        removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense)
     widths = {g: sizes[g] - k for g, k in removed.items()}
     plan = LatencyPlan(target, predictor.seconds(removed), dense, step, table.device, widths, table=table)
+    plan.checked, plan.removed = checked, dict(removed)
     logger.info("latency budget: %s", plan.describe())
     return removed, plan
+
+
+def _verified(
+    model: nn.Module,
+    example_inputs: Any,
+    graph: Graph,
+    solve: Callable[[float], dict[str, int]],
+    removed: dict[str, int],
+    target: float,
+    dense: float,
+) -> tuple[dict[str, int], float]:
+    """Time a slimmed copy at the chosen widths against the dense model; while it misses the target
+    by more than :data:`TOLERANCE`, solve again for a target lowered by the miss (at most
+    :data:`RETRIES` times). Returns the widths and their measured seconds (scaled to the table's
+    dense latency, so that the machine's drift since the table cancels)."""
+    aim, best = target, (removed, math.inf)
+    for attempt in range(RETRIES + 1):
+        measured = _measured_ratio(model, example_inputs, graph, removed) * dense
+        if measured < best[1]:
+            best = (removed, measured)
+        if measured <= target * (1 + TOLERANCE) or attempt == RETRIES:
+            break
+        aim *= target / measured
+        logger.info("latency budget: measured %.3f ms for a %.3f ms target; solving for %.3f ms", measured * 1e3,
+                    target * 1e3, aim * 1e3)  # fmt: skip
+        try:
+            removed = solve(aim)
+        except ValueError:  # the smallest widths already: keep the best measured
+            break
+    if best[1] > target * (1 + TOLERANCE):
+        logger.warning(
+            "latency budget: the slimmed model measured %.3f ms against a target of %.3f ms (the table's "
+            "prediction misses on this device; lower the target to compensate)", best[1] * 1e3, target * 1e3,
+        )  # fmt: skip
+    return best
+
+
+def _measured_ratio(model: nn.Module, example_inputs: Any, graph: Graph, removed: Mapping[str, int]) -> float:
+    """Median over interleaved rounds of (slimmed copy's seconds / dense seconds), units by L1 norm."""
+    plan = {}
+    for name, k in removed.items():
+        if k:
+            order = torch.argsort(l1_scores(model, graph, name).cpu(), stable=True).tolist()
+            plan[name] = graph.group(name).pick(order, k)
+    small = slimmed_copy(model, graph, plan, example_inputs, check=False).eval()
+    with in_eval(model):
+        calls = [model_call(model, example_inputs), model_call(small, example_inputs)]
+        samples = interleaved(calls, device_of(model, example_inputs), rounds=9)
+    return float(np.median(samples[:, 1] / samples[:, 0]))
 
 
 def report_measured(plan: LatencyPlan, small: nn.Module, example_inputs: Any) -> None:

@@ -38,7 +38,7 @@ def synthetic_table(model, x, *, step=1, max_points=64, fixed=1e-4, cost=blocky,
         signatures.append([[cost(a, b, positions) for b in grid_out] for a in grid_in])
         layers[name] = {"weight": list(shape), "out_dim": d_out, "in": grid_in, "out": grid_out, "calls": [len(layers)]}
         total += signatures[-1][-1][-1]
-    table = LatencyTable("cpu", "float32", total + fixed, step, layers, signatures)
+    table = LatencyTable("synthetic", "float32", total + fixed, step, layers, signatures)  # nothing to verify on
     if calibrate:  # the rest measured as exactly `fixed` at half width too
         half = {g.name: g.size // 2 for g in graph.groups if g.num_prunable >= g.size // 2 > 0}
         table.calibration = [{"removed": half, "seconds": LatencyModel(table, graph).layer_seconds(half) + fixed}]
@@ -193,7 +193,7 @@ def test_round_to_auto_takes_the_tables_step() -> None:
 def test_same_table_same_weights_same_widths() -> None:
     model, x = edsr()
     table = synthetic_table(model, x)
-    budget = assl.Budget(relative_latency=0.4, table=table)
+    budget = assl.Budget(relative_latency=0.4, table=table, verify=False)
     a = assl.Pruner(copy.deepcopy(model), x, ratio=budget)
     b = assl.Pruner(copy.deepcopy(model), x, ratio=budget)
     assert a.removed == b.removed and a.state_dict() == b.state_dict()
@@ -237,7 +237,7 @@ def test_a_device_that_cannot_be_timed_says_so() -> None:
 # --- measuring on this machine (no timing asserted) ---------------------------------------------
 
 
-def test_measuring_leaves_the_model_as_it_was_and_the_budget_runs_end_to_end() -> None:
+def test_measuring_leaves_the_model_as_it_was() -> None:
     torch.manual_seed(0)
     model = ResNet().train()
     x = torch.randn(2, 3, 16, 16)
@@ -254,12 +254,18 @@ def test_measuring_leaves_the_model_as_it_was_and_the_budget_runs_end_to_end() -
         for i in row["calls"]:
             assert np.all(np.asarray(table.signatures[i]) > 0)
     assert table.dense > 0 and table.calibration and all(c["seconds"] > 0 for c in table.calibration)
-    table.step = 1  # as measured with step=4, but let the solver take any width
-    lm = LatencyModel(table, graph)
-    smallest = lm.seconds({g.name: min(g.num_prunable, g.size - 1) for g in graph.groups})
-    target = (smallest + table.dense) / 2  # reachable whatever this machine measured
-    pruner = assl.Pruner(model, x, ratio=assl.Budget(latency=target, table=table))
+    assert table.device == "cpu" and table.dtype == "float32"
+
+
+def test_a_budget_measured_here_is_verified_measured_and_resumable() -> None:
+    torch.manual_seed(0)
+    model, x = EDSR(2, 64, 2).eval(), torch.randn(1, 3, 32, 32)  # the convolutions dominate its time
+    table = LatencyTable.measure(model, x, step=8, max_points=3, rounds=3)
+    pruner = assl.Pruner(copy.deepcopy(model), x, ratio=assl.Budget(relative_latency=0.6, table=table))
     plan = pruner.latency
     assert plan is not None and plan.predicted <= plan.target
+    assert plan.checked is not None and plan.checked > 0  # verified: the table is this device's
     pruner.slim()
     assert plan.measured is not None and plan.measured > 0  # measured on the table's device
+    again = assl.Pruner(copy.deepcopy(model), x, ratio=plan.ratios())  # resuming: no timing
+    assert again.removed == pruner.removed
