@@ -158,8 +158,8 @@ def run_model(name: str, a: argparse.Namespace) -> list[dict]:
 
 def table_md(rows: list[dict]) -> str:
     out = [
-        "| model | target | plan | MACs | params | predicted | measured (IQR) | meets |",
-        "|---|---|---|---|---|---|---|---|",
+        "| model | target | plan | MACs | params | predicted | checked | measured (IQR) | meets |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for r in rows:
         meets = "yes" if r["measured"] <= r["target"] * 1.02 else "no"
