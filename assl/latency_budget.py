@@ -5,7 +5,8 @@ units from a :class:`~assl.latency.LatencyTable`. :func:`solve_widths` picks eve
 among its allowed widths (multiples of the step, the full width) greedily: while the prediction
 is above the target it takes the narrowing that loses the least importance per second saved (it
 may jump several widths at once, over widths that save nothing), then widens again wherever the
-target still holds. Importance is the sum of the scores of the units a width drops, lowest first.
+target still holds. The importance a width loses grows faster than the units it drops
+(:func:`_importance_lost`), so the cuts spread over the groups instead of emptying the cheapest.
 """
 
 from __future__ import annotations
@@ -231,7 +232,7 @@ def solve_widths(
     Raises:
         ValueError: Even the smallest allowed widths are predicted above ``target``.
     """
-    lost = {g: np.concatenate([[0.0], np.cumsum(np.sort(np.asarray(s, dtype=float)))]) for g, s in scores.items()}
+    lost = {g: _importance_lost(s, sizes[g]) for g, s in scores.items()}
     options = {g: sorted({sizes[g] - w for w in allowed[g] if sizes[g] - w < len(lost[g])}) for g in sizes}
     smallest = {g: ks[-1] for g, ks in options.items()}
     if model.seconds(smallest) > target:
@@ -264,6 +265,24 @@ def solve_widths(
         if best is None:
             return removed
         moves.apply(best[1], best[2])
+
+
+def _importance_lost(scores: np.ndarray, size: int) -> np.ndarray:
+    """What removing the ``k`` lowest-scoring units costs, for every ``k``: ``-m log(1 - f_k)``.
+
+    ``f_k`` is the share of the group's score the ``k`` units hold (the kept units and one more
+    unit's worth count as the rest, so the cost stays finite) and ``m`` the group's mean unit
+    score: about the number of layers that read its channels. A small cut costs about ``m`` times
+    the share it removes, the same share of a wide or a narrow group alike, and each further
+    unit costs more than the last: a group is not emptied because its units save time cheaply.
+    """
+    s = np.sort(np.asarray(scores, dtype=float))
+    if s.size == 0:
+        return np.zeros(1)
+    mean = max(float(s.mean()), 1e-12)
+    total = float(s.sum()) + mean * max(1, size - s.size)
+    cut = np.concatenate([[0.0], np.cumsum(s)])
+    return -mean * np.log1p(-cut / total)
 
 
 class _Moves:

@@ -159,6 +159,17 @@ def test_solver_drops_the_least_important_units_per_second() -> None:
     assert removed["b"] == 3 and lm.seconds(removed) <= lm.seconds({}) - 300.0
 
 
+def test_solver_spreads_cuts_instead_of_emptying_the_group_that_saves_most() -> None:
+    sizes = {"a": 16, "b": 16}
+    lm = Additive({"a": 2.0, "b": 1.0}, sizes)  # a's units save twice the time, equal importance
+    allowed = {g: list(range(1, 17)) for g in sizes}
+    scores = {g: np.ones(16) for g in sizes}
+    removed = solve_widths(lm, sizes, allowed, scores, target=lm.seconds({}) - 24.0)
+    assert lm.seconds(removed) <= lm.seconds({}) - 24.0
+    assert removed["a"] > removed["b"] > 0  # more from a, but each further unit of a costs more
+    assert removed["a"] < 12  # taking a's units alone would leave it 4 of 16
+
+
 def test_solver_widens_again_when_a_jump_overshoots() -> None:
     sizes = {"a": 16, "b": 16}
     lm = Additive({"a": 1.0, "b": 1.0}, sizes)
