@@ -58,6 +58,8 @@ class Budget:
             raise ValueError(
                 f"Budget(relative_latency=...) is a fraction of the dense latency in (0, 1), got {value!r}"
             )
+        if not isinstance(self.verify, bool):
+            raise TypeError(f"Budget(verify=...) must be a bool, got {self.verify!r}")
         if self.table is not None:
             if not self.is_latency:
                 raise ValueError("Budget(table=...) goes with latency= or relative_latency=")

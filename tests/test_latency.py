@@ -231,6 +231,8 @@ def test_budget_arguments_are_checked() -> None:
         assl.Budget(latency=-1.0)
     with pytest.raises(ValueError, match="goes with latency"):
         assl.Budget(params=10, table=LatencyTable("cpu", "float32", 1.0, 1, {}, []))
+    with pytest.raises(TypeError, match="must be a bool"):
+        assl.Budget(latency=0.1, verify="yes")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"assl\.LatencyTable"):
         assl.Budget(latency=0.1, table={"format": 1})  # type: ignore[arg-type]
     model, x = edsr()
