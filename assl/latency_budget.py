@@ -1,12 +1,9 @@
-"""Pruning to a latency: predict the pruned model's time from a table, and choose each group's width.
+"""Pruning to a latency: predict the pruned model's time from a table, and plan the widths.
 
 :class:`LatencyModel` predicts the latency of the model after each group loses ``removed[g]``
-units from a :class:`~assl.latency.LatencyTable`. :func:`solve_widths` picks every group's width
-among its allowed widths (multiples of the step, the full width) greedily: while the prediction
-is above the target it takes the narrowing that loses the least importance per second saved (it
-may jump several widths at once, over widths that save nothing), then widens again wherever the
-target still holds. The importance a width loses grows faster than the units it drops
-(:func:`_importance_lost`), so the cuts spread over the groups instead of emptying the cheapest.
+units from a :class:`~assl.latency.LatencyTable`; :func:`latency_removed` solves the widths for a
+budget (:mod:`assl.width_solver`), checks them by timing a slimmed copy on the table's device, and
+returns a :class:`LatencyPlan`.
 """
 
 from __future__ import annotations
@@ -27,11 +24,12 @@ from .graph import Graph
 from .latency import LatencyTable, measure_latency, timed_layers
 from .selection import l1_scores
 from .slim import slimmed_copy
+from .width_solver import allowed_widths, solve_widths
 
 if TYPE_CHECKING:
     from .budget import Budget
 
-__all__ = ["LatencyModel", "LatencyPlan", "allowed_widths", "latency_removed", "report_measured", "solve_widths"]
+__all__ = ["LatencyModel", "LatencyPlan", "latency_removed", "report_measured"]
 
 logger = logging.getLogger("assl")
 
@@ -39,8 +37,6 @@ TOLERANCE = 0.02
 """How far above the target a verified measurement may be before the widths are solved again."""
 RETRIES = 2
 """How many times the widths are solved again for a lowered target."""
-MAX_CANDIDATES = 64
-"""At most this many widths per group (a coarser step above it), to keep the solver quick."""
 
 
 @dataclass
@@ -203,114 +199,6 @@ def _bilinear(xs: list[float], ys: list[float], table: np.ndarray, x: float, y: 
     """``table[i, j]`` at ``(xs[i], ys[j])``, interpolated bilinearly (clamped at the edges)."""
     rows = [float(np.interp(y, ys, r)) for r in table] if len(ys) > 1 else [float(r[0]) for r in table]
     return float(np.interp(x, xs, rows)) if len(xs) > 1 else rows[0]
-
-
-def allowed_widths(size: int, least: int, step: int) -> list[int]:
-    """Widths a group may take: multiples of ``step`` from ``least`` up, and ``size`` itself."""
-    widths = [w for w in range(step, size + 1, step) if w >= least]
-    if len(widths) > MAX_CANDIDATES:
-        widths = widths[:: -(-len(widths) // MAX_CANDIDATES)]
-    return sorted({*widths, size})
-
-
-def solve_widths(
-    model: LatencyModel,
-    sizes: Mapping[str, int],
-    allowed: Mapping[str, list[int]],
-    scores: Mapping[str, np.ndarray],
-    target: float,
-) -> dict[str, int]:
-    """Units each group loses so that the predicted seconds are at most ``target``.
-
-    Args:
-        model: The latency prediction.
-        sizes: Units per group.
-        allowed: Widths each group may take (its full width included).
-        scores: Per group, the importance of each unit it may lose (lower goes first).
-        target: Seconds.
-
-    Raises:
-        ValueError: Even the smallest allowed widths are predicted above ``target``.
-    """
-    lost = {g: _importance_lost(s, sizes[g]) for g, s in scores.items()}
-    options = {g: sorted({sizes[g] - w for w in allowed[g] if sizes[g] - w < len(lost[g])}) for g in sizes}
-    smallest = {g: ks[-1] for g, ks in options.items()}
-    if model.seconds(smallest) > target:
-        raise ValueError(
-            f"the latency target of {target * 1e3:.3f} ms cannot be met: the smallest allowed widths are predicted "
-            f"at {model.seconds(smallest) * 1e3:.3f} ms (dense {model.seconds({}) * 1e3:.3f} ms); raise the target, "
-            f"allow smaller widths (round_to), or prune more layers (fewer skip patterns)"
-        )
-    removed = dict.fromkeys(sizes, 0)
-    moves = _Moves(model, options, removed)
-    while model.seconds(removed) > target:
-        best: tuple[float, str, int] | None = None
-        for g, k, delta in moves.narrower():
-            if delta < 0:
-                cost = (lost[g][k] - lost[g][removed[g]]) / -delta
-                if best is None or cost < best[0]:
-                    best = (cost, g, k)
-        if best is None:  # nothing saves time any more, yet the smallest widths met the target
-            removed.update(smallest)
-            break
-        moves.apply(best[1], best[2])
-    while True:  # widen again: most importance back per second spent, while the target holds
-        now = model.seconds(removed)
-        best = None
-        for g, k, delta in moves.wider():
-            if now + delta <= target:
-                gain = (lost[g][removed[g]] - lost[g][k]) / max(delta, 1e-12)
-                if gain > 0 and (best is None or gain > best[0]):
-                    best = (gain, g, k)
-        if best is None:
-            return removed
-        moves.apply(best[1], best[2])
-
-
-def _importance_lost(scores: np.ndarray, size: int) -> np.ndarray:
-    """What removing the ``k`` lowest-scoring units costs, for every ``k``: ``-m log(1 - f_k)``.
-
-    ``f_k`` is the share of the group's score the ``k`` units hold (the kept units and one more
-    unit's worth count as the rest, so the cost stays finite) and ``m`` the group's mean unit
-    score: about the number of layers that read its channels. A small cut costs about ``m`` times
-    the share it removes, the same share of a wide or a narrow group alike, and each further
-    unit costs more than the last: a group is not emptied because its units save time cheaply.
-    """
-    s = np.sort(np.asarray(scores, dtype=float))
-    if s.size == 0:
-        return np.zeros(1)
-    mean = max(float(s.mean()), 1e-12)
-    total = float(s.sum()) + mean * max(1, size - s.size)
-    cut = np.concatenate([[0.0], np.cumsum(s)])
-    return -mean * np.log1p(-cut / total)
-
-
-class _Moves:
-    """Each group's possible width changes with their predicted seconds, recomputed only for the
-    groups that share a layer with the group that last changed."""
-
-    def __init__(self, model: LatencyModel, options: Mapping[str, list[int]], removed: dict[str, int]) -> None:
-        self.model, self.options, self.removed = model, options, removed
-        self.near = model.neighbours()
-        self.cache: dict[str, list[tuple[int, float]]] = {}
-
-    def _deltas(self, g: str) -> list[tuple[int, float]]:
-        if g not in self.cache:
-            self.cache[g] = [
-                (k, self.model.change(self.removed, g, k)) for k in self.options[g] if k != self.removed[g]
-            ]
-        return self.cache[g]
-
-    def narrower(self) -> list[tuple[str, int, float]]:
-        return [(g, k, d) for g in self.options for k, d in self._deltas(g) if k > self.removed[g]]
-
-    def wider(self) -> list[tuple[str, int, float]]:
-        return [(g, k, d) for g in self.options for k, d in self._deltas(g) if k < self.removed[g]]
-
-    def apply(self, g: str, k: int) -> None:
-        self.removed[g] = k
-        for h in self.near.get(g, {g}):
-            self.cache.pop(h, None)
 
 
 def latency_removed(

@@ -18,7 +18,8 @@ from models import EDSR, ResNet
 import assl
 from assl._timing import timeable
 from assl.latency import LatencyTable, _dim_grid, detect_step, timed_layers, widths_grid
-from assl.latency_budget import LatencyModel, allowed_widths, solve_widths
+from assl.latency_budget import LatencyModel
+from assl.width_solver import allowed_widths, solve_widths
 
 
 def blocky(cin: float, cout: float, positions: int, step: int = 8) -> float:
