@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
+from ._inputs import tensors
 from ._timing import device_of, in_eval, interleaved, model_call, replica, timeable
 from .graph import Graph
 from .layers import output_dim
 from .slim import slimmed_copy
 
-__all__ = ["LatencyTable", "detect_step", "measure_latency", "timed_layers"]
+__all__ = ["LatencyTable", "detect_step", "input_shapes", "measure_latency", "timed_layers"]
 
 logger = logging.getLogger("assl")
 
@@ -61,6 +62,7 @@ class LatencyTable:
             {group: units}, "seconds": s}``: what the layers' times leave over (activations,
             norms, per-op overhead) is fitted to them as a fixed part plus a part that scales with
             the activations.
+        inputs: The shapes of the tensors of the example inputs it was measured on.
     """
 
     device: str
@@ -71,6 +73,7 @@ class LatencyTable:
     signatures: list[list[list[float]]]
     probe: dict[str, list[float]] = field(default_factory=dict)
     calibration: list[dict[str, Any]] = field(default_factory=list)
+    inputs: list[list[int]] = field(default_factory=list)
     format: int = FORMAT
 
     @classmethod
@@ -124,6 +127,7 @@ class LatencyTable:
             dense, calibration = _calibrate(model, example_inputs, graph, int(step), device, rounds, min_time)
         dtype = next((str(p.dtype) for p in model.parameters() if p.is_floating_point()), "torch.float32")
         table = cls(str(device), dtype.replace("torch.", ""), dense, int(step), layers, signatures, probe, calibration)
+        table.inputs = input_shapes(example_inputs)
         logger.info("latency table: %d layers, %d signatures, dense %.3f ms", len(layers), len(signatures), dense * 1e3)
         return table
 
@@ -170,6 +174,11 @@ def timed_layers(graph: Graph) -> Shares:
         if dims:
             out[name] = (shape, positions, dims)
     return out
+
+
+def input_shapes(example_inputs: Any) -> list[list[int]]:
+    """The shapes of the tensors in ``example_inputs``, in order."""
+    return [list(t.shape) for t in tensors(example_inputs)]
 
 
 def measure_latency(model: nn.Module, example_inputs: Any, *, rounds: int = 7, min_time: float = 2e-3) -> float:
@@ -338,7 +347,8 @@ def _probe(
     rounds: int,
     min_time: float,
 ) -> tuple[int, dict[str, list[float]]]:
-    """Time narrow output widths of the layer with the most MACs and read the step off the curve."""
+    """Time copies of the layer with the most MACs at output widths 16..96 (whatever its own width)
+    and read the step off the curve."""
     best = None
     for name, (shape, positions, shares) in timed.items():
         m = model.get_submodule(name)
@@ -349,9 +359,8 @@ def _probe(
                 best = (key, name, shape[d_in], shape[d_out])
     if best is None:
         return 1, {}
-    _, name, w_in, w_out = best
-    top = min(w_out, 96)  # narrow widths: one more vector of channels costs the most there
-    widths = list(range(max(1, top - 80), top + 1))
+    _, name, w_in, _ = best
+    widths = list(range(16, 97))  # the device's step, not the layer's: narrow widths, where a step costs most
     x = inputs[name][0]
     built = [replica(model.get_submodule(name), w_in, w, x) for w in widths]
     samples = interleaved(

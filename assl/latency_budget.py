@@ -21,7 +21,7 @@ from torch import nn
 
 from ._timing import device_of, in_eval, interleaved, model_call
 from .graph import Graph
-from .latency import LatencyTable, measure_latency, timed_layers
+from .latency import LatencyTable, input_shapes, measure_latency, timed_layers
 from .selection import l1_scores
 from .slim import slimmed_copy
 from .width_solver import allowed_widths, solve_widths
@@ -233,7 +233,7 @@ def latency_removed(
         scores[g.name] = l1_scores(model, graph, g.name).cpu().numpy()[g.prunable] if free else np.zeros(0)
     removed = solve_widths(predictor, sizes, allowed, scores, target)
     checked = None
-    if budget.verify and table.device == str(device_of(model, example_inputs)):
+    if budget.verify and _timeable_here(table, model, example_inputs):
         solve = functools.partial(solve_widths, predictor, sizes, allowed, scores)
         removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense)
     widths = {g: sizes[g] - k for g, k in removed.items()}
@@ -292,11 +292,24 @@ def _measured_ratio(model: nn.Module, example_inputs: Any, graph: Graph, removed
     return float(np.median(samples[:, 1] / samples[:, 0]))
 
 
+def _timeable_here(table: LatencyTable, model: nn.Module, example_inputs: Any) -> bool:
+    """Whether timing ``model`` on ``example_inputs`` measures what the table predicts: the same
+    device, and inputs of the shapes the table was measured on."""
+    device, shapes = str(device_of(model, example_inputs)), input_shapes(example_inputs)
+    if device != table.device or (table.inputs and shapes != table.inputs):
+        logger.info(
+            "latency budget: not timed here: the table is of %s on inputs %s, the Pruner's example inputs are %s "
+            "on %s (time the slimmed model on deployment inputs with assl.measure_latency)",
+            table.device, table.inputs, shapes, device,
+        )  # fmt: skip
+        return False
+    return True
+
+
 def report_measured(plan: LatencyPlan, small: nn.Module, example_inputs: Any) -> None:
-    """Time the slimmed model and log it beside the prediction, when on the table's device."""
-    device = str(device_of(small, example_inputs))
-    if device != plan.device:
-        logger.info("latency budget: %s; not measured here (%s)", plan.describe(), device)
+    """Time the slimmed model and log it beside the prediction, when on the table's device and inputs."""
+    if plan.table is None or not _timeable_here(plan.table, small, example_inputs):
+        logger.info("latency budget: %s", plan.describe())
         return
     plan.measured = measure_latency(small, example_inputs)
     logger.info("latency budget: %s", plan.describe())

@@ -42,18 +42,29 @@ def assl_schedule(a: argparse.Namespace, *, align: bool = True) -> assl.Schedule
     )
 
 
-def assl_pruner(model: nn.Module, a: argparse.Namespace, *, align: bool = True) -> tuple[assl.Pruner, list[dict]]:
+def assl_pruner(
+    model: nn.Module,
+    a: argparse.Namespace,
+    *,
+    align: bool = True,
+    ratio: float | assl.Budget | None = None,
+    round_to: int | str = 1,
+) -> tuple[assl.Pruner, list[dict]]:
     """The Pruner of the ``assl`` methods on ``model`` and Adam param groups (what the penalty acts on
-    at ``--scale_lr``, which defaults to ``--lr``: then one learning rate for everything)."""
+    at ``--scale_lr``, which defaults to ``--lr``: then one learning rate for everything).
+
+    ``ratio`` replaces ``--ratio`` (a float or an ``assl.Budget``); ``round_to`` is the Pruner's.
+    """
     sched = assl_schedule(a, align=align)
     # pixel-like values: slim() reports the output change on these (an all-black image gives ~0 out)
     x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 255
     pruner = assl.Pruner(
         model,
         x.to(next(model.parameters()).device),
-        ratio=a.ratio,
+        ratio=a.ratio if ratio is None else ratio,
         skip=SKIP,
         schedule=sched,
+        round_to=round_to,
     )
     pen = {id(p) for p in pruner.penalized_parameters()}
     groups = [

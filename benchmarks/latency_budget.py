@@ -14,13 +14,11 @@ target fraction of the dense latency three plans of the same model are built:
 Each plan removes the units with the lowest filter L1 norms and is slimmed; the dense model and
 the three slimmed ones are timed in interleaved rounds (every round runs each once, in a new
 random order) and their medians are compared with the target. No training: this measures
-speed; quality at equal latency is ``--quality`` (see below).
+speed; quality at equal latency (ASSL trained to each kind of budget) is
+``benchmarks/latency_quality.py``.
 
     python benchmarks/latency_budget.py --out runs/latency                 # ~10 min of one CPU thread
     python benchmarks/latency_budget.py --models ledsr --targets 0.5        # one model, one target
-
-``--quality`` trains the quality benchmark's LEDSR through ASSL once per budget kind instead
-(``benchmarks/quality.py --quick`` settings): PSNR at equal latency and at equal MACs.
 """
 
 from __future__ import annotations
@@ -74,20 +72,39 @@ MODELS: dict[str, Callable[[], tuple[nn.Module, torch.Tensor, list[str]]]] = {
 }
 
 
-def uniform_plan(graph: assl.Graph, model: nn.Module, x: torch.Tensor, skip: list[str], ratio: float) -> dict:
-    """Units each group loses at one ratio for every group (no rounding), as a MAC budget does."""
-    return resolve(graph, ratio, skip=skip, groups=None, round_to=1, model=model, example_inputs=x).removed
+def uniform_plan(
+    graph: assl.Graph, model: nn.Module, x: torch.Tensor, skip: list[str], ratio: float, round_to: int = 1
+) -> dict:
+    """Units each group loses at one ratio for every group (no rounding by default), as a MAC budget does."""
+    return resolve(graph, ratio, skip=skip, groups=None, round_to=round_to, model=model, example_inputs=x).removed
+
+
+def same_prediction_ratio(
+    graph: assl.Graph, model: nn.Module, x, skip, lm: LatencyModel, target: float, round_to: int = 1
+) -> float:
+    """The smallest one ratio for every group whose plan (kept widths rounded up to multiples of
+    ``round_to``) the table predicts at or below ``target`` seconds (bisection; 0.999 when none is)."""
+    lo, hi = 0.0, 0.999
+
+    def seconds(r: float) -> float:
+        try:
+            return lm.seconds(uniform_plan(graph, model, x, skip, r, round_to))
+        except ValueError as e:  # a small ratio that the rounding brings back to full width
+            if "nothing to prune" not in str(e):
+                raise
+            return lm.seconds({})
+
+    if seconds(hi) > target:
+        return hi
+    for _ in range(30):
+        mid = (lo + hi) / 2
+        lo, hi = (lo, mid) if seconds(mid) <= target else (mid, hi)
+    return hi
 
 
 def same_prediction(graph: assl.Graph, model: nn.Module, x, skip, lm: LatencyModel, target: float) -> dict:
     """The one-ratio plan with the smallest ratio the table predicts at or below ``target``."""
-    lo, hi = 0.0, 0.999
-    if lm.seconds(uniform_plan(graph, model, x, skip, hi)) > target:
-        return uniform_plan(graph, model, x, skip, hi)
-    for _ in range(30):
-        mid = (lo + hi) / 2
-        lo, hi = (lo, mid) if lm.seconds(uniform_plan(graph, model, x, skip, mid)) <= target else (mid, hi)
-    return uniform_plan(graph, model, x, skip, hi)
+    return uniform_plan(graph, model, x, skip, same_prediction_ratio(graph, model, x, skip, lm, target))
 
 
 def slimmed(model: nn.Module, graph: assl.Graph, removed: dict) -> nn.Module:
@@ -109,10 +126,11 @@ def run_model(name: str, a: argparse.Namespace) -> list[dict]:
     graph = assl.trace(model, x)
     lm = LatencyModel(table, graph)
     dense_macs = graph.count_macs()
+    dense = table.dense  # the measured dense latency: what Budget(relative_latency=) is a fraction of
     print(f"{name}: table in {measure_s:.0f} s, step {table.step}, dense {table.dense * 1e3:.2f} ms", flush=True)
     rows = []
     for target in a.targets:
-        seconds = target * table.dense
+        seconds = target * dense
         pruner = assl.Pruner(copy.deepcopy(model), x, ratio=assl.Budget(relative_latency=target, table=table),
                              round_to="auto", skip=skip)  # fmt: skip
         plans = {
@@ -139,7 +157,7 @@ def run_model(name: str, a: argparse.Namespace) -> list[dict]:
                     "plan": kind,
                     "macs": graph.count_macs(keep) / dense_macs,
                     "params": graph.count_params(keep) / graph.count_params(),
-                    "predicted": lm.seconds(removed) / table.dense,
+                    "predicted": lm.seconds(removed) / dense,
                     "checked": checked if kind == "latency" else None,
                     "measured": float(med[i] / med[0]),
                     "spread": float(np.percentile(ratios, 75) - np.percentile(ratios, 25)),

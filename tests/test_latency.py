@@ -283,3 +283,11 @@ def test_a_budget_measured_here_is_verified_measured_and_resumable() -> None:
     assert plan.measured is not None and plan.measured > 0  # measured on the table's device
     again = assl.Pruner(copy.deepcopy(model), x, ratio=plan.ratios())  # resuming: no timing
     assert again.removed == pruner.removed
+    assert table.inputs == [[1, 3, 32, 32]]
+    small_inputs = assl.Pruner(
+        copy.deepcopy(model), x[..., :16, :16], ratio=assl.Budget(relative_latency=0.6, table=table)
+    )
+    other = small_inputs.latency
+    assert other is not None and other.checked is None  # another input size times something else
+    small_inputs.slim()
+    assert other.measured is None

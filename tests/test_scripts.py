@@ -41,6 +41,7 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
         "benchmarks/bn_classifier.py",
         "benchmarks/bn_denoiser.py",
         "benchmarks/latency_budget.py",
+        "benchmarks/latency_quality.py",
         "benchmarks/bn_alignment_study.py",
         "examples/slim_demo.py",
     ],
@@ -72,6 +73,44 @@ def test_latency_budget_benchmark_smoke(tmp_path, monkeypatch):
     assert all(r["measured"] > 0 and r["widths"] for r in rows)
     md = (tmp_path / "latency_budget.md").read_text()
     assert md.count("| tiny |") == 3 and md.splitlines()[0].count("|") == md.splitlines()[2].count("|")
+
+
+def test_latency_quality_benchmark_smoke(tmp_path, monkeypatch):
+    import math
+
+    import torch
+
+    import assl
+
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    from latency_quality import ARMS, main
+
+    threads = torch.get_num_threads()
+    try:
+        rows = main(["--smoke", "--device", "cpu", "--threads", "1", "--out", str(tmp_path)])
+        table = str(tmp_path / "latency_table.pt")
+        again = main(["--smoke", "--device", "cpu", "--threads", "1", "--table", table, "--out", str(tmp_path / "b")])
+    finally:
+        torch.set_num_threads(threads)
+    assert [r["arm"] for r in rows] == list(ARMS)
+    for r, s in zip(rows, again):  # the saved table gives the same plans, and training the same models
+        assert (r["widths"], r["predicted"], r["psnr"]) == (s["widths"], s["predicted"], s["psnr"])
+    by = {r["arm"]: r for r in rows}
+    assert by["latency"]["predicted"] <= 0.7 + 1e-9  # the Pruner's widths meet the target on the table
+    assert abs(by["latency"]["solver_predicted"] - by["latency"]["predicted"]) < 1e-6  # same table, same prediction
+    assert by["one ratio, equal latency"]["predicted"] <= 0.7 + 1e-9 and by["one ratio, equal latency"]["ratio"] > 0
+    assert by["equal MACs"]["plan_macs"] <= by["latency"]["plan_macs"]  # the largest one-ratio model within them
+    step = by["one ratio on the step, equal latency"]
+    grid = assl.LatencyTable.load(tmp_path / "latency_table.pt").step  # the table the run measured and saved
+    assert step["predicted"] <= 0.7 + 1e-9 and all(w % grid == 0 or w == 64 for w in step["widths"].values())
+    assert abs(by["equal MACs"]["macs"] / by["latency"]["macs"] - 1) < 0.06
+    for r in rows:
+        assert math.isfinite(r["psnr"]) and math.isfinite(r["psnr_slim"]) and r["measured"] > 0 and r["widths"]
+        assert 0 < r["macs"] < 1 and 0 < r["params"] < 1
+    table = (tmp_path / "latency_quality.md").read_text()
+    for arm in ARMS:
+        assert f"| 0.7 | {arm} |" in table
+    assert "minus `latency`, paired by seed" in table and (tmp_path / "latency_quality.json").is_file()
 
 
 def test_step_overhead_benchmark_smoke(capsys, monkeypatch):
