@@ -30,7 +30,8 @@ class Budget:
       producers' filter L1 norms at that moment). ``table`` reuses a table measured elsewhere
       (on the deployment machine). With ``verify`` (default), when the table is of the device
       the model is on, a slimmed copy at the chosen widths is timed against the dense model, and
-      the widths are solved again for a lower predicted target while it misses by more than 2%.
+      the widths are solved again for a prediction moved by the miss while it is more than 2%
+      above the target or 4% below it.
 
     Example:
         >>> assl.Pruner(model, x, ratio=assl.Budget(params=300_000))

@@ -291,3 +291,31 @@ def test_a_budget_measured_here_is_verified_measured_and_resumable() -> None:
     assert other is not None and other.checked is None  # another input size times something else
     small_inputs.slim()
     assert other.measured is None
+
+
+@pytest.mark.parametrize(
+    ("measured", "expected", "aims"),
+    [
+        ([0.97], 0, []),  # within the target: kept
+        ([1.2, 0.98], 1, [1.0 / 1.2]),  # too slow: solved for a lower prediction
+        ([0.8, 0.99], 1, [1.0 / 0.8]),  # room left: solved for a higher prediction, still within
+        ([0.8, 1.1, 1.05], 0, [1.0 / 0.8, 1.0 / 0.8 / 1.1]),  # the widest copy within the target wins
+        ([1.3, 1.2, 1.1], 2, [1.0 / 1.3, 1.0 / 1.3 / 1.2]),  # none within: the fastest, with a warning
+    ],
+)
+def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measured, expected, aims, caplog) -> None:
+    import assl.latency_budget as lb
+
+    plans = [{"g": i} for i in range(len(measured))]
+    seen = iter(measured)
+    monkeypatch.setattr(lb, "_measured_ratio", lambda *args: next(seen))
+    asked = []
+
+    def solve(aim: float) -> dict:
+        asked.append(aim)
+        return plans[len(asked)]
+
+    removed, seconds = lb._verified(None, None, None, solve, plans[0], target=1.0, dense=1.0)
+    assert removed == plans[expected] and seconds == measured[expected]
+    assert asked == pytest.approx(aims)
+    assert ("misses on this device" in caplog.text) == (min(measured) > 1.02)
