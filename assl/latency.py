@@ -32,6 +32,7 @@ from ._timing import device_of, in_eval, interleaved, model_call, replica, timea
 from .graph import Graph
 from .layers import output_dim
 from .slim import slimmed_copy
+from .tracing import trace
 
 __all__ = ["LatencyTable", "detect_step", "input_shapes", "measure_latency", "timed_layers"]
 
@@ -105,8 +106,6 @@ class LatencyTable:
         Raises:
             ValueError: The device cannot be timed, or bad arguments.
         """
-        from .tracing import trace  # the table needs the graph; tracing is above this module
-
         if not (step == "auto" or (isinstance(step, int) and step >= 1)):
             raise ValueError(f"step must be 'auto' or an int >= 1, got {step!r}")
         if not isinstance(max_points, int) or max_points < 2:
