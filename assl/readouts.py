@@ -12,6 +12,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from .latency_budget import LatencyPlan
 from .liveness import liveness as measure_liveness
 from .report import summary_table
 from .schedule import Schedule
@@ -59,6 +60,8 @@ class Readouts:
     example_inputs: Any
     aligned: list[str]
     schedule: Schedule
+    latency: LatencyPlan | None
+    """What a latency budget chose (:class:`assl.LatencyPlan`); ``None`` for other ratios."""
 
     @property
     def phase(self) -> str:
@@ -133,8 +136,11 @@ class Readouts:
 
     def summary(self) -> str:
         """A table per pruned group: carriers, units, units removed, the agreement of aligned groups,
-        mean ``|scale|`` of chosen vs kept units, and the chosen channels' liveness."""
+        mean ``|scale|`` of chosen vs kept units, and the chosen channels' liveness; under a latency
+        budget, its target, prediction and measurements first."""
         head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
+        if self.latency is not None:
+            head += f"\n{self.latency.describe()}"
         return summary_table(self._selection, self.aligned, self.liveness(), head)
 
     def liveness(self) -> dict[str, float]:

@@ -189,6 +189,7 @@ def test_solver_lands_on_the_steps_of_the_latency_curve() -> None:
     pruner = assl.Pruner(model, x, ratio=assl.Budget(relative_latency=0.5, table=table), skip=["tail*"])
     plan = pruner.latency
     assert plan is not None and plan.predicted <= plan.target == pytest.approx(0.5 * table.dense)
+    assert plan.describe() in pruner.summary()
     cut = {g: w for g, w in plan.widths.items() if pruner.removed[g]}
     assert cut and all(w % 8 == 0 for w in cut.values()), cut  # widths in between cost a whole block
 
