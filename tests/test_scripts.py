@@ -67,7 +67,10 @@ def test_latency_budget_benchmark_smoke(tmp_path, monkeypatch):
         torch.set_num_threads(threads)
     assert [r["plan"] for r in rows] == ["latency", "macs, same prediction", "macs = 0.7 x dense"]
     by = {r["plan"]: r for r in rows}
-    assert by["latency"]["predicted"] <= 0.7 + 1e-9  # the solver met the target on its own table
+    # the Pruner checked its widths by timing (re-solving for a prediction moved by the miss either
+    # way, so the final prediction may sit above the target when the copy measured faster)
+    assert by["latency"]["checked"] is not None and 0 < by["latency"]["checked"] < 1
+    assert 0 < by["latency"]["predicted"] < 1
     assert by["macs, same prediction"]["predicted"] <= 0.7 + 1e-9
     assert abs(by["macs = 0.7 x dense"]["macs"] - 0.7) < 0.05  # that plan is sized by MACs, not time
     assert all(r["measured"] > 0 and r["widths"] for r in rows)
