@@ -103,8 +103,14 @@ def same_prediction_ratio(
 
 
 def same_prediction(graph: assl.Graph, model: nn.Module, x, skip, lm: LatencyModel, target: float) -> dict:
-    """The one-ratio plan with the smallest ratio the table predicts at or below ``target``."""
-    return uniform_plan(graph, model, x, skip, same_prediction_ratio(graph, model, x, skip, lm, target))
+    """The one-ratio plan with the smallest ratio the table predicts at or below ``target`` (none
+    removed when the table predicts even the dense model there)."""
+    try:
+        return uniform_plan(graph, model, x, skip, same_prediction_ratio(graph, model, x, skip, lm, target))
+    except ValueError as e:
+        if "nothing to prune" not in str(e):
+            raise
+        return {}
 
 
 def slimmed(model: nn.Module, graph: assl.Graph, removed: dict) -> nn.Module:

@@ -106,7 +106,9 @@ def test_latency_quality_benchmark_smoke(tmp_path, monkeypatch):
     step = by["one ratio on the step, equal latency"]
     grid = assl.LatencyTable.load(tmp_path / "latency_table.pt").step  # the table the run measured and saved
     assert step["predicted"] <= 0.7 + 1e-9 and all(w % grid == 0 or w == 64 for w in step["widths"].values())
-    assert abs(by["equal MACs"]["macs"] / by["latency"]["macs"] - 1) < 0.06
+    # the largest one-ratio model within the latency plan's MACs; one ratio moves MACs in coarse
+    # steps when the latency plan is lopsided (a noisy table can make it so)
+    assert 0.7 < by["equal MACs"]["macs"] / by["latency"]["macs"] < 1.06
     for r in rows:
         assert math.isfinite(r["psnr"]) and math.isfinite(r["psnr_slim"]) and r["measured"] > 0 and r["widths"]
         assert 0 < r["macs"] < 1 and 0 < r["params"] < 1
