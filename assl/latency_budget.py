@@ -16,13 +16,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from ._timing import device_of, in_eval, interleaved, model_call
 from .graph import Graph
 from .latency import LatencyTable, input_shapes, measure_latency, timed_layers
-from .selection import l1_scores
+from .selection import l1_plan, l1_scores
 from .slim import slimmed_copy
 from .width_solver import allowed_widths, solve_widths
 
@@ -189,9 +188,11 @@ def _fit_rest(model: LatencyModel, table: LatencyTable) -> tuple[float, float]:
         return 0.0, float(left[0])
     a, b = np.linalg.lstsq(np.stack([np.ones_like(act), act], 1), left, rcond=None)[0]
     if a < 0 or b < 0:  # one part alone fits best: keep the one that does
-        fits = [(float(np.sum((left - c * act) ** 2)), 0.0, c) for c in [max(0.0, float(left @ act / (act @ act)))]]
-        fits += [(float(np.sum((left - c) ** 2)), c, 0.0) for c in [max(0.0, float(left.mean()))]]
-        _, a, b = min(fits)
+        scaled, fixed = max(0.0, float(left @ act / (act @ act))), max(0.0, float(left.mean()))
+        if np.sum((left - scaled * act) ** 2) <= np.sum((left - fixed) ** 2):
+            a, b = 0.0, scaled
+        else:
+            a, b = fixed, 0.0
     return float(a), float(b)
 
 
@@ -237,8 +238,10 @@ def latency_removed(
         solve = functools.partial(solve_widths, predictor, sizes, allowed, scores)
         removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense)
     widths = {g: sizes[g] - k for g, k in removed.items()}
-    plan = LatencyPlan(target, predictor.seconds(removed), dense, step, table.device, widths, table=table)
-    plan.checked, plan.removed = checked, dict(removed)
+    plan = LatencyPlan(
+        target, predictor.seconds(removed), dense, step, table.device, widths, checked=checked, table=table,
+        removed=dict(removed),
+    )  # fmt: skip
     logger.info("latency budget: %s", plan.describe())
     return removed, plan
 
@@ -286,12 +289,7 @@ def _verified(
 
 def _measured_ratio(model: nn.Module, example_inputs: Any, graph: Graph, removed: Mapping[str, int]) -> float:
     """Median over interleaved rounds of (slimmed copy's seconds / dense seconds), units by L1 norm."""
-    plan = {}
-    for name, k in removed.items():
-        if k:
-            order = torch.argsort(l1_scores(model, graph, name).cpu(), stable=True).tolist()
-            plan[name] = graph.group(name).pick(order, k)
-    small = slimmed_copy(model, graph, plan, example_inputs, check=False).eval()
+    small = slimmed_copy(model, graph, l1_plan(model, graph, removed), example_inputs, check=False).eval()
     with in_eval(model):
         calls = [model_call(model, example_inputs), model_call(small, example_inputs)]
         samples = interleaved(calls, device_of(model, example_inputs), rounds=9)

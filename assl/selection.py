@@ -23,7 +23,7 @@ from .graph import ChannelGroup, Graph
 from .layers import has_affine, output_dim
 from .scales import insert_scale
 
-__all__ = ["Carrier", "Selection", "l1_scores"]
+__all__ = ["Carrier", "Selection", "l1_plan", "l1_scores"]
 
 logger = logging.getLogger("assl")
 
@@ -288,3 +288,13 @@ def l1_scores(model: nn.Module, graph: Graph, name: str) -> torch.Tensor:
             counts = torch.bincount(units, minlength=g.size).clamp_min(1).to(w.dtype)
             rows.append(torch.zeros(g.size, dtype=w.dtype, device=w.device).index_add(0, units, w) / counts)
         return _relative_sum(torch.stack(rows))
+
+
+def l1_plan(model: nn.Module, graph: Graph, removed: Mapping[str, int]) -> dict[str, list[int]]:
+    """Per group, the ``removed[name]`` units of lowest :func:`l1_scores` that leave every layer a channel."""
+    plan = {}
+    for name, k in removed.items():
+        if k:
+            order = torch.argsort(l1_scores(model, graph, name).cpu(), stable=True).tolist()
+            plan[name] = graph.group(name).pick(order, k)
+    return plan

@@ -44,7 +44,7 @@ import assl
 from assl._timing import device_of, in_eval, interleaved, model_call
 from assl.config import resolve
 from assl.latency_budget import LatencyModel
-from assl.selection import l1_scores
+from assl.selection import l1_plan
 
 
 def ledsr() -> tuple[nn.Module, torch.Tensor, list[str]]:
@@ -115,13 +115,7 @@ def same_prediction(graph: assl.Graph, model: nn.Module, x, skip, lm: LatencyMod
 
 def slimmed(model: nn.Module, graph: assl.Graph, removed: dict) -> nn.Module:
     """A slimmed copy without the ``removed[g]`` units of lowest filter L1 norm of each group."""
-    plan = {}
-    for g in graph.groups:
-        k = removed.get(g.name, 0)
-        if k:
-            order = torch.argsort(l1_scores(model, graph, g.name).cpu(), stable=True).tolist()
-            plan[g.name] = graph.group(g.name).pick(order, k)
-    return assl.slim(copy.deepcopy(model), graph, plan).eval()
+    return assl.slim(copy.deepcopy(model), graph, l1_plan(model, graph, removed)).eval()
 
 
 def run_model(name: str, a: argparse.Namespace) -> list[dict]:
