@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import argparse
 import statistics
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import torch
+from _sr_bench import mean_sd
 
 import assl
 
@@ -77,3 +78,20 @@ def paired(
                 cells.append(f"{per_seed} (mean {statistics.mean(diffs):+.{digits}f})" if diffs else "-")
             out.append(f"| {ratio:g} | {setting} | " + " | ".join(cells) + " |")
     return out
+
+
+Column = Callable[[str, int], str]
+"""``col(key, digits)``: the mean ± sd over a setting's runs of ``row[key]``."""
+
+
+def by_setting(rows: list[dict]) -> Iterator[tuple[str, list[dict], Column, str]]:
+    """Each setting in first-seen order: its rows, a column formatter, and its agreement cell
+    (``start -> end``, or the start alone for ``noalign``)."""
+    for setting in dict.fromkeys(r["setting"] for r in rows):
+        rs = [r for r in rows if r["setting"] == setting]
+
+        def col(key: str, digits: int, rs: list[dict] = rs) -> str:
+            return mean_sd([r[key] for r in rs if key in r], digits)
+
+        agree = col("agreement_start", 3) + (" -> " + col("agreement_end", 3) if "agreement_end" in rs[0] else "")
+        yield setting, rs, col, agree

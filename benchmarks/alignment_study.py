@@ -42,7 +42,15 @@ import torch
 from torch import nn
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _alignment import DEFAULT_SETTINGS, agreement_at_choice, paired, parse_setting, removed_share, setting_arg
+from _alignment import (
+    DEFAULT_SETTINGS,
+    agreement_at_choice,
+    by_setting,
+    paired,
+    parse_setting,
+    removed_share,
+    setting_arg,
+)
 from _baselines import assl_pruner
 from _sr_args import build_parser, configure, describe, parse_args
 from _sr_bench import Batches, batch_stream, evaluate, figure, load_data, mean_sd, save, sweep, train
@@ -140,13 +148,7 @@ def summary(rows: list[dict], dense_rows: list[dict]) -> str:
         "PSNR after slim | PSNR | seeds |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for setting in dict.fromkeys(r["setting"] for r in rows):
-        rs = [r for r in rows if r["setting"] == setting]
-
-        def col(key: str, digits: int, rs=rs) -> str:
-            return mean_sd([r[key] for r in rs if key in r], digits)
-
-        agree = col("agreement_start", 3) + (" -> " + col("agreement_end", 3) if "agreement_end" in rs[0] else "")
+    for setting, rs, col, agree in by_setting(rows):
         out.append(
             f"| {setting} | {col('grad_ratio', 3)} | {agree} | {col('removed_share', 3)} | {col('g_drift', 3)} | "
             f"{col('left_g', 3)} | {col('psnr_before_slim', 2)} | {col('psnr_slim', 2)} | {col('psnr', 3)} | "

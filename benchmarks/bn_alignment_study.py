@@ -51,7 +51,16 @@ from torch import nn
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _bn_bench as bench
 import bn_classifier
-from _alignment import CONTROL, DEFAULT_SETTINGS, agreement_at_choice, paired, parse_setting, removed_share, setting_arg
+from _alignment import (
+    CONTROL,
+    DEFAULT_SETTINGS,
+    agreement_at_choice,
+    by_setting,
+    paired,
+    parse_setting,
+    removed_share,
+    setting_arg,
+)
 from _sr_bench import mean_sd, save
 
 import assl
@@ -157,13 +166,7 @@ def summary(task: bench.Task, rows: list[dict], dense_rows: list[dict], notes: l
             f"{task.metric} before slim | after slim | after fine-tune | seeds |",
             "|---|---|---|---|---|---|---|---|---|---|",
         ]
-        for setting in dict.fromkeys(r["setting"] for r in at):
-            rs = [r for r in at if r["setting"] == setting]
-
-            def col(key: str, digits: int, rs=rs) -> str:
-                return mean_sd([r[key] for r in rs if key in r], digits)
-
-            agree = col("agreement_start", 3) + (" -> " + col("agreement_end", 3) if "agreement_end" in rs[0] else "")
+        for setting, rs, col, agree in by_setting(at):
             out.append(
                 f"| {setting} | {rs[0]['align_iters']} | {agree} | {rs[0]['chance']:.3f} | {col('removed_share', 3)} | "
                 f"{col('g_drift', 3)} | {col('acc_before_slim', d)} | {col('acc_slim', d)} | {col('acc', d)} | "
