@@ -458,13 +458,18 @@ def main(task_factory: Callable[[argparse.Namespace], Task], stem: str, a: argpa
     t0 = time.time()
     rows, dense_rows, notes = sweep(task, a)
     notes.append(f"total wall time {time.time() - t0:.0f} s")
-    text = table(task, a, rows, dense_rows, notes)
+    out = emit(a, stem, table(task, a, rows, dense_rows, notes), rows, dense_rows)
+    for ratio in a.ratios if out else ():
+        plot(task, rows, dense_rows, ratio, out / f"{stem}-{ratio:g}.png")
+    return rows
+
+
+def emit(a: argparse.Namespace, stem: str, text: str, rows: list[dict], dense_rows: list[dict]) -> Path | None:
+    """Print ``text`` (no ``--out``), or save it with the rows under ``--out`` and return that folder."""
     if a.out is None:
         print(text)
-        return rows
+        return None
     out = Path(a.out)
     out.mkdir(parents=True, exist_ok=True)
     save(out, stem, text, a, rows, dense_rows)
-    for ratio in a.ratios:
-        plot(task, rows, dense_rows, ratio, out / f"{stem}-{ratio:g}.png")
-    return rows
+    return out

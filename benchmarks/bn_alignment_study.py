@@ -61,7 +61,7 @@ from _alignment import (
     removed_share,
     setting_arg,
 )
-from _sr_bench import mean_sd, save
+from _sr_bench import mean_sd
 
 import assl
 
@@ -231,13 +231,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
     rows, dense_rows, notes = bench.sweep(task, a, runs)
     notes.append(f"total wall time {time.time() - t0:.0f} s")
-    text = summary(task, rows, dense_rows, notes)
-    if a.out is None:
-        print(text)
-        return rows
-    out = Path(a.out)
-    out.mkdir(parents=True, exist_ok=True)
-    save(out, STEM, text, a, rows, dense_rows)
+    bench.emit(a, STEM, summary(task, rows, dense_rows, notes), rows, dense_rows)
     return rows
 
 
