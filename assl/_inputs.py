@@ -10,6 +10,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from .errors import ArgumentError, ArgumentTypeError
+
 __all__ = ["call_args", "check_on_device", "input_sets", "tensors"]
 
 
@@ -40,7 +42,7 @@ def call_args(inputs: Any) -> tuple[tuple, dict]:
         return tuple(inputs), {}
     if isinstance(inputs, Mapping):
         return (), dict(inputs)
-    raise TypeError(
+    raise ArgumentTypeError(
         f"example inputs must be a tensor, a tuple/list of positional arguments or a dict of keyword "
         f"arguments, got {type(inputs).__name__}"
     )
@@ -55,7 +57,7 @@ def input_sets(example_inputs: Any, extra_inputs: Any) -> list[tuple[tuple, dict
         ValueError: An input set holds a tensor on the meta device.
     """
     if isinstance(extra_inputs, (torch.Tensor, str, bytes, Mapping)) or not isinstance(extra_inputs, Iterable):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"extra_inputs must be a list of input sets, each given as example_inputs is (e.g. "
             f"extra_inputs=[torch.randn(1, 3, 24, 40)]), got a {type(extra_inputs).__name__}"
         )
@@ -65,9 +67,9 @@ def input_sets(example_inputs: Any, extra_inputs: Any) -> list[tuple[tuple, dict
         try:
             args, kwargs = call_args(inputs)
         except TypeError as e:
-            raise TypeError(f"{which}: {e}") from None
+            raise ArgumentTypeError(f"{which}: {e}") from None
         if any(t.is_meta for t in tensors((args, kwargs))):
-            raise ValueError(
+            raise ArgumentError(
                 f"{which} holds a tensor on the meta device, which has no values to run the model on; "
                 f"give real tensors on the model's device"
             )
@@ -83,7 +85,7 @@ def check_on_device(model: nn.Module) -> None:
     """
     for name, t in itertools.chain(model.named_parameters(), model.named_buffers()):
         if t.is_meta:
-            raise ValueError(
+            raise ArgumentError(
                 f"`{name}` of the model is on the meta device, which has no values to run it on: "
                 f"materialize the model first (model.to_empty(device=...), then load its weights)"
             )

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .errors import PlanError
+from .errors import ArgumentTypeError, PlanError
 
 __all__ = ["ChannelGroup", "Entry", "Graph", "Plan"]
 
@@ -182,12 +182,12 @@ class Graph:
             TypeError: The plan is not a mapping of names to integer sequences.
         """
         if not isinstance(plan, Mapping):
-            raise TypeError(f"a plan is a mapping of group name -> unit indices, got {type(plan).__name__}")
+            raise ArgumentTypeError(f"a plan is a mapping of group name -> unit indices, got {type(plan).__name__}")
         out: dict[str, np.ndarray] = {}
         key_of: dict[str, str] = {}
         for key, units in plan.items():
             if not isinstance(key, str):
-                raise TypeError(f"plan keys are layer or group names (str), got {key!r}")
+                raise ArgumentTypeError(f"plan keys are layer or group names (str), got {key!r}")
             g = self.group(key)
             if g.name in key_of:
                 raise PlanError(f"plan keys {key_of[g.name]!r} and {key!r} name the same group {g.name!r}")
@@ -195,7 +195,7 @@ class Graph:
             try:
                 idx = np.asarray(list(units), dtype=np.int64)
             except (TypeError, ValueError) as e:
-                raise TypeError(f"plan[{key!r}] must be a sequence of ints") from e
+                raise ArgumentTypeError(f"plan[{key!r}] must be a sequence of ints") from e
             if idx.size == 0:
                 continue
             if idx.min() < 0 or idx.max() >= g.size:

@@ -7,6 +7,9 @@ carry per-channel parameters. Every other module is traced through the operation
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any, cast
+
 import torch
 from torch import nn
 
@@ -18,10 +21,14 @@ __all__ = [
     "INSTANCENORM",
     "LAYER_TYPES",
     "PRODUCER_TYPES",
+    "SIZE_ATTRS",
     "channel_dim",
     "has_affine",
+    "implied_shapes",
+    "layer_sizes",
     "output_dim",
     "resize",
+    "size_attrs",
 ]
 
 CONV = (nn.Conv1d, nn.Conv2d, nn.Conv3d)
@@ -34,6 +41,60 @@ PRODUCER_TYPES = (*CONV, *DECONV, nn.Linear)
 """Layers whose output channels can be pruned."""
 CHANNEL_NORMS = (*BATCHNORM, *INSTANCENORM, nn.GroupNorm)
 """Normalizations with per-channel affine parameters (when ``affine=True``) along dim 1."""
+
+
+# the layers slimming resizes, and the attributes that follow their tensors (what ``assl.save`` records)
+SIZE_ATTRS: tuple[tuple[tuple[type[nn.Module], ...], tuple[str, ...]], ...] = (
+    ((*CONV, *DECONV), ("in_channels", "out_channels", "groups")),
+    ((nn.Linear,), ("in_features", "out_features")),
+    ((*BATCHNORM, *INSTANCENORM), ("num_features",)),
+    ((nn.GroupNorm,), ("num_channels",)),
+    ((nn.LayerNorm,), ("normalized_shape",)),
+    ((nn.PReLU,), ("num_parameters",)),
+)
+
+
+def size_attrs(module: nn.Module) -> tuple[str, ...]:
+    """The size attributes of ``module`` that slimming updates (none for a layer it does not resize)."""
+    for types, attrs in SIZE_ATTRS:
+        if isinstance(module, types):
+            return attrs
+    return ()
+
+
+def layer_sizes(model: nn.Module) -> dict[str, dict[str, int | list[int]]]:
+    """Module name -> its size attributes (``normalized_shape`` as a list), for every layer that has them."""
+    sizes: dict[str, dict[str, int | list[int]]] = {}
+    for name, m in model.named_modules():
+        attrs = size_attrs(m)
+        if attrs:
+            sizes[name] = {a: list(getattr(m, a)) if a == "normalized_shape" else int(getattr(m, a)) for a in attrs}
+    return sizes
+
+
+def implied_shapes(m: nn.Module, s: Mapping[str, Any]) -> tuple[dict[str, tuple[int, ...]], str]:
+    """The shapes the size attributes ``s`` give ``m``'s own tensors, or why they cannot be ``m``'s sizes (else "")."""
+    if isinstance(m, (*CONV, *DECONV)):
+        i, o, g = s["in_channels"], s["out_channels"], s["groups"]
+        if g < 1 or i % g or o % g:
+            return {}, f"in_channels {i} and out_channels {o} are not both multiples of groups {g}"
+        k = tuple(cast(tuple[int, ...], m.kernel_size))  # slimming never changes kernels
+        w = (i, o // g, *k) if m.transposed else (o, i // g, *k)
+        return {"weight": w, "bias": (o,)}, ""
+    if isinstance(m, nn.Linear):
+        return {"weight": (s["out_features"], s["in_features"]), "bias": (s["out_features"],)}, ""
+    if isinstance(m, (*BATCHNORM, *INSTANCENORM)):
+        return dict.fromkeys(("weight", "bias", "running_mean", "running_var"), (s["num_features"],)), ""
+    if isinstance(m, nn.GroupNorm):
+        c = s["num_channels"]
+        if c % m.num_groups:
+            return {}, f"num_channels {c} is not a multiple of the model's num_groups {m.num_groups}"
+        return dict.fromkeys(("weight", "bias"), (c,)), ""
+    if isinstance(m, nn.LayerNorm):
+        return dict.fromkeys(("weight", "bias"), tuple(s["normalized_shape"])), ""
+    if isinstance(m, nn.PReLU):
+        return {"weight": (s["num_parameters"],)}, ""
+    return {}, ""
 
 
 def has_affine(module: nn.Module) -> bool:

@@ -42,6 +42,11 @@ def assl_schedule(a: argparse.Namespace, *, align: bool = True) -> assl.Schedule
     )
 
 
+def _target(ratio: float | assl.Budget) -> dict[str, float | assl.Budget]:
+    """The Pruner's keyword for a ratio (``ratio=``) or a budget (``budget=``)."""
+    return {"budget": ratio} if isinstance(ratio, assl.Budget) else {"ratio": ratio}
+
+
 def assl_pruner(
     model: nn.Module,
     a: argparse.Namespace,
@@ -61,7 +66,7 @@ def assl_pruner(
     pruner = assl.Pruner(
         model,
         x.to(next(model.parameters()).device),
-        ratio=a.ratio if ratio is None else ratio,
+        **_target(a.ratio if ratio is None else ratio),
         skip=SKIP,
         schedule=sched,
         round_to=round_to,
@@ -111,7 +116,7 @@ def one_shot(method: str, model: nn.Module, dense: nn.Module, ratio: float, seed
     else:
         gen = torch.Generator().manual_seed(seed + 3000)
         score = lambda g: torch.rand(g.size, generator=gen)  # noqa: E731
-    return assl.slim(model, graph, _plan_by_scores(graph, removed, score))
+    return assl.apply_plan(model, graph, _plan_by_scores(graph, removed, score))
 
 
 def scratch(dense: nn.Module, ratio: float, x0: torch.Tensor) -> nn.Module:

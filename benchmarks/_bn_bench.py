@@ -48,7 +48,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _sr_bench import figure, mean_sd, save, spread
 
 import assl
-from assl.slim import max_rel_err
+from assl._slim import max_rel_err
 
 Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
 METHODS = ("assl", "assl_noalign", "l1", "tp_groupnorm", "scratch")

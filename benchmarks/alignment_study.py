@@ -56,8 +56,8 @@ from _sr_args import build_parser, configure, describe, parse_args
 from _sr_bench import Batches, batch_stream, evaluate, figure, load_data, mean_sd, save, sweep, train
 
 import assl
-from assl.alignment import agreement
-from assl.scales import scale_of
+from assl.pruning._alignment import agreement
+from assl.pruning._scales import scale_of
 
 
 def grad_ratio(pruner: assl.Pruner, model: nn.Module, stream: Batches, batches: int = 4) -> float:

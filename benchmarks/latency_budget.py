@@ -41,10 +41,10 @@ from _models import resnet50_like
 from ledsr import LEDSR
 
 import assl
-from assl._timing import device_of, in_eval, interleaved, model_call
-from assl.config import resolve
-from assl.latency_budget import LatencyModel
-from assl.selection import l1_plan
+from assl._scoring import l1_plan
+from assl.budgets.latency_plan import LatencyModel
+from assl.budgets.timing import device_of, in_eval, interleaved, model_call
+from assl.pruning._resolve import resolve
 
 
 def ledsr() -> tuple[nn.Module, torch.Tensor, list[str]]:
@@ -115,7 +115,7 @@ def same_prediction(graph: assl.Graph, model: nn.Module, x, skip, lm: LatencyMod
 
 def slimmed(model: nn.Module, graph: assl.Graph, removed: dict) -> nn.Module:
     """A slimmed copy without the ``removed[g]`` units of lowest filter L1 norm of each group."""
-    return assl.slim(copy.deepcopy(model), graph, l1_plan(model, graph, removed)).eval()
+    return assl.apply_plan(copy.deepcopy(model), graph, l1_plan(model, graph, removed)).eval()
 
 
 def run_model(name: str, a: argparse.Namespace) -> list[dict]:
@@ -131,7 +131,7 @@ def run_model(name: str, a: argparse.Namespace) -> list[dict]:
     rows = []
     for target in a.targets:
         seconds = target * dense
-        pruner = assl.Pruner(copy.deepcopy(model), x, ratio=assl.Budget(relative_latency=target, table=table),
+        pruner = assl.Pruner(copy.deepcopy(model), x, budget=assl.Budget(relative_latency=target, table=table),
                              round_to="auto", skip=skip)  # fmt: skip
         plans = {
             "latency": dict(pruner.removed),

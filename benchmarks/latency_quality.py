@@ -50,9 +50,9 @@ from latency_budget import same_prediction_ratio
 from ledsr import SRModel
 
 import assl
-from assl._timing import device_of, in_eval, interleaved, model_call
-from assl.budget import cheapest_plan
-from assl.latency_budget import LatencyModel
+from assl.budgets.budget import cheapest_plan
+from assl.budgets.latency_plan import LatencyModel
+from assl.budgets.timing import device_of, in_eval, interleaved, model_call
 
 ARMS = ("latency", "one ratio, equal latency", "equal MACs", "one ratio on the step, equal latency")
 
@@ -95,7 +95,7 @@ class Table:
         for t in a.targets:
             try:  # the smallest widths the table allows may be predicted above the target
                 budget = assl.Budget(relative_latency=t, table=self.table)
-                assl.Pruner(copy.deepcopy(arch), self.x, ratio=budget, round_to="auto", skip=SKIP)
+                assl.Pruner(copy.deepcopy(arch), self.x, budget=budget, round_to="auto", skip=SKIP)
             except ValueError as e:
                 self.unreachable[t] = str(e).split(";")[0]
                 print(f"# target {t:g} left out: {self.unreachable[t]}", flush=True)

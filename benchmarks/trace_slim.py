@@ -51,7 +51,7 @@ def _assl_once(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
     t0 = time.perf_counter()
     graph = assl.trace(m, x)
     t1 = time.perf_counter()
-    assl.slim(m, graph, _half_plan(graph))
+    assl.apply_plan(m, graph, _half_plan(graph))
     t2 = time.perf_counter()
     return t1 - t0, t2 - t1
 
@@ -144,7 +144,7 @@ def _peak_child(factory, shape: tuple[int, ...], queue) -> None:  # runs in a fr
     graph = assl.trace(model, torch.randn(shape))
     plan = _half_plan(graph)
     before = _peak_rss()
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     queue.put((_peak_rss() - before, size))
 
 

@@ -90,7 +90,7 @@ def main() -> None:
     reference = assl.masked_copy(model, graph, plan)
     dense = assl.masked_copy(model, graph, {})
     t0 = time.perf_counter()
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     slimmed = time.perf_counter() - t0
 
     test = torch.randn(2, 3, 64, 40)

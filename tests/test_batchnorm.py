@@ -16,7 +16,7 @@ from models import ResNet
 from torch import nn
 
 import assl
-from assl.slim import max_rel_err
+from assl._slim import max_rel_err
 
 STEPS = 120
 

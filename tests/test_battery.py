@@ -31,7 +31,7 @@ def test_slimmed_equals_masked(case, ratio):
     dense = case.build().eval()
     masked = assl.masked_copy(model, graph, plan)
     predicted = graph.count_params(plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
 
     assert sum(p.numel() for p in model.parameters()) == predicted
     assert predicted < graph.count_params()
@@ -46,7 +46,7 @@ def test_slimmed_equals_masked(case, ratio):
 def test_slimmed_model_is_plain_torch(case):
     model, graph = _trace(case)
     plan = random_plan(graph, 0.5, seed=0)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     built = dict(case.build().named_modules())  # the model's own hooks (legacy weight norm, the user's) stay
     for name, m in model.named_modules():
         assert not parametrize.is_parametrized(m), name
@@ -67,7 +67,7 @@ def test_slimmed_model_is_plain_torch(case):
     buf.seek(0)
     state = torch.load(buf, weights_only=True)
     fresh_model, fresh_graph = _trace(case)
-    assl.slim(fresh_model, fresh_graph, plan)
+    assl.apply_plan(fresh_model, fresh_graph, plan)
     fresh_model.load_state_dict(state)
     assert max_rel_err(model, fresh_model, x) == 0.0
 
@@ -87,7 +87,7 @@ def test_train_mode_batch_statistics(case):
             m.eval()
     plan = random_plan(graph, 0.5, seed=1)
     masked = assl.masked_copy(model, graph, plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert max_rel_err(masked, model, case.inputs(4)) <= TOL
     for m in (masked, model):  # running statistics moved the same way
         m.eval()

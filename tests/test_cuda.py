@@ -37,7 +37,7 @@ def test_slimmed_equals_masked_on_cuda(case):
     graph = assl.trace(model, x, extra_inputs=extra)
     plan = random_plan(graph, 0.5, seed=0)
     masked = assl.masked_copy(model, graph, plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert all(p.is_cuda for p in model.parameters())
     with torch.no_grad():
         for a, b in zip(flat(call(masked, x)), flat(call(model, x))):

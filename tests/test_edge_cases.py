@@ -64,7 +64,7 @@ def _slim_vs_masked(model, x=X, plan=None):
     if not plan:
         return None
     masked = assl.masked_copy(model, graph, plan)
-    small = assl.slim(copy.deepcopy(model), graph, plan)
+    small = assl.apply_plan(copy.deepcopy(model), graph, plan)
     with torch.no_grad():
         return masked(x), small(x)
 
@@ -89,7 +89,7 @@ def test_int_index_on_channels_shifts_after_removing_an_earlier_channel():
     graph = assl.trace(model, X)
     assert graph.group("a").num_prunable == 0
     with pytest.raises(assl.PlanError, match="constant index"):
-        assl.slim(model, graph, {"a": [0]})
+        assl.apply_plan(model, graph, {"a": [0]})
 
 
 def test_pow_with_scalar_base_pins_or_follows_its_exponent():
@@ -248,7 +248,7 @@ def test_parameter_budget_is_met_by_the_slimmed_model():
     with torch.no_grad():
         model.c.weight[:4] *= 100  # units 0..3 score high: the cheap units 4..7 are chosen
     budget = assl.trace(model, X).count_params() - 400
-    pruner = assl.Pruner(model, X, ratio=assl.Budget(params=budget), schedule=TINY)
+    pruner = assl.Pruner(model, X, budget=assl.Budget(params=budget), schedule=TINY)
     small = pruner.prune_now("l1")
     assert sum(p.numel() for p in small.parameters()) <= budget
 

@@ -79,7 +79,7 @@ def test_bad_plans_raise_and_change_nothing(plan, match):
     model, graph = _edsr()
     before = snapshot(model)
     with pytest.raises((assl.PlanError, TypeError), match=match):
-        assl.slim(model, graph, plan)
+        assl.apply_plan(model, graph, plan)
     with pytest.raises((assl.PlanError, TypeError), match=match):
         assl.masked_copy(model, graph, plan)
     assert_same(before, snapshot(model))
@@ -93,10 +93,10 @@ def test_plan_errors_are_value_errors():
 def test_slimming_twice_with_a_stale_graph_is_refused():
     model, graph = _edsr()
     plan = {"head.0": [0, 1]}
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     before = snapshot(model)
     with pytest.raises(assl.PlanError, match="changed since trace"):
-        assl.slim(model, graph, plan)
+        assl.apply_plan(model, graph, plan)
     assert_same(before, snapshot(model))
 
 
@@ -106,7 +106,7 @@ def test_failed_slim_of_parametrized_model_keeps_its_parametrizations():
     graph = assl.trace(model, case.inputs(0))
     before = snapshot(model)
     with pytest.raises(assl.PlanError):
-        assl.slim(model, graph, {"nope": [0]})
+        assl.apply_plan(model, graph, {"nope": [0]})
     assert_same(before, snapshot(model))
     assert any(torch.nn.utils.parametrize.is_parametrized(m) for m in model.modules())
 

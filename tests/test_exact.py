@@ -21,6 +21,8 @@ from torch.nn.utils import parametrize
 from util import assert_same, max_rel_err, random_plan, snapshot
 
 import assl
+from assl import _slim
+from assl.pruning import _selection
 from assl.tracing.channels import SizeInt
 
 TINY = assl.Schedule(align_iters=0, reg_interval=2, reg_step=0.2, reg_limit=0.3, stabilize_iters=2)
@@ -101,7 +103,7 @@ def test_the_users_hooks_are_traced_through():
     graph = assl.trace(model, X)
     assert "not zero once removed" in graph.group("a").reasons[0]
     with pytest.raises(assl.PlanError, match="must stay"):
-        assl.slim(model, graph, {"a": [0, 1]})
+        assl.apply_plan(model, graph, {"a": [0, 1]})
     graph = assl.trace(HookNet().eval(), X)  # a pre-hook that scales, a hook that applies ReLU: prunable
     assert graph.group("stem").num_prunable == 8 and graph.group("b").num_prunable == 0
 
@@ -122,7 +124,7 @@ def test_legacy_weight_norm_is_cut_and_its_hook_keeps_working():
     masked = assl.masked_copy(model, graph, plan)
     head = masked.head  # the masked reference really is masked: the rebuilt weight rows are zero
     assert torch.equal(head.weight[plan["head"]], torch.zeros_like(head.weight[plan["head"]]))
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert model.head.weight_g.shape[0] == model.head.weight_v.shape[0] == 8 - len(plan["head"])
     assert max_rel_err(masked, model, X) < 1e-5 and sum(p.numel() for p in model.parameters()) == graph.count_params(
         plan
@@ -142,7 +144,7 @@ def test_legacy_weight_norm_over_any_dimension_is_exact(dim):
     graph = assl.trace(model, X)
     plan = {"0": [1, 2, 5], "2": [0, 3, 4, 7]}
     masked = assl.masked_copy(model, graph, plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert max_rel_err(masked, model, X) < 1e-5 and max_rel_err(masked, model, X[:, :, :5]) < 1e-5
     assert sum(p.numel() for p in model.parameters()) == graph.count_params(plan)
     assert model[2].weight_v.shape == (4, 5, 3, 3)
@@ -197,7 +199,7 @@ def test_a_failed_pruner_on_legacy_weight_norm_used_to_leave_scales_now_it_works
 def test_failure_while_inserting_scales_rolls_back_and_a_retry_works(monkeypatch):
     model = EDSR(n_resblocks=2, n_feats=8)
     before = snapshot(model)
-    real, calls = assl.selection.insert_scale, []
+    real, calls = _selection.insert_scale, []
 
     def failing(module):
         calls.append(module)
@@ -205,12 +207,12 @@ def test_failure_while_inserting_scales_rolls_back_and_a_retry_works(monkeypatch
             raise RuntimeError("boom")
         return real(module)
 
-    monkeypatch.setattr(assl.selection, "insert_scale", failing)
+    monkeypatch.setattr(_selection, "insert_scale", failing)
     with pytest.raises(assl.ASSLError, match=r"inserting the scales failed.*boom"):
         assl.Pruner(model, X, ratio=0.5, schedule=TINY)
     assert_same(before, snapshot(model))
     assert not any(parametrize.is_parametrized(m) for m in model.modules())
-    monkeypatch.setattr(assl.selection, "insert_scale", real)
+    monkeypatch.setattr(_selection, "insert_scale", real)
     assl.Pruner(model, X, ratio=0.5, schedule=TINY)  # the retry is not refused
 
 
@@ -221,7 +223,7 @@ def test_rollback_keeps_the_users_own_parametrization(monkeypatch):
     def failing(module):
         raise RuntimeError("boom")
 
-    monkeypatch.setattr(assl.selection, "insert_scale", failing)
+    monkeypatch.setattr(_selection, "insert_scale", failing)
     before = snapshot(model)
     with pytest.raises(assl.ASSLError):
         assl.Pruner(model, case.inputs(0), ratio=0.5, schedule=TINY)
@@ -263,7 +265,7 @@ def test_reshape_to_a_constant_size_pins_and_sizes_from_the_tensor_follow():
         graph = assl.trace(model, x)
         assert graph.group("c").num_prunable == 8, how
         masked = assl.masked_copy(model, graph, {"c": [1, 4, 6]})
-        assl.slim(model, graph, {"c": [1, 4, 6]})
+        assl.apply_plan(model, graph, {"c": [1, 4, 6]})
         assert model.fc.in_features == 5 * 144 and max_rel_err(masked, model, x) < 1e-5
 
 
@@ -291,16 +293,16 @@ def test_an_error_while_slimming_names_the_layer_and_leaves_the_model(monkeypatc
     model = EDSR(n_resblocks=2, n_feats=8)
     graph = assl.trace(model, X)
     before = snapshot(model)
-    real = assl.slim.__globals__["resize"]
+    real = _slim.resize
 
     def failing(m):
         if m is model.body[1].body[0]:
             raise RuntimeError("boom")
         real(m)
 
-    monkeypatch.setitem(assl.slim.__globals__, "resize", failing)
+    monkeypatch.setattr(_slim, "resize", failing)
     with pytest.raises(assl.ASSLError, match=r"slimming `body\.1\.body\.0` failed \(RuntimeError: boom\)"):
-        assl.slim(model, graph, random_plan(graph, 0.5, seed=0))
+        assl.apply_plan(model, graph, random_plan(graph, 0.5, seed=0))
     assert_same(before, snapshot(model))
 
 

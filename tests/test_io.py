@@ -16,6 +16,7 @@ from util import assert_same, max_rel_err, random_plan, snapshot
 
 import assl
 from assl import CheckpointError
+from assl.serialization._format import _digest
 
 BY_NAME = {c.name: c for c in CASES}
 SIZE_ATTRS = (
@@ -37,13 +38,13 @@ def _slimmed(case):
     graph = assl.trace(model, case.inputs(0), extra_inputs=extra)
     plan = random_plan(graph, 0.5, seed=0)
     assert plan
-    return assl.slim(model, graph, plan)
+    return assl.apply_plan(model, graph, plan)
 
 
 def _rewritten(obj: dict, digest: bool = True) -> io.BytesIO:
     """``obj`` saved as assl.save saves, its digest recomputed (or kept as it is, ``digest=False``)."""
     if digest:
-        obj = dict(obj, sha256=assl.io._digest(obj["state_dict"], obj["sizes"]))
+        obj = dict(obj, sha256=_digest(obj["state_dict"], obj["sizes"]))
     buf = io.BytesIO()
     torch.save(obj, buf)
     buf.seek(0)
@@ -96,7 +97,7 @@ def test_file_is_plain_weights_only_data(tmp_path):
     obj = torch.load(path, weights_only=True)
     assert set(obj) == {"format", "version", "state_dict", "sizes", "sha256"}
     assert obj["format"] == "assl.slim" and obj["version"] == 2
-    assert len(obj["sha256"]) == 64 and obj["sha256"] == assl.io._digest(obj["state_dict"], obj["sizes"])
+    assert len(obj["sha256"]) == 64 and obj["sha256"] == _digest(obj["state_dict"], obj["sizes"])
     assert obj["state_dict"].keys() == slimmed.state_dict().keys()
     assert obj["sizes"]["conv_in"] == {"in_channels": 3, "out_channels": slimmed.conv_in.out_channels, "groups": 1}
     assert obj["sizes"]["norm_in"] == {"num_features": slimmed.norm_in.num_features}
@@ -110,7 +111,7 @@ def test_linear_and_layernorm_sizes(tmp_path):
     dense = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 3))
     model = nn.Sequential(nn.Linear(6, 8), nn.ReLU(), nn.LayerNorm(8), nn.Linear(8, 3))
     graph = assl.trace(model, torch.randn(2, 6), approximate_norms=True)
-    assl.slim(model, graph, {graph.groups[0].name: [1, 4, 6]})
+    assl.apply_plan(model, graph, {graph.groups[0].name: [1, 4, 6]})
     assert model[0].out_features == 5 and model[2].normalized_shape == (5,)
     buf = io.BytesIO()
     assl.save(model, buf)
@@ -521,14 +522,14 @@ def _failing(empty, fail_at: int):
 
 def _fail_after_reading(monkeypatch, empty) -> None:
     """Make ``torch.empty`` ``empty`` once assl.load has read the file (torch.load allocates too)."""
-    read = assl.io._read
+    checked = assl.serialization._format._checked
 
-    def read_then_fail(path):
-        out = read(path)
+    def checked_then_fail(obj, where):
+        out = checked(obj, where)
         monkeypatch.setattr(torch, "empty", empty)
         return out
 
-    monkeypatch.setattr(assl.io, "_read", read_then_fail)
+    monkeypatch.setattr(assl.serialization._format, "_checked", checked_then_fail)
 
 
 def test_a_failure_after_the_model_started_to_change_restores_it(monkeypatch):

@@ -16,10 +16,10 @@ import torch
 from models import EDSR, ResNet
 
 import assl
-from assl._timing import timeable
-from assl.latency import LatencyTable, _dim_grid, detect_step, timed_layers, widths_grid
-from assl.latency_budget import LatencyModel
-from assl.width_solver import allowed_widths, solve_widths
+from assl.budgets._width_solver import allowed_widths, solve_widths
+from assl.budgets.latency import LatencyTable, _dim_grid, detect_step, timed_layers, widths_grid
+from assl.budgets.latency_plan import LatencyModel
+from assl.budgets.timing import timeable
 
 
 def blocky(cin: float, cout: float, positions: int, step: int = 8) -> float:
@@ -186,7 +186,7 @@ def test_solver_widens_again_when_a_jump_overshoots() -> None:
 def test_solver_lands_on_the_steps_of_the_latency_curve() -> None:
     model, x = edsr(32)
     table = synthetic_table(model, x, step=1)  # every width measured; time climbs per 8 channels
-    pruner = assl.Pruner(model, x, ratio=assl.Budget(relative_latency=0.5, table=table), skip=["tail*"])
+    pruner = assl.Pruner(model, x, budget=assl.Budget(relative_latency=0.5, table=table), skip=["tail*"])
     plan = pruner.latency
     assert plan is not None and plan.predicted <= plan.target == pytest.approx(0.5 * table.dense)
     assert plan.describe() in pruner.summary()
@@ -198,7 +198,7 @@ def test_round_to_auto_takes_the_tables_step() -> None:
     model, x = edsr(32)
     table = synthetic_table(model, x, step=1)
     table.step = 16
-    pruner = assl.Pruner(model, x, ratio=assl.Budget(relative_latency=0.6, table=table), round_to="auto")
+    pruner = assl.Pruner(model, x, budget=assl.Budget(relative_latency=0.6, table=table), round_to="auto")
     assert pruner.latency is not None and pruner.latency.step == 16
     assert all(w % 16 == 0 or pruner.removed[g] == 0 for g, w in pruner.latency.widths.items())
 
@@ -207,8 +207,8 @@ def test_same_table_same_weights_same_widths() -> None:
     model, x = edsr()
     table = synthetic_table(model, x)
     budget = assl.Budget(relative_latency=0.4, table=table, verify=False)
-    a = assl.Pruner(copy.deepcopy(model), x, ratio=budget)
-    b = assl.Pruner(copy.deepcopy(model), x, ratio=budget)
+    a = assl.Pruner(copy.deepcopy(model), x, budget=budget)
+    b = assl.Pruner(copy.deepcopy(model), x, budget=budget)
     assert a.removed == b.removed and a.state_dict() == b.state_dict()
 
 
@@ -216,9 +216,9 @@ def test_unreachable_and_already_met_targets_say_the_numbers() -> None:
     model, x = edsr()
     table = synthetic_table(model, x)
     with pytest.raises(ValueError, match=r"cannot be met: the smallest allowed widths are predicted at [0-9.]+ ms"):
-        assl.Pruner(copy.deepcopy(model), x, ratio=assl.Budget(latency=table.dense * 1e-3, table=table))
+        assl.Pruner(copy.deepcopy(model), x, budget=assl.Budget(latency=table.dense * 1e-3, table=table))
     with pytest.raises(ValueError, match="already meets the latency target"):
-        assl.Pruner(copy.deepcopy(model), x, ratio=assl.Budget(latency=table.dense * 2, table=table))
+        assl.Pruner(copy.deepcopy(model), x, budget=assl.Budget(latency=table.dense * 2, table=table))
     assert not any(n.endswith("parametrizations") for n, _ in model.named_modules())
 
 
@@ -276,7 +276,7 @@ def test_a_budget_measured_here_is_verified_measured_and_resumable() -> None:
     torch.manual_seed(0)
     model, x = EDSR(2, 64, 2).eval(), torch.randn(1, 3, 32, 32)  # the convolutions dominate its time
     table = LatencyTable.measure(model, x, step=8, max_points=3, rounds=3)
-    pruner = assl.Pruner(copy.deepcopy(model), x, ratio=assl.Budget(relative_latency=0.6, table=table))
+    pruner = assl.Pruner(copy.deepcopy(model), x, budget=assl.Budget(relative_latency=0.6, table=table))
     plan = pruner.latency
     assert plan is not None and plan.checked is not None and plan.checked > 0  # checked: the table is this device's
     sizes = {g.name: g.size for g in pruner.graph.groups}
@@ -287,7 +287,7 @@ def test_a_budget_measured_here_is_verified_measured_and_resumable() -> None:
     assert again.removed == pruner.removed
     assert table.inputs == [[1, 3, 32, 32]]
     small_inputs = assl.Pruner(
-        copy.deepcopy(model), x[..., :16, :16], ratio=assl.Budget(relative_latency=0.6, table=table)
+        copy.deepcopy(model), x[..., :16, :16], budget=assl.Budget(relative_latency=0.6, table=table)
     )
     other = small_inputs.latency
     assert other is not None and other.checked is None  # another input size times something else
@@ -306,7 +306,7 @@ def test_a_budget_measured_here_is_verified_measured_and_resumable() -> None:
     ],
 )
 def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measured, expected, aims, caplog) -> None:
-    import assl.latency_budget as lb
+    import assl.budgets.latency_plan as lb
 
     plans = [{"g": i} for i in range(len(measured))]
     seen = iter(measured)

@@ -25,8 +25,8 @@ from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
 from lightning_net import LR, LitNet, Net, example, loader, net, plain_loop, trainer  # noqa: E402
 
 import assl  # noqa: E402
+from assl._slim import max_rel_err  # noqa: E402
 from assl.integrations.lightning import ASSLPruning, load_slimmed  # noqa: E402
-from assl.slim import max_rel_err  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",

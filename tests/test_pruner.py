@@ -12,7 +12,7 @@ from torch import nn
 from util import assert_same, call, flat, max_rel_err, snapshot
 
 import assl
-from assl.alignment import agreement, alignment_loss, consensus_loss, soft_masks
+from assl.pruning._alignment import agreement, alignment_loss, consensus_loss, soft_masks
 
 TINY = assl.Schedule(align_iters=6, reg_interval=2, reg_step=0.1, reg_limit=0.3, stabilize_iters=4)
 
@@ -342,7 +342,7 @@ def test_slim_warns_when_the_removed_channels_still_matter(caplog):
     records = pruned(zero_chosen=False)
     assert len(records) == 1 and records[0].levelname == "WARNING" and "reg_limit" in records[0].getMessage()
     change = float(records[0].getMessage().split(" by ")[1].split()[0])
-    assert change > assl.pruner.SLIM_CHANGE_WARNING
+    assert change > assl.pruning.pruner.SLIM_CHANGE_WARNING
     records = pruned(zero_chosen=True)
     assert len(records) == 1 and records[0].levelname == "INFO"
     assert float(records[0].getMessage().split(" by ")[1].split()[0]) <= 1e-5
@@ -355,7 +355,7 @@ def test_unit_scales_are_the_layers_g_per_unit_as_a_copy():
     table = pruner.unit_scales(group.name)
     assert table.shape == (len(group.layers), group.size)
     for row, layer in zip(table, group.layers):
-        g = assl.scales.scale_of(model.get_submodule(layer)).scale.detach().abs()
+        g = assl.pruning._scales.scale_of(model.get_submodule(layer)).scale.detach().abs()
         expected = torch.zeros(group.size).index_add(0, torch.as_tensor(group.channels(layer)), g)
         torch.testing.assert_close(row, expected, rtol=0, atol=0)
     table.zero_()
@@ -435,7 +435,7 @@ def test_budget_is_met_with_one_ratio(kind):
     graph = assl.trace(model, _x())
     dense = graph.count_params() if kind == "params" else graph.count_macs()
     target = dense // 2
-    pruner = assl.Pruner(model, _x(), ratio=assl.Budget(**{kind: target}), skip=["*mean*"], schedule=TINY)
+    pruner = assl.Pruner(model, _x(), budget=assl.Budget(**{kind: target}), skip=["*mean*"], schedule=TINY)
     plan = pruner.plan()
     got = pruner.graph.count_params(plan) if kind == "params" else pruner.graph.count_macs(plan)
     assert got <= target and got > 0.8 * target
@@ -446,7 +446,7 @@ def test_budget_is_met_with_one_ratio(kind):
 
 def test_unreachable_budget_and_bad_budget():
     with pytest.raises(ValueError, match="cannot be met"):
-        assl.Pruner(_edsr(), _x(), ratio=assl.Budget(params=10), schedule=TINY)
+        assl.Pruner(_edsr(), _x(), budget=assl.Budget(params=10), schedule=TINY)
     with pytest.raises(ValueError, match="exactly one"):
         assl.Budget(params=10, macs=10)
 
@@ -461,7 +461,7 @@ def test_round_to_keeps_multiples():
 
 
 def test_ratio_0_80859375_keeps_49_of_256():
-    from assl.budget import units_to_remove
+    from assl.budgets.budget import units_to_remove
 
     class G:
         size, num_prunable = 256, 256
@@ -571,7 +571,7 @@ def test_half_precision_models_are_verified_at_their_precision():
     pruner = assl.Pruner(model, _x().to(torch.bfloat16), ratio=0.5, skip=["*mean*", "*tail*"], schedule=TINY)
     small = pruner.prune_now("l1")
     assert all(p.dtype == torch.bfloat16 for p in small.parameters())
-    from assl.slim import max_rel_err, tolerance
+    from assl._slim import max_rel_err, tolerance
 
     assert tolerance(small) == 2e-2 and tolerance(_edsr()) == 1e-4
     masked = assl.masked_copy(_edsr(feats=16), assl.trace(_edsr(feats=16), _x()), {})

@@ -46,7 +46,7 @@ def test_pixel_shuffle_removes_whole_blocks(scale):
     np.testing.assert_array_equal(up.channels("tail.0.0"), np.repeat(np.arange(4), r2))
     plan = {"tail.0.0": [1, 3]}
     masked = assl.masked_copy(model, graph, plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert model.tail[0][0].out_channels == 2 * r2
     next_conv = model.tail[0][2] if scale == 4 else model.tail[1]
     assert next_conv.in_channels == 2
@@ -82,7 +82,7 @@ def test_channel_attention_ties_excite_conv_to_the_features():
     assert graph.group("conv").num_prunable == 8
     plan = {"conv": [0, 2, 5]}
     masked = assl.masked_copy(model, graph, plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert (model.fc1.in_channels, model.fc2.out_channels, model.out.in_channels) == (5, 5, 5)
     assert max_rel_err(masked, model, torch.randn(2, 3, 9, 9)) <= 1e-5
 
@@ -102,7 +102,7 @@ def test_concat_remaps_consumer_channels():
     graph = assl.trace(model, torch.randn(1, 3, 5, 5))
     assert graph.group("a").layers == ("a",) and graph.group("b").layers == ("b",)
     before = model.c.weight.detach().clone()
-    assl.slim(model, graph, {"a": [1], "b": [0, 5]})
+    assl.apply_plan(model, graph, {"a": [1], "b": [0, 5]})
     keep = [0, 2, 3, 4 + 1, 4 + 2, 4 + 3, 4 + 4]
     torch.testing.assert_close(model.c.weight, before[:, keep])
 
@@ -135,7 +135,7 @@ def test_depthwise_follows_its_input_and_grouped_conv_keeps_groups():
     depthwise = [n for n, m in model.named_modules() if isinstance(m, nn.Conv2d) and m.groups == m.in_channels > 1]
     assert depthwise and not producers & set(depthwise)
     plan = random_plan(graph, 0.5, seed=3)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     for name in depthwise:
         m = model.get_submodule(name)
         assert m.groups == m.in_channels and m.weight.shape[0] == m.out_channels
@@ -152,7 +152,7 @@ def test_flatten_into_linear_cuts_whole_feature_blocks():
     conv = model.get_submodule(last_conv_name)
     hw = lin.in_features // conv.out_channels
     before = lin.weight.detach().clone()
-    assl.slim(model, graph, {last_conv_name: [1]})
+    assl.apply_plan(model, graph, {last_conv_name: [1]})
     keep = [i for i in range(before.shape[1]) if i // hw != 1]
     torch.testing.assert_close(lin.weight, before[:, keep])
 
@@ -225,7 +225,7 @@ def test_custom_autograd_function_is_traced_through_its_torch_ops():
     graph = assl.trace(model, torch.randn(1, 3, 5, 5))
     assert graph.group("a").num_prunable == 6
     masked = assl.masked_copy(model, graph, {"a": [2]})
-    assl.slim(model, graph, {"a": [2]})
+    assl.apply_plan(model, graph, {"a": [2]})
     assert max_rel_err(masked, model, torch.randn(1, 3, 6, 6)) <= 1e-5
 
 
@@ -258,7 +258,7 @@ def test_modeled_ops_stay_prunable_and_exact(fn):
     assert g.num_prunable == g.size >= 3
     plan = {"a": [0, 4]} if g.size == 6 else {"a": [0]}
     masked = assl.masked_copy(model, graph, plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert max_rel_err(masked, model, torch.randn(2, 3, 8, 8)) <= 1e-5
 
 
@@ -277,7 +277,7 @@ def test_groupnorm_refused_by_default_and_approximate_on_request():
     approx = assl.trace(model, x, approximate_norms=True)
     assert sum(g.num_prunable for g in approx.groups) > sum(g.num_prunable for g in graph.groups)
     plan = random_plan(approx, 0.5, seed=0)
-    assl.slim(model, approx, plan)
+    assl.apply_plan(model, approx, plan)
     for name in gn:
         m = model.get_submodule(name)
         assert m.num_channels == m.weight.shape[0] and m.num_channels % m.num_groups == 0
@@ -305,7 +305,7 @@ def test_non_affine_batchnorm_and_per_channel_parameter_in_forward():
     assert graph.group("a").num_prunable == 6
     plan = {"a": [1, 2]}
     masked = assl.masked_copy(model, graph, plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert model.shift.shape == (4,) and model.bn.running_mean.shape == (4,)
     assert max_rel_err(masked, model, torch.randn(2, 3, 7, 7)) <= 1e-5
 
@@ -381,7 +381,7 @@ def test_pixel_unshuffle_repeats_labels():
     graph = assl.trace(model, torch.randn(1, 3, 4, 4))
     before = model.b.weight.detach().clone()
     masked = assl.masked_copy(model, graph, {"a": [2]})
-    assl.slim(model, graph, {"a": [2]})
+    assl.apply_plan(model, graph, {"a": [2]})
     torch.testing.assert_close(model.b.weight, before[:, [0, 1, 2, 3, 4, 5, 6, 7, 12, 13, 14, 15]])
     assert max_rel_err(masked, model, torch.randn(2, 3, 6, 8)) <= 1e-5
 
@@ -393,7 +393,7 @@ def test_unbatched_input_is_sliced_on_its_first_dim():
     )
     graph = assl.trace(model, torch.randn(3, 5, 5))
     masked = assl.masked_copy(model, graph, {"0": [1, 4]})
-    assl.slim(model, graph, {"0": [1, 4]})
+    assl.apply_plan(model, graph, {"0": [1, 4]})
     assert model[1].num_features == 4 and model[3].in_channels == 4
     assert max_rel_err(masked, model, torch.randn(3, 7, 7)) <= 1e-5
 
@@ -414,7 +414,7 @@ def test_layernorm_over_channels_refused_then_approximate():
     assert assl.trace(model, x).group("a").num_prunable == 0
     graph = assl.trace(model, x, approximate_norms=True)
     assert graph.group("a").num_prunable == 8
-    assl.slim(model, graph, {"a": [0, 1, 2]})
+    assl.apply_plan(model, graph, {"a": [0, 1, 2]})
     assert model.norm.normalized_shape == (5,) and model.b.in_features == 5
     assert model(x).shape == (2, 5, 2)
 

@@ -2,12 +2,11 @@
 
 Finding the optimizer that updates the Pruner's scales, putting a slimmed copy in place of the
 dense network inside a larger module, and shrinking a freshly built dense network to the sizes a
-checkpoint recorded (through :func:`assl.load`, which checks them against the checkpoint's tensors).
+checkpoint recorded (through :func:`assl.load_slim_state_dict`, which checks them against the checkpoint's tensors).
 """
 
 from __future__ import annotations
 
-import io
 import itertools
 from collections.abc import Iterable, Mapping
 from typing import Any
@@ -15,10 +14,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from .._io_checks import _sizes
-from ..io import FORMAT, VERSION, _digest
-from ..io import load as load_slim
-from ..pruner import Pruner
+from ..errors import ArgumentError, StateError
+from ..layers import layer_sizes
+from ..pruning._state import check_version
+from ..pruning.pruner import Pruner
+from ..serialization import load_slim_state_dict, record
 
 __all__ = ["STATE_VERSION", "check_state", "device_of", "find_optimizer", "put_in_place", "restore", "shrink", "sizes"]
 
@@ -27,7 +27,7 @@ STATE_VERSION = 1
 
 def sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
     """The size attributes of every known layer of ``model``, as :func:`assl.save` stores them."""
-    return _sizes(model)
+    return layer_sizes(model)
 
 
 def check_state(state: Mapping[str, Any], module: str | None) -> None:
@@ -36,10 +36,9 @@ def check_state(state: Mapping[str, Any], module: str | None) -> None:
     Raises:
         ValueError: Not such a state, or one that pruned another submodule.
     """
-    if state.get("version") != STATE_VERSION:
-        raise ValueError(f"not an ASSLPruning state (version {state.get('version')!r})")
+    check_version(state, "an ASSLPruning state", STATE_VERSION)
     if state.get("module") != module:
-        raise ValueError(
+        raise StateError(
             f"the checkpoint pruned module={state.get('module')!r}, this callback prunes module={module!r}: create "
             "the callback as in the run you resume"
         )
@@ -81,12 +80,7 @@ def shrink(target: nn.Module, state: Mapping[str, Any], module: str | None, save
     """
     prefix = f"{module}." if module else ""
     sub = {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
-    saved = dict(saved)
-    obj = {"format": FORMAT, "version": VERSION, "state_dict": sub, "sizes": saved, "sha256": _digest(sub, saved)}
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    load_slim(target, buf)
+    load_slim_state_dict(target, record(sub, dict(saved)))
 
 
 def restore(root: nn.Module, checkpoint: Mapping[str, Any], key: str, module: str | None) -> bool:
@@ -134,4 +128,4 @@ def find_optimizer(
         if not keep:
             pruner.detach()
         return opt
-    raise ValueError(advice) from refusal
+    raise ArgumentError(advice) from refusal

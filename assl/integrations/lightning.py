@@ -42,9 +42,11 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
         'pip install "assl[lightning]"'
     ) from e
 
-from ..budget import Budget
-from ..pruner import Pruner
-from ..schedule import PHASES, Schedule
+from ..budgets.budget import Budget
+from ..errors import ArgumentError
+from ..pruning._resolve import ratio_or_budget
+from ..pruning.pruner import Pruner
+from ..pruning.schedule import PHASES, Schedule
 from ._common import STATE_VERSION, check_state, device_of, find_optimizer, put_in_place, restore, sizes
 
 __all__ = ["ASSLPruning", "load_slimmed"]
@@ -74,7 +76,8 @@ class ASSLPruning(pl.Callback):
 
     Args:
         example_inputs: What the pruned network is called with (see :func:`assl.trace`).
-        ratio: As for :class:`assl.Pruner`: a float, ``{glob: ratio}``, or an :class:`assl.Budget`.
+        ratio: As for :class:`assl.Pruner`: a float or ``{glob: ratio}``.
+        budget: As for :class:`assl.Pruner`: instead of ``ratio``, an :class:`assl.Budget`.
         skip: Globs of layers that keep all their channels, named relative to ``module``.
         groups: Same-pruned groups as lists of globs (see :class:`assl.Pruner`).
         schedule: The schedule in optimizer steps; the default is the paper's 160,430 steps.
@@ -103,7 +106,8 @@ class ASSLPruning(pl.Callback):
         self,
         example_inputs: Any,
         *,
-        ratio: float | Mapping[str, float] | Budget,
+        ratio: float | Mapping[str, float] | None = None,
+        budget: Budget | None = None,
         skip: str | Iterable[str] = (),
         groups: Sequence[str | Sequence[str]] | None = None,
         schedule: Schedule | None = None,
@@ -115,17 +119,28 @@ class ASSLPruning(pl.Callback):
         approximate_norms: bool = False,
     ) -> None:
         if on_done not in ON_DONE:
-            raise ValueError(f"on_done must be one of {ON_DONE}, got {on_done!r}")
+            raise ArgumentError(f"on_done must be one of {ON_DONE}, got {on_done!r}")
         if module is not None and (not isinstance(module, str) or not module):
-            raise ValueError(f"module must name a submodule, e.g. 'model', or be None (the whole module): {module!r}")
+            raise ArgumentError(
+                f"module must name a submodule, e.g. 'model', or be None (the whole module): {module!r}"
+            )
         every = liveness_every_n_steps
         if not isinstance(every, int) or isinstance(every, bool) or every < 0:
-            raise ValueError(f"liveness_every_n_steps must be an int >= 0, got {every!r}")
+            raise ArgumentError(f"liveness_every_n_steps must be an int >= 0, got {every!r}")
         self.example_inputs = example_inputs
         self.module = module
         self.on_done = on_done
         self.liveness_every_n_steps = every
-        options = {"ratio": ratio, "skip": skip, "groups": groups, "schedule": schedule, "round_to": round_to}
+        target = ratio_or_budget(ratio, budget)
+        ratio, budget = (None, target) if isinstance(target, Budget) else (target, None)
+        options = {
+            "ratio": ratio,
+            "budget": budget,
+            "skip": skip,
+            "groups": groups,
+            "schedule": schedule,
+            "round_to": round_to,
+        }
         self._kwargs: dict[str, Any] = {**options, "extra_inputs": extra_inputs, "approximate_norms": approximate_norms}
         self.pruner: Pruner | None = None
         self.slimmed = False
@@ -145,7 +160,7 @@ class ASSLPruning(pl.Callback):
         """The network this callback prunes."""
         if self.module is None:
             if type(pl_module).forward is pl.LightningModule.forward:
-                raise ValueError(
+                raise ArgumentError(
                     f"ASSLPruning traces the LightningModule's forward, which {type(pl_module).__name__} does not "
                     "define: define forward, or name the network to prune, e.g. ASSLPruning(..., module='model')"
                 )
@@ -154,7 +169,7 @@ class ASSLPruning(pl.Callback):
             return pl_module.get_submodule(self.module)
         except AttributeError as e:
             children = [n for n, _ in pl_module.named_children()]
-            raise ValueError(
+            raise ArgumentError(
                 f"ASSLPruning(module={self.module!r}): {type(pl_module).__name__} has no such submodule (its children: "
                 f"{children}). Build the network in __init__: the callback creates the Pruner in its setup hook, "
                 "which runs before LightningModule.setup and configure_model"
@@ -175,7 +190,7 @@ class ASSLPruning(pl.Callback):
         optimizers are configured; hook the alignment term and the restoring of slimmed checkpoints."""
         _check_strategy(trainer.strategy)
         if self._lm is not None and self._lm is not pl_module:
-            raise ValueError(
+            raise ArgumentError(
                 "this ASSLPruning callback already prunes another LightningModule: create one callback per module"
             )
         self._lm = pl_module
@@ -371,7 +386,7 @@ def load_slimmed(
     ckpt = checkpoint if isinstance(checkpoint, Mapping) else TorchCheckpointIO().load_checkpoint(os.fspath(checkpoint))
     module = ckpt.get("callbacks", {}).get(ASSLPruning.__qualname__, {}).get("module")
     if not restore(pl_module, ckpt, ASSLPruning.__qualname__, module):
-        raise ValueError(
+        raise ArgumentError(
             "the checkpoint was not taken after ASSLPruning slimmed the network: resume it with "
             "trainer.fit(..., ckpt_path=...) and the callback, which slims when the schedule is done"
         )
@@ -384,7 +399,7 @@ def load_slimmed(
 
 def _check_strategy(strategy: Strategy) -> None:
     if isinstance(strategy, DeepSpeedStrategy) or not isinstance(strategy, (SingleDeviceStrategy, DDPStrategy)):
-        raise ValueError(
+        raise ArgumentError(
             f"ASSLPruning works with single-device training and DDP (strategy='ddp', 'ddp_spawn', ...), not with "
             f"{type(strategy).__name__}: sharding splits the parameters whose channels the Pruner scales and removes"
         )

@@ -11,8 +11,8 @@ from torch import nn
 from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
+from .._reparam import hook_dim, legacy_hook, underlying, value
 from ..graph import ChannelGroup, Entry, Graph
-from ..reparam import hook_dim, legacy_hook, underlying, value
 from .channels import Nodes
 
 __all__ = ["build_graph", "pin_shared"]

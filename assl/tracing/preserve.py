@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from ..reparam import legacy_hooks
+from .._reparam import legacy_hooks
 
 __all__ = ["Preserved"]
 

@@ -23,10 +23,10 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .._inputs import check_on_device, input_sets
 from .._inputs import tensors as _tensors
-from ..errors import TraceError
+from .._reparam import exact_dim, opaque_reason, spectral_reason
+from ..errors import ArgumentTypeError, TraceError
 from ..graph import Entry, Graph
 from ..layers import CHANNEL_NORMS, LAYER_TYPES, PRODUCER_TYPES
-from ..reparam import exact_dim, opaque_reason, spectral_reason
 from .build import build_graph, pin_shared
 from .channels import Nodes, ParamRef, Value
 from .elementwise import ELEMENTWISE_RULES
@@ -293,9 +293,9 @@ def trace(
         >>> print(graph.summary())
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"trace() needs an nn.Module as the model, got {type(model).__name__}")
+        raise ArgumentTypeError(f"trace() needs an nn.Module as the model, got {type(model).__name__}")
     if isinstance(model, (nn.DataParallel, nn.parallel.DistributedDataParallel)):
-        raise TypeError("trace the wrapped model itself (model.module), not its DataParallel wrapper")
+        raise ArgumentTypeError("trace the wrapped model itself (model.module), not its DataParallel wrapper")
     layers = [(n, m) for n, m in model.named_modules() if isinstance(m, LAYER_TYPES)]
     if not any(isinstance(m, PRODUCER_TYPES) for _, m in layers):
         raise TraceError(

@@ -9,16 +9,30 @@ from typing import Any
 
 import torch
 
-from .errors import ASSLError, PlanError
-from .graph import Graph
+from ..errors import ASSLError, PlanError, StateError
+from ..graph import Graph
 
-__all__ = ["STATE_VERSION", "ScaleWatch", "check_state"]
+__all__ = ["STATE_VERSION", "ScaleWatch", "check_state", "check_version"]
 
 logger = logging.getLogger("assl")
 
 STATE_VERSION = 1
 
 _KEYS = ("version", "step", "chosen", "removed", "aligned", "schedule", "slimmed")
+
+
+def check_version(state: object, what: str, version: int) -> None:
+    """Raise unless ``state`` is a mapping whose ``"version"`` is ``version``; ``what`` names the kind of state.
+
+    The one version check of the library's saved states: the Pruner's and the integrations'.
+
+    Raises:
+        StateError: Not a mapping, or another version (both named).
+    """
+    if not isinstance(state, Mapping):
+        raise StateError(f"not {what}: that is a dict, got {type(state).__name__}")
+    if state.get("version") != version:
+        raise StateError(f"not {what} of version {version} (state['version'] is {state.get('version')!r})")
 
 
 def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Graph | None = None) -> None:
@@ -30,24 +44,20 @@ def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Grap
     (checked against ``graph`` when given).
 
     Raises:
-        ValueError: Naming the key that is missing, of the wrong type, or differs.
+        StateError: Naming the key that is missing, of the wrong type, or differs.
     """
-    if not isinstance(state, Mapping):
-        raise ValueError(f"a Pruner state is a dict from Pruner.state_dict(), got {type(state).__name__}")
-    if state.get("version") != STATE_VERSION:
-        version = state.get("version")
-        raise ValueError(f"not a Pruner state of version {STATE_VERSION} (state['version'] is {version!r})")
+    check_version(state, "a Pruner state", STATE_VERSION)
     missing = [k for k in _KEYS if k not in state]
     if missing:
-        raise ValueError(f"not a whole Pruner state: key(s) {', '.join(map(repr, missing))} missing")
+        raise StateError(f"not a whole Pruner state: key(s) {', '.join(map(repr, missing))} missing")
     step = state["step"]
     if not isinstance(step, int) or isinstance(step, bool) or step < 0:
-        raise ValueError(f"state['step'] must be an int >= 0, got {step!r}")
+        raise StateError(f"state['step'] must be an int >= 0, got {step!r}")
     if not isinstance(state["slimmed"], bool):
-        raise ValueError(f"state['slimmed'] must be a bool, got {state['slimmed']!r}")
+        raise StateError(f"state['slimmed'] must be a bool, got {state['slimmed']!r}")
     for key, mine in config.items():
         if state[key] != mine:
-            raise ValueError(
+            raise StateError(
                 f"the saved Pruner has another {key} ({state[key]!r}) than this one ({mine!r}): create the "
                 f"Pruner with the same model, ratio, skip, groups and schedule as the run you resume"
             )
@@ -56,25 +66,25 @@ def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Grap
 
 def _check_chosen(chosen: Any, removed: Mapping[str, int], graph: Graph | None) -> None:
     if not isinstance(chosen, Mapping):
-        raise ValueError(f"state['chosen'] must be a dict of group name -> units, got {type(chosen).__name__}")
+        raise StateError(f"state['chosen'] must be a dict of group name -> units, got {type(chosen).__name__}")
     for name, units in chosen.items():
         where = f"state['chosen'][{name!r}]"
         if not removed.get(name):
             pruned = sorted(k for k, v in removed.items() if v)
-            raise ValueError(f"{where}: {name!r} is not a group that loses channels here; those are {pruned}")
+            raise StateError(f"{where}: {name!r} is not a group that loses channels here; those are {pruned}")
         if not isinstance(units, Sequence) or isinstance(units, str):
-            raise ValueError(f"{where} must be a list of unit indices, got {type(units).__name__}")
+            raise StateError(f"{where} must be a list of unit indices, got {type(units).__name__}")
         if any(not isinstance(u, int) or isinstance(u, bool) for u in units):
-            raise ValueError(f"{where} must hold ints, got {list(units)!r}")
+            raise StateError(f"{where} must hold ints, got {list(units)!r}")
         if len(units) > removed[name]:
-            raise ValueError(f"{where} lists {len(units)} units, but the group loses {removed[name]}")
+            raise StateError(f"{where} lists {len(units)} units, but the group loses {removed[name]}")
         if graph is not None:
             try:
                 graph.validate({name: units})
             except PlanError as e:
-                raise ValueError(f"{where}: {str(e).replace(f'plan[{name!r}] ', '')}") from None
+                raise StateError(f"{where}: {str(e).replace(f'plan[{name!r}] ', '')}") from None
         elif len(set(units)) != len(units) or any(u < 0 for u in units):
-            raise ValueError(f"{where} lists a unit twice or a negative one: {list(units)!r}")
+            raise StateError(f"{where} lists a unit twice or a negative one: {list(units)!r}")
 
 
 class ScaleWatch:

@@ -14,6 +14,8 @@ from typing import Protocol
 
 import numpy as np
 
+from ..errors import ArgumentError
+
 __all__ = ["Predictor", "allowed_widths", "solve_widths"]
 
 MAX_CANDIDATES = 64
@@ -64,7 +66,7 @@ def solve_widths(
     options = {g: sorted({sizes[g] - w for w in allowed[g] if sizes[g] - w < len(lost[g])}) for g in sizes}
     smallest = {g: ks[-1] for g, ks in options.items()}
     if model.seconds(smallest) > target:
-        raise ValueError(
+        raise ArgumentError(
             f"the latency target of {target * 1e3:.3f} ms cannot be met: the smallest allowed widths are predicted "
             f"at {model.seconds(smallest) * 1e3:.3f} ms (dense {model.seconds({}) * 1e3:.3f} ms); raise the target, "
             f"allow smaller widths (round_to), or prune more layers (fewer skip patterns)"

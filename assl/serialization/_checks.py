@@ -17,31 +17,8 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import CheckpointError
-
-_CONVS = (nn.Conv1d, nn.Conv2d, nn.Conv3d, nn.ConvTranspose1d, nn.ConvTranspose2d, nn.ConvTranspose3d)
-
-
-_FEATURE_NORMS = (
-    nn.BatchNorm1d,
-    nn.BatchNorm2d,
-    nn.BatchNorm3d,
-    nn.SyncBatchNorm,
-    nn.InstanceNorm1d,
-    nn.InstanceNorm2d,
-    nn.InstanceNorm3d,
-)
-
-
-# the layers slimming resizes, and the attributes that follow their tensors
-_SIZE_ATTRS: tuple[tuple[tuple[type[nn.Module], ...], tuple[str, ...]], ...] = (
-    (_CONVS, ("in_channels", "out_channels", "groups")),
-    ((nn.Linear,), ("in_features", "out_features")),
-    (_FEATURE_NORMS, ("num_features",)),
-    ((nn.GroupNorm,), ("num_channels",)),
-    ((nn.LayerNorm,), ("normalized_shape",)),
-    ((nn.PReLU,), ("num_parameters",)),
-)
+from ..errors import CheckpointError
+from ..layers import implied_shapes, size_attrs
 
 
 @dataclass
@@ -54,22 +31,6 @@ class _Slot:
     is_param: bool
     requires_grad: bool
     folded: bool  # a parametrized tensor: becomes a plain one on load
-
-
-def _size_attrs(m: nn.Module) -> tuple[str, ...]:
-    for types, attrs in _SIZE_ATTRS:
-        if isinstance(m, types):
-            return attrs
-    return ()
-
-
-def _sizes(model: nn.Module) -> dict[str, dict[str, Any]]:
-    sizes: dict[str, dict[str, Any]] = {}
-    for name, m in model.named_modules():
-        attrs = _size_attrs(m)
-        if attrs:
-            sizes[name] = {a: list(getattr(m, a)) if a == "normalized_shape" else int(getattr(m, a)) for a in attrs}
-    return sizes
 
 
 def _where(path: object) -> str:
@@ -146,7 +107,7 @@ def _check_state(state: dict[str, Any], slots: dict[str, _Slot], model_keys: set
 
 
 def _check_sizes(sizes: dict[str, Any], model: nn.Module, where: str) -> None:
-    expected = {name: _size_attrs(m) for name, m in model.named_modules() if _size_attrs(m)}
+    expected = {name: size_attrs(m) for name, m in model.named_modules() if size_attrs(m)}
     missing, unexpected = set(expected) - set(sizes), set(sizes) - set(expected)
     if unexpected:
         raise CheckpointError(
@@ -179,36 +140,11 @@ def _check_sizes(sizes: dict[str, Any], model: nn.Module, where: str) -> None:
                 )
 
 
-def _implied(m: nn.Module, s: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]], str]:
-    """The shapes a layer's saved sizes give its own tensors, or why the sizes cannot be a layer's."""
-    if isinstance(m, _CONVS):
-        i, o, g = s["in_channels"], s["out_channels"], s["groups"]
-        if g < 1 or i % g or o % g:
-            return {}, f"in_channels {i} and out_channels {o} are not both multiples of groups {g}"
-        k = tuple(cast(tuple[int, ...], m.kernel_size))  # slimming never changes kernels
-        w = (i, o // g, *k) if m.transposed else (o, i // g, *k)
-        return {"weight": w, "bias": (o,)}, ""
-    if isinstance(m, nn.Linear):
-        return {"weight": (s["out_features"], s["in_features"]), "bias": (s["out_features"],)}, ""
-    if isinstance(m, _FEATURE_NORMS):
-        return dict.fromkeys(("weight", "bias", "running_mean", "running_var"), (s["num_features"],)), ""
-    if isinstance(m, nn.GroupNorm):
-        c = s["num_channels"]
-        if c % m.num_groups:
-            return {}, f"num_channels {c} is not a multiple of the model's num_groups {m.num_groups}"
-        return dict.fromkeys(("weight", "bias"), (c,)), ""
-    if isinstance(m, nn.LayerNorm):
-        return dict.fromkeys(("weight", "bias"), tuple(s["normalized_shape"])), ""
-    if isinstance(m, nn.PReLU):
-        return {"weight": (s["num_parameters"],)}, ""
-    return {}, ""
-
-
 def _check_layers(state: dict[str, Any], sizes: dict[str, Any], model: nn.Module, where: str) -> None:
     """Every layer's saved sizes against the saved tensors they imply (``_check_sizes`` passed)."""
     for name, s in sizes.items():
         m = model.get_submodule(name)
-        shapes, problem = _implied(m, s)
+        shapes, problem = implied_shapes(m, s)
         given = ", ".join(f"{a}={v}" for a, v in s.items())
         for t_name, shape in shapes.items():
             key = f"{name}.{t_name}" if name else t_name
@@ -239,7 +175,7 @@ class _Undo:
         dicts: list[tuple[dict[str, Any], list[tuple[str, Any]]]] = [
             (d, list(d.items())) for d in (m._modules, m._parameters, m._buffers)
         ]
-        values = {a: getattr(m, a) for a in _size_attrs(m) + attrs}
+        values = {a: getattr(m, a) for a in size_attrs(m) + attrs}
 
         def restore() -> None:
             m.__class__ = cls

@@ -11,19 +11,21 @@ that changes nothing (a layer the trace pins anyway) is logged as a warning.
 from __future__ import annotations
 
 import logging
+import warnings
 from collections.abc import Iterable, Mapping, Sequence
-from typing import Any, NamedTuple
+from typing import Any, NamedTuple, cast
 
 from torch import nn
 
-from .budget import Budget, check_ratio, solve_ratio, units_to_remove
-from .graph import ChannelGroup, Graph
-from .latency_budget import LatencyPlan, latency_removed
-from .patterns import PatternError, match, match_each, patterns_of
-from .scales import scale_of
+from .._patterns import PatternError, match, match_each, patterns_of
+from ..budgets.budget import Budget, check_ratio, solve_ratio, units_to_remove
+from ..budgets.latency_plan import LatencyPlan, latency_removed
+from ..errors import ArgumentError, ArgumentTypeError
+from ..graph import ChannelGroup, Graph
+from ._scales import scale_of
 from .schedule import Schedule
 
-__all__ = ["Resolved", "check_arguments", "resolve"]
+__all__ = ["Resolved", "check_arguments", "ratio_or_budget", "resolve"]
 
 logger = logging.getLogger("assl")
 
@@ -37,18 +39,45 @@ def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int |
         ValueError: ``round_to`` is not an int >= 1 or ``"auto"``, or the model already has ASSL scales.
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"model must be an nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"model must be an nn.Module, got {type(model).__name__}")
     if isinstance(model, (nn.parallel.DistributedDataParallel, nn.DataParallel)):
-        raise TypeError(f"the model is already wrapped in {type(model).__name__}: {order}")
+        raise ArgumentTypeError(f"the model is already wrapped in {type(model).__name__}: {order}")
     if round_to != "auto" and (not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1):
-        raise ValueError(f"round_to must be an int >= 1 or 'auto', got {round_to!r}")
+        raise ArgumentError(f"round_to must be an int >= 1 or 'auto', got {round_to!r}")
     schedule = schedule if schedule is not None else Schedule()
     if not isinstance(schedule, Schedule):
-        raise TypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
+        raise ArgumentTypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
     for name, m in model.named_modules():
         if scale_of(m) is not None:
-            raise ValueError(f"`{name}` already has ASSL scales: a model is pruned by one Pruner at a time")
+            raise ArgumentError(f"`{name}` already has ASSL scales: a model is pruned by one Pruner at a time")
     return schedule
+
+
+def ratio_or_budget(
+    ratio: float | Mapping[str, float] | Budget | None, budget: Budget | None
+) -> float | Mapping[str, float] | Budget:
+    """The one pruning target among ``ratio=`` and ``budget=``; a Budget given as ``ratio`` still works, deprecated.
+
+    Raises:
+        ArgumentError: Both or neither are given.
+        ArgumentTypeError: ``budget`` is not an :class:`assl.Budget`.
+    """
+    if isinstance(ratio, Budget):
+        warnings.warn(
+            "passing an assl.Budget as ratio= is deprecated: pass it as budget= (ratio= takes a float or "
+            "{glob: ratio})",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        ratio, budget = (None, ratio) if budget is None else (ratio, budget)
+    if budget is not None and not isinstance(budget, Budget):
+        raise ArgumentTypeError(f"budget must be an assl.Budget, got {type(budget).__name__}")
+    if (ratio is None) == (budget is None):
+        raise ArgumentError(
+            "give exactly one pruning target: ratio= (a float or {glob: ratio}) or budget=assl.Budget(...)"
+            + (", not both" if ratio is not None else "")
+        )
+    return budget if budget is not None else cast("float | Mapping[str, float]", ratio)
 
 
 class Resolved(NamedTuple):
@@ -84,9 +113,9 @@ def resolve(
     """
     latency = isinstance(ratio, Budget) and ratio.is_latency
     if round_to == "auto" and not latency:
-        raise ValueError(
+        raise ArgumentError(
             "round_to='auto' takes the width step from a latency table: use it with "
-            "ratio=assl.Budget(latency=...) or Budget(relative_latency=...), or give an int"
+            "budget=assl.Budget(latency=...) or Budget(relative_latency=...), or give an int"
         )
     producers = list(graph.layers)
     kept_groups = _skipped_groups(graph, skip)
@@ -112,7 +141,7 @@ def resolve(
         removed = removed_for(None)
     aligned = _aligned_groups(graph, groups, removed)
     if not any(removed.values()):
-        raise ValueError(
+        raise ArgumentError(
             "nothing to prune: with this ratio, skip list and the channels the trace pins, no group loses a "
             f"channel.\n{graph.summary()}"
         )
@@ -167,7 +196,7 @@ def _group_ratio(group: ChannelGroup, ratio_of: Mapping[str, float]) -> float:
         return 0.0
     if len(set(ratios.values())) > 1:
         listed = ", ".join(f"{k}: {v}" for k, v in ratios.items())
-        raise ValueError(
+        raise ArgumentError(
             f"layers of group {group.name!r} lose the same channels but were given different ratios ({listed}); "
             f"give them one ratio"
         )
@@ -183,7 +212,9 @@ def _aligned_groups(
     if isinstance(groups, str):
         groups = [groups]
     if not isinstance(groups, Sequence):
-        raise TypeError(f"groups must be a list of same-pruned groups (lists of globs), got {type(groups).__name__}")
+        raise ArgumentTypeError(
+            f"groups must be a list of same-pruned groups (lists of globs), got {type(groups).__name__}"
+        )
     producers = list(graph.layers)
     covered: set[str] = set()
     for i, patterns in enumerate(groups):

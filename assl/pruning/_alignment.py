@@ -28,6 +28,8 @@ import itertools
 
 import torch
 
+from ..errors import ArgumentError
+
 __all__ = ["ALIGN_LOSSES", "agreement", "alignment_loss", "consensus_loss", "consensus_masks", "soft_masks"]
 
 ALIGN_LOSSES = ("consensus", "authors")
@@ -36,7 +38,7 @@ ALIGN_LOSSES = ("consensus", "authors")
 def _check_k(scores: torch.Tensor, k: int) -> None:
     units = scores.shape[-1]
     if not 0 <= k < units:
-        raise ValueError(f"k must be in [0, {units}), got {k}")
+        raise ArgumentError(f"k must be in [0, {units}), got {k}")
 
 
 def soft_masks(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -18,12 +18,13 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 from torch import nn
 
-from ._timing import device_of, in_eval, interleaved, model_call
-from .graph import Graph
+from .._scoring import l1_plan, l1_scores
+from .._slim import slimmed_copy
+from ..errors import ArgumentError
+from ..graph import Graph
+from ._width_solver import allowed_widths, solve_widths
 from .latency import LatencyTable, input_shapes, measure_latency, timed_layers
-from .selection import l1_plan, l1_scores
-from .slim import slimmed_copy
-from .width_solver import allowed_widths, solve_widths
+from .timing import device_of, in_eval, interleaved, model_call
 
 if TYPE_CHECKING:
     from .budget import Budget
@@ -99,13 +100,13 @@ class LatencyModel:
             row = table.layers.get(name)
             if row is None or tuple(row["weight"]) != tuple(shape):
                 found = "no timing for it" if row is None else f"its weight as {tuple(row['weight'])}"
-                raise ValueError(
+                raise ArgumentError(
                     f"the latency table does not fit this model: `{name}` has weight {tuple(shape)}, the table has "
                     f"{found}. Measure the table on this model (assl.LatencyTable.measure(model, inputs))"
                 )
         extra = sorted(set(table.layers) - set(shares))
         if extra:
-            raise ValueError(
+            raise ArgumentError(
                 f"the latency table times layers this model does not prune ({', '.join(extra[:4])}): it was "
                 f"measured on another model; measure it on this one"
             )
@@ -221,7 +222,7 @@ def latency_removed(
     dense = table.dense  # measured; relative targets are fractions of it
     target = budget.latency if budget.latency is not None else float(budget.relative_latency or 0) * dense
     if dense <= target:
-        raise ValueError(
+        raise ArgumentError(
             f"the dense model already meets the latency target: {dense * 1e3:.3f} ms <= "
             f"{target * 1e3:.3f} ms on {table.device}; nothing to prune for it"
         )

@@ -8,7 +8,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from .graph import ChannelGroup, Graph
+from ..errors import ArgumentError, ArgumentTypeError
+from ..graph import ChannelGroup, Graph
 from .latency import LatencyTable
 
 __all__ = ["Budget", "solve_ratio", "units_to_remove"]
@@ -34,8 +35,8 @@ class Budget:
       above the target or 4% below it.
 
     Example:
-        >>> assl.Pruner(model, x, ratio=assl.Budget(params=300_000))
-        >>> assl.Pruner(model, x, ratio=assl.Budget(relative_latency=0.5), round_to="auto")
+        >>> assl.Pruner(model, x, budget=assl.Budget(params=300_000))
+        >>> assl.Pruner(model, x, budget=assl.Budget(relative_latency=0.5), round_to="auto")
     """
 
     params: int | None = None
@@ -48,24 +49,24 @@ class Budget:
     def __post_init__(self) -> None:
         given = {k: v for k, v in self.target().items() if v is not None}
         if len(given) != 1:
-            raise ValueError("Budget takes exactly one of params=, macs=, latency= or relative_latency=")
+            raise ArgumentError("Budget takes exactly one of params=, macs=, latency= or relative_latency=")
         ((kind, value),) = given.items()
         if kind in ("params", "macs"):
             if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise ValueError(f"Budget({kind}=...) must be a positive int, got {value!r}")
+                raise ArgumentError(f"Budget({kind}=...) must be a positive int, got {value!r}")
         elif isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
-            raise ValueError(f"Budget({kind}=...) must be a positive number, got {value!r}")
+            raise ArgumentError(f"Budget({kind}=...) must be a positive number, got {value!r}")
         if kind == "relative_latency" and not value < 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"Budget(relative_latency=...) is a fraction of the dense latency in (0, 1), got {value!r}"
             )
         if not isinstance(self.verify, bool):
-            raise TypeError(f"Budget(verify=...) must be a bool, got {self.verify!r}")
+            raise ArgumentTypeError(f"Budget(verify=...) must be a bool, got {self.verify!r}")
         if self.table is not None:
             if not self.is_latency:
-                raise ValueError("Budget(table=...) goes with latency= or relative_latency=")
+                raise ArgumentError("Budget(table=...) goes with latency= or relative_latency=")
             if not isinstance(self.table, LatencyTable):
-                raise TypeError(f"table must be an assl.LatencyTable, got {type(self.table).__name__}")
+                raise ArgumentTypeError(f"table must be an assl.LatencyTable, got {type(self.table).__name__}")
 
     def target(self) -> dict[str, float | int | None]:
         """The four kinds of target, ``None`` for those not given."""
@@ -85,7 +86,7 @@ class Budget:
 def check_ratio(ratio: float, where: str) -> float:
     """``ratio`` as a float in ``[0, 1)``, or a ValueError naming ``where`` it came from."""
     if isinstance(ratio, bool) or not isinstance(ratio, (int, float)) or not 0 <= ratio < 1:
-        raise ValueError(f"{where}: a pruning ratio must be a number in [0, 1), got {ratio!r}")
+        raise ArgumentError(f"{where}: a pruning ratio must be a number in [0, 1), got {ratio!r}")
     return float(ratio)
 
 
@@ -141,7 +142,7 @@ def solve_ratio(graph: Graph, budget: Budget, removed_for: Callable[[float], dic
     hi = 1.0 - 1e-9
     smallest = size(hi)
     if smallest > target:
-        raise ValueError(
+        raise ArgumentError(
             f"the budget of {target:,} {unit} cannot be met: pruning every prunable channel but one per "
             f"group still leaves {smallest:,} (dense: {size(0.0):,}); raise the budget or prune more layers"
         )

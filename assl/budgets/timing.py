@@ -1,4 +1,7 @@
-"""Timing on the user's device: interleaved, repeated calls, and stand-alone copies of layers.
+"""The library's one timer: interleaved, repeated calls on the user's device, and stand-alone layers.
+
+Latency tables, the latency budget's timed check and the project's benchmarks all time through
+:func:`interleaved`.
 
 Every measurement here is the median over ``rounds`` rounds; in each round every candidate runs
 once, in a new random order, so a slow moment of a shared machine spreads over all candidates
@@ -18,10 +21,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._inputs import call_args, tensors
-from .layers import CONV, DECONV
+from .._inputs import call_args, tensors
+from ..errors import ArgumentError, ArgumentTypeError
+from ..layers import CONV, DECONV
 
-__all__ = ["device_of", "in_eval", "interleaved", "replica", "timeable"]
+__all__ = ["device_of", "in_eval", "interleaved", "model_call", "replica", "timeable"]
 
 TIMEABLE = ("cpu", "cuda", "mps")
 
@@ -43,12 +47,12 @@ def timeable(device: torch.device) -> None:
             available in this process.
     """
     if device.type not in TIMEABLE:
-        raise ValueError(
+        raise ArgumentError(
             f"latency cannot be measured on device {str(device)!r}: only cpu, cuda and mps can be timed. Measure "
             f"the table where the model will run (assl.LatencyTable.measure) and pass it as Budget(table=...)"
         )
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"latency cannot be measured on {device}: CUDA is not available in this process")
+        raise ArgumentError(f"latency cannot be measured on {device}: CUDA is not available in this process")
 
 
 def _sync(device: torch.device) -> None:
@@ -68,12 +72,31 @@ def interleaved(
 ) -> np.ndarray:
     """Seconds per call of each of ``calls``, one row per interleaved round (take the median).
 
+    Each call runs twice first (warm-up, and to size a sample to ``min_time``); then, in each of
+    ``rounds`` rounds, every call runs one sample in a new random order, the device synchronized
+    around it. Runs under ``torch.inference_mode()``.
+
+    Args:
+        calls: What to time, each a function of no arguments.
+        device: Where they run (synchronized on CUDA and MPS).
+        rounds: Interleaved rounds: rows of the result.
+        min_time: Seconds a sample lasts at least (a sample repeats its call as often as needed).
+        seed: Seed of the random orders.
+
+    Returns:
+        Seconds per call, shape ``(rounds, len(calls))``.
+
     Raises:
-        ValueError: The device cannot be timed, or a measurement is not a positive finite number.
+        ArgumentError: The device cannot be timed, ``rounds < 1``, or a measurement is not a
+            positive finite number.
+
+    Example:
+        >>> seconds = interleaved([lambda: dense(x), lambda: small(x)], x.device, rounds=11)
+        >>> speedup = np.median(seconds[:, 0] / seconds[:, 1])
     """
     timeable(device)
     if rounds < 1:
-        raise ValueError(f"rounds must be >= 1, got {rounds!r}")
+        raise ArgumentError(f"rounds must be >= 1, got {rounds!r}")
     rng = np.random.default_rng(seed)
     numbers = []
     with torch.inference_mode():
@@ -95,7 +118,7 @@ def interleaved(
                 _sync(device)
                 samples[r, i] = (time.perf_counter() - t0) / numbers[i]
     if not np.isfinite(samples).all() or (samples <= 0).any():
-        raise ValueError(f"the device {device} could not be timed: measured {samples.min()} seconds per call")
+        raise ArgumentError(f"the device {device} could not be timed: measured {samples.min()} seconds per call")
     return samples
 
 
@@ -152,5 +175,5 @@ def replica(module: nn.Module, w_in: int, w_out: int, x: torch.Tensor) -> tuple[
         cdim = x.ndim - len(m.kernel_size) - 1
         shape = (*x.shape[:cdim], cin, *x.shape[cdim + 1 :])
     else:
-        raise TypeError(f"cannot time a {type(module).__name__} on its own")
+        raise ArgumentTypeError(f"cannot time a {type(module).__name__} on its own")
     return layer.eval(), torch.randn(shape, device=x.device, dtype=x.dtype)

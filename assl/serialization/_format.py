@@ -6,33 +6,38 @@ the size attributes of every known layer; ``load`` shrinks a freshly built dense
 sizes and loads the weights. The file holds plain types only and reads with
 ``torch.load(path, weights_only=True)``; a SHA-256 digest of its tensors and sizes lets ``load``
 refuse a truncated or corrupted copy instead of loading changed weights.
+
+The format is a dict: :func:`slim_state_dict` makes it and :func:`load_slim_state_dict` checks
+and loads it, for callers that store it inside a larger checkpoint (the Lightning callback);
+``save`` and ``load`` are these two around ``torch.save`` and ``torch.load``.
 """
 
 from __future__ import annotations
 
 import hashlib
 import os
+from collections.abc import Mapping
 from typing import Any, BinaryIO, cast
 
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ._io_checks import (
+from ..errors import ArgumentTypeError, CheckpointError
+from ..layers import layer_sizes
+from ._checks import (
     _check_layers,
     _check_sizes,
     _check_state,
     _few,
     _first_line,
-    _sizes,
     _Slot,
     _slots,
     _Undo,
     _where,
 )
-from .errors import CheckpointError
 
-__all__ = ["CheckpointError", "load", "save"]
+__all__ = ["FORMAT", "VERSION", "load", "load_slim_state_dict", "record", "save", "slim_state_dict"]
 
 FORMAT = "assl.slim"
 VERSION = 2  # 2: the file carries "sha256"; version 1 files had no digest and are refused
@@ -79,38 +84,34 @@ def _digest(state: dict[str, Any], sizes: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
-def save(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> None:
-    """Save a slimmed model: its state dict, the size attributes of its layers and their digest.
+def slim_state_dict(model: nn.Module) -> dict[str, Any]:
+    """A slimmed model as plain data: its state dict, the size attributes of its layers and their digest.
 
-    The file is a dict of plain types, ``{"format": "assl.slim", "version": 2, "state_dict": ...,
-    "sizes": {module name: {attribute: value}}, "sha256": ...}``, readable with
-    ``torch.load(path, weights_only=True)``. ``sizes`` holds, for every Conv/ConvTranspose
+    The dict is ``{"format": "assl.slim", "version": 2, "state_dict": ..., "sizes": {module name:
+    {attribute: value}}, "sha256": ...}``. ``sizes`` holds, for every Conv/ConvTranspose
     (``in_channels``, ``out_channels``, ``groups``), Linear (``in_features``, ``out_features``),
     BatchNorm and InstanceNorm (``num_features``), GroupNorm (``num_channels``), LayerNorm
     (``normalized_shape``, as a list) and PReLU (``num_parameters``). ``sha256`` is a hex SHA-256
     digest over the format, the version, the state dict (the names, dtypes, shapes and bytes of
-    every tensor) and ``sizes``: :func:`assl.load` refuses a file that does not match it. Read it
-    back with :func:`assl.load` into a fresh instance of the dense architecture.
-
-    Shared (tied) parameters are out of scope: each name is stored, and later loaded, on its own,
-    as ``slim`` cuts them.
+    every tensor) and ``sizes``: :func:`load_slim_state_dict` refuses a dict that does not match
+    it. Store it anywhere ``torch.save`` can (it holds plain types and tensors only).
 
     Args:
-        model: The slimmed model. Its parametrizations must be folded (``slim`` does that for the
+        model: The slimmed model. Its parametrizations must be folded (slimming does that for the
             layers it traced).
-        path: A file name, path-like object, or binary file object open for writing.
+
+    Returns:
+        The dict described above; its tensors are the model's own (``state_dict()`` does not copy).
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
-        CheckpointError: A module still has parametrizations (weight norm, ...). The file is not
-            written then.
+        ArgumentTypeError: ``model`` is not an ``nn.Module``.
+        CheckpointError: A module still has parametrizations (weight norm, ...).
 
     Example:
-        >>> assl.slim(model, graph, plan)
-        >>> assl.save(model, "edsr_slim.pt")
+        >>> checkpoint["slim"] = assl.slim_state_dict(small)
     """
     if not isinstance(model, nn.Module):
-        raise TypeError(f"assl.save needs the slimmed nn.Module, got {type(model).__name__}")
+        raise ArgumentTypeError(f"assl.slim_state_dict needs the slimmed nn.Module, got {type(model).__name__}")
     for name, m in model.named_modules():
         if parametrize.is_parametrized(m):
             tensors = ", ".join(cast(nn.ModuleDict, m.parametrizations).keys())
@@ -119,9 +120,38 @@ def save(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> None:
                 "models, whose parametrizations assl.slim() folded; slim the model first, or fold them with "
                 "torch.nn.utils.parametrize.remove_parametrizations"
             )
-    state, sizes = model.state_dict(), _sizes(model)
-    obj = {"format": FORMAT, "version": VERSION, "state_dict": state, "sizes": sizes, "sha256": _digest(state, sizes)}
-    torch.save(obj, path)
+    return record(model.state_dict(), layer_sizes(model))
+
+
+def record(state: dict[str, Any], sizes: dict[str, Any]) -> dict[str, Any]:
+    """The :func:`slim_state_dict` of a state dict and the sizes recorded with it (digest included)."""
+    return {"format": FORMAT, "version": VERSION, "state_dict": state, "sizes": sizes, "sha256": _digest(state, sizes)}
+
+
+def save(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> None:
+    """Save a slimmed model: ``torch.save`` of :func:`slim_state_dict`.
+
+    The file reads with ``torch.load(path, weights_only=True)``. Read it back with
+    :func:`assl.load` into a fresh instance of the dense architecture.
+
+    Shared (tied) parameters are out of scope: each name is stored, and later loaded, on its own,
+    as slimming cuts them.
+
+    Args:
+        model: The slimmed model. Its parametrizations must be folded (slimming does that for the
+            layers it traced).
+        path: A file name, path-like object, or binary file object open for writing.
+
+    Raises:
+        ArgumentTypeError: ``model`` is not an ``nn.Module``.
+        CheckpointError: A module still has parametrizations (weight norm, ...). The file is not
+            written then.
+
+    Example:
+        >>> small = pruner.slim()
+        >>> assl.save(small, "edsr_slim.pt")
+    """
+    torch.save(slim_state_dict(model), path)
 
 
 def _torch_load(f: BinaryIO, where: str) -> object:
@@ -135,14 +165,16 @@ def _torch_load(f: BinaryIO, where: str) -> object:
         ) from e
 
 
-def _read(path: str | os.PathLike[str] | BinaryIO) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
-    """The file's state dict and sizes, once its format, version, layout and digest are checked."""
-    where = _where(path)
+def _read(path: str | os.PathLike[str] | BinaryIO, where: str) -> object:
+    """What the file holds (checked by :func:`_checked`)."""
     if isinstance(path, (str, os.PathLike)):
         with open(path, "rb") as f:  # a missing or unreadable file raises OSError, as open() does
-            obj = _torch_load(f, where)
-    else:
-        obj = _torch_load(path, where)
+            return _torch_load(f, where)
+    return _torch_load(path, where)
+
+
+def _checked(obj: object, where: str) -> tuple[dict[str, Any], dict[str, dict[str, Any]]]:
+    """The state dict and sizes of ``obj``, once its format, version, layout and digest are checked."""
     fmt = obj.get("format") if isinstance(obj, dict) else None
     if isinstance(obj, dict) and {"state_dict", "sizes"} <= set(obj) and not (isinstance(fmt, str) and fmt == FORMAT):
         raise CheckpointError(
@@ -259,7 +291,7 @@ def load(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> nn.Module
         ``model`` itself, slimmed to the saved sizes and holding the saved weights.
 
     Raises:
-        TypeError: ``model`` is not an ``nn.Module``.
+        ArgumentTypeError: ``model`` is not an ``nn.Module``.
         OSError: ``path`` names a file that cannot be opened (``FileNotFoundError``, ...).
         CheckpointError: The file cannot be read (truncated, corrupted, not a torch file), is not
             an ``assl.save`` file, has another format version (version 1 files, written before
@@ -273,10 +305,48 @@ def load(model: nn.Module, path: str | os.PathLike[str] | BinaryIO) -> nn.Module
     Example:
         >>> model = assl.load(EDSR(n_resblocks=16, n_feats=64), "edsr_slim.pt")
     """
-    if not isinstance(model, nn.Module):
-        raise TypeError(f"assl.load needs a fresh instance of the dense nn.Module, got {type(model).__name__}")
+    _check_model(model, "assl.load")
     where = _where(path)
-    state, sizes = _read(path)
+    return _load_checked(model, _checked(_read(path, where), where), where)
+
+
+def load_slim_state_dict(model: nn.Module, slim_state: Mapping[str, Any]) -> nn.Module:
+    """Shrink a fresh dense model to the sizes of a :func:`slim_state_dict` and load its weights.
+
+    What :func:`assl.load` does with a file, on the dict itself: the same checks before the model
+    changes (format, version, digest, keys, every layer's sizes against its tensors), and the
+    same undo when a step fails after it started to change.
+
+    Args:
+        model: A fresh instance of the dense architecture, on the device and dtype wanted.
+        slim_state: A dict returned by :func:`slim_state_dict` (or read back from where it was stored).
+
+    Returns:
+        ``model`` itself, slimmed to the recorded sizes and holding the recorded weights.
+
+    Raises:
+        ArgumentTypeError: ``model`` is not an ``nn.Module``.
+        CheckpointError: ``slim_state`` is not such a dict, does not match its digest or does not
+            fit the model; the model is as it was before the call.
+
+    Example:
+        >>> small = assl.load_slim_state_dict(build_dense_model(), checkpoint["slim"])
+    """
+    _check_model(model, "assl.load_slim_state_dict")
+    where = "the slim state dict"
+    return _load_checked(
+        model, _checked(dict(slim_state) if isinstance(slim_state, Mapping) else slim_state, where), where
+    )
+
+
+def _check_model(model: object, caller: str) -> None:
+    if not isinstance(model, nn.Module):
+        raise ArgumentTypeError(f"{caller} needs a fresh instance of the dense nn.Module, got {type(model).__name__}")
+
+
+def _load_checked(model: nn.Module, checked: tuple[dict[str, Any], dict[str, Any]], where: str) -> nn.Module:
+    """Load a checked state dict and sizes into ``model`` (see :func:`load`)."""
+    state, sizes = checked
     slots = _slots(model)
     model_keys = set(slots) | {k for k, v in model.state_dict().items() if not isinstance(v, torch.Tensor)}
     _check_state(state, slots, model_keys, where)

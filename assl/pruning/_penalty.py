@@ -18,7 +18,8 @@ from typing import Any
 import torch
 from torch.utils.hooks import RemovableHandle
 
-from .selection import Carrier
+from ..errors import ArgumentError
+from ._selection import Carrier
 
 __all__ = ["add_penalty", "apply_penalty", "check_optimizer", "shrink", "step_pre_hook"]
 
@@ -70,7 +71,7 @@ def check_optimizer(optimizer: torch.optim.Optimizer, layers: Iterable[Carrier],
     params = {id(p) for group in optimizer.param_groups for p in group["params"]}
     missing = [layer.name for layer in layers if id(layer.scale) not in params]
     if missing:
-        raise ValueError(
+        raise ArgumentError(
             f"the optimizer does not update the scales of {', '.join(missing[:5])}"
             f"{' ...' if len(missing) > 5 else ''}: {advice} (or add pruner.scale_parameters() as a param group)"
         )

@@ -16,9 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from ._inputs import call_args
-from .layers import channel_dim
-from .selection import Selection
+from .._inputs import call_args
+from ..layers import channel_dim
+from ._selection import Selection
 
 __all__ = ["ALIVE", "liveness"]
 

@@ -18,9 +18,9 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from .errors import ASSLError
-from .layers import output_dim
-from .reparam import scale_target
+from .._reparam import scale_target
+from ..errors import ArgumentTypeError, ASSLError
+from ..layers import output_dim
 
 __all__ = ["WeightScale", "insert_scale", "remove_scale", "removed_on_error", "scale_of", "scaled_state_dict"]
 
@@ -54,7 +54,7 @@ def insert_scale(module: nn.Module) -> WeightScale:
     name = scale_target(module, output_dim(module))
     weight = getattr(module, name, None)
     if not isinstance(weight, torch.Tensor):
-        raise TypeError(f"{type(module).__name__} has no tensor `{name}` to scale")
+        raise ArgumentTypeError(f"{type(module).__name__} has no tensor `{name}` to scale")
     ws = WeightScale(weight, output_dim(module))
     parametrize.register_parametrization(module, name, ws)
     return ws

@@ -1,7 +1,9 @@
 """Glob patterns on dotted module names, with the authors' semantics.
 
 ``fnmatch`` rules, case-sensitive, ``*`` crosses dots: ``*body.2`` matches
-``model.body.3.body.2``, ``*mean*`` matches ``model.sub_mean``. A pattern that matches nothing
+``model.body.3.body.2``, ``*mean*`` matches ``model.sub_mean``. A pattern matches the whole name
+and nothing more: ``blocks.a`` does not match ``blocks.a/b`` (a ``ModuleDict`` key may hold a
+``/``), and a ``/`` or ``\\`` in a pattern or a name is an ordinary character. A pattern that matches nothing
 is an error, because a typo in a skip list silently prunes the layer it meant to protect.
 """
 
@@ -12,27 +14,33 @@ from collections.abc import Iterable, Sequence
 
 from fnmatch2 import fnmatchcase2
 
-from .errors import ASSLError
+from .errors import ArgumentTypeError, PatternError
 
-__all__ = ["PatternError", "match", "match_each", "patterns_of"]
+__all__ = ["PatternError", "fullmatch", "match", "match_each", "patterns_of"]
 
 
-class PatternError(ASSLError, ValueError):
-    """A glob pattern matches no layer, or layers are grouped in a way the model does not allow."""
+# fnmatch2 reads "/" and "\\" as path separators and lets a pattern match a leading part of a
+# path; module names are not paths, so both become private-use characters on both sides first
+_LITERAL = str.maketrans({"/": "\ue000", "\\": "\ue001"})
+
+
+def fullmatch(name: str, pattern: str) -> bool:
+    """Whether the glob ``pattern`` matches the whole of ``name`` (case-sensitive, ``*`` crosses dots)."""
+    return fnmatchcase2(name.translate(_LITERAL), pattern.translate(_LITERAL))
 
 
 def _as_list(patterns: str | Iterable[str], what: str) -> list[str]:
     if isinstance(patterns, str):
         return [p.strip() for p in patterns.split(",") if p.strip()]
     if not isinstance(patterns, Iterable):
-        raise TypeError(
+        raise ArgumentTypeError(
             f"{what} must be a glob, a comma-separated string of globs or a list of globs, got "
             f"{type(patterns).__name__}{' (use () for none)' if patterns is None else ''}"
         )
     out = list(patterns)
     for p in out:
         if not isinstance(p, str):
-            raise TypeError(f"{what} patterns must be strings, got {p!r}")
+            raise ArgumentTypeError(f"{what} patterns must be strings, got {p!r}")
     return out
 
 
@@ -81,8 +89,8 @@ def match_each(
     """
     out: dict[str, list[str]] = {}
     for p in _as_list(patterns, what):
-        hits = [n for n in names if fnmatchcase2(n, p)]
-        if not hits and not (known and any(fnmatchcase2(n, p) for n in known)):
+        hits = [n for n in names if fullmatch(n, p)]
+        if not hits and not (known and any(fullmatch(n, p) for n in known)):
             raise PatternError(_no_match(p, names, known, what))
         out[p] = hits
     return out

@@ -17,13 +17,14 @@ import numpy as np
 import torch
 from torch import nn
 
-from . import alignment
-from .errors import ASSLError
-from .graph import ChannelGroup, Graph
-from .layers import has_affine, output_dim
-from .scales import insert_scale
+from .._scoring import l1_scores, relative_sum
+from ..errors import ArgumentError, ASSLError
+from ..graph import ChannelGroup, Graph
+from ..layers import has_affine
+from . import _alignment as alignment
+from ._scales import insert_scale
 
-__all__ = ["Carrier", "Selection", "l1_plan", "l1_scores"]
+__all__ = ["Carrier", "Scorer", "Selection"]
 
 logger = logging.getLogger("assl")
 
@@ -160,7 +161,7 @@ class Selection:
             scaled = [p for p in g.layers if not (p in graph.normalized and set(graph.normalized[p]) <= affine)]
             plans[g.name] = (scaled, norms)
         if unscalable:
-            raise ValueError(
+            raise ArgumentError(
                 f"{', '.join(unscalable)} normalize(s) channels that could be removed without affine parameters, so "
                 f"no penalty can drive those channels to zero: give the normalization affine=True, or skip the "
                 f"group's layers (skip=[...])"
@@ -196,7 +197,7 @@ class Selection:
             ValueError: Group ``name`` loses no channels (it has no carriers).
         """
         if name not in self.layers:
-            raise ValueError(f"group {name!r} has no scales; groups that lose channels: {sorted(self.layers)}")
+            raise ArgumentError(f"group {name!r} has no scales; groups that lose channels: {sorted(self.layers)}")
         with torch.no_grad():
             return self.unit_table(name).clone()
 
@@ -223,7 +224,7 @@ class Selection:
         """Group score per unit: each carrier's ``|scale|`` per unit relative to its mean, summed."""
         self.check_finite(self.layers[name])
         with torch.no_grad():
-            return _relative_sum(self.unit_table(name))
+            return relative_sum(self.unit_table(name))
 
     def l1_scores(self, name: str) -> torch.Tensor:
         """Group score per unit from the producers' filter L1 norms, each relative to its mean."""
@@ -265,36 +266,3 @@ class Selection:
     def describe(self) -> str:
         """``group: units chosen`` for each group chosen so far."""
         return ", ".join(f"{k}: {len(v)}" for k, v in self.chosen.items())
-
-
-def _relative_sum(rows: torch.Tensor) -> torch.Tensor:
-    """Sum of the rows of a ``(layers, units)`` table, each divided by its mean."""
-    total = torch.zeros_like(rows[0])
-    for row in rows:
-        total = total + row / row.mean().clamp_min(1e-12)
-    return total
-
-
-def l1_scores(model: nn.Module, graph: Graph, name: str) -> torch.Tensor:
-    """Score per unit of group ``name``: each producer's filter L1 norm relative to its mean, summed."""
-    g = graph.group(name)
-    rows = []
-    with torch.no_grad():
-        for layer in g.layers:
-            m = model.get_submodule(layer)
-            weight: torch.Tensor = m.weight  # type: ignore[assignment]
-            w = weight.detach().transpose(0, output_dim(m)).flatten(1).abs().sum(1)
-            units = torch.as_tensor(g.channels(layer)[: w.numel()], dtype=torch.long, device=w.device)
-            counts = torch.bincount(units, minlength=g.size).clamp_min(1).to(w.dtype)
-            rows.append(torch.zeros(g.size, dtype=w.dtype, device=w.device).index_add(0, units, w) / counts)
-        return _relative_sum(torch.stack(rows))
-
-
-def l1_plan(model: nn.Module, graph: Graph, removed: Mapping[str, int]) -> dict[str, list[int]]:
-    """Per group, the ``removed[name]`` units of lowest :func:`l1_scores` that leave every layer a channel."""
-    plan = {}
-    for name, k in removed.items():
-        if k:
-            order = torch.argsort(l1_scores(model, graph, name).cpu(), stable=True).tolist()
-            plan[name] = graph.group(name).pick(order, k)
-    return plan

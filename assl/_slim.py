@@ -1,6 +1,6 @@
 """Exact physical slimming: cut the planned channels out of the model's tensors, in place.
 
-``slim`` removes, for every unit a plan names, the producers' output rows and biases, the
+``apply_plan`` removes, for every unit a plan names, the producers' output rows and biases, the
 per-channel parameters and buffers that follow them (normalization, PReLU, depthwise convs) and
 the matching input channels of every consumer. ``masked_copy`` builds the reference it must
 equal: a copy of the dense model with the same channels zeroed. Both go through ``reparam`` for a
@@ -23,12 +23,12 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from ._inputs import call_args, tensors
+from ._reparam import copy_model, cut, legacy_hook, refresh, value
 from .errors import ASSLError, PlanError
 from .graph import Graph, Plan
 from .layers import resize
-from .reparam import copy_model, cut, legacy_hook, refresh, value
 
-__all__ = ["masked_copy", "max_rel_err", "slim", "slimmed_copy", "tolerance"]
+__all__ = ["apply_plan", "masked_copy", "max_rel_err", "slimmed_copy", "tolerance"]
 
 logger = logging.getLogger("assl")
 
@@ -118,7 +118,7 @@ def _put_back(m: nn.Module, state: tuple[type, dict, dict, dict, dict]) -> None:
         table.update(saved)
 
 
-def slim(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
+def apply_plan(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
     """Physically remove the channels ``plan`` names, in place, and return ``model``.
 
     Modules keep their class, name and forward; their tensors shrink and their size attributes
@@ -141,7 +141,7 @@ def slim(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
 
     Example:
         >>> graph = assl.trace(model, x)
-        >>> assl.slim(model, graph, {"body.0.conv1": [0, 5, 7]})
+        >>> assl.apply_plan(model, graph, {"body.0.conv1": [0, 5, 7]})
     """
     new = _new_tensors(model, graph, plan)  # every check happens before the first change
     saved = {name: _module_state(model.get_submodule(name)) for name in graph.modules}
@@ -179,7 +179,7 @@ def masked_copy(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
 
     Zeroed are the producers' weight rows and biases and the per-channel parameters after them
     (normalization weight, bias and running mean, depthwise rows); weight parametrizations of
-    traced layers are folded first. ``slim`` with the same plan computes the same function.
+    traced layers are folded first. ``apply_plan`` with the same plan computes the same function.
 
     Raises:
         PlanError: The plan does not fit the graph.
@@ -208,12 +208,30 @@ def masked_copy(model: nn.Module, graph: Graph, plan: Plan) -> nn.Module:
 def slimmed_copy(model: nn.Module, graph: Graph, plan: Plan, example_inputs: Any, *, check: bool = True) -> nn.Module:
     """A slimmed deep copy of ``model``; with ``check``, proven equal to the masked model first.
 
+    What :meth:`assl.Pruner.slim` returns, for a plan of your own: ``model`` is left as it is.
+
+    Args:
+        model: The model that was traced.
+        graph: Its graph from :func:`assl.trace`.
+        plan: Group name (or any producer layer of the group) -> unit indices to remove.
+        example_inputs: What the model is called with, to compare the copy with the masked model.
+        check: Compare the copy with :func:`masked_copy` on ``example_inputs`` (off only for
+            inexact plans, such as pruning through a GroupNorm with ``approximate_norms``).
+
+    Returns:
+        A new module: ``model``'s classes and forward code with smaller tensors.
+
     Raises:
+        PlanError: The plan does not fit the graph.
         ASSLError: The slimmed copy differs from the masked model on ``example_inputs`` beyond
             float tolerance, or building or running it fails (naming the module); ``model`` is
             untouched.
+
+    Example:
+        >>> graph = assl.trace(model, x)
+        >>> small = assl.slimmed_copy(model, graph, {"body.0.conv1": [0, 5, 7]}, x)
     """
-    small = slim(_guarded("the model", functools.partial(copy_model, model)), graph, plan)
+    small = apply_plan(_guarded("the model", functools.partial(copy_model, model)), graph, plan)
     if check:
         masked = _guarded("the model", lambda: masked_copy(model, graph, plan))
         with _failing_layer(masked) as in_masked, _failing_layer(small) as in_small:

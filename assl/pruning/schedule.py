@@ -32,7 +32,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from .alignment import ALIGN_LOSSES
+from ..errors import ArgumentError
+from ._alignment import ALIGN_LOSSES
 
 __all__ = ["PENALTY_FORMS", "PHASES", "Schedule"]
 
@@ -111,11 +112,11 @@ class Schedule:
             >>> schedule.align_iters, schedule.stabilize_iters, schedule.total_steps
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < _MIN_STEPS:
-            raise ValueError(f"Schedule.for_steps needs an int n >= {_MIN_STEPS} (a few steps per phase), got {n!r}")
+            raise ArgumentError(f"Schedule.for_steps needs an int n >= {_MIN_STEPS} (a few steps per phase), got {n!r}")
         sized = {"align_iters", "stabilize_iters", "reg_interval", "reg_step"}
         bad = sorted((set(overrides) - set(cls.__dataclass_fields__)) | (set(overrides) & sized))
         if bad:
-            raise ValueError(
+            raise ArgumentError(
                 f"Schedule.for_steps sizes {sorted(sized)} itself and takes only the other fields "
                 f"(align_weight, align_loss, reg_limit, penalty_form), got {bad}"
             )
@@ -157,22 +158,22 @@ class Schedule:
         for name in ("align_iters", "stabilize_iters"):
             v = getattr(self, name)
             if not isinstance(v, int) or isinstance(v, bool) or v < 0:
-                raise ValueError(f"Schedule.{name} must be an int >= 0, got {v!r}")
+                raise ArgumentError(f"Schedule.{name} must be an int >= 0, got {v!r}")
         if not isinstance(self.reg_interval, int) or isinstance(self.reg_interval, bool) or self.reg_interval < 1:
-            raise ValueError(f"Schedule.reg_interval must be an int >= 1, got {self.reg_interval!r}")
+            raise ArgumentError(f"Schedule.reg_interval must be an int >= 1, got {self.reg_interval!r}")
         for name in ("reg_step", "reg_limit", "align_weight"):
             v = getattr(self, name)
             if not isinstance(v, (int, float)) or not math.isfinite(v) or v < 0:
-                raise ValueError(f"Schedule.{name} must be a finite number >= 0, got {v!r}")
+                raise ArgumentError(f"Schedule.{name} must be a finite number >= 0, got {v!r}")
         if self.reg_step <= 0:
-            raise ValueError(f"Schedule.reg_step must be > 0, got {self.reg_step!r}")
+            raise ArgumentError(f"Schedule.reg_step must be > 0, got {self.reg_step!r}")
         if self.align_loss not in ALIGN_LOSSES:
-            raise ValueError(f"Schedule.align_loss must be one of {ALIGN_LOSSES}, got {self.align_loss!r}")
+            raise ArgumentError(f"Schedule.align_loss must be one of {ALIGN_LOSSES}, got {self.align_loss!r}")
         if self.penalty_form not in PENALTY_FORMS:
-            raise ValueError(f"Schedule.penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
+            raise ArgumentError(f"Schedule.penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
         final = self.increments * self.reg_step
         if self.penalty_form == "shrink" and final >= 1:
-            raise ValueError(
+            raise ArgumentError(
                 f"Schedule: with penalty_form='shrink' the final penalty ({final:.4g}, increments x reg_step) is the "
                 f"share of the chosen entries removed per step and must stay below 1: lower reg_limit or reg_step"
             )

@@ -9,29 +9,30 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch import nn
 
-from .budget import Budget
-from .config import check_arguments, resolve
-from .errors import ASSLError
-from .graph import Graph
-from .latency_budget import report_measured
-from .penalty import apply_penalty, check_optimizer, step_pre_hook
-from .readouts import Readouts
-from .reparam import parametrizations_in_eval
-from .report import SLIM_CHANGE_WARNING, report_change, warn_early
-from .scales import removed_on_error, scaled_state_dict
+from .._reparam import parametrizations_in_eval
+from .._slim import slimmed_copy
+from ..budgets.budget import Budget
+from ..budgets.latency_plan import LatencyPlan, report_measured
+from ..errors import ArgumentError, ASSLError
+from ..graph import Graph
+from ..tracing import trace
+from ._liveness import liveness as measure_liveness
+from ._penalty import apply_penalty, check_optimizer, step_pre_hook
+from ._report import SLIM_CHANGE_WARNING, Progress, report_change, summary_table, warn_early
+from ._resolve import check_arguments, ratio_or_budget, resolve
+from ._scales import removed_on_error, scaled_state_dict
+from ._selection import Selection
+from ._state import STATE_VERSION, ScaleWatch, check_state
 from .schedule import Schedule
-from .selection import Selection
-from .slim import slimmed_copy
-from .state import STATE_VERSION, ScaleWatch, check_state
-from .tracing import trace
 
-__all__ = ["SLIM_CHANGE_WARNING", "Pruner"]
+__all__ = ["SLIM_CHANGE_WARNING", "Progress", "Pruner"]
 
 logger = logging.getLogger("assl")
 
@@ -46,7 +47,7 @@ _TWICE = (
 )
 
 
-class Pruner(Readouts):
+class Pruner:
     """Aligned Structured Sparsity Learning on any ``nn.Module``, driven by your training loop.
 
     Creating the Pruner traces the model, decides how many channels each group loses, and
@@ -58,11 +59,12 @@ class Pruner(Readouts):
     Args:
         model: The model to prune (not wrapped in DistributedDataParallel yet).
         example_inputs: What the model is called with (see :func:`assl.trace`).
-        ratio: Fraction of output channels to remove: one float for every layer, a mapping
+        ratio: Fraction of output channels to remove: one float for every layer, or a mapping
             ``{glob: ratio}`` (first matching pattern wins; layers no pattern matches keep
-            everything; a group takes the ratio of its matched layers, which must agree), or a
-            :class:`assl.Budget`: parameters or MACs (solved for one ratio), or a latency on the
-            example inputs' device (solved per group; :attr:`latency` tells the result).
+            everything; a group takes the ratio of its matched layers, which must agree).
+        budget: Instead of ``ratio``, an :class:`assl.Budget`: parameters or MACs (solved for
+            one ratio), or a latency on the example inputs' device (solved per group;
+            :attr:`latency` tells the result). Give exactly one of ``ratio`` and ``budget``.
         skip: Globs of layers that keep all their output channels (e.g. ``["*mean*", "*tail*"]``);
             a whole group stays when one of its layers is skipped.
         groups: Same-pruned groups as lists of globs (or comma-separated strings), e.g.
@@ -75,9 +77,11 @@ class Pruner(Readouts):
         approximate_norms: Allow pruning through GroupNorm/LayerNorm (inexact, see trace).
 
     Raises:
-        TypeError: The model is not an ``nn.Module`` (or is wrapped), or an argument's type.
-        ValueError: A ratio outside [0, 1), a pattern matching no module, groups that do not
-            match the trace, layers already scaled, an unreachable budget, meta tensors.
+        ArgumentTypeError: The model is not an ``nn.Module`` (or is wrapped), or an argument's type.
+        ArgumentError: A ratio outside [0, 1), both or neither of ``ratio`` and ``budget``,
+            layers already scaled, an unreachable budget, meta tensors.
+        PatternError: A pattern matches no module, or groups do not match the trace.
+        TraceError: The model cannot be traced on the example inputs.
         ASSLError: Inserting the scales failed: they are removed again, the model is as it was.
 
     Example:
@@ -95,7 +99,8 @@ class Pruner(Readouts):
         model: nn.Module,
         example_inputs: Any,
         *,
-        ratio: float | Mapping[str, float] | Budget,
+        ratio: float | Mapping[str, float] | None = None,
+        budget: Budget | None = None,
         skip: str | Iterable[str] = (),
         groups: Sequence[str | Sequence[str]] | None = None,
         schedule: Schedule | None = None,
@@ -103,13 +108,18 @@ class Pruner(Readouts):
         extra_inputs: Sequence[Any] = (),
         approximate_norms: bool = False,
     ) -> None:
+        target = ratio_or_budget(ratio, budget)
         self.schedule = check_arguments(model, schedule, round_to, _ORDER)
         self.model = model
         self.example_inputs = example_inputs
-        self.approximate = approximate_norms
+        self.approximate_norms = approximate_norms
         self.graph: Graph = trace(model, example_inputs, extra_inputs=extra_inputs, approximate_norms=approximate_norms)
+        self.removed: dict[str, int]
+        self.aligned: list[str]
+        self.latency: LatencyPlan | None
+        """What a latency budget chose (:class:`assl.LatencyPlan`); ``None`` for other targets."""
         self.removed, self.aligned, self.latency = resolve(
-            self.graph, ratio, skip=skip, groups=groups, round_to=round_to, model=model, example_inputs=example_inputs
+            self.graph, target, skip=skip, groups=groups, round_to=round_to, model=model, example_inputs=example_inputs
         )
         self._step = 0
         self._hook: Any = None
@@ -130,6 +140,108 @@ class Pruner(Readouts):
                 self.total_steps,
                 self.schedule.total_steps,
             )
+
+    @property
+    def approximate(self) -> bool:
+        """Deprecated alias of :attr:`approximate_norms`."""
+        warnings.warn(
+            "Pruner.approximate is deprecated: use Pruner.approximate_norms, the name of the argument",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.approximate_norms
+
+    # --- what the Pruner tells: read-only, callable at any time ------------------------------
+
+    @property
+    def phase(self) -> str:
+        """``"align"``, ``"regularize"``, ``"stabilize"`` or ``"done"``."""
+        return self.schedule.phase(self._step, bool(self.aligned))
+
+    @property
+    def penalty(self) -> float:
+        """The penalty the next :meth:`step` applies to the chosen channels of aligned groups.
+
+        Groups that are not aligned run the same growth from step 0, so they reach it earlier.
+        """
+        return self.schedule.penalty(self._step, bool(self.aligned))
+
+    @property
+    def total_steps(self) -> int:
+        """Optimizer steps of the whole schedule for this model (without an align phase when no
+        group is aligned): :attr:`done` turns True after this many calls of :meth:`step`."""
+        return self.schedule.bounds(bool(self.aligned))[2]
+
+    def progress(self, *, liveness: bool = False) -> Progress:
+        """A small record of where pruning stands; with ``liveness``, also how alive the chosen
+        channels still are (one forward pass on the example inputs).
+
+        Example:
+            >>> bar.set_postfix(pruner.progress().postfix())
+        """
+        alive = max(self.liveness().values(), default=0.0) if liveness else None
+        left = max(0, self.total_steps - self._step)
+        return Progress(self.phase, self._step, left, self.penalty, alive)
+
+    def scale_parameters(self) -> list[nn.Parameter]:
+        """The scale Parameters the Pruner added (for a param group of their own)."""
+        return [layer.scale for layer in self._selection.all_layers() if layer.kind == "g"]
+
+    def penalized_parameters(self) -> list[nn.Parameter]:
+        """The parameters the penalty acts on: the inserted scales ``g`` and the weights (gamma) of
+        the normalization layers that carry pruned channels, and the biases that go with them."""
+        return self._selection.penalized_parameters()
+
+    def unit_scales(self, group: str) -> torch.Tensor:
+        """``|scale|`` of each unit of ``group``, one row per carrier (:meth:`carriers` order).
+
+        A unit's value is the mean over the channels it stands for (one channel for plain
+        convolutions). A detached copy: read it to see how the schedule is going, e.g. what is
+        left of the chosen units (:meth:`chosen`) before :meth:`slim`.
+
+        Raises:
+            ValueError: ``group`` loses no channels (it has no scales).
+        """
+        return self._selection.unit_scales(group)
+
+    def carriers(self, group: str) -> list[tuple[str, str]]:
+        """Where the units of ``group`` are scaled: ``(module, kind)`` per row of :meth:`unit_scales`.
+
+        ``kind`` is ``"g"`` for a weight-normalization scale the Pruner inserted on a producer, and
+        ``"norm"`` for the weight (gamma) and bias (beta) of a normalization layer.
+        """
+        return [(c.name, c.kind) for c in self._selection.layers.get(group, [])]
+
+    def chosen(self) -> dict[str, list[int]]:
+        """Group name -> the units chosen for removal so far (the plan :meth:`slim` applies)."""
+        return {k: list(v) for k, v in self._selection.chosen.items()}
+
+    def alignment_agreement(self) -> dict[str, float]:
+        """Per aligned group: how much its carriers agree on which units to keep, from 0 to 1.
+
+        The mean over pairs of carriers of the share of one's kept units (its highest
+        ``|scale|``) that the other keeps too; ``1 - removed / units`` is what chance gives.
+        """
+        return self._selection.agreement(self.aligned)
+
+    def summary(self) -> str:
+        """A table per pruned group: carriers, units, units removed, the agreement of aligned groups,
+        mean ``|scale|`` of chosen vs kept units, and the chosen channels' liveness; under a latency
+        budget, its target, prediction and measurements first."""
+        head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
+        if self.latency is not None:
+            head += f"\n{self.latency.describe()}"
+        return summary_table(self._selection, self.aligned, self.liveness(), head)
+
+    def liveness(self) -> dict[str, float]:
+        """Per group with chosen units: how much signal the chosen channels still carry.
+
+        The RMS of the chosen channels over the RMS of the kept ones where their consumers read
+        them (the output of the producer, or of the normalization layer that carries them), on
+        the example inputs in eval mode. ``0``: removing them changes nothing; ``1``: as loud as
+        the channels that stay.
+        """
+        return measure_liveness(self.model, self._selection, self.example_inputs)
 
     # --- the training-loop interface ---------------------------------------------------------
 
@@ -193,7 +305,7 @@ class Pruner(Readouts):
             raise ASSLError(_SLIMMED)
         check_optimizer(optimizer, self._selection.all_layers(), _ORDER)
         if self._hook is not None:
-            raise ValueError("the Pruner is already attached to an optimizer; call detach() first")
+            raise ArgumentError("the Pruner is already attached to an optimizer; call detach() first")
         self._hook = step_pre_hook(optimizer, _ByHook(self))
 
     def detach(self) -> None:
@@ -230,7 +342,7 @@ class Pruner(Readouts):
         if not self.done:
             warn_early(self.phase, self._step)
         self._selection.check_finite()
-        small = slimmed_copy(self.model, self.graph, self.plan(), self.example_inputs, check=not self.approximate)
+        small = slimmed_copy(self.model, self.graph, self.plan(), self.example_inputs, check=not self.approximate_norms)
         self._slimmed = True
         self.detach()
         logger.info(
@@ -251,7 +363,7 @@ class Pruner(Readouts):
                 the same channels.
         """
         if criterion not in ("l1", "scale"):
-            raise ValueError(f"criterion must be 'l1' or 'scale', got {criterion!r}")
+            raise ArgumentError(f"criterion must be 'l1' or 'scale', got {criterion!r}")
         sel = self._selection
         with _unchanged_on_error(self), parametrizations_in_eval(self.model):  # after slim() too: _slim raises
             sel.chosen.clear()

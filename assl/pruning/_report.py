@@ -1,18 +1,19 @@
-"""What the Pruner tells the user: the per-group table and how much slimming changed the output."""
+"""What the Pruner tells the user: its progress, the per-group table, how much slimming changed the output."""
 
 from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
-from .liveness import ALIVE
-from .selection import Selection
-from .slim import max_rel_err
+from .._slim import max_rel_err
+from ._liveness import ALIVE
+from ._selection import Selection
 
-__all__ = ["SLIM_CHANGE_WARNING", "report_change", "summary_table", "warn_early"]
+__all__ = ["SLIM_CHANGE_WARNING", "Progress", "report_change", "summary_table", "warn_early"]
 
 logger = logging.getLogger("assl")
 
@@ -90,3 +91,33 @@ def report_change(
     else:
         logger.info("slimming changed the output on the example inputs by %.3g (relative)", change)
     return change
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where pruning stands, for a log line or a progress bar's postfix.
+
+    Attributes:
+        phase: ``"align"``, ``"regularize"``, ``"stabilize"`` or ``"done"``.
+        step: Optimizer steps seen.
+        steps_left: Steps until :attr:`Pruner.done`.
+        penalty: The penalty of aligned groups at the next step.
+        alive: The largest liveness over groups (RMS of the chosen channels over the kept ones),
+            or ``None`` when not measured.
+    """
+
+    phase: str
+    step: int
+    steps_left: int
+    penalty: float
+    alive: float | None = None
+
+    def postfix(self) -> dict[str, str]:
+        """Short strings for ``tqdm.set_postfix``."""
+        out = {"phase": self.phase, "left": str(self.steps_left), "penalty": f"{self.penalty:.3g}"}
+        if self.alive is not None:
+            out["alive"] = f"{self.alive:.2g}"
+        return out
+
+    def __str__(self) -> str:
+        return ", ".join(f"{k} {v}" for k, v in self.postfix().items())

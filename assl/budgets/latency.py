@@ -27,12 +27,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from ._inputs import tensors
-from ._timing import device_of, in_eval, interleaved, model_call, replica, timeable
-from .graph import Graph
-from .layers import output_dim
-from .slim import slimmed_copy
-from .tracing import trace
+from .._inputs import tensors
+from .._slim import slimmed_copy
+from ..errors import ArgumentError, CheckpointError
+from ..graph import Graph
+from ..layers import output_dim
+from ..tracing import trace
+from .timing import device_of, in_eval, interleaved, model_call, replica, timeable
 
 __all__ = ["LatencyTable", "detect_step", "input_shapes", "measure_latency", "timed_layers"]
 
@@ -107,9 +108,9 @@ class LatencyTable:
             ValueError: The device cannot be timed, or bad arguments.
         """
         if not (step == "auto" or (isinstance(step, int) and step >= 1)):
-            raise ValueError(f"step must be 'auto' or an int >= 1, got {step!r}")
+            raise ArgumentError(f"step must be 'auto' or an int >= 1, got {step!r}")
         if not isinstance(max_points, int) or max_points < 2:
-            raise ValueError(f"max_points must be an int >= 2, got {max_points!r}")
+            raise ArgumentError(f"max_points must be an int >= 2, got {max_points!r}")
         device = device_of(model, example_inputs)
         timeable(device)
         graph = graph if graph is not None else trace(model, example_inputs)
@@ -143,11 +144,11 @@ class LatencyTable:
         """
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
-            raise ValueError(f"not a latency table of format {FORMAT} (found {found!r}): measure it again")
+            raise CheckpointError(f"not a latency table of format {FORMAT} (found {found!r}): measure it again")
         try:
             return cls(**dict(data))
         except TypeError as e:
-            raise ValueError(f"not a latency table: {e}") from None
+            raise CheckpointError(f"not a latency table: {e}") from None
 
     def save(self, path: str | Path) -> None:
         """Write the table to ``path`` (``torch.save`` of plain data, loadable with weights_only)."""
