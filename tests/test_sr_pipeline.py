@@ -131,3 +131,49 @@ def test_the_console_shows_the_pruners_progress_and_the_librarys_warnings(tmp_pa
     err = capsys.readouterr().err
     assert "phase=" in err and "left=" in err  # the Pruner's progress in the prune stage's bar
     assert "assl WARNING: slimming in phase" in err  # cut short: the library says so on the console
+
+
+def test_latency_flag_prunes_to_a_planned_width_and_resumes_without_timing_again(tmp_path, monkeypatch):
+    """``--latency``: widths from a latency table (synthetic here: no timing in tests); a resumed
+    run takes the first run's widths instead of measuring again."""
+    from test_latency import synthetic_table
+
+    measured = []
+
+    def fake_measure(cls, model, x, **kwargs):
+        measured.append(tuple(x.shape))
+        return synthetic_table(model, x, step=4)
+
+    monkeypatch.setattr(assl.LatencyTable, "measure", classmethod(fake_measure))
+    real = sr_main.batches
+    calls = {"n": 0}
+
+    def crashing(ctx, train):
+        for batch in real(ctx, train):
+            calls["n"] += 1
+            if calls["n"] == 4 + 3:  # crash in the pruning stage
+                raise KeyboardInterrupt
+            yield batch
+
+    flags = ["--n_feats", "16", "--latency", "0.6", "--latency_size", "8x12"]
+    monkeypatch.setattr(sr_main, "batches", crashing)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, *flags)
+    assert measured == [(1, 3, 8, 12)]  # one table, on one input of --latency_size
+    first = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["results"]["latency_plan"]
+    assert any(w < 16 for w in first["widths"].values())
+    monkeypatch.setattr(sr_main, "batches", real)
+    results = _run(tmp_path, *flags, "--resume")
+    assert measured == [(1, 3, 8, 12)]  # not timed again
+    plan = json.loads((tmp_path / "run" / "plan.json").read_text())
+    assert results["latency_plan"]["widths"] == first["widths"]
+    cut = {g: k for g, k in plan["removed"].items() if k}  # the slimmed widths are the planned ones
+    assert cut and all(first["widths"][g] == 16 - k for g, k in cut.items())
+    assert results["pruned_params"] < results["dense_params"]
+
+
+@pytest.mark.parametrize("flags, message", [(["--latency", "1.5"], "fraction"), (["--latency_size", "9"], "HxW")])
+def test_bad_latency_flags_are_refused_at_parse_time(flags, message, capsys):
+    with pytest.raises(SystemExit):
+        sr_main.parse_args(["--quick", *flags])
+    assert message in capsys.readouterr().err

@@ -196,6 +196,12 @@ def run(argv: list[str] | None = None) -> dict:
             log.info("%s", pruner.summary())
             results["liveness"] = max(pruner.liveness().values(), default=0.0)
             small = pruner.slim()
+        if pruner.latency is not None:  # slim() timed the slimmed model on the table's input
+            plan = pruner.latency
+            results["latency_plan"].update(
+                dense_ms=plan.dense * 1e3, target_ms=plan.target * 1e3, predicted_ms=plan.predicted * 1e3,
+                measured_ms=None if plan.measured is None else plan.measured * 1e3,
+            )  # fmt: skip
         if ctx.main:
             assl.save(small, ctx.out / "slim.pt")
             with (ctx.out / "plan.json").open("w") as f:
@@ -286,6 +292,11 @@ def final_table(r: dict, args) -> str:
         ("GMACs (1280x720 out) dense -> pruned", f"{fmt('dense_gmacs')} -> {fmt('pruned_gmacs')}"),
         ("wall time", fmt("wall_s", " s", 0)),
     ]
+    lat = r.get("latency_plan", {})
+    if lat.get("measured_ms") is not None:
+        h, w = args.latency_hw
+        row = f"{lat['dense_ms']:.2f} -> {lat['measured_ms']:.2f} (target {lat['target_ms']:.2f})"
+        rows.insert(-1, (f"latency ms ({h}x{w} in) dense -> pruned", row))
     return table(rows)
 
 

@@ -176,6 +176,19 @@ def build_parser() -> argparse.ArgumentParser:
         "penalty reaches zero without one; with gradient, Adam moves a parameter by about lr per step, so a "
         "short run needs a larger one to reach zero in time",
     )
+    o.add_argument(
+        "--latency",
+        type=float,
+        default=None,
+        help="prune to this fraction of the dense model's latency, measured on this machine on one --latency_size "
+        "input (assl.Budget(relative_latency=...), per-layer widths on the device's width step) instead of "
+        "--stage_pr",
+    )
+    o.add_argument(
+        "--latency_size",
+        default="90x160",
+        help="HxW of the low-resolution input the latency is measured on, batch 1 (90x160: a 180x320 x2 output)",
+    )
     o.add_argument("--finetune_iters", type=int, default=1000, help="fine-tuning steps of the slimmed model")
     o.add_argument("--eval_every", type=int, default=1000, help="validation PSNR every this many steps")
     o.add_argument("--checkpoint_every", type=int, default=500, help="save a resumable checkpoint this often")
@@ -239,6 +252,16 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.dense_iters is None:
         args.dense_iters = 0 if args.pre_train else 2000
     args.stage_ranges = parse_stage_pr(args.stage_pr)
+    if args.latency is not None and not 0 < args.latency < 1:
+        parser.error(f"--latency is a fraction of the dense latency in (0, 1), got {args.latency}")
+    try:
+        args.latency_hw = tuple(int(v) for v in args.latency_size.lower().split("x"))
+    except ValueError:
+        args.latency_hw = ()
+    if len(args.latency_hw) != 2 or min(args.latency_hw) < 1:
+        parser.error(f"--latency_size must be HxW, e.g. 90x160, got {args.latency_size!r}")
+    if args.latency is not None and args.method != "ASSL":
+        parser.error("--latency prunes with ASSL: drop --method L1")
     if args.same_pruned_wg_layers is None:
         args.same_pruned_wg_layers = f"model.head.0,model.body.{args.n_resblocks},*body.2"
     if args.patch_size % args.scale:

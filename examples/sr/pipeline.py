@@ -348,4 +348,26 @@ def make_pruner(ctx: Context, model: nn.Module) -> assl.Pruner:
     pruned = set(assl.trace(model, x).layers)
     ratios = {k: v for k, v in ratios.items() if k in pruned}
     groups = [a.same_pruned_wg_layers] if a.same_pruned_wg_layers else None
-    return assl.Pruner(model, x, ratio=ratios, skip=skip, groups=groups, schedule=schedule(a))
+    if a.latency is None:
+        return assl.Pruner(model, x, ratio=ratios, skip=skip, groups=groups, schedule=schedule(a))
+    return _latency_pruner(ctx, model, skip, groups)
+
+
+def _latency_pruner(ctx: Context, model: nn.Module, skip: list[str], groups: list[str] | None) -> assl.Pruner:
+    """``--latency``: per-group widths for a fraction of the dense latency, timed here on one
+    ``--latency_size`` input; a resumed run takes the widths of the first (no timing again)."""
+    a = ctx.args
+    h, w = a.latency_hw
+    x = (torch.rand(1, 3, h, w, generator=torch.Generator().manual_seed(0)) * a.rgb_range).to(ctx.device)
+    results = ctx.state.setdefault("results", {})
+    saved = results.get("latency_plan")
+    if saved is not None:
+        log.info("latency budget: the widths of the first run (%s)", saved["describe"])
+        return assl.Pruner(model, x, ratio=saved["ratios"], skip=skip, groups=groups, schedule=schedule(a))
+    budget = assl.Budget(relative_latency=a.latency)
+    pruner = assl.Pruner(model, x, budget=budget, round_to="auto", skip=skip, groups=groups, schedule=schedule(a))
+    plan = pruner.latency
+    assert plan is not None  # a latency budget always makes a plan
+    results["latency_plan"] = {"ratios": plan.ratios(), "describe": plan.describe(), "widths": dict(plan.widths)}
+    log.info("latency budget: %s", plan.describe())
+    return pruner
