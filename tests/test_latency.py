@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -17,8 +18,9 @@ from models import EDSR, ResNet
 
 import assl
 from assl.budgets._width_solver import allowed_widths, solve_widths
-from assl.budgets.latency import LatencyTable, _dim_grid, detect_step, timed_layers, widths_grid
-from assl.budgets.latency_plan import LatencyModel
+from assl.budgets.budget import MIN_WIDTH
+from assl.budgets.latency import LatencyTable, _dim_grid, detect_step, relative_noise, timed_layers, widths_grid
+from assl.budgets.latency_plan import MIN_BAND, LatencyModel, min_widths
 from assl.budgets.timing import timeable
 
 
@@ -305,7 +307,7 @@ def test_a_budget_measured_here_is_verified_measured_and_resumable() -> None:
         ([1.3, 1.2, 1.1], 2, [1.0 / 1.3, 1.0 / 1.3 / 1.2]),  # none within: the fastest, with a warning
     ],
 )
-def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measured, expected, aims, caplog) -> None:
+def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measured, expected, aims) -> None:
     import assl.budgets.latency_plan as lb
 
     plans = [{"g": i} for i in range(len(measured))]
@@ -317,7 +319,105 @@ def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measur
         asked.append(aim)
         return plans[len(asked)]
 
-    removed, seconds = lb._verified(None, None, None, solve, plans[0], target=1.0, dense=1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        removed, seconds = lb._verified(None, None, None, solve, plans[0], target=1.0, dense=1.0)
     assert removed == plans[expected] and seconds == measured[expected]
     assert asked == pytest.approx(aims)
-    assert ("misses on this device" in caplog.text) == (min(measured) > 1.02)
+    missed = [
+        w for w in caught if issubclass(w.category, assl.ASSLWarning) and "misses on this device" in str(w.message)
+    ]
+    assert bool(missed) == (min(measured) > 1.02)
+
+
+# --- floors, spreading, the noise band ------------------------------------------------------------
+
+
+def _floor_seconds(model, x, table, min_width=MIN_WIDTH) -> float:
+    """The predicted seconds of the smallest widths a budget with ``min_width`` allows (step 1)."""
+    graph = assl.trace(model, x)
+    floors = min_widths(graph, min_width)
+    fastest = {
+        g.name: (g.num_prunable and min(g.num_prunable, g.size - max(1, math.ceil(floors[g.name] * g.size - 1e-9))))
+        for g in graph.groups
+    }
+    return LatencyModel(table, graph).seconds(fastest)
+
+
+@pytest.mark.parametrize("feats", [16, 32, 48])
+def test_every_group_keeps_its_floor_even_for_the_tightest_target(feats: int) -> None:
+    model, x = edsr(feats)
+    table = synthetic_table(model, x)
+    target = _floor_seconds(model, x, table) * 1.0001
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", assl.ASSLWarning)
+        pruner = assl.Pruner(model, x, budget=assl.Budget(latency=target, table=table, verify=False))
+    plan = pruner.latency
+    assert plan is not None and plan.predicted <= target * (1 + MIN_BAND)
+    for g in pruner.graph.groups:
+        if pruner.removed[g.name]:
+            assert plan.widths[g.name] >= math.ceil(g.size / 8), (g.name, plan.widths[g.name])
+    assert "->" in plan.describe_widths() and "widths:" in pruner.summary()
+
+
+def test_min_width_per_glob_raises_one_groups_floor() -> None:
+    model, x = edsr(32)
+    table = synthetic_table(model, x)
+    graph = assl.trace(model, x)
+    body = next(g for g in graph.groups if any(n.startswith("body.0.body.0") for n in g.layers))
+    target = _floor_seconds(model, x, table, {"body.0.body.0": 0.5}) * 1.0001
+    budget = assl.Budget(latency=target, table=table, verify=False, min_width={"body.0.body.0": 0.5})
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", assl.ASSLWarning)
+        pruner = assl.Pruner(model, x, budget=budget)
+    assert pruner.latency is not None and pruner.latency.widths[body.name] >= 16
+    assert min_widths(graph, {"body.0.body.0": 0.5})[body.name] == 0.5
+    assert all(v == MIN_WIDTH for k, v in min_widths(graph, {"body.0.body.0": 0.5}).items() if k != body.name)
+    with pytest.raises(assl.PatternError, match="min_width"):
+        min_widths(graph, {"nothing.like.it": 0.5})
+
+
+def test_a_group_emptied_beyond_ninety_percent_is_warned_about() -> None:
+    model, x = edsr(32)
+    table = synthetic_table(model, x)
+    target = _floor_seconds(model, x, table, 0.0) * 1.0001
+    with pytest.warns(assl.ASSLWarning, match=r"less than 10% of their channels \(.* 32 -> [1-3]\b"):
+        assl.Pruner(model, x, budget=assl.Budget(latency=target, table=table, verify=False, min_width=0.0))
+
+
+def test_a_target_within_the_noise_of_the_floor_gets_the_same_answer_every_time() -> None:
+    model, x = edsr(32)
+    table = synthetic_table(model, x)
+    table.noise = 0.04  # a band of ±8% around predictions
+    floor = _floor_seconds(model, x, table)
+    answers = []
+    for factor in (0.93, 0.97, 1.0, 1.03, 1.07):  # all inside the band: the smallest widths, warned
+        with pytest.warns(assl.ASSLWarning, match="within the timing noise"):
+            p = assl.Pruner(copy.deepcopy(model), x, budget=assl.Budget(latency=floor * factor, table=table))
+        answers.append(p.removed)
+    assert all(a == answers[0] for a in answers)
+    with pytest.raises(assl.ArgumentError, match=r"reachable") as info:
+        assl.Pruner(copy.deepcopy(model), x, budget=assl.Budget(latency=floor * 0.9, table=table))
+    assert "± 8%" in str(info.value)
+    wide = assl.Pruner(copy.deepcopy(model), x, budget=assl.Budget(latency=floor * 1.5, table=table))
+    assert sum(wide.removed.values()) < sum(answers[0].values())  # outside the band: solved as usual
+
+
+def test_min_width_is_checked() -> None:
+    with pytest.raises(assl.ArgumentError, match="min_width"):
+        assl.Budget(relative_latency=0.5, min_width=1.5)
+    with pytest.raises(assl.ArgumentError, match="goes with latency"):
+        assl.Budget(params=10, min_width=0.25)
+    with pytest.raises(assl.ArgumentTypeError, match="string globs"):
+        assl.Budget(relative_latency=0.5, min_width={3: 0.5})  # type: ignore[dict-item]
+
+
+def test_relative_noise_is_a_robust_spread_of_the_whole_model_timings() -> None:
+    rng = np.random.default_rng(0)
+    dense = 1 + 0.05 * rng.standard_normal(201)
+    quiet = np.stack([dense, 0.5 * dense], 1)  # the copy's share does not move: the dense spread counts
+    assert relative_noise(quiet) == pytest.approx(0.05, rel=0.2)
+    shaky = np.stack([np.ones(201), 0.5 * (1 + 0.1 * rng.standard_normal(201))], 1)
+    assert relative_noise(shaky) == pytest.approx(0.1, rel=0.2)
+    outlier = np.stack([np.r_[np.ones(20), 50.0], np.ones(21)], 1)  # one slow round barely counts
+    assert relative_noise(outlier) < 0.01

@@ -16,7 +16,7 @@ import numpy as np
 
 from ..errors import ArgumentError
 
-__all__ = ["Predictor", "allowed_widths", "solve_widths"]
+__all__ = ["Predictor", "allowed_widths", "smallest", "solve_widths"]
 
 MAX_CANDIDATES = 64
 """At most this many widths per group (a coarser step above it), to keep the solver quick."""
@@ -63,7 +63,7 @@ def solve_widths(
         ValueError: Even the smallest allowed widths are predicted above ``target``.
     """
     lost = {g: _importance_lost(s, sizes[g]) for g, s in scores.items()}
-    options = {g: sorted({sizes[g] - w for w in allowed[g] if sizes[g] - w < len(lost[g])}) for g in sizes}
+    options = _options(sizes, allowed, scores)
     smallest = {g: ks[-1] for g, ks in options.items()}
     if model.seconds(smallest) > target:
         raise ArgumentError(
@@ -95,6 +95,20 @@ def solve_widths(
         if best is None:
             return removed
         moves.apply(best[1], best[2])
+
+
+def _options(
+    sizes: Mapping[str, int], allowed: Mapping[str, list[int]], scores: Mapping[str, np.ndarray]
+) -> dict[str, list[int]]:
+    """Per group, the numbers of units it may lose: to an allowed width, at most its scored units."""
+    return {g: sorted({sizes[g] - w for w in allowed[g] if sizes[g] - w <= len(scores[g])}) for g in sizes}
+
+
+def smallest(
+    sizes: Mapping[str, int], allowed: Mapping[str, list[int]], scores: Mapping[str, np.ndarray]
+) -> dict[str, int]:
+    """Units each group loses at its smallest allowed width: the fastest model the solver may choose."""
+    return {g: ks[-1] for g, ks in _options(sizes, allowed, scores).items()}
 
 
 def _importance_lost(scores: np.ndarray, size: int) -> np.ndarray:

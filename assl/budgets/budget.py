@@ -12,7 +12,11 @@ from ..errors import ArgumentError, ArgumentTypeError
 from ..graph import ChannelGroup, Graph
 from .latency import LatencyTable
 
-__all__ = ["Budget", "solve_ratio", "units_to_remove"]
+__all__ = ["MIN_WIDTH", "Budget", "solve_ratio", "units_to_remove"]
+
+
+MIN_WIDTH = 0.125
+"""The share of its units every group keeps under a latency budget unless ``min_width`` says otherwise."""
 
 
 @dataclass(frozen=True)
@@ -32,7 +36,11 @@ class Budget:
       (on the deployment machine). With ``verify`` (default), when the table is of the device
       the model is on, a slimmed copy at the chosen widths is timed against the dense model, and
       the widths are solved again for a prediction moved by the miss while it is more than 2%
-      above the target or 4% below it.
+      above the target or 4% below it. ``min_width`` is the smallest share of its units a group
+      keeps (default 1/8, never below the device's width step), as one fraction or a mapping
+      ``{glob: fraction}`` over the group's layers (the first matching pattern wins for each
+      layer; a group keeps the largest share any of its layers asks for; 1/8 where none matches):
+      a latency is not reached by emptying the layers that save time cheaply.
 
     Example:
         >>> assl.Pruner(model, x, budget=assl.Budget(params=300_000))
@@ -45,6 +53,7 @@ class Budget:
     relative_latency: float | None = None
     table: LatencyTable | None = field(default=None, compare=False)
     verify: bool = True
+    min_width: float | Mapping[str, float] = MIN_WIDTH
 
     def __post_init__(self) -> None:
         given = {k: v for k, v in self.target().items() if v is not None}
@@ -60,6 +69,14 @@ class Budget:
             raise ArgumentError(
                 f"Budget(relative_latency=...) is a fraction of the dense latency in (0, 1), got {value!r}"
             )
+        shares = self.min_width.values() if isinstance(self.min_width, Mapping) else [self.min_width]
+        for share in shares:
+            if isinstance(share, bool) or not isinstance(share, (int, float)) or not 0 <= share <= 1:
+                raise ArgumentError(f"Budget(min_width=...) takes fractions of a group in [0, 1], got {share!r}")
+        if isinstance(self.min_width, Mapping) and not all(isinstance(k, str) for k in self.min_width):
+            raise ArgumentTypeError(f"Budget(min_width={{glob: fraction}}) needs string globs, got {self.min_width!r}")
+        if self.min_width != MIN_WIDTH and not self.is_latency:
+            raise ArgumentError("Budget(min_width=...) goes with latency= or relative_latency= (per-group widths)")
         if not isinstance(self.verify, bool):
             raise ArgumentTypeError(f"Budget(verify=...) must be a bool, got {self.verify!r}")
         if self.table is not None:

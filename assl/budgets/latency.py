@@ -35,7 +35,7 @@ from ..layers import output_dim
 from ..tracing import trace
 from .timing import device_of, in_eval, interleaved, model_call, replica, timeable
 
-__all__ = ["LatencyTable", "detect_step", "input_shapes", "measure_latency", "timed_layers"]
+__all__ = ["LatencyTable", "detect_step", "input_shapes", "measure_latency", "relative_noise", "timed_layers"]
 
 logger = logging.getLogger("assl")
 
@@ -65,6 +65,9 @@ class LatencyTable:
             norms, per-op overhead) is fitted to them as a fixed part plus a part that scales with
             the activations.
         inputs: The shapes of the tensors of the example inputs it was measured on.
+        noise: The timing noise of the whole-model measurements, relative: a robust standard
+            deviation over rounds of the dense model's seconds and of each narrowed copy's share
+            of them (the largest). Targets that close to a prediction cannot be told apart from it.
     """
 
     device: str
@@ -76,6 +79,7 @@ class LatencyTable:
     probe: dict[str, list[float]] = field(default_factory=dict)
     calibration: list[dict[str, Any]] = field(default_factory=list)
     inputs: list[list[int]] = field(default_factory=list)
+    noise: float = 0.0
     format: int = FORMAT
 
     @classmethod
@@ -124,11 +128,14 @@ class LatencyTable:
             least = {g.name: max(1, g.size - g.num_prunable) for g in graph.groups}
             grids = {g: widths_grid(sizes[g], least[g], int(step), max_points) for g in sizes}
             layers, signatures = _measure_layers(model, timed, inputs, grids, max_points, device, rounds, min_time)
-            dense, calibration = _calibrate(model, example_inputs, graph, int(step), device, rounds, min_time)
+            dense, calibration, noise = _calibrate(model, example_inputs, graph, int(step), device, rounds, min_time)
         dtype = next((str(p.dtype) for p in model.parameters() if p.is_floating_point()), "torch.float32")
         table = cls(str(device), dtype.replace("torch.", ""), dense, int(step), layers, signatures, probe, calibration)
-        table.inputs = input_shapes(example_inputs)
-        logger.info("latency table: %d layers, %d signatures, dense %.3f ms", len(layers), len(signatures), dense * 1e3)
+        table.inputs, table.noise = input_shapes(example_inputs), noise
+        logger.info(
+            "latency table: %d layers, %d signatures, dense %.3f ms (noise %.1f%%)",
+            len(layers), len(signatures), dense * 1e3, 100 * noise,
+        )  # fmt: skip
         return table
 
     def to_dict(self) -> dict[str, Any]:
@@ -236,8 +243,9 @@ def detect_step(widths: list[int], seconds: np.ndarray) -> int:
 
 def _calibrate(
     model: nn.Module, example_inputs: Any, graph: Graph, step: int, device: torch.device, rounds: int, min_time: float
-) -> tuple[float, list[dict[str, Any]]]:
-    """Seconds of the dense model, and of copies whose every prunable group keeps 1/2 and 1/4."""
+) -> tuple[float, list[dict[str, Any]], float]:
+    """Seconds of the dense model, of copies whose every prunable group keeps 1/2 and 1/4, and the
+    relative noise of those measurements (see :attr:`LatencyTable.noise`)."""
     copies, removed = [model], []
     for keep in (0.5, 0.25):
         cut = {}
@@ -253,7 +261,16 @@ def _calibrate(
     calibration = [
         {"removed": {g: len(u) for g, u in r.items()}, "seconds": float(t)} for r, t in zip(removed, seconds[1:])
     ]
-    return float(seconds[0]), calibration
+    return float(seconds[0]), calibration, relative_noise(samples)
+
+
+def relative_noise(samples: np.ndarray) -> float:
+    """Robust relative standard deviation over rounds (rows) of the first column and of every
+    other column's ratio to it, the largest: 1.4826 median absolute deviations over the median."""
+    samples = np.asarray(samples, dtype=float)
+    columns = [samples[:, 0], *(samples[:, i] / samples[:, 0] for i in range(1, samples.shape[1]))]
+    spreads = [1.4826 * float(np.median(np.abs(c - np.median(c)))) / float(np.median(c)) for c in columns]
+    return max(spreads, default=0.0)
 
 
 def _layer_inputs(model: nn.Module, example_inputs: Any, names: Mapping[str, Any]) -> dict[str, list[torch.Tensor]]:

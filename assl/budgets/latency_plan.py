@@ -11,23 +11,23 @@ from __future__ import annotations
 import functools
 import logging
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 from torch import nn
 
+from .._patterns import match_each
 from .._scoring import l1_plan, l1_scores
 from .._slim import slimmed_copy
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ASSLWarning
 from ..graph import Graph
-from ._width_solver import allowed_widths, solve_widths
+from ._width_solver import allowed_widths, smallest, solve_widths
+from .budget import MIN_WIDTH, Budget
 from .latency import LatencyTable, input_shapes, measure_latency, timed_layers
 from .timing import device_of, in_eval, interleaved, model_call
-
-if TYPE_CHECKING:
-    from .budget import Budget
 
 __all__ = ["LatencyModel", "LatencyPlan", "latency_removed", "report_measured"]
 
@@ -37,6 +37,10 @@ TOLERANCE = 0.02
 """How far above the target a verified measurement may be before the widths are solved again."""
 RETRIES = 2
 """How many times the widths are solved again for a lowered target."""
+MIN_BAND = 0.03
+"""The smallest relative band around a prediction within which a target counts as met by it."""
+EMPTIED = 0.9
+"""A group that loses more than this share of its units is warned about."""
 
 
 @dataclass
@@ -61,6 +65,7 @@ class LatencyPlan:
     checked: float | None = None
     table: LatencyTable | None = field(default=None, repr=False, compare=False)
     removed: dict[str, int] = field(default_factory=dict)
+    noise: float = 0.0
 
     def ratios(self) -> dict[str, float]:
         """The chosen widths as a Pruner ``ratio`` mapping (plain data): the same widths without
@@ -79,7 +84,15 @@ class LatencyPlan:
             line += f", checked {self.checked * 1e3:.3f} ms"
         if self.measured is not None:
             line += f", measured {self.measured * 1e3:.3f} ms"
+        if self.noise:
+            line += f", timing noise ±{100 * self.noise:.1f}%"
         return line + f" (dense {self.dense * 1e3:.3f} ms on {self.device}, width step {self.step})"
+
+    def describe_widths(self, sizes: Mapping[str, int] | None = None) -> str:
+        """The width of each group that loses units, ``group dense -> kept``, narrowest share first."""
+        sizes = sizes or {g: w + self.removed.get(g, 0) for g, w in self.widths.items()}
+        cut = sorted((g for g, k in self.removed.items() if k), key=lambda g: self.widths[g] / sizes[g])
+        return "widths: " + (", ".join(f"{g} {sizes[g]} -> {self.widths[g]}" for g in cut) or "all dense")
 
 
 class LatencyModel:
@@ -228,23 +241,75 @@ def latency_removed(
         )
     step = table.step if round_to == "auto" else int(round_to)
     sizes = {g.name: g.size for g in graph.groups}
+    floors = min_widths(graph, budget.min_width)
     allowed, scores = {}, {}
     for g in graph.groups:
         free = g.name not in kept and g.num_prunable > 0
-        allowed[g.name] = allowed_widths(g.size, g.size - g.num_prunable, step) if free else [g.size]
+        least = max(g.size - g.num_prunable, math.ceil(floors[g.name] * g.size - 1e-9), 1)
+        allowed[g.name] = allowed_widths(g.size, least, step) if free else [g.size]
         scores[g.name] = l1_scores(model, graph, g.name).cpu().numpy()[g.prunable] if free else np.zeros(0)
-    removed = solve_widths(predictor, sizes, allowed, scores, target)
+    band = max(MIN_BAND, 2 * table.noise)
+    fastest = smallest(sizes, allowed, scores)
+    floor = predictor.seconds(fastest)
+    at_floor = target < floor * (1 + band)
+    if target < floor * (1 - band):
+        raise ArgumentError(
+            f"the latency target of {target * 1e3:.3f} ms cannot be met: the smallest allowed widths are predicted "
+            f"at {floor * 1e3:.3f} ms ± {100 * band:.0f}% (dense {dense * 1e3:.3f} ms on {table.device}), so targets "
+            f"from {floor * (1 - band) * 1e3:.3f} ms up are reachable. Raise the target, lower "
+            f"Budget(min_width=...) (now {budget.min_width!r}) or round_to, or skip fewer layers"
+        )
+    if at_floor:  # within the noise of the fastest plan: the same answer every time
+        removed = dict(fastest)
+        warnings.warn(
+            f"the latency target of {target * 1e3:.3f} ms is within the timing noise (±{100 * band:.0f}%) of the "
+            f"smallest allowed widths, predicted at {floor * 1e3:.3f} ms: every group is cut to its smallest "
+            f"allowed width (Budget(min_width=...), round_to); a lower target cannot be told apart on this device",
+            ASSLWarning,
+            stacklevel=4,
+        )
+    else:
+        removed = solve_widths(predictor, sizes, allowed, scores, target)
     checked = None
     if budget.verify and _timeable_here(table, model, example_inputs):
         solve = functools.partial(solve_widths, predictor, sizes, allowed, scores)
-        removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense)
+        tolerance = max(TOLERANCE, band / 2)
+        removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense, tolerance, at_floor)
     widths = {g: sizes[g] - k for g, k in removed.items()}
     plan = LatencyPlan(
         target, predictor.seconds(removed), dense, step, table.device, widths, checked=checked, table=table,
-        removed=dict(removed),
+        removed=dict(removed), noise=band / 2,
     )  # fmt: skip
-    logger.info("latency budget: %s", plan.describe())
+    _warn_emptied(plan, sizes)
+    logger.info("latency budget: %s\n%s", plan.describe(), plan.describe_widths(sizes))
     return removed, plan
+
+
+def min_widths(graph: Graph, min_width: float | Mapping[str, float]) -> dict[str, float]:
+    """Per group, the smallest share of its units a latency budget keeps (see ``Budget.min_width``)."""
+    if not isinstance(min_width, Mapping):
+        return {g.name: float(min_width) for g in graph.groups}
+    layers = [layer for g in graph.groups for layer in g.layers]
+    hits = match_each(list(min_width), layers, what="min_width", known=list(graph.module_names) or None)
+    share: dict[str, float] = {}
+    for pattern, names in hits.items():  # the first pattern that matches a layer wins for it
+        for name in names:
+            share.setdefault(name, float(min_width[pattern]))
+    return {g.name: max((share[n] for n in g.layers if n in share), default=MIN_WIDTH) for g in graph.groups}
+
+
+def _warn_emptied(plan: LatencyPlan, sizes: Mapping[str, int]) -> None:
+    """Warn when a group loses more than :data:`EMPTIED` of its units."""
+    emptied = {g: w for g, w in plan.widths.items() if sizes[g] - w > EMPTIED * sizes[g]}
+    if emptied:
+        listed = ", ".join(f"{g} {sizes[g]} -> {w}" for g, w in emptied.items())
+        warnings.warn(
+            f"the latency budget leaves {len(emptied)} group(s) with less than {100 * (1 - EMPTIED):.0f}% of their "
+            f"channels ({listed}): such layers are often what the accuracy cannot spare. Raise "
+            f"Budget(min_width=...) to spread the cuts, or raise the target",
+            ASSLWarning,
+            stacklevel=4,
+        )
 
 
 def _verified(
@@ -255,18 +320,21 @@ def _verified(
     removed: dict[str, int],
     target: float,
     dense: float,
+    tolerance: float = TOLERANCE,
+    at_floor: bool = False,
 ) -> tuple[dict[str, int], float]:
     """Time a slimmed copy at the chosen widths against the dense model, and while it misses the
-    target by more than :data:`TOLERANCE` either way (above it, or below it by more than twice
-    that: channels the target allows), solve again for a prediction moved by the miss (at most
-    :data:`RETRIES` times). Returns the widths of the slowest copy within the target (the fastest
-    one when none is) and its measured seconds, scaled to the table's dense latency so that the
-    machine's drift since the table cancels."""
+    target by more than ``tolerance`` either way (above it, or below it by more than twice that:
+    channels the target allows), solve again for a prediction moved by the miss (at most
+    :data:`RETRIES` times; never ``at_floor``, where no smaller widths are allowed). Returns the
+    widths of the slowest copy within the target (the fastest one when none is) and its measured
+    seconds, scaled to the table's dense latency so that the machine's drift since the table
+    cancels."""
     aim, tried = target, []
     for attempt in range(RETRIES + 1):
         measured = _measured_ratio(model, example_inputs, graph, removed) * dense
         tried.append((measured, removed))
-        if target * (1 - 2 * TOLERANCE) <= measured <= target * (1 + TOLERANCE) or attempt == RETRIES:
+        if at_floor or target * (1 - 2 * tolerance) <= measured <= target * (1 + tolerance) or attempt == RETRIES:
             break
         aim *= target / measured
         logger.info("latency budget: measured %.3f ms for a %.3f ms target; solving for %.3f ms", measured * 1e3,
@@ -275,16 +343,20 @@ def _verified(
             again = solve(aim)
         except ValueError:  # the smallest widths already
             break
-        if again == removed:
+        if again == removed or not any(again.values()):  # a noisy miss must not undo the whole plan
             break
         removed = again
-    within = [t for t in tried if t[0] <= target * (1 + TOLERANCE)]
+    within = [t for t in tried if t[0] <= target * (1 + tolerance)]
     measured, removed = max(within, key=lambda t: t[0]) if within else min(tried, key=lambda t: t[0])
     if not within:
-        logger.warning(
-            "latency budget: the slimmed model measured %.3f ms against a target of %.3f ms (the table's "
-            "prediction misses on this device; lower the target to compensate)", measured * 1e3, target * 1e3,
-        )  # fmt: skip
+        warnings.warn(
+            f"latency budget: the slimmed model measured {measured * 1e3:.3f} ms against a target of "
+            f"{target * 1e3:.3f} ms (the table's prediction misses on this device"
+            + ("; these are the smallest allowed widths" if at_floor else "; lower the target to compensate")
+            + ")",
+            ASSLWarning,
+            stacklevel=5,
+        )
     return removed, measured
 
 

@@ -230,7 +230,7 @@ class Pruner:
         budget, its target, prediction and measurements first."""
         head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
         if self.latency is not None:
-            head += f"\n{self.latency.describe()}"
+            head += f"\n{self.latency.describe()}\n{self.latency.describe_widths()}"
         return summary_table(self._selection, self.aligned, self.liveness(), head)
 
     def liveness(self) -> dict[str, float]:
