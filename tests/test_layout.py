@@ -61,7 +61,7 @@ def test_the_graph_and_the_slimmer_import_nothing_of_tracing_or_the_pruner():
         bad = {m for m in graph[module] if m.startswith(("assl.tracing", "assl.pruner"))}
         assert not bad, f"{module} imports {bad}"
     rules = [m for m in graph if m.startswith("assl.tracing.") and m.endswith(("_rules", "elementwise", "spatial"))]
-    assert len(rules) == 4
+    assert len(rules) == 6  # layer, shape, size and param rules, elementwise, spatial
     for module in rules:
         assert "assl.tracing.tracer" not in graph[module], f"{module} imports the tracer back"
 
