@@ -13,9 +13,12 @@ hook reads so that the weight it rebuilds is the cut weight.
   alike: a zero row adds nothing to ``u^T W v`` nor to a power-iteration step. Any other cut
   changes the largest singular value, so the tracer pins those channels.
 
-*Opaque layers.* A known layer whose class replaces the forward of its torch class, or whose
-weight is computed by something other than a parametrization or the hooks above, is opaque: the
-tracer pins its channels and says why (:func:`opaque_reason`).
+*Layers with a forward of their own.* A known layer whose class replaces the forward of its torch
+class is not observed whole: the tracer follows the operations of its forward (:func:`own_forward`).
+
+*Opaque layers.* A known layer whose weight is computed by something other than a parametrization
+or the hooks above, or that has such a hook and a forward of its own, is opaque: the tracer pins
+its channels and says why (:func:`opaque_reason`).
 """
 
 from __future__ import annotations
@@ -44,6 +47,7 @@ __all__ = [
     "legacy_hook",
     "legacy_hooks",
     "opaque_reason",
+    "own_forward",
     "parametrizations_in_eval",
     "refresh",
     "scale_target",
@@ -56,7 +60,7 @@ LegacyHook = Union[WeightNorm, SpectralNorm]
 """The forward pre-hook of a legacy ``weight_norm`` or ``spectral_norm``."""
 
 _OWN_METHODS = ("forward", "_conv_forward")
-"""Methods through which a layer computes its output: a subclass that replaces one is opaque."""
+"""Methods through which a layer computes its output: a subclass that replaces one is traced through."""
 
 
 def legacy_hook(m: nn.Module, name: str = "weight") -> LegacyHook | None:
@@ -253,18 +257,13 @@ def _torch_base(m: nn.Module) -> type | None:
     return next((c for c in type(m).__mro__ if c in LAYER_TYPES), None)
 
 
-def opaque_reason(m: nn.Module) -> str | None:
-    """Why the tracer cannot treat ``m`` as the torch layer it derives from, or None if it can.
+def own_forward(m: nn.Module) -> str | None:
+    """How a known layer computes its output with code of its own, or None when its torch class's does.
 
-    The tracer observes a known layer (a convolution, Linear, a norm, PReLU) whole and assumes its
-    class's computation. That does not hold when:
-
-    * its class replaces ``forward`` (or ``_conv_forward``) of the torch class, e.g. a convolution
-      that standardizes its weight with a per-filter gain, or the instance's own attribute does;
-    * its ``weight`` or ``bias`` is neither a Parameter, a buffer, a parametrization nor the
-      tensor of a supported legacy weight-norm or spectral-norm hook, but something a hook computes;
-    * a legacy weight-norm or spectral-norm hook sits on another tensor or on a layer that is not
-      a convolution or Linear.
+    Its class replaces ``forward`` (or ``_conv_forward``) of the torch class it derives from (timm's
+    ``BatchNormAct2d``, a convolution that standardizes its weight), or its instance has its own
+    ``forward``. The tracer then follows the operations of that code instead of observing the layer
+    whole.
     """
     base = _torch_base(m)
     if base is None:
@@ -272,18 +271,33 @@ def opaque_reason(m: nn.Module) -> str | None:
     cls = type(m)
     for attr in _OWN_METHODS:
         if attr in m.__dict__:
-            return f"its `{attr}` is replaced on the instance, so the tracer cannot see what it computes"
+            return f"its `{attr}` is set on the instance"
         if getattr(cls, attr, None) is not getattr(base, attr, None):
             owner = next((c for c in cls.__mro__ if attr in c.__dict__), cls)
-            return (
-                f"its class {owner.__name__} replaces {base.__name__}.{attr}, so the tracer cannot see what it "
-                f"computes from its tensors"
-            )
+            return f"its class {owner.__name__} replaces {base.__name__}.{attr}"
+    return None
+
+
+def opaque_reason(m: nn.Module) -> str | None:
+    """Why the tracer can neither treat ``m`` as the torch layer it derives from nor follow its
+    forward, or None if it can.
+
+    * its ``weight`` or ``bias`` is neither a Parameter, a buffer, a parametrization nor the
+      tensor of a supported legacy weight-norm or spectral-norm hook, but something a hook computes;
+    * a legacy weight-norm or spectral-norm hook sits on another tensor, on a layer that is not a
+      convolution or Linear, or on a layer with a forward of its own (:func:`own_forward`).
+    """
+    base = _torch_base(m)
+    if base is None:
+        return None
+    own = own_forward(m)
     for hook in legacy_hooks(m):
+        if own is not None:
+            return f"a legacy {_kind(hook)} on a layer whose forward is its own ({own}) is not supported"
         if hook.name != "weight" or not isinstance(m, PRODUCER_TYPES):
             return f"a legacy {_kind(hook)} on `{hook.name}` of a {base.__name__} is not supported"
     for t in ("weight", "bias"):
-        own = t in m._parameters or t in m._buffers or parametrize.is_parametrized(m, t)
-        if not own and legacy_hook(m, t) is None and isinstance(m.__dict__.get(t), torch.Tensor):
+        owned = t in m._parameters or t in m._buffers or parametrize.is_parametrized(m, t)
+        if not owned and legacy_hook(m, t) is None and isinstance(m.__dict__.get(t), torch.Tensor):
             return f"its `{t}` is computed outside the layer (by a forward pre-hook?), not a Parameter or buffer"
     return None

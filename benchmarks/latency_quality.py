@@ -90,7 +90,8 @@ class Table:
         self.measure_s = time.perf_counter() - t0
         self.graph = assl.trace(arch, self.x)
         self.lm = LatencyModel(self.table, self.graph)
-        self.dense = self.table.dense  # measured: what the Pruner takes relative_latency of
+        # the table's prediction of the dense model: the Pruner reads predictions as fractions of it
+        self.dense = self.lm.seconds({})
         self.ratio, self.ratio_step, self.unreachable = {}, {}, {}
         for t in a.targets:
             try:  # the smallest widths the table allows may be predicted above the target
@@ -105,7 +106,7 @@ class Table:
             self.ratio_step[t] = same_prediction_ratio(*args, round_to=self.table.step)
 
     def predicted(self, removed: dict[str, int]) -> float:
-        """Predicted latency after ``removed``, as a fraction of the measured dense latency."""
+        """Predicted latency after ``removed``, as a fraction of the predicted dense latency."""
         return self.lm.seconds(removed) / self.dense
 
 

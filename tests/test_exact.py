@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import logging
 import pickle
+import types
 import warnings
 
 import pytest
@@ -60,22 +61,42 @@ def _same_state(a, b):
 # --- 1. layers whose computation is not their class's ---------------------------------------
 
 
-def test_overridden_forward_is_opaque_with_its_reason_in_the_summary():
+def test_overridden_forward_is_traced_through_and_the_standardized_inputs_stay():
     case = BY_NAME["ws_conv"]
     graph = assl.trace(case.build(), case.inputs(0))
-    assert "ws" in graph.opaque_layers and "WSConv2d replaces Conv2d.forward" in graph.opaque_layers["ws"]
-    text = graph.summary()
-    assert "opaque layers" in text and "ws: its class WSConv2d" in text
-    assert graph.group("stem").num_prunable == 0 and "`ws` is opaque" in graph.group("stem").reasons[0]
-    assert graph.group("body.0").num_prunable == 16  # the rest of the model still prunes
+    assert not graph.opaque_layers  # its forward is followed: F.conv2d of a standardized weight times a gain
+    assert graph.group("ws").num_prunable == 8  # a filter standardized alone: the filters can go
+    why = graph.group("stem").reasons[0]  # standardization mixes a filter's input channels: they stay
+    assert graph.group("stem").num_prunable == 0 and "`ws.weight` (dim 1) is reduced over by `mean`" in why
+    assert "models.py:" in why  # the line of the forward code
+    assert graph.group("body.0").num_prunable == 16
 
 
-def test_opaque_layer_that_pins_everything_is_refused_and_the_model_is_unchanged():
-    model = _Res(lambda i, o: WSConv2d(i, o, 3, padding=1))  # the issue's model: the WS conv in the block
+def test_a_layer_whose_weight_goes_through_an_op_not_followed_is_refused_and_the_model_unchanged():
+    class Rolled(nn.Conv2d):
+        def forward(self, x):
+            return nn.functional.conv2d(x, self.weight.roll(1, 0), self.bias, padding=1)
+
+    model = _Res(lambda i, o: Rolled(i, o, 3, padding=1))
     before = snapshot(model)
+    graph = assl.trace(model, X)
+    assert "`a.weight` go(es) through `roll`" in graph.opaque_layers["a"]
     with pytest.raises(ValueError, match="nothing to prune"):
         assl.Pruner(model, X, ratio=0.5)
     assert_same(before, snapshot(model))
+
+
+def test_the_issues_ws_conv_in_a_residual_block_prunes_its_filters_exactly():
+    model = _Res(lambda i, o: WSConv2d(i, o, 3, padding=1)).eval()  # refused before: the WS conv was opaque
+    graph = assl.trace(model, X)
+    assert graph.group("a").num_prunable == 8 and graph.group("head").num_prunable == 0
+    plan = {"a": [1, 4, 6]}
+    masked = assl.masked_copy(model, graph, plan)
+    assl.slim(model, graph, plan)
+    assert model.a.weight.shape == (5, 8, 3, 3) and model.a.gain.shape == (5, 1, 1, 1)
+    assert model.a.out_channels == 5 and model.b.in_channels == 5
+    for x in (X, torch.randn(1, 3, 11, 7)):
+        assert max_rel_err(masked, model, x) < 1e-5
 
 
 def test_weight_computed_by_an_unknown_pre_hook_is_opaque():
@@ -88,13 +109,19 @@ def test_weight_computed_by_an_unknown_pre_hook_is_opaque():
     assert "computed outside the layer" in graph.opaque_layers["a"]
 
 
-def test_forward_replaced_on_the_instance_is_opaque():
-    model = _Res()
-    conv = model.a
-    model.a.forward = lambda x: nn.functional.conv2d(x, conv.weight.flip(0), conv.bias, padding=1)
+def test_forward_replaced_on_the_instance_is_traced_through():
+    model = _Res().eval()
+    double = lambda self, x: nn.functional.conv2d(x, self.weight * 2, self.bias, padding=1)  # noqa: E731
+    model.a.forward = types.MethodType(double, model.a)  # bound: copies of the model call their own layer
     graph = assl.trace(model, X)
-    assert "replaced on the instance" in graph.opaque_layers["a"]
-    assert graph.group("head").num_prunable == 0
+    assert not graph.opaque_layers and graph.group("a").num_prunable == 8
+    masked = assl.masked_copy(model, graph, {"a": [0, 3]})
+    assl.slim(model, graph, {"a": [0, 3]})
+    assert max_rel_err(masked, model, X) < 1e-5
+    model = _Res()
+    model.a.forward = lambda x: nn.functional.conv2d(x, model.a.weight.flip(0), model.a.bias, padding=1)
+    graph = assl.trace(model, X)  # flip reorders the filters: not followed, the layer stays whole
+    assert "flip" in graph.opaque_layers["a"] and graph.group("head").num_prunable == 0
 
 
 def test_the_users_hooks_are_traced_through():
@@ -307,9 +334,9 @@ def test_an_error_while_slimming_names_the_layer_and_leaves_the_model(monkeypatc
 
 
 def test_a_slimmed_model_that_fails_names_the_layer():
-    class Strict(nn.Module):  # forward code that wants 8 channels, through a comparison the tracer allows
-        def forward(self, x):
-            if x.shape[1] != 8:
+    class Strict(nn.Module):  # forward code that wants 8 channels, through a count the tracer cannot see:
+        def forward(self, x):  # range() reads the size through __index__, a plain int comes out
+            if len(range(x.shape[1])) != 8:
                 raise RuntimeError(f"expected 8 channels, got {x.shape[1]}")
             return x
 
@@ -517,7 +544,7 @@ def test_skip_naming_a_layer_that_changes_nothing_warns(caplog):
         pruner = assl.Pruner(_Depthwise(), X, ratio=0.5, skip=["ws", "block"], schedule=TINY)
     assert pruner.removed["a"] == 4
     text = caplog.text
-    assert "skip pattern 'ws' changes nothing: `ws` is opaque" in text
+    assert "skip pattern 'ws' changes nothing: the channels of `ws` stay anyway: reaches the model's output" in text
     assert "skip pattern 'block' changes nothing: `block` has no channels of its own" in text
     assert "use 'block.*'" in text
 

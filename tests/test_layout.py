@@ -95,6 +95,17 @@ def _violations(imports: dict[str, set[str]], layers: list[list[str]]) -> list[s
     return sorted(bad)
 
 
+def test_the_graph_and_the_slimmer_import_nothing_of_tracing_or_the_pruner():
+    graph = _imports()
+    for module in ("assl.graph", "assl._slim", "assl.layers", "assl.serialization._format"):
+        bad = {m for m in graph[module] if m.startswith(("assl.tracing", "assl.pruning"))}
+        assert not bad, f"{module} imports {bad}"
+    rules = [m for m in graph if m.startswith("assl.tracing.") and m.endswith(("_rules", "elementwise", "spatial"))]
+    assert len(rules) == 6  # layer, shape, size and param rules, elementwise, spatial
+    for module in rules:
+        assert "assl.tracing.tracer" not in graph[module], f"{module} imports the tracer back"
+
+
 def test_every_import_points_down_the_layers_of_the_architecture_doc():
     layers = _layers()
     assert len(layers) >= 5 and all(layers), layers

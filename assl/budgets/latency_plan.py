@@ -8,7 +8,6 @@ returns a :class:`LatencyPlan`.
 
 from __future__ import annotations
 
-import functools
 import logging
 import math
 import warnings
@@ -249,8 +248,12 @@ def latency_removed(
         allowed[g.name] = allowed_widths(g.size, least, step) if free else [g.size]
         scores[g.name] = l1_scores(model, graph, g.name).cpu().numpy()[g.prunable] if free else np.zeros(0)
     band = max(MIN_BAND, 2 * table.noise)
+    # the table's prediction of the dense model over its measurement: predictions are read as
+    # fractions of that, so a table whose layers were timed in a slower or quieter moment than the
+    # whole model still aims at the right share of the dense latency
+    anchor = predictor.seconds({}) / dense
     fastest = smallest(sizes, allowed, scores)
-    floor = predictor.seconds(fastest)
+    floor = predictor.seconds(fastest) / anchor
     at_floor = target < floor * (1 + band)
     if target < floor * (1 - band):
         raise ArgumentError(
@@ -269,15 +272,18 @@ def latency_removed(
             stacklevel=4,
         )
     else:
-        removed = solve_widths(predictor, sizes, allowed, scores, target)
+        removed = solve_widths(predictor, sizes, allowed, scores, target * anchor)
     checked = None
     if budget.verify and _timeable_here(table, model, example_inputs):
-        solve = functools.partial(solve_widths, predictor, sizes, allowed, scores)
+
+        def solve(aim: float) -> dict[str, int]:
+            return solve_widths(predictor, sizes, allowed, scores, aim * anchor)
+
         tolerance = max(TOLERANCE, band / 2)
         removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense, tolerance, at_floor)
     widths = {g: sizes[g] - k for g, k in removed.items()}
     plan = LatencyPlan(
-        target, predictor.seconds(removed), dense, step, table.device, widths, checked=checked, table=table,
+        target, predictor.seconds(removed) / anchor, dense, step, table.device, widths, checked=checked, table=table,
         removed=dict(removed), noise=band / 2,
     )  # fmt: skip
     _warn_emptied(plan, sizes)

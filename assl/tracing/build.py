@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import cast
 
@@ -15,7 +16,9 @@ from .._reparam import hook_dim, legacy_hook, underlying, value
 from ..graph import ChannelGroup, Entry, Graph
 from .channels import Nodes
 
-__all__ = ["build_graph", "pin_shared"]
+__all__ = ["build_graph", "log_graph", "pin_shared"]
+
+logger = logging.getLogger("assl")
 
 
 def _backing(m: nn.Module, name: str) -> list[torch.Tensor]:
@@ -127,3 +130,32 @@ def build_graph(
                 counted.add(id(m._parameters.get(t_name)))
     fixed_params = sum(p.numel() for p in model.parameters() if id(p) not in counted)
     return Graph(groups, unit_roots, entries, entry_roots, shapes, fixed_params, positions or {}, followers)
+
+
+def log_graph(model: nn.Module, graph: Graph) -> None:
+    """Log what the trace found: layers that never ran, opaque ops and layers, pinned groups."""
+    untraced = graph.untraced
+    if untraced:
+        logger.warning(
+            "%d layer(s) never ran on the example inputs and are left untouched: %s. If forward can "
+            "reach them with other inputs, pass those inputs as extra_inputs.",
+            len(untraced),
+            ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else ""),
+        )
+    if graph.opaque_ops:
+        logger.info("ops not modeled (their input channels stay): %s", graph.opaque_ops)
+    for name, reason in graph.opaque_layers.items():
+        logger.info("layer %s is opaque, its channels stay: %s", name, reason)
+    for g in graph.groups:
+        if g.num_prunable < g.size:
+            logger.info(
+                "group %s (%s): %d of %d channels stay: %s",
+                g.name,
+                ", ".join(g.layers),
+                g.size - g.num_prunable,
+                g.size,
+                next(iter(g.reasons.values())),
+            )
+    if not any(g.num_prunable for g in graph.groups):
+        logger.warning("%s has no channel that can be removed exactly:\n%s", type(model).__name__, graph.summary())
+    logger.info("traced %d producers in %d channel groups", len(graph.layers), len(graph.groups))

@@ -10,9 +10,12 @@ channel-wise multiply) union their nodes; the connected components are the units
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import NamedTuple
 
 import numpy as np
+
+from .sizes import SizeInt
+
+__all__ = ["FIXED", "Nodes", "SizeInt", "Value", "fixed_value"]
 
 FIXED = -1
 
@@ -116,68 +119,3 @@ class Nodes:
         rows = labels.reshape(blocks, -1)
         for j in range(1, blocks):
             self.union_arrays(rows[0], rows[j], reason)
-
-
-class ParamRef(NamedTuple):
-    """A raw tensor that is (a reshaped view of) a per-channel parameter or buffer of the model."""
-
-    module: str
-    tensor: str
-    param_dim: int
-    dim: int
-    size: int
-
-
-class SizeInt(int):
-    """A size the forward code read from a traced tensor's channel dimension, or computed from one.
-
-    ``x.size(1)``, ``x.shape``, ``x.numel()`` of a traced tensor return these in place of plain
-    ints while tracing. They behave as ints; arithmetic keeps ``sources`` (the channel labels the
-    size came from), so a reshape can tell ``x.view(b, c * h * w)`` with ``c = x.size(1)``, which
-    follows a slimmed tensor, from ``x.view(b, 1152)``, which does not. Copies and pickles of a
-    ``SizeInt`` are plain ints.
-    """
-
-    sources: tuple[np.ndarray, ...]
-
-    def __new__(cls, value: int, sources: tuple[np.ndarray, ...] = ()) -> SizeInt:
-        obj = super().__new__(cls, value)
-        obj.sources = sources
-        return obj
-
-    def __reduce__(self) -> tuple[type, tuple[int]]:
-        return int, (int(self),)
-
-
-def _size_op(name: str) -> object:
-    op = getattr(int, name)
-
-    def method(self: SizeInt, *others: object) -> object:
-        out = op(self, *others)
-        if out is NotImplemented or not isinstance(out, int) or isinstance(out, bool):
-            return out
-        sources = self.sources + tuple(s for o in others if isinstance(o, SizeInt) for s in o.sources)
-        return SizeInt(out, sources)
-
-    method.__name__ = name
-    return method
-
-
-for _op in (
-    "__add__",
-    "__radd__",
-    "__sub__",
-    "__rsub__",
-    "__mul__",
-    "__rmul__",
-    "__floordiv__",
-    "__rfloordiv__",
-    "__mod__",
-    "__rmod__",
-    "__pow__",
-    "__rpow__",
-    "__neg__",
-    "__pos__",
-    "__abs__",
-):
-    setattr(SizeInt, _op, _size_op(_op))

@@ -107,6 +107,9 @@ _LOSES_ZERO = {
 }
 
 
+_CASTS = {"type_as", "to"}
+"""Unary operations whose other tensor argument gives only a dtype or device."""
+
 _SINGULAR = {"log", "log_", "log2", "log10", "reciprocal", "reciprocal_", "rsqrt", "rsqrt_"}
 
 
@@ -114,13 +117,11 @@ def _unary(keeps_zero: bool, singular: bool = False) -> Rule:
     def rule(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
         x = args[0]
         v = tr.get(x)
-        if any(tr.get(t) is not None for t in tensors((args[1:], kwargs))):
+        if name not in _CASTS and any(tr.get(t) is not None for t in tensors((args[1:], kwargs))):
             raise Opaque  # a traced tensor in another place (torch.pow(2, x), clamp(x, max=y))
         if not isinstance(out, torch.Tensor) or not isinstance(x, torch.Tensor):
             return
         if v is None:
-            if keeps_zero:  # exp(0) = 1: a parameter zeroed in the masked model must not pass
-                tr.propagate_param_ref(x, out)
             return
         if singular or name in _SINGULAR:  # log(0), 1/0: a removed channel would poison what follows
             tr.fix(v.labels[v.zero], f"`{name}` of a channel that is zero once removed")
@@ -227,14 +228,19 @@ def _binary(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
             k = pos - (no - t.ndim)
             n = t.shape[k] if k >= 0 else 1
             if n == size and size > 1:
-                ref = tr.param_ref(t)
-                if ref is None or ref.dim != k:
-                    tr.fix(labels, f"combined by `{name}` with a per-channel tensor that is not a parameter")
+                b = tr.bind(t, k, zeroed=not divisor)
+                why = f"parameters that cannot be cut with them: {b.why}" if b is not None and b.why else None
+                if why is None and (b is None or not b.axes or b.zero is None):
+                    why = "a per-channel tensor that is not a parameter"
+                if why is not None or b is None or b.zero is None:
+                    tr.fix(labels, f"combined by `{name}` with {why}")
                     flags.append(np.zeros(size, dtype=bool))
                     continue
-                # the masked model zeroes an additive or multiplicative parameter, never a divisor
-                tr.entry(ref.module, ref.tensor, ref.param_dim, labels, "slice" if divisor else "zero")
-                flags.append(np.ones(size, dtype=bool))
+                # parameters (or tensors computed from them alone) are cut with the channels; the
+                # masked model zeroes them where that keeps the result finite, never a divisor
+                for module, tensor, dim, role in b.axes:
+                    tr.entry(module, tensor, dim, labels, role)
+                flags.append(b.zero)
                 continue
             flags.append(np.full(size, bool(torch.all(t != 0)) if divisor else not bool(torch.any(t))))
             continue

@@ -31,100 +31,200 @@ def _input_value(tr: Tracer, x: torch.Tensor, channel_dim: int, name: str) -> Va
     return fixed_value(channel_dim, x.shape[channel_dim])
 
 
-def _conv(tr: Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor) -> None:
-    transposed = isinstance(m, DECONV)
-    spatial = len(m.kernel_size)
+ParamAxes = list[tuple[str, str, int, str]]
+"""Dimensions of parameters that follow a call's channels: (module, tensor, dim, role)."""
+
+
+def _own(name: str, tensor: str, dim: int, role: str = "zero") -> ParamAxes:
+    return [(name, tensor, dim, role)]
+
+
+def _record_axes(tr: Tracer, axes: ParamAxes, labels: np.ndarray, role: str | None = None) -> None:
+    for module, tensor, dim, own_role in axes:
+        tr.entry(module, tensor, dim, labels, role or own_role)
+
+
+def conv_call(
+    tr: Tracer,
+    name: str,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    transposed: bool,
+    spatial: int,
+    groups: int,
+    weight: tuple[ParamAxes, ParamAxes],
+    bias: ParamAxes,
+    out_zero: np.ndarray | None = None,
+) -> None:
+    """One call of a convolution (of a layer, or ``F.conv2d`` in a forward the tracer follows).
+
+    Args:
+        name: The producer: the layer whose output channels the call makes.
+        weight: The parameter dimensions along the weight's dims 0 and 1.
+        bias: The parameter dimensions along the bias.
+        out_zero: Per output channel, whether it is zero once removed (default: all).
+    """
     cd = x.ndim - spatial - 1
     v = _input_value(tr, x, cd, name)
-    g = m.groups
-    c_in, c_out = m.in_channels, m.out_channels
+    g = groups
+    c_out = out.shape[cd]
+    c_in = x.shape[cd]
     b_in, b_out = c_in // g, c_out // g
-    w_in, w_out = (0, 1) if transposed else (1, 0)
+    w_in, w_out = (weight[0], weight[1]) if transposed else (weight[1], weight[0])
     # MACs = positions x weight size: output positions, or input positions for a transposed conv
     tr.count_positions(name, x.numel() // c_in if transposed else out.numel() // c_out)
+    zero = np.ones(c_out, dtype=bool) if out_zero is None else out_zero
     if g > 1 and b_in == 1:
         # depthwise: output channel k*b_out + i is computed from input channel k alone
         labels = np.repeat(v.labels, b_out)
-        tr.entry(name, "weight", 0, v.labels if transposed else labels, "zero")
-        if m.bias is not None:
-            tr.entry(name, "bias", 0, labels, "zero")
-        tr.put(out, Value(cd, labels, np.ones(c_out, dtype=bool)), name)
+        _record_axes(tr, weight[0], v.labels if transposed else labels)
+        _record_axes(tr, bias, labels)
+        tr.put(out, Value(cd, labels, zero), name)
         return
     tr.consume(v, name)
     if g > 1:
         tr.nodes.tie_blocks(v.labels, g, f"grouped `{name}` keeps equal groups")
-    tr.entry(name, "weight", w_in, v.labels if transposed else v.labels[:b_in], "slice")
+    _record_axes(tr, w_in, v.labels if transposed else v.labels[:b_in], "slice")
     src = tr.source(name, c_out)
     if g > 1:
         tr.nodes.tie_blocks(src, g, f"grouped `{name}` keeps equal groups")
-    tr.entry(name, "weight", w_out, src[:b_out] if transposed else src, "zero")
-    if m.bias is not None:
-        tr.entry(name, "bias", 0, src, "zero")
-    tr.put(out, Value(cd, src, np.ones(c_out, dtype=bool)), name)
+    _record_axes(tr, w_out, src[:b_out] if transposed else src)
+    _record_axes(tr, bias, src)
+    tr.put(out, Value(cd, src, zero), name)
+
+
+def _conv(tr: Tracer, name: str, m: _ConvNd, x: torch.Tensor, out: torch.Tensor) -> None:
+    transposed = isinstance(m, DECONV)
+    weight = (_own(name, "weight", 0), _own(name, "weight", 1))
+    bias = _own(name, "bias", 0) if m.bias is not None else []
+    conv_call(
+        tr, name, x, out, transposed=transposed, spatial=len(m.kernel_size), groups=m.groups, weight=weight, bias=bias
+    )
+
+
+def linear_call(
+    tr: Tracer,
+    name: str,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    weight: tuple[ParamAxes, ParamAxes],
+    bias: ParamAxes,
+    out_zero: np.ndarray | None = None,
+) -> None:
+    """One call of a Linear layer (or ``F.linear``): producer of ``name``'s output features."""
+    v = _input_value(tr, x, x.ndim - 1, name)
+    n_out = out.shape[-1]
+    tr.count_positions(name, out.numel() // n_out)
+    tr.consume(v, name)
+    _record_axes(tr, weight[1], v.labels, "slice")
+    src = tr.source(name, n_out)
+    _record_axes(tr, weight[0], src)
+    _record_axes(tr, bias, src)
+    zero = np.ones(n_out, dtype=bool) if out_zero is None else out_zero
+    tr.put(out, Value(out.ndim - 1, src, zero), name)
 
 
 def _linear(tr: Tracer, name: str, m: nn.Linear, x: torch.Tensor, out: torch.Tensor) -> None:
-    v = _input_value(tr, x, x.ndim - 1, name)
-    tr.count_positions(name, out.numel() // m.out_features)
-    tr.consume(v, name)
-    tr.entry(name, "weight", 1, v.labels, "slice")
-    src = tr.source(name, m.out_features)
-    tr.entry(name, "weight", 0, src, "zero")
-    if m.bias is not None:
-        tr.entry(name, "bias", 0, src, "zero")
-    tr.put(out, Value(out.ndim - 1, src, np.ones(m.out_features, dtype=bool)), name)
+    bias = _own(name, "bias", 0) if m.bias is not None else []
+    linear_call(tr, name, x, out, weight=(_own(name, "weight", 0), _own(name, "weight", 1)), bias=bias)
+
+
+def norm_call(
+    tr: Tracer,
+    name: str | None,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    cd: int,
+    groups: int | None,
+    params: ParamAxes,
+    out_zero: np.ndarray | None,
+) -> None:
+    """One call of a per-channel normalization (BatchNorm, InstanceNorm, GroupNorm, or their
+    functional forms): its parameters follow the channels; GroupNorm normalizes across them.
+
+    Args:
+        name: The normalization layer (``None`` for a functional call without parameters of a layer).
+        groups: GroupNorm's number of groups (``None`` for per-channel norms).
+        params: Its per-channel parameters and buffers with their roles.
+        out_zero: Per channel, whether the output is zero once removed (default: where the input is).
+    """
+    v = _input_value(tr, x, cd, name or "batch_norm")
+    if name is not None:
+        tr.normalizes(name, v.labels)
+    if groups is not None:
+        if not tr.approximate_norms:
+            tr.fix(v.labels, _ACROSS.format(name=name or "group_norm", kind="GroupNorm"))
+        else:
+            tr.nodes.tie_blocks(v.labels, groups, f"`{name or 'group_norm'}` keeps equal groups")
+    _record_axes(tr, params, v.labels)
+    tr.put(out, Value(cd, v.labels, v.zero if out_zero is None else out_zero), name or "batch_norm")
 
 
 def _norm(tr: Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tensor) -> None:
-    cd = channel_dim(m, x)  # unbatched input has its channels first
-    v = _input_value(tr, x, cd, name)
-    tr.normalizes(name, v.labels)
-    if isinstance(m, nn.GroupNorm):
-        if not tr.approximate_norms:
-            tr.fix(v.labels, _ACROSS.format(name=name, kind="GroupNorm"))
-        else:
-            tr.nodes.tie_blocks(v.labels, m.num_groups, f"`{name}` keeps equal groups")
     affine = bool(getattr(m, "affine", False))
+    params: ParamAxes = []
     if affine:
-        tr.entry(name, "weight", 0, v.labels, "zero")
-        tr.entry(name, "bias", 0, v.labels, "zero")
+        params += _own(name, "weight", 0) + _own(name, "bias", 0)
     if getattr(m, "running_mean", None) is not None:
-        tr.entry(name, "running_mean", 0, v.labels, "zero")
-        tr.entry(name, "running_var", 0, v.labels, "slice")
-    zero = np.ones(v.size, dtype=bool) if affine else v.zero
-    tr.put(out, Value(cd, v.labels, zero), name)
+        params += _own(name, "running_mean", 0) + _own(name, "running_var", 0, "slice")
+    cd = channel_dim(m, x)  # unbatched input has its channels first
+    groups = m.num_groups if isinstance(m, nn.GroupNorm) else None
+    zero = np.ones(x.shape[cd], dtype=bool) if affine else None
+    norm_call(tr, name, x, out, cd=cd, groups=groups, params=params, out_zero=zero)
 
 
-def _layernorm(tr: Tracer, name: str, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> None:
+def layer_norm_call(
+    tr: Tracer,
+    name: str,
+    x: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    normalized: int,
+    weight: ParamAxes | None,
+    bias: ParamAxes | None,
+    out_zero: np.ndarray | None = None,
+) -> None:
+    """One call of a LayerNorm over the last ``normalized`` dims (``None``: no such parameter)."""
     v = tr.get(x)
     if v is None:
         return
-    first_normalized = x.ndim - len(m.normalized_shape)
-    if v.dim < first_normalized:
+    if v.dim < x.ndim - normalized:
         # channels are not normalized together; the output is not zero where the bias is not
-        zero = v.zero if m.bias is None else np.zeros_like(v.zero)
+        zero = v.zero if bias is None else np.zeros_like(v.zero)
         tr.put(out, Value(v.dim, v.labels, zero), name)
         return
-    if not tr.approximate_norms or len(m.normalized_shape) != 1:
+    if not tr.approximate_norms or normalized != 1:
         tr.fix(v.labels, _ACROSS.format(name=name, kind="LayerNorm"))
         tr.put(out, Value(v.dim, v.labels, np.zeros_like(v.zero)), name)
         return
-    if m.weight is not None:
-        tr.entry(name, "weight", 0, v.labels, "zero")
-    if m.bias is not None:
-        tr.entry(name, "bias", 0, v.labels, "zero")
-    tr.put(out, Value(v.dim, v.labels, np.full(v.size, m.weight is not None)), name)
+    _record_axes(tr, (weight or []) + (bias or []), v.labels)
+    zero = np.full(v.size, weight is not None) if out_zero is None else out_zero
+    tr.put(out, Value(v.dim, v.labels, zero), name)
 
 
-def _prelu(tr: Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tensor) -> None:
+def _layernorm(tr: Tracer, name: str, m: nn.LayerNorm, x: torch.Tensor, out: torch.Tensor) -> None:
+    weight = _own(name, "weight", 0) if m.weight is not None else None
+    bias = _own(name, "bias", 0) if m.bias is not None else None
+    layer_norm_call(tr, name, x, out, normalized=len(m.normalized_shape), weight=weight, bias=bias)
+
+
+def prelu_call(tr: Tracer, name: str, x: torch.Tensor, out: torch.Tensor, *, weight: ParamAxes | None) -> None:
+    """One call of PReLU; ``weight``: the parameter dims along its channels (``None``: one slope)."""
     cd = 1 if x.ndim >= 2 else 0
     v = tr.get(x)
     if v is None:
         return
-    if m.num_parameters > 1:
+    if weight is not None:
         v = _input_value(tr, x, cd, name)
-        tr.entry(name, "weight", 0, v.labels, "slice")
+        _record_axes(tr, weight, v.labels, "slice")
     tr.put(out, v, name)
+
+
+def _prelu(tr: Tracer, name: str, m: nn.PReLU, x: torch.Tensor, out: torch.Tensor) -> None:
+    prelu_call(tr, name, x, out, weight=_own(name, "weight", 0, "slice") if m.num_parameters > 1 else None)
 
 
 def opaque_layer(tr: Tracer, name: str, m: nn.Module, inputs: list[torch.Tensor], out: object, why: str) -> None:
@@ -156,4 +256,13 @@ def record(tr: Tracer, name: str, m: nn.Module, x: torch.Tensor, out: torch.Tens
         _norm(tr, name, m, x, out)
 
 
-__all__ = ["opaque_layer", "record"]
+__all__ = [
+    "ParamAxes",
+    "conv_call",
+    "layer_norm_call",
+    "linear_call",
+    "norm_call",
+    "opaque_layer",
+    "prelu_call",
+    "record",
+]

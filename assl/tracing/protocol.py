@@ -11,8 +11,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from torch import nn
 
-from .channels import Nodes, ParamRef, Value
+from .channels import Nodes, Value
+from .derived import Axis, Binding, Derived, Leaf
 
 __all__ = ["METADATA", "Opaque", "Rule", "Tracer", "arg", "first_out", "norm_dim"]
 
@@ -50,11 +52,43 @@ class Tracer(Protocol):
     def normalizes(self, norm: str, labels: np.ndarray) -> None:
         """Record that normalization layer ``norm`` renormalizes the channels of ``labels``."""
 
-    def param_ref(self, t: torch.Tensor) -> ParamRef | None:
-        """The per-channel parameter or buffer that ``t`` is (a view of), if any."""
+    def derived(self, t: Any) -> Derived | None:
+        """What tensor ``t`` is computed from, if it is a parameter or buffer or computed from them alone."""
 
-    def propagate_param_ref(self, x: Any, out: Any) -> None:
-        """``out`` is ``x`` reshaped: it refers to the same per-channel parameter."""
+    def set_derived(self, t: torch.Tensor, d: Derived) -> None:
+        """Record that ``t`` is computed from parameters and buffers as ``d`` says."""
+
+    def bind(self, t: torch.Tensor, dim: int, *, zeroed: bool = True, values: bool = True) -> Binding | None:
+        """The parameter dimensions along dim ``dim`` of ``t``, to be cut with the channels there.
+
+        ``None`` when ``t`` is not computed from parameters. With ``zeroed=False`` the masked
+        model keeps their values (a divisor, a PReLU slope): they are only cut. With
+        ``values=False`` only whether they can be cut is checked (a consumer's input channels).
+        """
+
+    def mix(self, axis: Axis, why: str) -> None:
+        """Record that the channels along ``axis`` are mixed (``why`` completes "... is")."""
+
+    def poison(self, leaves: frozenset[Leaf], why: str) -> None:
+        """Record that parameters went through an operation the tracer does not follow."""
+
+    def cannot_cut(self, axis: Axis) -> str | None:
+        """Why the entries along a parameter dimension cannot be cut, or None."""
+
+    def tie_axis(self, axis: Axis, labels: np.ndarray) -> None:
+        """Record that the entries along ``axis`` must follow channels ``labels``."""
+
+    def module(self, name: str) -> nn.Module:
+        """The submodule called ``name``."""
+
+    def note_read(self, t: torch.Tensor, norm: str | None) -> None:
+        """A producer's output ``t`` is read by normalization layer ``norm``, or by anything else."""
+
+    def produced(self, t: torch.Tensor, name: str) -> None:
+        """``t`` is the output of producer ``name``, which ran."""
+
+    def opaque_layer(self, name: str, why: str) -> None:
+        """Record that the tracer cannot see what layer ``name`` computes."""
 
 
 Rule = Callable[[Tracer, str, tuple, dict, Any], None]

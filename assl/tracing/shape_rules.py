@@ -19,13 +19,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from .channels import FIXED, SizeInt, Value
+from .channels import FIXED, Value
 from .protocol import Opaque, Rule, Tracer
 from .protocol import arg as _arg
 from .protocol import norm_dim as _norm_dim
+from .sizes import SizeInt
 
 
-def _reshape_map(in_shape: Sequence[int], out_shape: Sequence[int], d: int) -> tuple[int, int] | None:
+def reshape_map(in_shape: Sequence[int], out_shape: Sequence[int], d: int) -> tuple[int, int] | None:
     """Where channel dim ``d`` of ``in_shape`` lands in ``out_shape`` and how often each repeats.
 
     Supported: the channel dim kept whole, possibly merged with the dims after it (flatten), with
@@ -51,13 +52,10 @@ def _reshape_map(in_shape: Sequence[int], out_shape: Sequence[int], d: int) -> t
 
 
 def _labels_of(tr: Tracer, x: Any, out: Any) -> Value | None:
-    """The labels of ``x`` when ``out`` is a tensor; an untraced ``x`` passes its parameter on."""
+    """The labels of ``x`` when ``out`` is a tensor."""
     if not isinstance(out, torch.Tensor):
         return None
-    v = tr.get(x)
-    if v is None:
-        tr.propagate_param_ref(x, out)
-    return v
+    return tr.get(x)
 
 
 def _reshape(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
@@ -65,7 +63,7 @@ def _reshape(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
     v = _labels_of(tr, x, out)
     if v is None:
         return
-    mapped = _reshape_map(tuple(x.shape), tuple(out.shape), v.dim)
+    mapped = reshape_map(tuple(x.shape), tuple(out.shape), v.dim)
     if mapped is None:
         raise Opaque
     j, repeat = mapped
@@ -73,17 +71,17 @@ def _reshape(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
     if name in ("view_as", "reshape_as"):
         _follow_shape_of(tr, name, _arg(args, kwargs, 1, "other"), j, labels)
     else:
-        _check_size(tr, name, _requested(name, args, kwargs, x.ndim, out.ndim), j, v)
+        _check_size(tr, name, requested_sizes(name, args, kwargs, x.ndim, out.ndim), j, v)
     tr.put(out, Value(j, labels, np.repeat(v.zero, repeat)), name)
 
 
-_CONSTANT_SIZE = (
+CONSTANT_SIZE = (
     "reshaped by `{name}` to a size written in the forward code ({size}): the slimmed tensor would not fit "
     "it; compute the size from the tensor (x.size(1), x.shape, -1) to let these channels go"
 )
 
 
-def _requested(name: str, args: tuple, kwargs: dict, in_ndim: int, out_ndim: int) -> list[Any] | None:
+def requested_sizes(name: str, args: tuple, kwargs: dict, in_ndim: int, out_ndim: int) -> list[Any] | None:
     """The sizes the forward code asked for, one per output dimension (None: taken from the tensor)."""
     if name in ("view", "reshape", "expand", "broadcast_to"):
         rest: Any = args[1:]
@@ -114,7 +112,7 @@ def _check_size(tr: Tracer, name: str, sizes: list[Any] | None, j: int, v: Value
         if same:  # read from a tensor with as many channels: both must lose the same ones
             tr.union(same[0], v.labels, f"sized by `{name}` after a channel that cannot be removed")
             return
-    tr.fix(v.labels, _CONSTANT_SIZE.format(name=name, size=size))
+    tr.fix(v.labels, CONSTANT_SIZE.format(name=name, size=size))
 
 
 def _follow_shape_of(tr: Tracer, name: str, other: Any, j: int, labels: np.ndarray) -> None:
@@ -123,10 +121,10 @@ def _follow_shape_of(tr: Tracer, name: str, other: Any, j: int, labels: np.ndarr
     if w is not None and w.dim == j and w.size == len(labels):
         tr.union(w.labels, labels, f"shaped by `{name}` like a channel that cannot be removed")
     else:
-        tr.fix(labels, _CONSTANT_SIZE.format(name=name, size="the shape of a tensor whose channels stay"))
+        tr.fix(labels, CONSTANT_SIZE.format(name=name, size="the shape of a tensor whose channels stay"))
 
 
-def _permutation(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
+def permutation(name: str, args: tuple, kwargs: dict, ndim: int) -> list[int]:
     if name == "permute":
         if len(args) == 1:
             dims = kwargs["dims"]
@@ -167,7 +165,7 @@ def _permute(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None
     v = tr.get(x)
     if v is None or not isinstance(out, torch.Tensor):
         return
-    perm = _permutation(name, args, kwargs, x.ndim)
+    perm = permutation(name, args, kwargs, x.ndim)
     tr.put(out, v.moved(perm.index(v.dim)), name)
 
 
@@ -182,32 +180,8 @@ def _expand(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     if name == "expand_as":
         _follow_shape_of(tr, name, _arg(args, kwargs, 1, "other"), pos, v.labels)
     else:
-        _check_size(tr, name, _requested(name, args, kwargs, x.ndim, out.ndim), pos, v)
+        _check_size(tr, name, requested_sizes(name, args, kwargs, x.ndim, out.ndim), pos, v)
     tr.put(out, v.moved(pos), name)
-
-
-_SIZES = frozenset({"size", "shape", "numel", "__len__"})
-
-
-def sized(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> Any:
-    """What ``size``/``shape``/``numel``/``len`` return, with a traced channel size as a :class:`SizeInt`."""
-    if name not in _SIZES or not args:
-        return out
-    x = args[0]
-    v = tr.get(x)
-    if v is None or not isinstance(x, torch.Tensor):
-        return out
-    src = (v.labels,)
-    if isinstance(out, torch.Size):
-        return torch.Size([SizeInt(n, src) if i == v.dim else n for i, n in enumerate(out)])
-    if not isinstance(out, int) or isinstance(out, bool):
-        return out
-    if name == "numel" or (name == "__len__" and v.dim == 0):
-        return SizeInt(out, src)
-    d = _arg(args, kwargs, 1, "dim")
-    if name == "size" and isinstance(d, int) and _norm_dim(d, x.ndim) == v.dim:
-        return SizeInt(out, src)
-    return out
 
 
 _CONSTANT_CUT = (

@@ -23,17 +23,22 @@ from torch.utils.weak import WeakIdKeyDictionary
 
 from .._inputs import check_on_device, input_sets
 from .._inputs import tensors as _tensors
-from .._reparam import exact_dim, opaque_reason, spectral_reason
+from .._reparam import exact_dim, opaque_reason, own_forward, spectral_reason
 from ..errors import ArgumentTypeError, TraceError
 from ..graph import Entry, Graph
 from ..layers import CHANNEL_NORMS, LAYER_TYPES, PRODUCER_TYPES
-from .build import build_graph, pin_shared
-from .channels import Nodes, ParamRef, Value
+from .build import build_graph, log_graph, pin_shared
+from .channels import Nodes, Value
 from .elementwise import ELEMENTWISE_RULES
+from .functional import FUNCTIONAL_RULES
 from .layer_rules import opaque_layer, record
+from .param_rules import derive
+from .parameters import ParameterTracking, parametrization_hooks, wrap_sizes
 from .preserve import Preserved
 from .protocol import METADATA, Opaque, Rule
-from .shape_rules import SHAPE_RULES, sized
+from .shape_rules import SHAPE_RULES
+from .size_rules import FACTORY_RULES, sized
+from .sizes import QUIET, numbers_in, sizes_used, user_line
 from .spatial import SPATIAL_RULES
 
 __all__ = ["trace"]
@@ -43,15 +48,16 @@ logger = logging.getLogger("assl")
 RULES: dict[str, Rule] = {**ELEMENTWISE_RULES, **SPATIAL_RULES, **SHAPE_RULES}
 
 
-class _Tracer(TorchFunctionMode):
+class _Tracer(ParameterTracking, TorchFunctionMode):
     """Records channel labels of every tensor the forward pass makes."""
 
-    def __init__(self, model: nn.Module, approximate_norms: bool, layers: Sequence[tuple[str, nn.Module]]) -> None:
+    def __init__(
+        self, model: nn.Module, approximate_norms: bool, layers: Sequence[tuple[str, nn.Module]], through: set[str]
+    ) -> None:
         super().__init__()
         self.approximate_norms = approximate_norms
         self.nodes = Nodes()
         self.values: Any = WeakIdKeyDictionary()
-        self.refs: Any = WeakIdKeyDictionary()
         self.has_views: Any = WeakIdKeyDictionary()
         self.sources: dict[str, np.ndarray] = {}
         self.entries: dict[tuple[str, str, int], Entry] = {}
@@ -59,20 +65,17 @@ class _Tracer(TorchFunctionMode):
         self.positions: dict[str, int] = {}
         self.opaque: dict[str, int] = {}
         self.opaque_layers = {n: r for n, r in ((n, opaque_reason(m)) for n, m in layers) if r is not None}
+        self.through = through  # known layers whose own forward is traced operation by operation
         dims = ((n, exact_dim(m, "weight")) for n, m in layers)
         self.exact_dims = {(n, "weight"): d for n, d in dims if d is not None}
         self.norms: dict[str, np.ndarray] = {}  # normalization layer -> labels of its channels
         self.made: Any = WeakIdKeyDictionary()  # output tensor of a producer -> the producer
         self.norm_reads: dict[str, set[str]] = {}  # producer -> norm layers reading its raw output
         self.raw_reads: set[str] = set()  # producers whose raw output something else reads
+        self._modules = dict(model.named_modules())
         self._depth = 0
         self._stack: list[bool] = []
-        for mod_name, mod in model.named_modules():
-            for t_name, t in (*mod.named_parameters(recurse=False), *mod.named_buffers(recurse=False)):
-                big = [d for d, n in enumerate(t.shape) if n != 1]
-                if len(big) == 1:
-                    d = big[0]
-                    self.refs[t] = ParamRef(mod_name, t_name, d, d, int(t.shape[d]))
+        self.track_parameters(model)
 
     # --- the interface the op and layer rules use --------------------------------------------
 
@@ -129,16 +132,25 @@ class _Tracer(TorchFunctionMode):
         else:
             self.norms[norm] = labels.copy()
 
-    def param_ref(self, t: torch.Tensor) -> ParamRef | None:
-        return self.refs.get(t)
+    def module(self, name: str) -> nn.Module:
+        return self._modules[name]
 
-    def propagate_param_ref(self, x: Any, out: Any) -> None:
-        ref = self.refs.get(x) if isinstance(x, torch.Tensor) else None
-        if ref is None or not isinstance(out, torch.Tensor):
+    def note_read(self, t: torch.Tensor, norm: str | None) -> None:
+        """A producer's raw output is read by normalization layer ``norm``, or by anything else."""
+        producer = self.made.get(t)
+        if producer is None:
             return
-        big = [d for d, n in enumerate(out.shape) if n != 1]
-        if len(big) == 1 and out.shape[big[0]] == ref.size:
-            self.refs[out] = ref._replace(dim=big[0])
+        if norm is None:
+            self.raw_reads.add(producer)
+        else:
+            self.norm_reads.setdefault(producer, set()).add(norm)
+
+    def produced(self, t: torch.Tensor, name: str) -> None:
+        self.called.add(name)
+        self.made[t] = name
+
+    def opaque_layer(self, name: str, why: str) -> None:
+        self.opaque_layers.setdefault(name, why)
 
     # --- hooks and the function mode ---------------------------------------------------------
 
@@ -156,13 +168,13 @@ class _Tracer(TorchFunctionMode):
             if reason is not None:
                 inputs = list(_tensors((args, kwargs)))
                 for t in inputs:
-                    self._note_read(t, None)
+                    self.note_read(t, None)
                 opaque_layer(self, name, module, inputs, output, reason)
                 return
             x = args[0] if args else next(iter(_tensors(kwargs)), None)
             if not isinstance(x, torch.Tensor) or not isinstance(output, torch.Tensor):
                 return
-            self._note_read(x, name if isinstance(module, CHANNEL_NORMS) else None)
+            self.note_read(x, name if isinstance(module, CHANNEL_NORMS) else None)
             self._depth += 1
             try:
                 record(self, name, module, x, output)
@@ -175,53 +187,65 @@ class _Tracer(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        out = func(*args, **kwargs)
-        if self._depth:
+        QUIET[0] += 1
+        try:
+            out = func(*args, **kwargs)
+            if self._depth:
+                return out
+            name = getattr(func, "__name__", "")
+            if name == "__get__":
+                name = getattr(getattr(func, "__self__", None), "__name__", name)
+            for size in sizes_used(name, args, kwargs):  # h * h.shape[1]: a channel count as a value
+                self.number_used(size, f"a channel count is used as a value by `{name}` at {user_line()}")
+            out = sized(self, name, args, kwargs, out)  # x.size(1) of a traced tensor: a SizeInt
+            self._record(name, func, args, kwargs, out)
             return out
-        name = getattr(func, "__name__", "")
-        if name == "__get__":
-            name = getattr(getattr(func, "__self__", None), "__name__", name)
-        out = sized(self, name, args, kwargs, out)  # x.size(1) of a traced tensor: a SizeInt
-        self._record(name, args, kwargs, out)
-        return out
+        finally:
+            QUIET[0] -= 1
 
-    def _note_read(self, t: torch.Tensor, norm: str | None) -> None:
-        """A producer's raw output is read by normalization layer ``norm``, or by anything else."""
-        producer = self.made.get(t)
-        if producer is None:
-            return
-        if norm is None:
-            self.raw_reads.add(producer)
-        else:
-            self.norm_reads.setdefault(producer, set()).add(norm)
-
-    def _record(self, name: str, args: tuple, kwargs: dict, out: Any) -> None:
+    def _record(self, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
         outs = list(_tensors(out))
         inputs = list(_tensors((args, kwargs)))
-        if name not in METADATA:  # reading a producer's shape does not read its values
+        factory = FACTORY_RULES.get(name)
+        if factory is not None:
+            factory(self, name, args, kwargs, out)
+            return
+        functional = FUNCTIONAL_RULES.get(name)
+        if name not in METADATA and functional is None:  # reading a producer's shape does not read its values
             for t in inputs:
-                self._note_read(t, None)
+                self.note_read(t, None)
+        routed = inputs[:1] if name in _CASTS else inputs  # x.type_as(y) reads only y's dtype
+        traced = any(t in self.values for t in routed)
+        derived = not traced and any(t in self.derivations or t in self.leaves for t in routed)
         if not outs:
             if name not in METADATA:  # data leaves torch (numpy, tolist, item): we lose track of it
                 self._opaque(name, inputs, f"`{name}` takes the values out of torch")
             return
-        if not any(t in self.values or t in self.refs for t in inputs):
+        if not traced and not derived:
             return
-        rule = RULES.get(name)
         try:
-            if rule is None or kwargs.get("out") is not None:
+            if kwargs.get("out") is not None:
                 raise Opaque
-            rule(self, name, args, kwargs, out)
+            if functional is not None:
+                functional(self, name, func, args, kwargs, out)
+            elif derived:
+                derive(self, name, func, args, kwargs, out)
+                return
+            else:
+                rule = RULES.get(name)
+                if rule is None:
+                    raise Opaque
+                rule(self, name, args, kwargs, out)
         except Opaque:
             self._opaque(name, inputs, f"`{name}` is not modeled by the tracer")
         except Exception as e:  # a rule that fails must never produce a wrong graph
             logger.warning("tracing `%s` failed (%s: %s); treating it as opaque", name, type(e).__name__, e)
             self._opaque(name, inputs, f"`{name}` could not be traced ({type(e).__name__})")
-        traced = [t for t in inputs if t in self.values]
+        traced_inputs = [t for t in inputs if t in self.values]
         for o in outs:  # views, detach() and .data share memory: in-place changes must see it
             if o._base is not None:
                 self.has_views[o._base] = True
-            for t in traced:
+            for t in traced_inputs:
                 if t is not o and _same_storage(t, o):
                     self.has_views[t] = True
                     self.has_views[o] = True
@@ -233,11 +257,18 @@ class _Tracer(TorchFunctionMode):
             if v is not None:
                 self.fix(v.labels, reason)
                 hit = True
+            elif t in self.derivations or t in self.leaves:
+                d = self.derived(t)
+                if d is not None and d.leaves:
+                    self.poison(d.leaves, f"{', '.join(f'`{m}.{n}`' for m, n in sorted(d.leaves))} reach(es) {reason}")
         if hit:
             self.opaque[name] = self.opaque.get(name, 0) + 1
 
     def _aliased(self, t: torch.Tensor) -> bool:
         return t._base is not None or t in self.has_views
+
+
+_CASTS = frozenset({"type_as", "to"})
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -309,12 +340,19 @@ def trace(
             "a global forward hook (torch.nn.modules.module.register_module_forward_hook) changes what every "
             "layer returns before the tracer sees it; remove it while tracing and slimming"
         )
-    tracer = _Tracer(model, approximate_norms, layers)
+    through = {n for n, m in layers if own_forward(m) is not None and opaque_reason(m) is None}
+    tracer = _Tracer(model, approximate_norms, layers, through)
     preserved = Preserved(model)  # every parameter and buffer goes back as it was, whatever happens
     devices = sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.is_cuda})
     handles = []
+    sizes: list[tuple[nn.Module, dict[str, Any]]] = []
     try:
         for name, m in layers:
+            # out_channels, num_features, ...: the forward code reading them follows slimming
+            sizes.append((m, wrap_sizes(name, m, tracer)))
+            if name in through:  # its own forward: traced operation by operation
+                handles += parametrization_hooks(name, m, tracer)
+                continue
             # the user's pre-hooks run before ours and their forward hooks after ours: their
             # operations are traced as code between layers
             handles.append(m.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
@@ -335,9 +373,12 @@ def trace(
                     v = tracer.get(t)
                     if v is not None:
                         tracer.fix(v.labels, "reaches the model's output")
+                for size in numbers_in(out):
+                    tracer.number_used(size, "a channel count reaches the model's output")
         for h in handles:
             h.remove()
         handles = []
+        tracer.finish()
         pin_shared(model, tracer.entries.values(), tracer.nodes)
         graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
         graph.set_norms(
@@ -347,38 +388,12 @@ def trace(
     finally:
         for h in handles:
             h.remove()
+        for m, attrs in sizes:
+            m.__dict__.update(attrs)
         preserved.restore()
     graph.untraced = tuple(n for n, m in layers if n not in tracer.called and isinstance(m, PRODUCER_TYPES))
     graph.opaque_ops = dict(tracer.opaque)
     graph.opaque_layers = dict(tracer.opaque_layers)
     graph.module_names = tuple(n for n, _ in model.named_modules() if n)
-    _log(model, graph)
+    log_graph(model, graph)
     return graph
-
-
-def _log(model: nn.Module, graph: Graph) -> None:
-    untraced = graph.untraced
-    if untraced:
-        logger.warning(
-            "%d layer(s) never ran on the example inputs and are left untouched: %s. If forward can "
-            "reach them with other inputs, pass those inputs as extra_inputs.",
-            len(untraced),
-            ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else ""),
-        )
-    if graph.opaque_ops:
-        logger.info("ops not modeled (their input channels stay): %s", graph.opaque_ops)
-    for name, reason in graph.opaque_layers.items():
-        logger.info("layer %s is opaque, its channels stay: %s", name, reason)
-    for g in graph.groups:
-        if g.num_prunable < g.size:
-            logger.info(
-                "group %s (%s): %d of %d channels stay: %s",
-                g.name,
-                ", ".join(g.layers),
-                g.size - g.num_prunable,
-                g.size,
-                next(iter(g.reasons.values())),
-            )
-    if not any(g.num_prunable for g in graph.groups):
-        logger.warning("%s has no channel that can be removed exactly:\n%s", type(model).__name__, graph.summary())
-    logger.info("traced %d producers in %d channel groups", len(graph.layers), len(graph.groups))
