@@ -529,3 +529,114 @@ def test_steps_is_checked_before_the_model_changes():
     with pytest.raises(assl.ArgumentError, match="n >= 10"):
         assl.Pruner(model, x, ratio=0.5, steps=5)
     assert_same(before, snapshot(model))
+
+
+# --- 10. assl errors, naming the file, field or argument ------------------------------------------------
+
+
+def _table() -> tuple[assl.LatencyTable, nn.Module, torch.Tensor]:
+    from test_latency import synthetic_table
+
+    model, x = _plain(), _x()
+    table = synthetic_table(model, x, step=2, calibrate=True, fixed=1e-6, cost=lambda a, b, n: 1e-9 * n * a * b)
+    table.probe = {"widths": [16.0, 17.0], "seconds": [1e-4, 1e-4]}
+    table.inputs = [list(x.shape)]
+    return table, model, x
+
+
+def test_latency_table_files_that_are_not_tables_are_named(tmp_path):
+    table, _, _ = _table()
+    good = tmp_path / "table.pt"
+    table.save(good)
+    assert assl.LatencyTable.load(good) == table
+    pickled = nn.Conv2d(1, 1, 1)
+    files = {
+        "empty.pt": b"",
+        "truncated.pt": good.read_bytes()[:200],
+        "text.pt": b"device: cpu\n",
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    torch.save(pickled, tmp_path / "module.pt")
+    torch.save({**table.to_dict(), "dense": -1.0}, tmp_path / "negative.pt")
+    for name in [*files, "module.pt", "negative.pt"]:
+        path = tmp_path / name
+        with pytest.raises(assl.CheckpointError, match=rf"'{path}'") as info:
+            assl.LatencyTable.load(path)
+        assert isinstance(info.value, ValueError), name
+    with pytest.raises(FileNotFoundError):
+        assl.LatencyTable.load(tmp_path / "absent.pt")
+
+
+def _tampered(data: dict[str, Any]) -> dict[str, tuple[dict[str, Any], str]]:
+    layer = next(iter(data["layers"]))
+    row = data["layers"][layer]
+
+    def with_row(**changes: Any) -> dict[str, Any]:
+        return {**data, "layers": {**data["layers"], layer: {**row, **changes}}}
+
+    sig = [[list(r) for r in grid] for grid in data["signatures"]]
+    negative = [[list(r) for r in grid] for grid in sig]
+    negative[0][0][0] = -1e-3
+    return {
+        "negative time": ({**data, "signatures": negative}, r"signatures\[0\]\[0\]\[0\] is -0.001"),
+        "nan time": ({**data, "dense": float("nan")}, r"dense is nan"),
+        "call out of range": (with_row(calls=[len(sig)]), rf"layers\['{layer}'\]\['calls'\]"),
+        "grid mismatch": (with_row(out=row["out"][:-1]), r"has \d+ x \d+ timings"),
+        "unsorted grid": (
+            with_row(**{"in": row["in"][::-1]}) if len(row["in"]) > 1 else with_row(out=row["out"][::-1]),
+            r"increasing",
+        ),
+        "row not a dict": ({**data, "layers": {**data["layers"], layer: [1]}}, rf"layers\['{layer}'\] is \[1\]"),
+        "row key missing": (with_row(weight=None) | {}, rf"layers\['{layer}'\]\['weight'\]"),
+        "out_dim": (with_row(out_dim=3), r"\['out_dim'\] is 3"),
+        "step": ({**data, "step": 0}, r"step is 0"),
+        "device": ({**data, "device": 1}, r"device is 1"),
+        "calibration": ({**data, "calibration": [{"removed": {"0": -2}, "seconds": 1e-3}]}, r"calibration\[0\]"),
+        "probe": ({**data, "probe": {"widths": [1.0], "seconds": []}}, r"probe"),
+        "inputs": ({**data, "inputs": [[2, "x"]]}, r"inputs"),
+        "signatures": ({**data, "signatures": {}}, r"signatures is \{\}"),
+    }
+
+
+def test_latency_table_from_dict_checks_every_field():
+    table, _, _ = _table()
+    data = table.to_dict()
+    assert assl.LatencyTable.from_dict(data) == table
+    for what, (bad, match) in _tampered(data).items():
+        with pytest.raises(assl.CheckpointError, match=match):
+            assl.LatencyTable.from_dict(bad)
+        assert data == table.to_dict(), what  # nothing of the input was changed
+
+
+def test_a_bfloat16_model_with_a_latency_budget():
+    table, model, x = _table()
+    model = model.to(torch.bfloat16)
+    pruner = assl.Pruner(model, x.bfloat16(), budget=assl.Budget(relative_latency=0.6, table=table), steps=10)
+    assert pruner.latency is not None and any(pruner.removed.values())
+    assert all(p.dtype == torch.bfloat16 for p in model.parameters())
+
+
+class _Softplus(nn.Module):
+    def forward(self, w: torch.Tensor) -> torch.Tensor:
+        return nn.functional.softplus(w)
+
+
+@pytest.mark.parametrize("name", ["resnet", "bn_residual"])
+def test_a_parametrized_norm_is_refused_for_what_it_is(name):
+    build, x = MODELS[name]
+    model = build()
+    bn = next(n for n, m in model.named_modules() if isinstance(m, nn.BatchNorm2d))
+    torch.nn.utils.parametrize.register_parametrization(model.get_submodule(bn), "weight", _Softplus())
+    before = snapshot(model)
+    with pytest.raises(assl.ArgumentError, match=rf"`{bn}` \(group .*weight by _Softplus\).*parametrized") as info:
+        assl.Pruner(model, x, ratio=0.5, steps=40)
+    assert "affine=True" not in str(info.value)
+    assert_same(before, snapshot(model))
+
+
+@pytest.mark.parametrize("limit", [0, -0.1, float("nan"), float("inf"), "0.5", True])
+def test_for_steps_names_reg_limit(limit):
+    with pytest.raises(assl.ArgumentError, match=r"reg_limit must be a finite number > 0") as info:
+        assl.Schedule.for_steps(100, reg_limit=limit)
+    assert "reg_step" not in str(info.value).split("sizes")[0]
