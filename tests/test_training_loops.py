@@ -186,9 +186,12 @@ def test_the_gradient_penalty_survives_a_closure_bit_for_bit():
     assert float(ratio.mean()) < 0.5  # the penalty acted (before: 1.000, the closure wiped it)
 
 
-def test_the_shrink_survives_a_closure():
+def test_the_shrink_survives_a_closure_and_the_task_cannot_hold_the_chosen_entries():
     pruner, ratio = _closure_run("shrink", True)
+    _, expected = _closure_run("shrink", False)
     assert pruner.step_count == 30 and float(ratio.max()) < 1e-2
+    # the closure's task gradient on the chosen entries is zeroed too: they follow the shrink alone
+    torch.testing.assert_close(ratio, expected, rtol=0, atol=0)
 
 
 def test_lbfgs_counts_one_step_per_optimizer_step_and_the_penalty_reaches_every_evaluation():
