@@ -27,14 +27,18 @@ def relative_sum(rows: torch.Tensor) -> torch.Tensor:
 
 
 def l1_scores(model: nn.Module, graph: Graph, name: str) -> torch.Tensor:
-    """Score per unit of group ``name``: each producer's filter L1 norm relative to its mean, summed."""
+    """Score per unit of group ``name``: each producer's filter L1 norm relative to its mean, summed.
+
+    In float32 whatever the weights' dtype: a half or bfloat16 sum would round close filters to ties,
+    and NumPy has no bfloat16.
+    """
     g = graph.group(name)
     rows = []
     with torch.no_grad():
         for layer in g.layers:
             m = model.get_submodule(layer)
             weight: torch.Tensor = m.weight  # type: ignore[assignment]
-            w = weight.detach().transpose(0, output_dim(m)).flatten(1).abs().sum(1)
+            w = weight.detach().float().transpose(0, output_dim(m)).flatten(1).abs().sum(1)
             units = torch.as_tensor(g.channels(layer)[: w.numel()], dtype=torch.long, device=w.device)
             counts = torch.bincount(units, minlength=g.size).clamp_min(1).to(w.dtype)
             rows.append(torch.zeros(g.size, dtype=w.dtype, device=w.device).index_add(0, units, w) / counts)

@@ -144,18 +144,22 @@ class LatencyTable:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> LatencyTable:
-        """The table from :meth:`to_dict`'s data.
+        """The table from :meth:`to_dict`'s data, every field checked.
 
         Raises:
-            ValueError: Not a latency table, or one of another format.
+            CheckpointError: Not a latency table, one of another format, or a field of the wrong
+                type or value (named: a negative time, a call of a signature that is not there,
+                a grid that does not match its timings, ...).
         """
         if not isinstance(data, Mapping) or data.get("format") != FORMAT:
             found = data.get("format") if isinstance(data, Mapping) else type(data).__name__
             raise CheckpointError(f"not a latency table of format {FORMAT} (found {found!r}): measure it again")
         try:
-            return cls(**dict(data))
+            table = cls(**dict(data))
         except TypeError as e:
             raise CheckpointError(f"not a latency table: {e}") from None
+        _check_table(table)
+        return table
 
     def save(self, path: str | Path) -> None:
         """Write the table to ``path`` (``torch.save`` of plain data, loadable with weights_only)."""
@@ -163,8 +167,121 @@ class LatencyTable:
 
     @classmethod
     def load(cls, path: str | Path) -> LatencyTable:
-        """Read a table written by :meth:`save` (with ``weights_only=True``)."""
-        return cls.from_dict(torch.load(path, weights_only=True))
+        """Read a table written by :meth:`save` (with ``weights_only=True``).
+
+        Raises:
+            CheckpointError: The file is not one :meth:`save` wrote (empty, truncated, text, a
+                pickled object) or its table does not check out (the file and the field named).
+            OSError: The file cannot be opened.
+        """
+        try:
+            data = torch.load(path, weights_only=True)
+        except OSError:
+            raise
+        except Exception as e:
+            text = str(e).strip().splitlines()
+            why = f"{type(e).__name__}: {text[0][:160]}" if text else type(e).__name__
+            raise CheckpointError(
+                f"{str(path)!r} is not a latency table file that LatencyTable.save wrote ({why})"
+            ) from None
+        try:
+            return cls.from_dict(data)
+        except CheckpointError as e:
+            raise CheckpointError(f"{str(path)!r}: {e}") from None
+
+
+def _check_table(t: LatencyTable) -> None:
+    """Raise unless every field of ``t`` has the type and the values :meth:`LatencyTable.measure` gives."""
+
+    def bad(field: str, value: Any, want: str) -> CheckpointError:
+        return CheckpointError(f"not a valid latency table: {field} is {_short(value)}, it must be {want}")
+
+    for name in ("device", "dtype"):
+        if not isinstance(getattr(t, name), str):
+            raise bad(name, getattr(t, name), "a str")
+    if not _seconds(t.dense) or t.dense <= 0:
+        raise bad("dense", t.dense, "a finite number of seconds > 0")
+    if not _int(t.step) or t.step < 1:
+        raise bad("step", t.step, "an int >= 1")
+    if not isinstance(t.signatures, list):
+        raise bad("signatures", t.signatures, "a list of grids of seconds")
+    for i, grid in enumerate(t.signatures):
+        rows = grid if isinstance(grid, list) and grid else None
+        if rows is None or not all(isinstance(r, list) and len(r) == len(rows[0]) and r for r in rows):
+            raise bad(f"signatures[{i}]", grid, "a non-empty list of equally long lists of seconds")
+        for j, line in enumerate(rows):
+            for k, v in enumerate(line):
+                if not _seconds(v):
+                    raise bad(f"signatures[{i}][{j}][{k}]", v, "a finite number of seconds >= 0")
+    if not isinstance(t.layers, dict):
+        raise bad("layers", t.layers, "a dict of layer name -> timings")
+    for name, row in t.layers.items():
+        where = f"layers[{name!r}]"
+        if not isinstance(name, str) or not isinstance(row, dict):
+            raise bad(where, row, "a dict with 'weight', 'out_dim', 'in', 'out' and 'calls'")
+        missing = [k for k in ("weight", "out_dim", "in", "out", "calls") if k not in row]
+        if missing:
+            raise CheckpointError(f"not a valid latency table: {where} has no {', '.join(map(repr, missing))}")
+        weight = row["weight"]
+        if not isinstance(weight, list) or len(weight) < 2 or not all(_int(d) and d > 0 for d in weight):
+            raise bad(f"{where}['weight']", weight, "the weight's shape, a list of ints > 0")
+        if row["out_dim"] not in (0, 1) or not _int(row["out_dim"]):
+            raise bad(f"{where}['out_dim']", row["out_dim"], "0 or 1")
+        for key in ("in", "out"):
+            widths = row[key]
+            if (
+                not isinstance(widths, list)
+                or not widths
+                or not all(_seconds(w) and w > 0 for w in widths)
+                or any(b <= a for a, b in zip(widths, widths[1:]))
+            ):
+                raise bad(f"{where}[{key!r}]", widths, "a non-empty increasing list of widths > 0")
+        calls = row["calls"]
+        if not isinstance(calls, list) or not all(_int(c) and 0 <= c < len(t.signatures) for c in calls):
+            raise bad(f"{where}['calls']", calls, f"a list of indices of signatures (0 to {len(t.signatures) - 1})")
+        for c in calls:
+            shape = (len(t.signatures[c]), len(t.signatures[c][0]))
+            if shape != (len(row["in"]), len(row["out"])):
+                raise CheckpointError(
+                    f"not a valid latency table: signatures[{c}] (called by {where}) has {shape[0]} x {shape[1]} "
+                    f"timings, its grid {len(row['in'])} x {len(row['out'])} widths"
+                )
+    if not isinstance(t.probe, dict) or set(t.probe) - {"widths", "seconds"}:
+        raise bad("probe", t.probe, "a dict with 'widths' and 'seconds' (or empty)")
+    if t.probe:
+        widths, seconds = t.probe.get("widths"), t.probe.get("seconds")
+        if not isinstance(widths, list) or not isinstance(seconds, list) or len(widths) != len(seconds):
+            raise bad("probe", t.probe, "equally long lists of 'widths' and 'seconds'")
+        if not all(_seconds(v) for v in [*widths, *seconds]):
+            raise bad("probe", t.probe, "finite numbers >= 0")
+    if not isinstance(t.calibration, list):
+        raise bad("calibration", t.calibration, "a list of {'removed': {group: units}, 'seconds': s}")
+    for i, c in enumerate(t.calibration):
+        removed = c.get("removed") if isinstance(c, dict) else None
+        if not isinstance(removed, dict) or not all(
+            isinstance(g, str) and _int(k) and k >= 0 for g, k in removed.items()
+        ):
+            raise bad(f"calibration[{i}]['removed']", removed, "a dict of group name -> units >= 0")
+        if not _seconds(c.get("seconds")) or c["seconds"] <= 0:
+            raise bad(f"calibration[{i}]['seconds']", c.get("seconds"), "a finite number of seconds > 0")
+    if not isinstance(t.inputs, list) or not all(
+        isinstance(shape, list) and all(_int(d) and d >= 0 for d in shape) for shape in t.inputs
+    ):
+        raise bad("inputs", t.inputs, "a list of shapes (lists of ints >= 0)")
+
+
+def _int(v: Any) -> bool:
+    return isinstance(v, int) and not isinstance(v, bool)
+
+
+def _seconds(v: Any) -> bool:
+    """A finite real number >= 0."""
+    return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) and v >= 0
+
+
+def _short(v: Any) -> str:
+    text = repr(v)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 Shares = dict[str, tuple[tuple[int, ...], int, dict[int, dict[str, float]]]]

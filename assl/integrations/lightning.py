@@ -3,9 +3,12 @@
 ``pip install "assl[lightning]"``; ``import assl`` never imports Lightning, only this module does.
 How the callback fits the Trainer's loop (Lightning 2.x):
 
-* ``setup``: the :class:`~assl.Pruner` is created on the bare network, before the strategy wraps
-  it in DistributedDataParallel and before ``configure_optimizers`` runs, so the optimizers it
-  returns include the scales (``on_fit_start`` refuses optimizers that do not).
+* ``setup`` of a fit: the :class:`~assl.Pruner` is created on the bare network, before the strategy
+  wraps it in DistributedDataParallel and before ``configure_optimizers`` runs, so the optimizers
+  it returns include the scales (``on_fit_start`` refuses optimizers that do not). ``validate``,
+  ``test`` and ``predict`` insert nothing. A fit that fails before the first pruning step (a
+  refused optimizer, an error in the first batch) takes the scales out again: the module is as
+  it was, its state dict loads into a fresh instance, and a corrected retry starts afresh.
 * The penalty: Lightning's automatic optimization runs ``training_step`` and ``backward`` inside
   ``optimizer.step(closure)``, so an optimizer step pre-hook (:meth:`Pruner.attach`) would run
   before this step's backward. :meth:`Pruner.step` runs in ``on_before_optimizer_step`` instead,
@@ -46,6 +49,7 @@ from ..budgets.budget import Budget
 from ..errors import ArgumentError
 from ..pruning._resolve import ratio_or_budget
 from ..pruning.pruner import Pruner
+from ..pruning.pruner import _remove as remove_pruner
 from ..pruning.schedule import PHASES, Schedule
 from ._common import STATE_VERSION, check_state, device_of, find_optimizer, put_in_place, restore, sizes
 
@@ -66,7 +70,7 @@ class ASSLPruning(pl.Callback):
     Add it to ``Trainer(callbacks=[...])``; the LightningModule stays as it is, as long as it
     builds its network in ``__init__`` and its optimizers in ``configure_optimizers`` (from
     ``self.parameters()``). Size the schedule in optimizer steps (``trainer.global_step``):
-    ``assl.Schedule.for_steps(n)``; with ``accumulate_grad_batches=k`` that is ``k * n`` batches.
+    ``steps=n``; with ``accumulate_grad_batches=k`` that is ``k * n`` batches.
 
     Logged through ``pl_module.log`` at every training batch until slimming: ``assl/phase`` (0
     align, 1 regularize, 2 stabilize, 3 done), ``assl/penalty`` and ``assl/steps_left``;
@@ -80,7 +84,10 @@ class ASSLPruning(pl.Callback):
         budget: As for :class:`assl.Pruner`: instead of ``ratio``, an :class:`assl.Budget`.
         skip: Globs of layers that keep all their channels, named relative to ``module``.
         groups: Same-pruned groups as lists of globs (see :class:`assl.Pruner`).
-        schedule: The schedule in optimizer steps; the default is the paper's 160,430 steps.
+        steps: The number of optimizer steps to prune for, as for :class:`assl.Pruner`: the
+            schedule is ``assl.Schedule.for_steps(steps)`` sized to the network's groups.
+        schedule: Instead of ``steps``, the schedule in optimizer steps; the default is the
+            paper's 160,430 steps.
         module: The submodule of the LightningModule to prune, as ``pl_module.get_submodule``
             reads it (``"model"``, ``"net.backbone"``); ``None`` prunes the LightningModule
             itself, traced through its ``forward``.
@@ -111,6 +118,7 @@ class ASSLPruning(pl.Callback):
         skip: str | Iterable[str] = (),
         groups: Sequence[str | Sequence[str]] | None = None,
         schedule: Schedule | None = None,
+        steps: int | None = None,
         module: str | None = None,
         on_done: str = "finetune",
         liveness_every_n_steps: int = 50,
@@ -133,12 +141,17 @@ class ASSLPruning(pl.Callback):
         self.liveness_every_n_steps = every
         target = ratio_or_budget(ratio, budget)
         ratio, budget = (None, target) if isinstance(target, Budget) else (target, None)
+        if steps is not None:
+            if schedule is not None:
+                raise ArgumentError("give steps= or schedule=, not both")
+            Schedule.for_steps(steps)  # checked now, not at the fit
         options = {
             "ratio": ratio,
             "budget": budget,
             "skip": skip,
             "groups": groups,
             "schedule": schedule,
+            "steps": steps,
             "round_to": round_to,
         }
         self._kwargs: dict[str, Any] = {**options, "extra_inputs": extra_inputs, "approximate_norms": approximate_norms}
@@ -186,8 +199,9 @@ class ASSLPruning(pl.Callback):
     # --- setting up ----------------------------------------------------------------------------
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
-        """Create the Pruner on the bare network, before the strategy wraps it and before the
-        optimizers are configured; hook the alignment term and the restoring of slimmed checkpoints."""
+        """For a fit, create the Pruner on the bare network, before the strategy wraps it and before
+        the optimizers are configured; hook the alignment term and the restoring of slimmed
+        checkpoints. Other stages insert no scales."""
         _check_strategy(trainer.strategy)
         if self._lm is not None and self._lm is not pl_module:
             raise ArgumentError(
@@ -195,7 +209,7 @@ class ASSLPruning(pl.Callback):
             )
         self._lm = pl_module
         target = self._target(pl_module)
-        if self.pruner is None and not self.slimmed:
+        if stage == "fit" and self.pruner is None and not self.slimmed:
             inputs = move_data_to_device(self.example_inputs, device_of(target))
             self.pruner = Pruner(target, inputs, **self._kwargs)
             rank_zero_info(f"ASSLPruning: {self.pruner.total_steps} optimizer steps of pruning on {self._where()}")
@@ -250,7 +264,7 @@ class ASSLPruning(pl.Callback):
             rank_zero_warn(
                 f"ASSLPruning: the schedule takes {pruner.total_steps} optimizer steps but max_steps is "
                 f"{trainer.max_steps}: the network will not be slimmed in this fit; size the schedule with "
-                "assl.Schedule.for_steps(n)"
+                "ASSLPruning(..., steps=n)"
             )
 
     # --- training ------------------------------------------------------------------------------
@@ -315,8 +329,13 @@ class ASSLPruning(pl.Callback):
             )
 
     def on_exception(self, trainer: pl.Trainer, pl_module: pl.LightningModule, exception: BaseException) -> None:
-        """As ``teardown``: a failed fit does not call it."""
+        """As ``teardown``: a failed fit does not call it. A fit that fails before the first pruning
+        step (a refused optimizer) takes the scales out again, so the module is as it was."""
         self.teardown(trainer, pl_module, "")
+        pruner = self.pruner
+        if pruner is not None and not self.slimmed and pruner.step_count == 0:
+            remove_pruner(pruner)
+            self.pruner = None
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
         """Detach from the optimizer and give the LightningModule its own methods back."""

@@ -6,7 +6,8 @@ keep-mask ``m_i`` is near 1 above the layer's threshold (its ``(k+1)``-th smalle
 near 0 below it. Two forms, chosen by ``Schedule.align_loss``:
 
 * ``"consensus"`` (default): ``m_i = sigmoid((s_i - t_i) / tau_i)`` with the threshold ``t_i`` and
-  the temperature ``tau_i`` (the spread of the layer's scores) detached, and the loss
+  the temperature ``tau_i`` (the spread of the layer's scores, at least 2% of their mean:
+  :func:`temperature`) detached, and the loss
   ``mean over units and layers of (m_i - mean_j m_j)**2``: the variance of the masks across the
   layers. It equals ``(tr(M Mᵀ)/n - mean(M Mᵀ)) / units`` for the stacked masks ``M`` (n rows),
   is 0 when every layer keeps the same units, never exceeds 0.25 whatever the width and depth,
@@ -30,9 +31,20 @@ import torch
 
 from ..errors import ArgumentError
 
-__all__ = ["ALIGN_LOSSES", "agreement", "alignment_loss", "consensus_loss", "consensus_masks", "soft_masks"]
+__all__ = [
+    "ALIGN_LOSSES",
+    "TAU_FLOOR",
+    "agreement",
+    "alignment_loss",
+    "consensus_loss",
+    "consensus_masks",
+    "soft_masks",
+    "temperature",
+]
 
 ALIGN_LOSSES = ("consensus", "authors")
+TAU_FLOOR = 0.02
+"""The consensus loss's temperature is at least this share of the mean score of the row."""
 
 
 def _check_k(scores: torch.Tensor, k: int) -> None:
@@ -71,8 +83,19 @@ def consensus_masks(scores: torch.Tensor, k: int) -> torch.Tensor:
     _check_k(scores, k)
     detached = scores.detach()
     threshold = torch.kthvalue(detached, k + 1, dim=-1, keepdim=True).values
-    tau = detached.std(dim=-1, keepdim=True).nan_to_num(0.0).clamp_min(1e-12)
-    return torch.sigmoid((scores - threshold) / tau)
+    return torch.sigmoid((scores - threshold) / temperature(detached))
+
+
+def temperature(scores: torch.Tensor) -> torch.Tensor:
+    """Per row: the spread (std) of the scores, at least :data:`TAU_FLOOR` of their mean size.
+
+    The floor bounds the gradient as well as the value: ``|dL/ds| <= 1 / (2 n units tau)``, so a
+    row whose scores tie (an orthogonal initialization gives every filter the same norm, a spread
+    of 1e-7) is not pushed by 1/1e-7 apart.
+    """
+    spread = scores.std(dim=-1, keepdim=True).nan_to_num(0.0)
+    floor = TAU_FLOOR * scores.abs().mean(dim=-1, keepdim=True)
+    return torch.maximum(spread, floor).clamp_min(1e-12)
 
 
 def consensus_loss(scores: torch.Tensor, k: int) -> torch.Tensor:

@@ -12,8 +12,8 @@ normalization weights and their biases), at a strength the :class:`~assl.Schedul
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
-from typing import Any
+from collections.abc import Iterable, Iterator
+from typing import Any, Protocol
 
 import torch
 from torch.utils.hooks import RemovableHandle
@@ -21,36 +21,75 @@ from torch.utils.hooks import RemovableHandle
 from ..errors import ArgumentError
 from ._selection import Carrier
 
-__all__ = ["add_penalty", "apply_penalty", "check_optimizer", "shrink", "step_pre_hook"]
+__all__ = [
+    "StepHooks",
+    "add_penalty",
+    "apply_penalty",
+    "check_optimizer",
+    "closure_of",
+    "penalty_value",
+    "shrink",
+    "step_hooks",
+]
 
 
 def apply_penalty(
-    carriers: Iterable[Carrier], penalty: float, form: str, grad_scale: float | torch.Tensor | None = None
+    carriers: Iterable[Carrier],
+    penalty: float,
+    form: str,
+    grad_scale: float | torch.Tensor | None = None,
+    *,
+    data: bool = True,
+    grads: bool = True,
 ) -> None:
     """Apply ``penalty`` in ``form`` to the chosen entries of ``carriers``; before ``optimizer.step()``.
+
+    The shrink acts on the entries themselves, so it drives frozen ones (``requires_grad=False``,
+    a frozen BatchNorm) to zero too; the gradient form acts only through the optimizer, on entries
+    that take a gradient.
 
     Args:
         grad_scale: The scale the gradients still carry (a fused optimizer under GradScaler): the
             gradient form is multiplied by it; the shrink does not depend on it.
+        data: Apply the part that changes the entries (the shrink's ``1 - penalty``).
+        grads: Apply the part that changes their gradients (the shrink's zeroing, the gradient
+            form): after every evaluation of an optimizer's closure, which recomputes them.
     """
     if penalty <= 0:
         return
     with torch.no_grad():
-        for c in carriers:
-            for p, idx in ((c.scale, c.scale_idx), (c.bias, c.bias_idx)):
-                if p is None or idx.numel() == 0 or not p.requires_grad:
-                    continue
-                if form == "shrink":
-                    shrink(p, idx, penalty)
-                else:
-                    add_penalty(p, idx, penalty if grad_scale is None else penalty * grad_scale)
+        for p, idx in _chosen(carriers):
+            if form == "shrink":
+                shrink(p, idx, penalty, data=data, grads=grads)
+            elif grads and p.requires_grad:
+                add_penalty(p, idx, penalty if grad_scale is None else penalty * grad_scale)
 
 
-def shrink(p: torch.Tensor, idx: torch.Tensor, penalty: float) -> None:
+def penalty_value(carriers: Iterable[Carrier], penalty: float) -> torch.Tensor | None:
+    """``penalty/2 * sum(x**2)`` over the chosen entries that take a gradient: the term whose gradient
+    the gradient form adds (``None`` when there is none)."""
+    terms = [
+        p.detach().index_select(0, idx.to(p.device)).float().pow(2).sum()
+        for p, idx in _chosen(carriers)
+        if p.requires_grad
+    ]
+    return penalty / 2 * torch.stack([t.to(terms[0].device) for t in terms]).sum() if terms and penalty > 0 else None
+
+
+def _chosen(carriers: Iterable[Carrier]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Each carrier's scale and bias with the positions of its chosen entries (when there are any)."""
+    for c in carriers:
+        for p, idx in ((c.scale, c.scale_idx), (c.bias, c.bias_idx)):
+            if p is not None and idx.numel():
+                yield p, idx
+
+
+def shrink(p: torch.Tensor, idx: torch.Tensor, penalty: float, *, data: bool = True, grads: bool = True) -> None:
     """``p[idx] *= 1 - penalty`` and ``grad[idx] = 0``: the entries fade out, the task cannot hold them."""
     idx = idx.to(p.device)
-    p.data.index_copy_(0, idx, p.data.index_select(0, idx) * (1 - penalty))
-    if p.grad is not None:
+    if data:
+        p.data.index_copy_(0, idx, p.data.index_select(0, idx) * (1 - penalty))
+    if grads and p.grad is not None:
         p.grad.index_fill_(0, idx, 0)
 
 
@@ -63,13 +102,14 @@ def add_penalty(p: torch.Tensor, idx: torch.Tensor, factor: float | torch.Tensor
 
 
 def check_optimizer(optimizer: torch.optim.Optimizer, layers: Iterable[Carrier], advice: str) -> None:
-    """Raise if ``optimizer`` does not update the scale of every one of ``layers``.
+    """Raise if ``optimizer`` does not update the scale of every one of ``layers`` that takes a gradient
+    (a frozen normalization layer's gamma is left to the shrink).
 
     Raises:
         ValueError: Naming the layers whose scales the optimizer leaves alone, with ``advice``.
     """
     params = {id(p) for group in optimizer.param_groups for p in group["params"]}
-    missing = [layer.name for layer in layers if id(layer.scale) not in params]
+    missing = [layer.name for layer in layers if layer.scale.requires_grad and id(layer.scale) not in params]
     if missing:
         raise ArgumentError(
             f"the optimizer does not update the scales of {', '.join(missing[:5])}"
@@ -77,20 +117,64 @@ def check_optimizer(optimizer: torch.optim.Optimizer, layers: Iterable[Carrier],
         )
 
 
-def step_pre_hook(
-    optimizer: torch.optim.Optimizer, step: Callable[[float | torch.Tensor | None], None]
-) -> RemovableHandle:
-    """Call ``step(grad_scale)`` before every ``optimizer.step()`` that will really update.
+def closure_of(args: Any, kwargs: Any) -> Any:
+    """The closure of an ``optimizer.step`` call as its hooks see it (``args[0]`` is the optimizer)."""
+    closure = kwargs.get("closure") if "closure" in kwargs else (args[1] if len(args) > 1 else None)
+    return closure if callable(closure) else None
 
-    Under ``GradScaler.step``, ordinary optimizers see unscaled gradients; fused ones still carry
-    ``optimizer.grad_scale`` (passed on so the penalty is scaled to match), and a fused step that
-    GradScaler will skip for inf/NaN gradients is not counted.
+
+class StepHooks(Protocol):
+    """What the optimizer's hooks call: the Pruner's step, split around a closure."""
+
+    def __call__(self, grad_scale: float | torch.Tensor | None) -> None:
+        """A step without a closure: the whole of :meth:`Pruner.step`, before the update."""
+
+    def begin(self) -> None:
+        """Before a step with a closure: the checks, the choice and the shrink of the entries."""
+
+    def after_closure(self, loss: Any) -> Any:
+        """After each evaluation of the closure: the penalty on the gradients it computed."""
+
+    def end(self) -> None:
+        """After a step with a closure: count it."""
+
+
+def step_hooks(optimizer: torch.optim.Optimizer, step: StepHooks) -> list[RemovableHandle]:
+    """Call ``step`` around every ``optimizer.step()`` that will really update.
+
+    Without a closure, ``step(grad_scale)`` runs before the update. Under ``GradScaler.step``,
+    ordinary optimizers see unscaled gradients; fused ones still carry ``optimizer.grad_scale``
+    (passed on so the penalty is scaled to match), and a fused step that GradScaler will skip for
+    inf/NaN gradients is not counted.
+
+    With a closure (``optimizer.step(closure)``: LBFGS, SAM-style optimizers), which zeroes and
+    recomputes the gradients, possibly several times: ``begin()`` before the step, the closure
+    replaced by one that calls ``after_closure(loss)`` after each evaluation, and ``end()`` after
+    the update, so the penalty reaches the gradients the update uses and the step counts once.
     """
+    closures: list[bool] = []
 
-    def hook(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+    def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> tuple[Any, Any] | None:
         found_inf = getattr(opt, "found_inf", None)
         if isinstance(found_inf, torch.Tensor) and found_inf.item() > 0:
-            return  # a fused step GradScaler will skip
-        step(getattr(opt, "grad_scale", None))
+            return None  # a fused step GradScaler will skip
+        closure = closure_of(args, kwargs)
+        if closure is None:
+            step(getattr(opt, "grad_scale", None))
+            return None
+        step.begin()
+        closures.append(True)
 
-    return optimizer.register_step_pre_hook(hook)
+        def penalized() -> Any:
+            return step.after_closure(closure())
+
+        if "closure" in kwargs:
+            return args, {**kwargs, "closure": penalized}
+        return (args[0], penalized, *args[2:]), kwargs  # args[0] is the optimizer
+
+    def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        if closures:
+            closures.clear()
+            step.end()
+
+    return [optimizer.register_step_pre_hook(pre), optimizer.register_step_post_hook(post)]

@@ -23,6 +23,7 @@ from ..budgets.latency_plan import LatencyPlan, latency_removed
 from ..errors import ArgumentError, ArgumentTypeError
 from ..graph import ChannelGroup, Graph
 from ._scales import scale_of
+from ._selection import owner_of
 from .schedule import Schedule
 
 __all__ = ["Resolved", "check_arguments", "ratio_or_budget", "resolve"]
@@ -36,7 +37,8 @@ def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int |
     Raises:
         TypeError: The model is not an ``nn.Module`` or is wrapped in (Distributed)DataParallel
             (``order`` says what to do), or ``schedule`` is not a :class:`Schedule`.
-        ValueError: ``round_to`` is not an int >= 1 or ``"auto"``, or the model already has ASSL scales.
+        ValueError: ``round_to`` is not an int >= 1 or ``"auto"``, or the model already has ASSL scales or
+            carries another living Pruner's channels.
     """
     if not isinstance(model, nn.Module):
         raise ArgumentTypeError(f"model must be an nn.Module, got {type(model).__name__}")
@@ -50,6 +52,11 @@ def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int |
     for name, m in model.named_modules():
         if scale_of(m) is not None:
             raise ArgumentError(f"`{name}` already has ASSL scales: a model is pruned by one Pruner at a time")
+        if owner_of(m) is not None:
+            raise ArgumentError(
+                f"`{name}` carries the channels of another Pruner (in its gamma and beta): a model is pruned by one "
+                "Pruner at a time; delete the other Pruner first"
+            )
     return schedule
 
 

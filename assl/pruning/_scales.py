@@ -10,6 +10,7 @@ from (``reparam.scale_target``).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 from collections.abc import Iterator, Mapping
 from typing import cast
@@ -19,10 +20,18 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._reparam import scale_target
-from ..errors import ArgumentTypeError, ASSLError
+from ..errors import ArgumentTypeError, ASSLError, CheckpointError
 from ..layers import output_dim
 
-__all__ = ["WeightScale", "insert_scale", "remove_scale", "removed_on_error", "scale_of", "scaled_state_dict"]
+__all__ = [
+    "WeightScale",
+    "insert_scale",
+    "load_dense",
+    "remove_scale",
+    "removed_on_error",
+    "scale_of",
+    "scaled_state_dict",
+]
 
 _EPS = 1e-12
 
@@ -60,6 +69,63 @@ def insert_scale(module: nn.Module) -> WeightScale:
     return ws
 
 
+def load_dense(model: nn.Module, state: Mapping[str, torch.Tensor]) -> None:
+    """Load ``state``, a dense state dict, into ``model`` whose layers carry :class:`WeightScale`.
+
+    Everything is checked before the first tensor is copied (a mapping of names to tensors, the
+    same keys as the model's, each tensor of the model's shape, finite floating values), and a
+    load that fails anyway puts every tensor back: on any error the model is as it was.
+
+    Raises:
+        CheckpointError: What is wrong, with the key.
+    """
+    if not isinstance(state, Mapping):
+        raise CheckpointError(f"load_dense_state_dict takes a state dict (a mapping), got {type(state).__name__}")
+    for key, value in state.items():
+        if not isinstance(key, str) or not isinstance(value, torch.Tensor):
+            raise CheckpointError(
+                f"state[{key!r}] is a {type(value).__name__}: a state dict maps names (str) to tensors"
+            )
+    converted = scaled_state_dict(model, state)
+    mine = model.state_dict()
+    missing, unexpected = sorted(mine.keys() - converted.keys()), sorted(converted.keys() - mine.keys())
+    if missing or unexpected:
+        missing = sorted({_dense_key(k) for k in missing})
+        parts = [f"missing {_few(missing)}" if missing else "", f"unexpected {_few(unexpected)}" if unexpected else ""]
+        raise CheckpointError(
+            f"the state dict does not fit the model: {'; '.join(p for p in parts if p)}. Load the dense weights of "
+            "this architecture (model.state_dict() of the model without scales); the model is left as it was"
+        )
+    for key, value in converted.items():
+        if value.shape != mine[key].shape:
+            source = key if key in state else _dense_key(key)
+            raise CheckpointError(
+                f"state[{source!r}] has shape {tuple(value.shape)}, the model's is {tuple(mine[key].shape)}; "
+                "the model is left as it was"
+            )
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            source = key if key in state else _dense_key(key)
+            raise CheckpointError(f"state[{source!r}] contains NaN or inf; the model is left as it was")
+    before = {k: v.detach().clone() for k, v in mine.items()}
+    try:
+        model.load_state_dict(converted)
+    except Exception as e:
+        with torch.no_grad():
+            for k, v in model.state_dict().items():
+                v.copy_(before[k])
+        raise CheckpointError(f"loading the state dict failed ({type(e).__name__}: {e}); the model is as it was") from e
+
+
+def _few(keys: list[str]) -> str:
+    return ", ".join(map(repr, keys[:5])) + (f" and {len(keys) - 5} more" if len(keys) > 5 else "")
+
+
+def _dense_key(key: str) -> str:
+    """The dense key of a parametrized one: ``a.parametrizations.weight.original`` (or ``.0.scale``) -> ``a.weight``."""
+    head, sep, tail = key.partition("parametrizations.")
+    return head + tail.split(".")[0] if sep else key
+
+
 def scaled_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """``state``, a dense state dict, rewritten for ``model`` whose layers carry :class:`WeightScale`.
 
@@ -68,7 +134,10 @@ def scaled_state_dict(model: nn.Module, state: Mapping[str, torch.Tensor]) -> di
     per-channel norm of that tensor, so the model then computes exactly what the dense weights
     compute. Keys already in the parametrized form are kept as they are.
     """
-    out = dict(state)
+    out = collections.OrderedDict(state)
+    metadata = getattr(state, "_metadata", None)
+    if metadata is not None:  # the layers' state versions (BatchNorm's num_batches_tracked)
+        out._metadata = metadata  # type: ignore[attr-defined]
     for name, module in model.named_modules():
         found = _scaled(module)
         if found is None:

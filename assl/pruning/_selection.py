@@ -11,11 +11,14 @@ chosen.
 from __future__ import annotations
 
 import logging
+import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
+from typing import cast
 
 import numpy as np
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from .._scoring import l1_scores, relative_sum
 from ..errors import ArgumentError, ASSLError
@@ -24,12 +27,38 @@ from ..layers import has_affine
 from . import _alignment as alignment
 from ._scales import insert_scale
 
-__all__ = ["Carrier", "Scorer", "Selection"]
+__all__ = ["Carrier", "Scorer", "Selection", "claim", "owner_of", "release"]
 
 logger = logging.getLogger("assl")
 
 Scorer = Callable[[str], torch.Tensor]
 """Group name -> one score per unit (lower goes first)."""
+
+_OWNERS: weakref.WeakKeyDictionary[nn.Module, weakref.ref[object]] = weakref.WeakKeyDictionary()
+
+
+def claim(modules: Iterable[nn.Module], owner: object) -> None:
+    """Mark ``modules`` (a Pruner's carriers) as ``owner``'s while it lives.
+
+    An inserted scale marks its layer in the model itself; a normalization layer that carries a
+    group's channels in its own gamma and beta changes in nothing, so this is how a second Pruner
+    on a BatchNorm network learns that the first one is there.
+    """
+    for m in modules:
+        _OWNERS[m] = weakref.ref(owner)
+
+
+def owner_of(module: nn.Module) -> object | None:
+    """The living Pruner whose channels ``module`` carries, if any."""
+    ref = _OWNERS.get(module)
+    return ref() if ref is not None else None
+
+
+def release(owner: object) -> None:
+    """Forget ``owner``'s claims (its scales were removed again)."""
+    for m, ref in list(_OWNERS.items()):
+        if ref() is owner:
+            del _OWNERS[m]
 
 
 class Carrier:
@@ -119,6 +148,19 @@ class Carrier:
             )
 
 
+def _parametrized(module: nn.Module) -> str:
+    """What parametrizes the gamma or beta of a normalization layer (``""``: nothing)."""
+    if not parametrize.is_parametrized(module):
+        return ""
+    plists = cast(nn.ModuleDict, module.parametrizations)
+    found = [
+        f"{t} by {', '.join(type(p).__name__ for p in cast(nn.ModuleList, plists[t]))}"
+        for t in ("weight", "bias")
+        if t in plists
+    ]
+    return "; ".join(found)
+
+
 class Selection:
     """Which units each group loses: scores, the chosen units, and the carriers of each group.
 
@@ -139,32 +181,61 @@ class Selection:
         self.chosen: dict[str, list[int]] = {}
 
     @classmethod
-    def build(cls, model: nn.Module, graph: Graph, removed: Mapping[str, int]) -> Selection:
+    def build(cls, model: nn.Module, graph: Graph, removed: Mapping[str, int], *, frozen: bool = True) -> Selection:
         """Find each pruned group's carriers and insert the scales they need; check everything first.
+
+        Args:
+            frozen: Whether normalization layers whose gamma or beta is frozen (``requires_grad=False``)
+                may carry channels: the shrink acts on the entries themselves and drives them to
+                zero anyway; the gradient form, acting only through gradients, would leave them.
 
         Raises:
             ASSLError: The weight of a producer to be scaled holds NaN or inf (the scale would
                 start there); the model is left as it is.
-            ValueError: A normalization layer without affine parameters renormalizes channels that
-                could be removed: no penalty can drive them to zero there.
+            ValueError: A normalization layer without affine parameters, or with a parametrized
+                gamma or beta, renormalizes channels that could be removed: no penalty can drive
+                them to zero there; or (``frozen=False``) one whose gamma or beta is frozen.
         """
         plans: dict[str, tuple[list[str], dict[str, np.ndarray]]] = {}
         unscalable: list[str] = []
+        reparametrized: list[str] = []
+        frozen_norms: list[str] = []
         for g in graph.groups:
             if not removed[g.name]:
                 continue
             norms = {n: np.where(g.prunable[u] & (u >= 0), u, -1) for n, u in graph.norms_of(g.name).items()}
             norms = {n: u for n, u in norms.items() if (u >= 0).any()}
-            plain = [n for n in norms if not has_affine(model.get_submodule(n))]
-            unscalable += [f"`{n}` (group {g.name})" for n in plain]
-            affine = set(norms) - set(plain)
+            for n in norms:
+                m = model.get_submodule(n)
+                wrapped = _parametrized(m)
+                if wrapped:
+                    reparametrized.append(f"`{n}` (group {g.name}: {wrapped})")
+                elif not has_affine(m):
+                    unscalable.append(f"`{n}` (group {g.name})")
+                elif not frozen and not (m.weight.requires_grad and m.bias.requires_grad):
+                    frozen_norms.append(f"`{n}` (group {g.name})")
+            affine = {n for n in norms if has_affine(model.get_submodule(n))}
             scaled = [p for p in g.layers if not (p in graph.normalized and set(graph.normalized[p]) <= affine)]
             plans[g.name] = (scaled, norms)
+        if reparametrized:
+            raise ArgumentError(
+                f"{', '.join(reparametrized)}: the gamma or beta of these normalization layers is parametrized, so the "
+                f"penalty, which drives a chosen channel's gamma and beta to zero through their Parameters, cannot "
+                f"reach what the layer computes from them. Remove the parametrization, or skip the group's layers "
+                f"(skip=[...])"
+            )
         if unscalable:
             raise ArgumentError(
                 f"{', '.join(unscalable)} normalize(s) channels that could be removed without affine parameters, so "
                 f"no penalty can drive those channels to zero: give the normalization affine=True, or skip the "
                 f"group's layers (skip=[...])"
+            )
+        if frozen_norms:
+            raise ArgumentError(
+                f"{', '.join(frozen_norms)} carry channels that could be removed in a gamma or beta that is frozen "
+                f"(requires_grad=False), and penalty_form='gradient' acts only through gradients, so those channels "
+                f"would never be driven to zero: use penalty_form='shrink' (it shrinks the entries themselves, "
+                f"frozen ones too), unfreeze them, or skip the group's layers (skip=[...])"
             )
         modules = {n: model.get_submodule(n) for scaled, _ in plans.values() for n in scaled}
         for n, m in modules.items():
@@ -259,9 +330,18 @@ class Selection:
         return len(self.chosen) == len(self.layers)
 
     def check_finite(self, layers: Iterable[Carrier] | None = None) -> None:
-        """Raise, naming the layer, if a scale (of ``layers``, default all) is NaN or inf."""
-        for layer in layers if layers is not None else self.all_layers():
-            layer.check_finite()
+        """Raise, naming the layer, if a scale (of ``layers``, default all) is NaN or inf.
+
+        One reduction and one read of its result (one device synchronization) when all are finite.
+        """
+        carriers = list(layers if layers is not None else self.all_layers())
+        if not carriers:
+            return
+        device = carriers[0].scale.device
+        finite = torch.stack([torch.isfinite(c.scale.detach()).all().to(device) for c in carriers]).all()
+        if not bool(finite):
+            for c in carriers:
+                c.check_finite()
 
     def describe(self) -> str:
         """``group: units chosen`` for each group chosen so far."""

@@ -1,18 +1,21 @@
 """The Pruner's progress as plain data, the checks a saved state must pass to be resumed, and the
-watch that notices scales no optimizer updates."""
+watch that notices an optimizer that does not update the scales."""
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping, Sequence
+import weakref
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
+from torch.optim.optimizer import register_optimizer_step_post_hook, register_optimizer_step_pre_hook
 
 from ..errors import ASSLError, PlanError, StateError
 from ..graph import Graph
+from ._penalty import closure_of
 
-__all__ = ["STATE_VERSION", "ScaleWatch", "check_state", "check_version"]
+__all__ = ["STATE_VERSION", "OptimizerWatch", "check_state", "check_version"]
 
 logger = logging.getLogger("assl")
 
@@ -87,59 +90,113 @@ def _check_chosen(chosen: Any, removed: Mapping[str, int], graph: Graph | None) 
             raise StateError(f"{where} lists a unit twice or a negative one: {list(units)!r}")
 
 
-class ScaleWatch:
-    """Notices inserted scales that no optimizer updates (an optimizer built before the Pruner).
+class OptimizerWatch:
+    """While the Pruner is stepped by hand, notices the optimizer mistakes that would leave it a no-op.
 
-    An optimizer that holds the scales ``g`` moves their entries the penalty leaves alone (the
-    units not chosen) with the task's gradient. :meth:`check` keeps a copy of those entries the
-    first time it is called and raises when, at a later call, they are still bit for bit the same
-    although they had a non-zero gradient. Once they have moved it stops looking, so a step skipped
-    later (GradScaler, a zero learning rate) is never mistaken for the problem. Normalization
-    weights are the model's own Parameters, which an optimizer built before the Pruner holds: they
-    are not watched.
+    * An optimizer that updates the model's weights but not the scales the Pruner inserted: one
+      built before the Pruner, over the parameters the model had then. The unchosen scales would
+      never learn, and with the gradient form nothing would be pruned.
+    * ``optimizer.step(closure)`` after ``pruner.step()``: the closure zeroes and recomputes the
+      gradients, wiping the penalty :meth:`Pruner.step` added (:meth:`Pruner.attach` applies it
+      after every evaluation of the closure instead).
+
+    The first ``pruner.step()`` arms it: global optimizer step hooks (``torch.optim``) record which
+    optimizers step and what they hold; each later ``pruner.step()`` judges what stepped since, before
+    it changes anything, and the watch ends once an optimizer that holds every scale has stepped
+    without either mistake. What it judges is what the optimizers hold, never whether the values
+    moved: a learning rate of 0 (a warmup), a step GradScaler skips or a frozen layer is no alarm.
+    Optimizers that hold none of the model's parameters (a GAN's other network) are ignored, and
+    scales spread over several optimizers are fine once each has stepped.
     """
 
-    def __init__(self) -> None:
-        self._first: tuple[int, torch.Tensor, torch.Tensor] | None = None
-        self._moved = False
-        self._pushed = False  # a non-zero gradient reached the watched entries since the copy
+    def __init__(self, params: Callable[[], Iterable[torch.Tensor]], scales: Mapping[int, str]) -> None:
+        self._params = params  # the model's parameters, scales included
+        self._scales = dict(scales)  # id of each inserted scale -> the layer it scales
+        self._handles: list[Any] = []
+        self._over = not self._scales  # nothing inserted: no optimizer can miss the scales
+        self._model: set[int] = set()
+        self._seen: set[int] = set()  # the scales an optimizer that stepped holds
+        self._stepped = False  # an optimizer holding the model's parameters stepped since the last judgment
+        self._pending = False  # pruner.step() ran since the last step of an optimizer holding scales
+        self._closure = ""  # the optimizer that took a closure after pruner.step()
 
-    def check(self, carriers: Iterable[Any], step: int) -> None:
-        """Compare the unchosen entries of the carriers' inserted scales with the first call's.
+    @property
+    def armed(self) -> bool:
+        return bool(self._handles)
+
+    def step(self) -> None:
+        """Called by every ``pruner.step()`` by hand, before it changes anything.
 
         Raises:
-            ASSLError: They have not changed since then.
+            ASSLError: Since the last call, an optimizer updated the model but not all the scales
+                and none updated the others, or an optimizer holding them was given a closure.
         """
-        if self._moved:
+        if self._over:
             return
-        values, free, grads = [], [], []
-        with torch.no_grad():
-            for c in carriers:
-                if c.kind != "g":
-                    continue
-                flat = c.scale.detach().reshape(-1)
-                mask = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
-                mask[c.scale_idx.to(flat.device)] = False
-                values.append(flat.clone())
-                free.append(mask)
-                grad = c.scale.grad
-                grads.append(torch.zeros_like(flat) if grad is None else grad.detach().reshape(-1))
-        if not values:
+        if not self._handles:
+            self._arm()
+        else:
+            self._judge()
+        self._pending = True
+
+    def close(self) -> None:
+        """Stop watching (an attached optimizer is checked by :meth:`Pruner.attach` itself)."""
+        self._over = True
+        for h in self._handles:
+            h.remove()
+        self._handles = []
+
+    def _arm(self) -> None:
+        self._model = {id(p) for p in self._params()}
+        me = weakref.ref(self)
+
+        def pre(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            watch = me()
+            if watch is not None:
+                watch._saw(opt, closure_of(args, kwargs) is not None)
+
+        def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+            watch = me()
+            if watch is not None and any(id(p) in watch._scales for p in _held(opt)):
+                watch._pending = False
+
+        self._handles = [register_optimizer_step_pre_hook(pre), register_optimizer_step_post_hook(post)]
+        for h in self._handles:
+            weakref.finalize(self, h.remove)
+
+    def _saw(self, opt: torch.optim.Optimizer, closure: bool) -> None:
+        held = {id(p) for p in _held(opt)}
+        if not held & self._model:
             return
-        now, now_free = torch.cat(values), torch.cat(free)
-        self._pushed |= bool(torch.cat(grads)[now_free].any())
-        if self._first is None:
-            self._first = (step, now, now_free)
-            return
-        since, first, first_free = self._first
-        both = first_free & now_free
-        if not torch.equal(first[both], now[both]):
-            self._moved, self._first = True, None
-            return
-        if not self._pushed:  # no gradient to apply yet: nothing says an optimizer should have moved them
-            return
-        raise ASSLError(
-            f"the scales have not changed in the {step - since} steps since step {since}: the optimizer does not "
-            f"update them. Build the optimizer after creating the Pruner (over model.parameters(), which then "
-            f"include the scales), or add pruner.scale_parameters() as a param group"
-        )
+        self._stepped = True
+        scales = held & self._scales.keys()
+        self._seen |= scales
+        if scales and closure and self._pending:
+            self._closure = type(opt).__name__
+
+    def _judge(self) -> None:
+        missing = [name for i, name in self._scales.items() if i not in self._seen]
+        closure, stepped = self._closure, self._stepped
+        self._closure, self._stepped = "", False
+        if closure:
+            raise ASSLError(
+                f"{closure}.step(closure) ran after pruner.step(): the closure recomputes the gradients and wipes the "
+                "penalty pruner.step() added to them. With a closure (LBFGS, SAM-style optimizers) use "
+                "pruner.attach(optimizer) instead of calling pruner.step(): the penalty then follows every evaluation "
+                "of the closure, and the step counts once"
+            )
+        if not missing:
+            self.close()
+        elif stepped:
+            listed = ", ".join(f"`{n}`" for n in missing[:5]) + (" ..." if len(missing) > 5 else "")
+            raise ASSLError(
+                f"an optimizer stepped that updates the model but not the scales the Pruner inserted into {listed}, "
+                "and no optimizer updates those: it was built before the Pruner. Build the optimizer after creating "
+                "the Pruner (over model.parameters(), which then include the scales), or add "
+                "pruner.scale_parameters() as a param group"
+            )
+
+
+def _held(opt: torch.optim.Optimizer) -> Iterator[torch.Tensor]:
+    for group in opt.param_groups:
+        yield from group["params"]

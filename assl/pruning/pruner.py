@@ -20,16 +20,16 @@ from .._reparam import parametrizations_in_eval
 from .._slim import slimmed_copy
 from ..budgets.budget import Budget
 from ..budgets.latency_plan import LatencyPlan, report_measured
-from ..errors import ArgumentError, ASSLError
+from ..errors import ArgumentError, ASSLError, ASSLWarning
 from ..graph import Graph
 from ..tracing import trace
 from ._liveness import liveness as measure_liveness
-from ._penalty import apply_penalty, check_optimizer, step_pre_hook
+from ._penalty import apply_penalty, check_optimizer, penalty_value, step_hooks
 from ._report import SLIM_CHANGE_WARNING, Progress, report_change, summary_table, warn_early
 from ._resolve import check_arguments, ratio_or_budget, resolve
-from ._scales import removed_on_error, scaled_state_dict
-from ._selection import Selection
-from ._state import STATE_VERSION, ScaleWatch, check_state
+from ._scales import load_dense, remove_scale, removed_on_error
+from ._selection import Selection, claim, release
+from ._state import STATE_VERSION, OptimizerWatch, check_state
 from .schedule import Schedule
 
 __all__ = ["SLIM_CHANGE_WARNING", "Progress", "Pruner"]
@@ -70,7 +70,11 @@ class Pruner:
         groups: Same-pruned groups as lists of globs (or comma-separated strings), e.g.
             ``[["model.head.0", "model.body.16", "*body.2"]]``. Checked against the trace; when
             omitted, the trace's coupled groups are used.
-        schedule: The phase lengths and penalty numbers (the paper's defaults).
+        steps: The number of optimizer steps to prune for: the schedule is
+            ``Schedule.for_steps(steps, align=...)``, sized once the trace has told whether any
+            group is aligned, so :attr:`done` turns True after exactly ``steps`` steps. The way
+            to size pruning to your training; give it or ``schedule``, not both.
+        schedule: The phase lengths and penalty numbers (the paper's defaults: 160,430 steps).
         round_to: Round every kept width up to a multiple of this (8 suits GPU kernels); with a
             latency budget, ``"auto"`` takes the step of the device's measured latency curve.
         extra_inputs: More input sets for forward code whose path depends on the input.
@@ -79,13 +83,16 @@ class Pruner:
     Raises:
         ArgumentTypeError: The model is not an ``nn.Module`` (or is wrapped), or an argument's type.
         ArgumentError: A ratio outside [0, 1), both or neither of ``ratio`` and ``budget``,
-            layers already scaled, an unreachable budget, meta tensors.
+            both ``steps`` and ``schedule``, layers already scaled or carrying another living
+            Pruner's channels, an unreachable budget, meta tensors, a normalization layer that
+            cannot carry channels (not affine, a parametrized gamma, or a frozen one under the
+            gradient-form penalty).
         PatternError: A pattern matches no module, or groups do not match the trace.
         TraceError: The model cannot be traced on the example inputs.
         ASSLError: Inserting the scales failed: they are removed again, the model is as it was.
 
     Example:
-        >>> pruner = assl.Pruner(model, x, ratio=0.5, skip=["*tail*"])
+        >>> pruner = assl.Pruner(model, x, ratio=0.5, skip=["*tail*"], steps=2000)
         >>> optimizer = torch.optim.Adam(model.parameters(), lr=2e-4)
         >>> for lr, hr in loader:
         ...     loss = l1(model(lr), hr) + pruner.alignment_loss()
@@ -107,8 +114,16 @@ class Pruner:
         round_to: int | str = 1,
         extra_inputs: Sequence[Any] = (),
         approximate_norms: bool = False,
+        steps: int | None = None,
     ) -> None:
         target = ratio_or_budget(ratio, budget)
+        if steps is not None:
+            if schedule is not None:
+                raise ArgumentError(
+                    "give steps= (the schedule is then Schedule.for_steps(steps), sized to this model) or schedule=, "
+                    "not both"
+                )
+            Schedule.for_steps(steps)  # checks steps before the trace
         self.schedule = check_arguments(model, schedule, round_to, _ORDER)
         self.model = model
         self.example_inputs = example_inputs
@@ -121,25 +136,25 @@ class Pruner:
         self.removed, self.aligned, self.latency = resolve(
             self.graph, target, skip=skip, groups=groups, round_to=round_to, model=model, example_inputs=example_inputs
         )
+        if steps is not None:
+            self.schedule = Schedule.for_steps(steps, align=bool(self.aligned))
         self._step = 0
-        self._hook: Any = None
+        self._hook: list[Any] = []
         self._slimmed = False
-        self._hooked, self._watch = False, ScaleWatch()  # inside the optimizer's step pre-hook; frozen scales
+        self._hooked = False  # inside the attached optimizer's step
+        self._closure_penalties: dict[str, float] | None = None  # of a step with a closure, until it ends
+        self._unaligned_told = steps is not None  # the schedule's align steps that no group runs
+        frozen = self.schedule.penalty_form == "shrink"
         with removed_on_error(model), parametrizations_in_eval(model):  # the only change, after every check
-            self._selection = sel = Selection.build(model, self.graph, self.removed)
+            self._selection = sel = Selection.build(model, self.graph, self.removed, frozen=frozen)
             for name in sel.layers:  # groups that are not aligned choose now; aligned ones after alignment
                 if self.phase != "align" or name not in self.aligned:
                     sel.choose(name, sel.scale_scores(name))
+        claim((c.module for c in sel.all_layers()), self)
+        scales = {id(c.scale): c.name for c in sel.all_layers() if c.kind == "g"}
+        self._watch = OptimizerWatch(model.parameters, scales)
         info = (len(sel.layers), len(self.aligned), self.total_steps)
         logger.info("Pruner: %d groups lose channels (%d aligned), %d steps in all", *info)
-        if not self.aligned and self.schedule.align_iters:
-            logger.warning(
-                "no group is aligned, so the schedule's %d align steps are skipped: it is done after %d steps, "
-                "not %d (Schedule.for_steps(n, align=False) fills n steps)",
-                self.schedule.align_iters,
-                self.total_steps,
-                self.schedule.total_steps,
-            )
 
     @property
     def approximate(self) -> bool:
@@ -256,11 +271,17 @@ class Pruner:
         return self.phase == "done"
 
     def alignment_loss(self) -> torch.Tensor:
-        """The alignment term to add to the loss: non-zero only in the align phase."""
+        """The alignment term to add to the loss: non-zero only in the align phase.
+
+        Raises:
+            ASSLError: In the align phase, a scale is NaN or inf (the layer named).
+        """
         if self.phase != "align" or self._slimmed:
             p = next(self._selection.all_layers()).scale
             return torch.zeros((), dtype=p.dtype, device=p.device)  # a new one: callers may add to it in place
-        return self.schedule.align_weight * self._selection.alignment_loss(self.aligned, self.schedule.align_loss)
+        sel = self._selection
+        sel.check_finite()
+        return self.schedule.align_weight * sel.alignment_loss(self.aligned, self.schedule.align_loss)
 
     def step(self, grad_scale: float | torch.Tensor | None = None) -> None:
         """Apply the penalty to the gradients of the chosen channels and count one step.
@@ -269,23 +290,46 @@ class Pruner:
         :meth:`attach`: called by hand, the step is counted even when GradScaler then skips the
         optimizer step for inf/NaN gradients. By hand, call it after
         ``scaler.unscale_(optimizer)``, or pass the scale the gradients still carry as
-        ``grad_scale``.
+        ``grad_scale``. With ``optimizer.step(closure)``, which recomputes the gradients, use
+        :meth:`attach` instead.
+
+        Raises:
+            ASSLError: NaN or inf scales (the layer named); the optimizer stepped since the last
+                call without updating the inserted scales (built before the Pruner) or with a
+                closure; called while attached, or after :meth:`slim`. Nothing is changed then.
         """
         if self._slimmed:
             raise ASSLError(_SLIMMED)
-        if self._hook is not None and not self._hooked:
+        if self._hook and not self._hooked:
             raise ASSLError(_TWICE)
-        phase = self.phase
+        if not self._hooked:
+            self._watch.step()
+        penalties = self._begin_step()
+        form = self.schedule.penalty_form
+        for name, carriers in self._selection.layers.items():
+            apply_penalty(carriers, penalties[name], form, grad_scale)
+        self._count()
+
+    def _begin_step(self) -> dict[str, float]:
+        """The checks and the choice that start a step; the penalty of each group at this step."""
         sel = self._selection
-        if phase != "align" and not sel.complete():
+        sel.check_finite()
+        if not self._unaligned_told and self._step == 0 and not self.aligned and self.schedule.align_iters:
+            self._unaligned_told = True
+            warnings.warn(
+                f"no group of this model is aligned, so the schedule's {self.schedule.align_iters} align steps are "
+                f"skipped: it is done after {self.total_steps} steps, not {self.schedule.total_steps}. "
+                "Pruner(..., steps=n) sizes the schedule to exactly n steps for the groups the model has",
+                ASSLWarning,
+                stacklevel=3,
+            )
+        if self.phase != "align" and not sel.complete():
             sel.choose_all(sel.scale_scores)
             logger.info("alignment done at step %d: chosen %s", self._step, sel.describe())
-        if self._step % self.schedule.reg_interval == 0:
-            sel.check_finite()
-            self._watch.check(sel.all_layers(), self._step)
-        for name, carriers in sel.layers.items():  # free groups from step 0, aligned ones after alignment
-            reg = self.schedule.penalty(self._step, name in self.aligned)
-            apply_penalty(carriers, reg, self.schedule.penalty_form, grad_scale)
+        return {name: self.schedule.penalty(self._step, name in self.aligned) for name in sel.layers}
+
+    def _count(self) -> None:
+        phase = self.phase
         self._step += 1
         if self.phase != phase:
             logger.info("pruner phase %s -> %s at step %d (penalty %.4g)", phase, self.phase, self._step, self.penalty)
@@ -297,6 +341,12 @@ class Pruner:
         ones still scaled by ``optimizer.grad_scale`` (the penalty is scaled to match), and a
         fused step skipped for inf/NaN gradients is not counted.
 
+        Works with ``optimizer.step(closure)`` (LBFGS, SAM-style optimizers), whose closure zeroes
+        and recomputes the gradients, possibly several times: the chosen entries are shrunk before
+        the step, the penalty reaches the gradients after every evaluation of the closure, and the
+        step counts once, after the update. Under the gradient form the closure's loss then
+        includes ``penalty/2 * x**2`` of the chosen entries, the term whose gradient is added.
+
         Raises:
             ValueError: The optimizer does not update the scales (built before the Pruner), or
                 the Pruner is already attached.
@@ -304,15 +354,16 @@ class Pruner:
         if self._slimmed:
             raise ASSLError(_SLIMMED)
         check_optimizer(optimizer, self._selection.all_layers(), _ORDER)
-        if self._hook is not None:
+        if self._hook:
             raise ArgumentError("the Pruner is already attached to an optimizer; call detach() first")
-        self._hook = step_pre_hook(optimizer, _ByHook(self))
+        self._hook = step_hooks(optimizer, _ByHook(self))
+        self._watch.close()  # checked here; by-hand steps are refused while attached
 
     def detach(self) -> None:
         """Undo :meth:`attach`."""
-        if self._hook is not None:
-            self._hook.remove()
-            self._hook = None
+        for h in self._hook:
+            h.remove()
+        self._hook = []
 
     # --- results -----------------------------------------------------------------------------
 
@@ -339,16 +390,27 @@ class Pruner:
     def _slim(self, warn_change: bool) -> nn.Module:
         if self._slimmed:
             raise ASSLError("slim() was already called: the slimmed module it returned is the result")
-        if not self.done:
+        never = warn_change and self._step == 0
+        if never:
+            warnings.warn(
+                "slim() before any step was counted: neither pruner.step() nor the step() of an attached optimizer "
+                "ran, so the chosen channels were never penalized and removing them changes the output. Call "
+                "pruner.step() after backward() (or pruner.attach(optimizer) once) in the training loop, or use "
+                "prune_now() for one-shot pruning",
+                ASSLWarning,
+                stacklevel=3,
+            )
+        elif not self.done:
             warn_early(self.phase, self._step)
         self._selection.check_finite()
         small = slimmed_copy(self.model, self.graph, self.plan(), self.example_inputs, check=not self.approximate_norms)
         self._slimmed = True
         self.detach()
+        self._watch.close()
         logger.info(
             "slimmed: %d -> %d parameters", self.graph.count_params(), sum(p.numel() for p in small.parameters())
         )
-        if warn_change:
+        if warn_change and not never:
             report_change(self.model, small, self.example_inputs, self.liveness)
         if self.latency is not None:
             report_measured(self.latency, small, self.example_inputs)
@@ -369,6 +431,7 @@ class Pruner:
             sel.chosen.clear()
             sel.choose_all(sel.l1_scores if criterion == "l1" else sel.scale_scores)
             self._step = self.schedule.bounds(bool(self.aligned))[2]
+            self._unaligned_told = True  # one-shot pruning runs no schedule
             return self._slim(warn_change=False)  # one-shot pruning changes the output by design
 
     # --- persistence -------------------------------------------------------------------------
@@ -381,13 +444,17 @@ class Pruner:
         scales at the loaded weights' norms, so the model computes what the dense weights do.
         Best done before training starts: the Pruner's chosen units stay as they are.
 
+        Everything is checked before the first tensor is copied, and a load that fails anyway puts
+        the model back: on any error the model is as it was.
+
         Raises:
             ASSLError: The Pruner already slimmed its model.
-            RuntimeError: From ``load_state_dict``, for keys that fit neither form.
+            CheckpointError: Not a mapping of names to tensors, a key missing or unexpected, a
+                tensor of another shape, or NaN or inf in a floating tensor (each named).
         """
         if self._slimmed:
             raise ASSLError("the Pruner already slimmed its model: load the weights into the slimmed module")
-        self.model.load_state_dict(scaled_state_dict(self.model, state))
+        load_dense(self.model, state)
 
     def _config(self) -> dict[str, Any]:
         """What a saved state must agree on with this Pruner to be resumed by it."""
@@ -418,6 +485,17 @@ class Pruner:
             self._selection.set(name, units)
 
 
+def _remove(pruner: Pruner) -> None:
+    """Take the Pruner's scales out of its model and forget its claims: the model is as before the
+    Pruner, as long as no step changed it. For an integration whose run is refused before training."""
+    pruner.detach()
+    pruner._watch.close()
+    for m in pruner.model.modules():
+        remove_scale(m)
+    release(pruner)
+    pruner._slimmed = True  # nothing more to do with it
+
+
 @contextlib.contextmanager
 def _unchanged_on_error(pruner: Pruner) -> Iterator[None]:
     """Put the Pruner's step count and chosen units back if the block fails."""
@@ -435,14 +513,48 @@ def _unchanged_on_error(pruner: Pruner) -> Iterator[None]:
 
 
 class _ByHook:
-    """How the optimizer's step pre-hook calls :meth:`Pruner.step`; calls by hand are refused meanwhile."""
+    """How the attached optimizer's hooks call the Pruner's step; calls by hand are refused meanwhile."""
 
     def __init__(self, pruner: Pruner) -> None:
         self.pruner = pruner
 
     def __call__(self, grad_scale: float | torch.Tensor | None) -> None:
+        with self._inside():
+            self.pruner.step(grad_scale)
+
+    def begin(self) -> None:
+        p = self.pruner
+        with self._inside():
+            penalties = p._begin_step()
+            for name, carriers in p._selection.layers.items():
+                apply_penalty(carriers, penalties[name], p.schedule.penalty_form, grads=False)
+        p._closure_penalties = penalties
+
+    def after_closure(self, loss: Any) -> Any:
+        p, penalties = self.pruner, self.pruner._closure_penalties
+        if penalties is None:
+            return loss
+        form = p.schedule.penalty_form
+        extra = []
+        for name, carriers in p._selection.layers.items():
+            apply_penalty(carriers, penalties[name], form, data=False)
+            if form == "gradient":
+                extra.append(penalty_value(carriers, penalties[name]))
+        terms = [t for t in extra if t is not None]
+        if terms and isinstance(loss, torch.Tensor):
+            loss = loss + torch.stack([t.to(loss.device) for t in terms]).sum().to(loss.dtype)
+        return loss
+
+    def end(self) -> None:
+        p = self.pruner
+        if p._closure_penalties is not None:
+            p._closure_penalties = None
+            p._count()
+
+    @contextlib.contextmanager
+    def _inside(self) -> Iterator[None]:
         self.pruner._hooked = True
         try:
-            self.pruner.step(grad_scale)
+            yield
         finally:
             self.pruner._hooked = False

@@ -105,7 +105,8 @@ class Schedule:
                 ``reg_limit`` is kept and the increments are sized to it.
 
         Raises:
-            ValueError: ``n`` below 10, too few steps for the phases; or an unknown field.
+            ValueError: ``n`` below 10, too few steps for the phases; an unknown field, one it
+                sizes itself, or a ``reg_limit`` that is not a finite number > 0.
 
         Example:
             >>> schedule = Schedule.for_steps(600)
@@ -130,6 +131,11 @@ class Schedule:
         form = overrides.get("penalty_form", "shrink")
         if "reg_limit" in overrides:
             limit = overrides.pop("reg_limit")
+            if isinstance(limit, bool) or not isinstance(limit, (int, float)) or not math.isfinite(limit) or limit <= 0:
+                raise ArgumentError(
+                    f"Schedule.for_steps: reg_limit must be a finite number > 0 (the penalty grows until it passes "
+                    f"it; for_steps sizes reg_step from it), got {limit!r}"
+                )
         elif form == "shrink":
             limit = min(_SHRINK_CAP, 2 * _SHRINK_DECAY / (k * interval))
         else:
