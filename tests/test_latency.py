@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import math
+import warnings
 
 import numpy as np
 import pytest
@@ -212,6 +213,17 @@ def test_same_table_same_weights_same_widths() -> None:
     assert a.removed == b.removed and a.state_dict() == b.state_dict()
 
 
+def test_a_check_that_cannot_run_here_is_an_assl_warning() -> None:
+    model, x = edsr()
+    table = synthetic_table(model, x)  # of another device: the widths cannot be timed here
+    with pytest.warns(assl.ASSLWarning, match="not checked by timing here: the table is of synthetic") as caught:
+        pruner = assl.Pruner(copy.deepcopy(model), x, budget=assl.Budget(relative_latency=0.4, table=table))
+    assert pruner.latency is not None and pruner.latency.checked is None and caught[0].filename == __file__
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", assl.ASSLWarning)  # verify=False: the user knows, nothing to say
+        assl.Pruner(model, x, budget=assl.Budget(relative_latency=0.4, table=table, verify=False))
+
+
 def test_unreachable_and_already_met_targets_say_the_numbers() -> None:
     model, x = edsr()
     table = synthetic_table(model, x)
@@ -305,7 +317,7 @@ def test_a_budget_measured_here_is_verified_measured_and_resumable() -> None:
         ([1.3, 1.2, 1.1], 2, [1.0 / 1.3, 1.0 / 1.3 / 1.2]),  # none within: the fastest, with a warning
     ],
 )
-def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measured, expected, aims, caplog) -> None:
+def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measured, expected, aims) -> None:
     import assl.budgets.latency_plan as lb
 
     plans = [{"g": i} for i in range(len(measured))]
@@ -317,7 +329,12 @@ def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measur
         asked.append(aim)
         return plans[len(asked)]
 
-    removed, seconds = lb._verified(None, None, None, solve, plans[0], target=1.0, dense=1.0)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        removed, seconds = lb._verified(None, None, None, solve, plans[0], target=1.0, dense=1.0)
     assert removed == plans[expected] and seconds == measured[expected]
     assert asked == pytest.approx(aims)
-    assert ("misses on this device" in caplog.text) == (min(measured) > 1.02)
+    missed = [
+        w for w in caught if issubclass(w.category, assl.ASSLWarning) and "misses on this device" in str(w.message)
+    ]
+    assert len(missed) == (min(measured) > 1.02)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +22,7 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
 from lightning_net import LR, LitNet, Net, example, loader, net, plain_loop, trainer  # noqa: E402
+from util import checkout_env  # noqa: E402
 
 import assl  # noqa: E402
 from assl._slim import max_rel_err  # noqa: E402
@@ -235,7 +235,7 @@ def test_two_ddp_processes_end_with_the_same_slimmed_network(tmp_path):
     averaging keeps them equal. The parameters match bit for bit; BatchNorm's running statistics
     are each rank's own under DDP, so only their sizes are compared."""
     script = Path(__file__).with_name("lightning_net.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = checkout_env(OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
     )

@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "sr"))
 
 import main as sr_main
 from ledsr import SRModel
+from util import checkout_env
 
 import assl
 
@@ -94,7 +95,6 @@ def test_crash_then_resume_loses_nothing(tmp_path, monkeypatch):
 
 
 def test_two_processes_with_torchrun(tmp_path):
-    import os
     import socket
     import subprocess
 
@@ -118,7 +118,7 @@ def test_two_processes_with_torchrun(tmp_path):
         "--save",
         str(tmp_path / "ddp"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = checkout_env(OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
@@ -130,4 +130,4 @@ def test_the_console_shows_the_pruners_progress_and_the_librarys_warnings(tmp_pa
     _run(tmp_path, "--prune_steps", "10", "--max_prune_iters", "4")
     err = capsys.readouterr().err
     assert "phase=" in err and "left=" in err  # the Pruner's progress in the prune stage's bar
-    assert "assl WARNING: slimming in phase" in err  # cut short: the library says so on the console
+    assert "ASSLWarning: slimming in phase" in err  # cut short: the library says so on the console

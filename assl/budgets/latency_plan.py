@@ -20,7 +20,7 @@ from torch import nn
 
 from .._scoring import l1_plan, l1_scores
 from .._slim import slimmed_copy
-from ..errors import ArgumentError
+from ..errors import ArgumentError, warn
 from ..graph import Graph
 from ._width_solver import allowed_widths, solve_widths
 from .latency import LatencyTable, input_shapes, measure_latency, timed_layers
@@ -235,7 +235,7 @@ def latency_removed(
         scores[g.name] = l1_scores(model, graph, g.name).cpu().numpy()[g.prunable] if free else np.zeros(0)
     removed = solve_widths(predictor, sizes, allowed, scores, target)
     checked = None
-    if budget.verify and _timeable_here(table, model, example_inputs):
+    if budget.verify and _timeable_here(table, model, example_inputs, unchecked=True):
         solve = functools.partial(solve_widths, predictor, sizes, allowed, scores)
         removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense)
     widths = {g: sizes[g] - k for g, k in removed.items()}
@@ -281,10 +281,10 @@ def _verified(
     within = [t for t in tried if t[0] <= target * (1 + TOLERANCE)]
     measured, removed = max(within, key=lambda t: t[0]) if within else min(tried, key=lambda t: t[0])
     if not within:
-        logger.warning(
-            "latency budget: the slimmed model measured %.3f ms against a target of %.3f ms (the table's "
-            "prediction misses on this device; lower the target to compensate)", measured * 1e3, target * 1e3,
-        )  # fmt: skip
+        warn(
+            f"latency budget: the slimmed model measured {measured * 1e3:.3f} ms against a target of "
+            f"{target * 1e3:.3f} ms (the table's prediction misses on this device; lower the target to compensate)"
+        )
     return removed, measured
 
 
@@ -297,16 +297,23 @@ def _measured_ratio(model: nn.Module, example_inputs: Any, graph: Graph, removed
     return float(np.median(samples[:, 1] / samples[:, 0]))
 
 
-def _timeable_here(table: LatencyTable, model: nn.Module, example_inputs: Any) -> bool:
+def _timeable_here(table: LatencyTable, model: nn.Module, example_inputs: Any, unchecked: bool = False) -> bool:
     """Whether timing ``model`` on ``example_inputs`` measures what the table predicts: the same
-    device, and inputs of the shapes the table was measured on."""
+    device, and inputs of the shapes the table was measured on. When not, and ``unchecked`` (the
+    check ``Budget(verify=True)`` asks for is skipped), an :class:`assl.ASSLWarning` says so."""
     device, shapes = str(device_of(model, example_inputs)), input_shapes(example_inputs)
     if device != table.device or (table.inputs and shapes != table.inputs):
-        logger.info(
-            "latency budget: not timed here: the table is of %s on inputs %s, the Pruner's example inputs are %s "
-            "on %s (time the slimmed model on deployment inputs with assl.measure_latency)",
-            table.device, table.inputs, shapes, device,
-        )  # fmt: skip
+        why = (
+            f"the table is of {table.device} on inputs {table.inputs}, the Pruner's example inputs are {shapes} on "
+            f"{device}"
+        )
+        if unchecked:
+            warn(
+                f"latency budget: the chosen widths are not checked by timing here: {why}. Time the slimmed model "
+                "on deployment inputs with assl.measure_latency; Budget(..., verify=False) skips the check silently"
+            )
+        else:
+            logger.info("latency budget: not timed here: %s (time it with assl.measure_latency)", why)
         return False
     return True
 

@@ -23,8 +23,10 @@ How the callback fits the Trainer's loop (Lightning 2.x):
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -43,7 +45,7 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     ) from e
 
 from ..budgets.budget import Budget
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ASSLWarning
 from ..pruning._resolve import ratio_or_budget
 from ..pruning.pruner import Pruner
 from ..pruning.schedule import PHASES, Schedule
@@ -78,7 +80,8 @@ class ASSLPruning(pl.Callback):
         example_inputs: What the pruned network is called with (see :func:`assl.trace`).
         ratio: As for :class:`assl.Pruner`: a float or ``{glob: ratio}``.
         budget: As for :class:`assl.Pruner`: instead of ``ratio``, an :class:`assl.Budget`.
-        skip: Globs of layers that keep all their channels, named relative to ``module``.
+        skip: Globs of layers that keep all their channels, named relative to ``module``, or the
+            layers themselves.
         groups: Same-pruned groups as lists of globs (see :class:`assl.Pruner`).
         schedule: The schedule in optimizer steps; the default is the paper's 160,430 steps.
         module: The submodule of the LightningModule to prune, as ``pl_module.get_submodule``
@@ -108,8 +111,8 @@ class ASSLPruning(pl.Callback):
         *,
         ratio: float | Mapping[str, float] | None = None,
         budget: Budget | None = None,
-        skip: str | Iterable[str] = (),
-        groups: Sequence[str | Sequence[str]] | None = None,
+        skip: str | nn.Module | Iterable[str | nn.Module] = (),
+        groups: Sequence[str | nn.Module | Sequence[str | nn.Module]] | None = None,
         schedule: Schedule | None = None,
         module: str | None = None,
         on_done: str = "finetune",
@@ -197,7 +200,8 @@ class ASSLPruning(pl.Callback):
         target = self._target(pl_module)
         if self.pruner is None and not self.slimmed:
             inputs = move_data_to_device(self.example_inputs, device_of(target))
-            self.pruner = Pruner(target, inputs, **self._kwargs)
+            with _on_rank_zero(trainer):
+                self.pruner = Pruner(target, inputs, **self._kwargs)
             rank_zero_info(f"ASSLPruning: {self.pruner.total_steps} optimizer steps of pruning on {self._where()}")
         self._patch(pl_module)
 
@@ -287,7 +291,9 @@ class ASSLPruning(pl.Callback):
     def _slim(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pruner: Pruner) -> None:
         """Put the slimmed network in place of the dense one and rebuild what held the old parameters."""
         dense = pruner.graph.count_params()
-        put_in_place(pl_module, pruner.model, pruner.slim(), pruner.graph.modules)
+        with _on_rank_zero(trainer):
+            small = pruner.slim()
+        put_in_place(pl_module, pruner.model, small, pruner.graph.modules)
         self.slimmed = True
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy):  # the old wrapper reduces the old parameters
@@ -403,6 +409,17 @@ def _check_strategy(strategy: Strategy) -> None:
             f"ASSLPruning works with single-device training and DDP (strategy='ddp', 'ddp_spawn', ...), not with "
             f"{type(strategy).__name__}: sharding splits the parameters whose channels the Pruner scales and removes"
         )
+
+
+@contextlib.contextmanager
+def _on_rank_zero(trainer: pl.Trainer) -> Iterator[None]:
+    """The library's warnings (:class:`assl.ASSLWarning`) from rank 0 only: every rank would say the same."""
+    if trainer.global_rank == 0:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ASSLWarning)
+        yield
 
 
 def _log(pl_module: pl.LightningModule, name: str, value: float, prog_bar: bool = False) -> None:

@@ -24,7 +24,7 @@ from torch.utils.weak import WeakIdKeyDictionary
 from .._inputs import check_on_device, input_sets
 from .._inputs import tensors as _tensors
 from .._reparam import exact_dim, opaque_reason, spectral_reason
-from ..errors import ArgumentTypeError, TraceError
+from ..errors import ArgumentTypeError, TraceError, warn
 from ..graph import Entry, Graph
 from ..layers import CHANNEL_NORMS, LAYER_TYPES, PRODUCER_TYPES
 from .build import build_graph, pin_shared
@@ -215,7 +215,7 @@ class _Tracer(TorchFunctionMode):
         except Opaque:
             self._opaque(name, inputs, f"`{name}` is not modeled by the tracer")
         except Exception as e:  # a rule that fails must never produce a wrong graph
-            logger.warning("tracing `%s` failed (%s: %s); treating it as opaque", name, type(e).__name__, e)
+            warn(f"tracing `{name}` failed ({type(e).__name__}: {e}); treating it as opaque (its channels stay)")
             self._opaque(name, inputs, f"`{name}` could not be traced ({type(e).__name__})")
         traced = [t for t in inputs if t in self.values]
         for o in outs:  # views, detach() and .data share memory: in-place changes must see it
@@ -359,11 +359,10 @@ def trace(
 def _log(model: nn.Module, graph: Graph) -> None:
     untraced = graph.untraced
     if untraced:
-        logger.warning(
-            "%d layer(s) never ran on the example inputs and are left untouched: %s. If forward can "
-            "reach them with other inputs, pass those inputs as extra_inputs.",
-            len(untraced),
-            ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else ""),
+        names = ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else "")
+        warn(
+            f"{len(untraced)} layer(s) never ran on the example inputs and are left untouched: {names}. If forward "
+            "can reach them with other inputs, pass those inputs as extra_inputs."
         )
     if graph.opaque_ops:
         logger.info("ops not modeled (their input channels stay): %s", graph.opaque_ops)
@@ -380,5 +379,5 @@ def _log(model: nn.Module, graph: Graph) -> None:
                 next(iter(g.reasons.values())),
             )
     if not any(g.num_prunable for g in graph.groups):
-        logger.warning("%s has no channel that can be removed exactly:\n%s", type(model).__name__, graph.summary())
+        warn(f"{type(model).__name__} has no channel that can be removed exactly:\n{graph.summary()}")
     logger.info("traced %d producers in %d channel groups", len(graph.layers), len(graph.groups))
