@@ -188,7 +188,9 @@ def _slim_now() -> nn.Module:
 WARNED = [
     (lambda: assl.Pruner(_edsr(), X, ratio=0.5, skip=["tail.0"]), "skip pattern 'tail.0' changes nothing"),
     (
-        lambda: assl.Pruner(nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 3, 3)), X, ratio=0.5),
+        lambda: assl.Pruner(
+            nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 3, 3)), X, ratio=0.5, schedule=assl.Schedule.for_steps(99)
+        ),
         "align steps are skipped",
     ),
     (_slim_now, "slimming in phase align"),

@@ -261,9 +261,21 @@ def test_a_device_that_cannot_be_timed_says_so() -> None:
         timeable(torch.device("meta"))
 
 
-# --- measuring on this machine (no timing asserted) ---------------------------------------------
+# --- measuring on this machine ------------------------------------------------------------------
+# The tests' timer counts work (tests/conftest.py): what is measured below is the same on a loaded
+# machine. The test marked real_timer times the wall clock and asserts no timing.
 
 
+def test_the_tests_timer_counts_work_and_says_the_same_every_time() -> None:
+    model, x = edsr()
+    first = LatencyTable.measure(model, x, step=8, max_points=3, rounds=2)
+    assert LatencyTable.measure(model, x, step=8, max_points=3, rounds=2) == first
+    wide, narrow = (torch.nn.Conv2d(16, c, 3, padding=1) for c in (16, 4))
+    x16 = torch.randn(1, 16, 16, 16)
+    assert assl.measure_latency(wide, x16) > assl.measure_latency(narrow, x16) > 0
+
+
+@pytest.mark.real_timer
 def test_measuring_leaves_the_model_as_it_was() -> None:
     torch.manual_seed(0)
     model = ResNet().train()

@@ -133,7 +133,7 @@ class Pruner:
                     sel.choose(name, sel.scale_scores(name))
         info = (len(sel.layers), len(self.aligned), self.total_steps)
         logger.info("Pruner: %d groups lose channels (%d aligned), %d steps in all", *info)
-        if not self.aligned and self.schedule.align_iters:
+        if not self.aligned and self.schedule.align_iters and schedule is not None:  # a length the user chose
             warn(
                 f"no group is aligned, so the schedule's {self.schedule.align_iters} align steps are skipped: it is "
                 f"done after {self.total_steps} steps, not {self.schedule.total_steps} "
