@@ -21,7 +21,7 @@ from torch.nn.modules import module as _module
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .._inputs import check_on_device, input_sets
+from .._inputs import batch_size, check_on_device, input_sets
 from .._inputs import tensors as _tensors
 from .._reparam import exact_dim, opaque_reason, spectral_reason
 from ..errors import ArgumentTypeError, TraceError, warn
@@ -313,6 +313,7 @@ def trace(
     preserved = Preserved(model)  # every parameter and buffer goes back as it was, whatever happens
     devices = sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.is_cuda})
     handles = []
+    positions: dict[str, int] = {}  # of the example inputs alone: what MACs are counted on
     try:
         for name, m in layers:
             # the user's pre-hooks run before ours and their forward hooks after ours: their
@@ -331,6 +332,8 @@ def trace(
                         f"used exactly as given: a tensor is one positional argument (batch dimension "
                         f"included), a tuple/list positional arguments, a dict keyword arguments."
                     ) from e
+                if i == 0:
+                    positions = dict(tracer.positions)
                 for t in _tensors(out):
                     v = tracer.get(t)
                     if v is not None:
@@ -339,7 +342,7 @@ def trace(
             h.remove()
         handles = []
         pin_shared(model, tracer.entries.values(), tracer.nodes)
-        graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
+        graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), positions)
         graph.set_norms(
             {n: Nodes.roots(tracer.nodes.root_table(), labels) for n, labels in tracer.norms.items()},
             {p: tuple(sorted(norms)) for p, norms in tracer.norm_reads.items() if p not in tracer.raw_reads},
@@ -352,6 +355,7 @@ def trace(
     graph.opaque_ops = dict(tracer.opaque)
     graph.opaque_layers = dict(tracer.opaque_layers)
     graph.module_names = tuple(n for n, _ in model.named_modules() if n)
+    graph.samples = batch_size(calls[0])
     _log(model, graph)
     return graph
 
