@@ -18,7 +18,9 @@ How the callback fits the Trainer's loop (Lightning 2.x):
 * Once the schedule is done, the slimmed network replaces the dense one, DDP wraps it again and
   ``configure_optimizers`` runs again; training goes on as fine-tuning, or the Trainer stops.
 * Checkpoints hold the Pruner's progress and, once slimmed, the slimmed sizes: resuming a slimmed
-  checkpoint shrinks the fresh network before Lightning loads the weights.
+  checkpoint shrinks the fresh network before Lightning loads the weights. Outside the Trainer,
+  :func:`load_slimmed` does the same, and so does ``LightningModule.load_from_checkpoint`` for a
+  module whose ``on_load_checkpoint`` calls :func:`shrink_to_checkpoint`.
 """
 
 from __future__ import annotations
@@ -51,7 +53,7 @@ from ..pruning.pruner import Pruner
 from ..pruning.schedule import PHASES, Schedule
 from ._common import STATE_VERSION, check_state, device_of, find_optimizer, put_in_place, restore, sizes
 
-__all__ = ["ASSLPruning", "load_slimmed"]
+__all__ = ["ASSLPruning", "load_slimmed", "shrink_to_checkpoint"]
 
 ON_DONE = ("finetune", "stop")
 _PATCHED = ("training_step", "on_load_checkpoint")
@@ -73,8 +75,9 @@ class ASSLPruning(pl.Callback):
     Logged through ``pl_module.log`` at every training batch until slimming: ``assl/phase`` (0
     align, 1 regularize, 2 stabilize, 3 done), ``assl/penalty`` and ``assl/steps_left``;
     ``assl/alive`` (the largest liveness, one forward pass on the example inputs) every
-    ``liveness_every_n_steps`` optimizer steps; ``assl/params`` once, at slimming. ``phase``,
-    ``penalty`` and ``alive`` show in the progress bar.
+    ``liveness_every_n_steps`` optimizer steps; ``assl/params`` once, at slimming. The progress
+    bar shows the phase as a word (``assl/phase=regularize``, then ``slimmed``), the penalty and
+    ``alive``.
 
     Args:
         example_inputs: What the pruned network is called with (see :func:`assl.trace`).
@@ -153,6 +156,7 @@ class ASSLPruning(pl.Callback):
         self._alive_step = -1
         self._final_state: dict[str, Any] | None = None
         self._undo: list[tuple[str, Any]] = []
+        self._bar: Any = None
 
     # --- the network ---------------------------------------------------------------------------
 
@@ -204,6 +208,25 @@ class ASSLPruning(pl.Callback):
                 self.pruner = Pruner(target, inputs, **self._kwargs)
             rank_zero_info(f"ASSLPruning: {self.pruner.total_steps} optimizer steps of pruning on {self._where()}")
         self._patch(pl_module)
+        self._show_phase(trainer.progress_bar_callback)
+
+    def _show_phase(self, bar: Any) -> None:
+        """Add the phase, as a word, to what the progress bar shows (undone in ``teardown``); a
+        logged metric would show as a float (``assl/phase=1.000``)."""
+        if bar is None or self._bar is not None or "get_metrics" in vars(bar):
+            return
+        shown = bar.get_metrics
+
+        def get_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+            items = dict(shown(trainer, pl_module))
+            if self.slimmed:
+                items["assl/phase"] = "slimmed"
+            elif self.pruner is not None:
+                items["assl/phase"] = self.pruner.phase
+            return items
+
+        bar.get_metrics = get_metrics
+        self._bar = bar
 
     def _patch(self, pl_module: pl.LightningModule) -> None:
         """Wrap two methods on the instance (undone in ``teardown``): ``training_step``, to add the
@@ -280,7 +303,7 @@ class ASSLPruning(pl.Callback):
         p = pruner.progress(liveness=measure)
         if measure:
             self._alive_step = step
-        _log(pl_module, "assl/phase", PHASES.index(p.phase), prog_bar=True)
+        _log(pl_module, "assl/phase", PHASES.index(p.phase))  # the bar shows it as a word (_show_phase)
         _log(pl_module, "assl/penalty", p.penalty, prog_bar=True)
         _log(pl_module, "assl/steps_left", p.steps_left)
         if p.alive is not None:
@@ -334,6 +357,9 @@ class ASSLPruning(pl.Callback):
             else:
                 pl_module.__dict__[name] = before
         self._undo = []
+        if self._bar is not None:
+            vars(self._bar).pop("get_metrics", None)
+            self._bar = None
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -370,14 +396,42 @@ class ASSLPruning(pl.Callback):
         self.slimmed = True
 
 
+def shrink_to_checkpoint(pl_module: pl.LightningModule, checkpoint: Mapping[str, Any]) -> bool:
+    """Shrink the network of a freshly built module to the sizes a slimmed checkpoint recorded.
+
+    Call it from the LightningModule's ``on_load_checkpoint``, and
+    ``MyModule.load_from_checkpoint(path)`` loads checkpoints taken after :class:`ASSLPruning`
+    slimmed the network (Lightning builds the dense network, calls the hook, then loads the
+    weights). A checkpoint taken before slimming, or without the callback, is left to Lightning.
+    With the callback in a Trainer (resuming, validating) it does what the callback does anyway.
+
+    Returns:
+        Whether the network was shrunk.
+
+    Raises:
+        CheckpointError: The recorded sizes or tensors do not fit the network (it is left as it was).
+        StateError: The checkpoint's callback state is of another version.
+
+    Example:
+        >>> class Classifier(pl.LightningModule):
+        ...     def on_load_checkpoint(self, checkpoint):
+        ...         shrink_to_checkpoint(self, checkpoint)
+        >>> model = Classifier.load_from_checkpoint("last.ckpt")
+    """
+    state = checkpoint.get("callbacks", {}).get(ASSLPruning.__qualname__)
+    module = state.get("module") if isinstance(state, Mapping) else None
+    return restore(pl_module, checkpoint, ASSLPruning.__qualname__, module)
+
+
 def load_slimmed(
     pl_module: pl.LightningModule, checkpoint: str | os.PathLike[str] | Mapping[str, Any]
 ) -> pl.LightningModule:
     """Load a checkpoint taken after :class:`ASSLPruning` slimmed the network into a fresh module.
 
     ``LightningModule.load_from_checkpoint`` builds the dense network, which the slimmed weights do
-    not fit; this shrinks it to the sizes the callback saved (with :func:`assl.load`), then loads
-    the weights. For inference or export; to train on, resume with ``trainer.fit(..., ckpt_path=)``.
+    not fit (unless the module's ``on_load_checkpoint`` calls :func:`shrink_to_checkpoint`); this
+    shrinks it to the sizes the callback saved (with :func:`assl.load`), then loads the weights.
+    For inference or export; to train on, resume with ``trainer.fit(..., ckpt_path=)``.
 
     Args:
         pl_module: A fresh instance of the LightningModule, built as for the run.
@@ -390,8 +444,7 @@ def load_slimmed(
         ValueError: The checkpoint has no ASSLPruning state, or was taken before slimming.
     """
     ckpt = checkpoint if isinstance(checkpoint, Mapping) else TorchCheckpointIO().load_checkpoint(os.fspath(checkpoint))
-    module = ckpt.get("callbacks", {}).get(ASSLPruning.__qualname__, {}).get("module")
-    if not restore(pl_module, ckpt, ASSLPruning.__qualname__, module):
+    if not shrink_to_checkpoint(pl_module, ckpt):
         raise ArgumentError(
             "the checkpoint was not taken after ASSLPruning slimmed the network: resume it with "
             "trainer.fit(..., ckpt_path=...) and the callback, which slims when the schedule is done"
