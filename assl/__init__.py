@@ -8,7 +8,7 @@ from typing import Any
 from . import _compat
 from ._compat import slim as slim  # deprecated, not in __all__
 from ._slim import apply_plan, masked_copy, slimmed_copy
-from .budgets import Budget, LatencyPlan, LatencyTable, measure_latency
+from .budgets import Budget, Counts, LatencyPlan, LatencyTable, count, measure_latency
 from .errors import (
     ArgumentError,
     ArgumentTypeError,
@@ -35,6 +35,7 @@ __all__ = [
     "Budget",
     "ChannelGroup",
     "CheckpointError",
+    "Counts",
     "Graph",
     "LatencyPlan",
     "LatencyTable",
@@ -47,6 +48,7 @@ __all__ = [
     "StateError",
     "TraceError",
     "apply_plan",
+    "count",
     "load",
     "load_slim_state_dict",
     "masked_copy",

@@ -12,7 +12,7 @@ from torch import nn
 
 from .errors import ArgumentError, ArgumentTypeError
 
-__all__ = ["call_args", "check_on_device", "input_sets", "tensors"]
+__all__ = ["batch_size", "call_args", "check_on_device", "input_sets", "tensors"]
 
 
 def tensors(obj: Any) -> Iterable[torch.Tensor]:
@@ -28,6 +28,11 @@ def tensors(obj: Any) -> Iterable[torch.Tensor]:
     elif dataclasses.is_dataclass(obj) and not isinstance(obj, type):
         for f in dataclasses.fields(obj):
             yield from tensors(getattr(obj, f.name))
+
+
+def batch_size(inputs: Any) -> int:
+    """Samples in ``inputs``: the first dimension of their first tensor that has one (1 if none has)."""
+    return next((int(t.shape[0]) for t in tensors(inputs) if t.ndim > 0), 1)
 
 
 def call_args(inputs: Any) -> tuple[tuple, dict]:

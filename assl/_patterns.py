@@ -5,18 +5,24 @@
 and nothing more: ``blocks.a`` does not match ``blocks.a/b`` (a ``ModuleDict`` key may hold a
 ``/``), and a ``/`` or ``\\`` in a pattern or a name is an ordinary character. A pattern that matches nothing
 is an error, because a typo in a skip list silently prunes the layer it meant to protect.
+
+Where a pattern is expected, a module object of the model may stand instead (as in
+Torch-Pruning's ``ignored_layers``): :func:`named` turns it into its qualified name at once.
 """
 
 from __future__ import annotations
 
 import difflib
+import re
 from collections.abc import Iterable, Sequence
+from typing import Any
 
 from fnmatch2 import fnmatchcase2
+from torch import nn
 
 from .errors import ArgumentTypeError, PatternError
 
-__all__ = ["PatternError", "fullmatch", "match", "match_each", "patterns_of"]
+__all__ = ["PatternError", "fullmatch", "match", "match_each", "named", "patterns_of"]
 
 
 # fnmatch2 reads "/" and "\\" as path separators and lets a pattern match a leading part of a
@@ -109,3 +115,51 @@ def patterns_of(patterns: str | Iterable[str], what: str) -> list[str]:
         TypeError: Not a string or an iterable of strings.
     """
     return _as_list(patterns, what)
+
+
+def named(patterns: Any, model: nn.Module, what: str) -> Any:
+    """``patterns`` with every module object in it replaced by its qualified name in ``model``.
+
+    ``patterns`` is what :func:`match_each` takes, where a module may stand for a pattern: one
+    module, or a list of globs and modules. The name is escaped, so it matches that module alone
+    (``[``, ``*`` and ``?`` in a ``ModuleDict`` key are literal). Anything else is returned as
+    it is, for :func:`match_each` to check.
+
+    Raises:
+        PatternError: A module is not inside ``model``, or is ``model`` itself (named, with
+            where to look).
+    """
+    if isinstance(patterns, nn.Module):
+        patterns = [patterns]
+    elif isinstance(patterns, str) or not isinstance(patterns, Iterable):
+        return patterns
+    items = list(patterns)
+    if not any(isinstance(p, nn.Module) for p in items):
+        return items
+    names: dict[int, str] = {}
+    for name, m in model.named_modules(remove_duplicate=False):
+        names.setdefault(id(m), name)
+    out = []
+    for p in items:
+        if not isinstance(p, nn.Module):
+            out.append(p)
+            continue
+        name = names.get(id(p))
+        what_it_is = _brief(p)
+        if name is None:
+            raise PatternError(
+                f"{what}: the module {what_it_is} is not inside the {type(model).__name__} being pruned. Give a "
+                f"module of that model (e.g. model.head[0], not a copy of it or a layer of another instance), "
+                f"or its name as a glob"
+            )
+        if not name:
+            raise PatternError(f"{what}: {what_it_is} is the model itself; name the layers inside it")
+        out.append(re.sub(r"([*?\[])", r"[\1]", name))
+    return out
+
+
+def _brief(m: nn.Module) -> str:
+    """The first line of a module's repr, shortened: enough to recognize it in a message."""
+    lines = repr(m).splitlines() or [type(m).__name__]
+    text = lines[0] + ("...)" if len(lines) > 1 else "")
+    return text if len(text) <= 80 else text[:76] + "...)"

@@ -4,10 +4,15 @@ Every error raised for the user's input derives from :class:`ASSLError` and from
 refines (``ValueError`` or ``TypeError``), so ``except assl.ASSLError`` catches all of them and
 ``except ValueError`` code written before keeps working. What the user must act on but that does
 not stop the run is an :class:`ASSLWarning`, so ``-W error::assl.ASSLWarning`` and pytest's
-filters work on it.
+filters work on it. The library issues it through :func:`warn`, attributed to the user's line
+that led to it; what is only information goes to the ``"assl"`` logger.
 """
 
 from __future__ import annotations
+
+import os
+import sys
+import warnings
 
 __all__ = [
     "ASSLError",
@@ -61,3 +66,18 @@ class StateError(ASSLError, ValueError):
 
 class ASSLWarning(UserWarning):
     """Something the user should act on: a skip that changes nothing, slimming that changed the output."""
+
+
+_PACKAGE = os.path.dirname(os.path.abspath(__file__)) + os.sep
+
+
+def warn(message: str) -> None:
+    """Issue ``message`` as an :class:`ASSLWarning` attributed to the first caller outside the package.
+
+    So the warning names the user's line (``pruner.slim()``, ``assl.Pruner(...)``), and filters
+    by module or ``-W error::assl.ASSLWarning`` apply to it as to any warning.
+    """
+    frame, level = sys._getframe(1), 2  # level 2: the caller of warn()
+    while frame.f_back is not None and os.path.abspath(frame.f_code.co_filename).startswith(_PACKAGE):
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, ASSLWarning, stacklevel=level)

@@ -125,6 +125,8 @@ class Graph:
         self._followers = followers or {}
         self._norm_roots: dict[str, np.ndarray] = {}
         self.normalized: dict[str, tuple[str, ...]] = {}
+        self.samples: int = 1
+        """Samples in the example inputs (the first dimension of their first tensor): MACs are per sample."""
 
     def set_norms(self, norm_roots: Mapping[str, np.ndarray], normalized: Mapping[str, tuple[str, ...]]) -> None:
         """Record the normalization layers: the channel components each renormalizes, and
@@ -255,16 +257,20 @@ class Graph:
         return self._fixed_params + sum(math.prod(s) for s in self._shapes_after(plan).values())
 
     def count_macs(self, plan: Plan | None = None) -> int:
-        """Multiply-accumulates of the convolutions and Linear layers on the example inputs.
+        """Multiply-accumulates per sample of the convolutions and Linear layers on the example inputs.
 
-        Counted for the whole example batch, after slimming with ``plan`` (dense if None): each
-        call of a layer costs its output positions times the size of its weight.
+        After slimming with ``plan`` (dense if None): each call of a layer costs its output
+        positions (input positions for a transposed convolution) times the size of its weight;
+        the sum over the example inputs is divided by their batch size (:attr:`samples`).
+        Biases, activations, norms and other operations are not counted; ``extra_inputs`` are not
+        either.
         """
         shapes = self._shapes_after(plan)
-        return sum(n * math.prod(shapes[(layer, "weight")]) for layer, n in self._positions.items())
+        total = sum(n * math.prod(shapes[(layer, "weight")]) for layer, n in self._positions.items())
+        return (total + self.samples // 2) // self.samples
 
     def unit_costs(self, kind: str = "params") -> dict[str, np.ndarray]:
-        """Per group, what removing each unit alone saves: parameters, or MACs of the example inputs.
+        """Per group, what removing each unit alone saves: parameters, or MACs per sample.
 
         Units can cost different amounts (a concat of a 7x7 and a 1x1 conv added to a third).
         """
@@ -274,7 +280,8 @@ class Graph:
             shape = self._shapes.get((e.module, e.tensor))
             if shape is None or (kind == "macs" and e.tensor != "weight"):
                 continue
-            per = math.prod(shape) / shape[e.dim] * (self._positions.get(e.module, 0) if kind == "macs" else 1)
+            calls = self._positions.get(e.module, 0) / self.samples if kind == "macs" else 1
+            per = math.prod(shape) / shape[e.dim] * calls
             np.add.at(saved, roots[roots >= 0], per)
         return {name: saved[roots] for name, roots in self._unit_roots.items()}
 

@@ -122,6 +122,104 @@ def test_skip_of_a_name_keeps_only_that_layer_not_names_that_extend_it_with_a_sl
     assert "blocks.a/b" in lose and "blocks.a" not in lose
 
 
+# --- modules as patterns ------------------------------------------------------------------------
+
+
+def test_skip_and_groups_take_the_modules_themselves():
+    by_name = assl.Pruner(_edsr(), X, ratio=0.5, skip=["body.0.body.0", "body.1.body.0"])
+    model = _edsr()
+    by_module = assl.Pruner(model, X, ratio=0.5, skip=[model.body[0].body[0], model.body[1].body[0]])
+    assert by_module.removed == by_name.removed and by_module.removed["body.0.body.0"] == 0
+    one = _edsr()  # one module, as one glob is one string
+    alone = assl.Pruner(_edsr(), X, ratio=0.5, skip="body.0.body.0").removed
+    assert assl.Pruner(one, X, ratio=0.5, skip=one.body[0].body[0]).removed == alone
+    group = next(g for g in by_name.graph.groups if len(g.layers) > 1)  # the residual stream
+    model = _edsr()
+    mixed = [model.get_submodule(group.layers[0]), *group.layers[1:]]  # a module and globs in one group
+    assert assl.Pruner(model, X, ratio=0.5, groups=[mixed]).aligned == by_name.aligned
+
+
+def test_a_module_name_is_matched_literally():
+    class Odd(nn.Module):  # ModuleDict keys holding glob characters
+        def __init__(self) -> None:
+            super().__init__()
+            self.convs = nn.ModuleDict({k: nn.Conv2d(3 if k == "a*" else 8, 8, 3, padding=1) for k in ("a*", "ab")})
+            self.out = nn.Conv2d(8, 3, 3, padding=1)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return self.out(torch.relu(self.convs["ab"](torch.relu(self.convs["a*"](x)))))
+
+    model = Odd()
+    no_align = assl.Schedule.for_steps(100, align=False)
+    pruner = assl.Pruner(model, X, ratio=0.5, skip=[model.convs["a*"]], schedule=no_align)  # "convs.a*" takes both
+    assert pruner.removed["convs.a*"] == 0 and pruner.removed["convs.ab"] == 4
+
+
+def test_a_module_outside_the_model_is_named_in_the_error():
+    model, other = _edsr(), _edsr()
+    with pytest.raises(assl.PatternError, match=r"skip: the module Conv2d\(8, 8, .* is not inside the EDSR"):
+        assl.Pruner(model, X, ratio=0.5, skip=[other.body[0].body[0]])
+    with pytest.raises(assl.PatternError, match=r"groups\[0\]: the module Conv2d\(3, 8"):
+        assl.Pruner(model, X, ratio=0.5, groups=[[model.head[0], other.head[0]]])
+    with pytest.raises(assl.PatternError, match="is the model itself"):
+        assl.Pruner(model, X, ratio=0.5, skip=[model])
+    assert not any(n.endswith("parametrizations") for n, _ in model.named_modules())  # untouched
+
+
+# --- warnings the user must act on --------------------------------------------------------------
+
+
+class _Cat(nn.Module):
+    """Two layers concatenated onto a third's channels: each of them must keep one channel."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a, self.b, self.c = nn.Conv2d(3, 2, 1), nn.Conv2d(3, 2, 1), nn.Conv2d(3, 4, 1)
+        self.out = nn.Conv2d(4, 3, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.out(torch.cat([self.a(x), self.b(x)], 1) + self.c(x))
+
+
+def _slim_now() -> nn.Module:
+    """Slim after one step: early (in the align phase), with the chosen channels still alive."""
+    pruner = assl.Pruner(_edsr(), X, ratio=0.5, schedule=assl.Schedule.for_steps(40))
+    pruner.step()
+    return pruner.slim()
+
+
+def _step_unaligned() -> None:
+    """A schedule with an align phase on a model with no group to align: said at the first step."""
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.Conv2d(8, 3, 3))
+    assl.Pruner(model, X, ratio=0.5, schedule=assl.Schedule.for_steps(99)).step()
+
+
+def _slim_unstepped() -> nn.Module:
+    return assl.Pruner(_edsr(), X, ratio=0.5, schedule=assl.Schedule.for_steps(40)).slim()
+
+
+WARNED = [
+    (lambda: assl.Pruner(_edsr(), X, ratio=0.5, skip=["tail.0"]), "skip pattern 'tail.0' changes nothing"),
+    (_step_unaligned, "align steps are skipped"),
+    (_slim_unstepped, "slim() before any step was counted"),
+    (_slim_now, "slimming in phase align"),
+    (_slim_now, "slimming changed the output on the example inputs"),
+    (lambda: assl.Pruner(_Cat(), X, ratio=0.75).prune_now(), "group a: only 2 of 3 units can go"),
+]
+
+
+@pytest.mark.parametrize("call, said", WARNED)
+def test_what_the_user_must_act_on_is_an_assl_warning_at_their_line(call, said):
+    with pytest.warns(assl.ASSLWarning) as caught:
+        call()
+    assert any(said in str(w.message) for w in caught), [str(w.message) for w in caught]
+    assert all(w.filename == __file__ for w in caught if w.category is assl.ASSLWarning)  # not inside assl
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", assl.ASSLWarning)  # what -W error::assl.ASSLWarning does
+        with pytest.raises(assl.ASSLWarning):
+            call()
+
+
 # --- one name, one contract ---------------------------------------------------------------------
 
 

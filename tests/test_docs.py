@@ -2,20 +2,23 @@
 
 Each block is self-contained (its model and data are defined inline) and runs in a fresh
 namespace, in a temporary working directory so that the files it writes go away. Blocks check
-their own results with ``assert``. A block that imports an optional framework (Lightning) is
-skipped where that framework is not installed. Shell commands, outputs and code that needs
+their own results with ``assert``, and run clean: an ``assl.ASSLWarning`` is an error there, as
+under ``python -W error::assl.ASSLWarning`` (a block that shows a warning catches it itself).
+A block that imports an optional framework (Lightning) is skipped where that framework is not
+installed. Shell commands, outputs and code that needs
 data the repository does not ship are fenced as ```bash or ```text and are not run.
 """
 
 from __future__ import annotations
 
 import re
+import warnings
 from pathlib import Path
 
 import pytest
 import torch
 
-import assl  # noqa: F401  (this checkout's, imported before the blocks change directory)
+import assl  # this checkout's, imported before the blocks change directory
 
 ROOT = Path(__file__).resolve().parent.parent
 FILES = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
@@ -65,5 +68,7 @@ def test_block_runs(name, line, code, tmp_path, monkeypatch):
     # the file name and the block's first line appear in any traceback
     compiled = compile("\n" * (line - 1) + code, str(ROOT / name), "exec")
     namespace: dict = {"__name__": "docs_block"}
-    exec(compiled, namespace)  # a block that fails raises here, with its file and line
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", assl.ASSLWarning)  # the examples people copy first run clean
+        exec(compiled, namespace)  # a block that fails raises here, with its file and line
     assert set(namespace) - {"__name__", "__builtins__"}, "the block defined nothing"

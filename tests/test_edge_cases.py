@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import os
 import subprocess
 import sys
 import textwrap
@@ -21,6 +20,7 @@ import pytest
 import torch
 from torch import nn
 from torch.nn.utils import parametrize
+from util import checkout_env
 
 import assl
 
@@ -305,7 +305,7 @@ def test_resume_in_another_process_with_explicit_groups():
     # process's hash seed; load_state_dict compares the lists and refuses a state saved by an
     # identical Pruner in another process. (Seeds 0 and 1 give different orders on CPython.)
     def run(seed, mode, stdin=None):
-        env = {**os.environ, "PYTHONHASHSEED": str(seed)}
+        env = checkout_env(PYTHONHASHSEED=str(seed))
         return subprocess.run(
             [sys.executable, "-c", _RESUME_SCRIPT, mode], input=stdin, capture_output=True, text=True, env=env
         )

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import copy
 import math
-import os
 import subprocess
 import sys
 from pathlib import Path
@@ -23,10 +22,12 @@ pl = pytest.importorskip("lightning.pytorch")
 
 from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
 from lightning_net import LR, LitNet, Net, example, loader, net, plain_loop, trainer  # noqa: E402
+from util import checkout_env  # noqa: E402
 
 import assl  # noqa: E402
 from assl._slim import max_rel_err  # noqa: E402
-from assl.integrations.lightning import ASSLPruning, load_slimmed  # noqa: E402
+from assl.integrations.lightning import ASSLPruning, load_slimmed, shrink_to_checkpoint  # noqa: E402
+from assl.pruning.schedule import PHASES  # noqa: E402
 
 pytestmark = pytest.mark.filterwarnings(
     "ignore:.*does not have many workers:UserWarning",
@@ -101,7 +102,7 @@ def test_fit_prunes_slims_and_finetunes_as_the_plain_loop_does(accumulate, preci
     logged = fit.callback_metrics
     assert {"assl/phase", "assl/penalty", "assl/steps_left", "assl/alive", "assl/params"} <= logged.keys()
     assert logged["assl/phase"] == 3 and logged["assl/params"] == sum(p.numel() for p in lit.net.parameters())
-    assert {"assl/phase", "assl/penalty", "assl/alive"} <= fit.progress_bar_metrics.keys()
+    assert {"assl/penalty", "assl/alive"} <= fit.progress_bar_metrics.keys()  # the phase: as a word, below
 
 
 def test_16_mixed_grad_scaler_skips_steps_as_in_the_plain_loop():
@@ -194,6 +195,49 @@ def test_a_slimmed_checkpoint_loads_outside_the_trainer_and_through_assl_load(un
     assert _equal(small, ref.net)
 
 
+class SelfLoading(LitNet):
+    """A LightningModule whose own checkpoint hook shrinks the network to a slimmed checkpoint."""
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        shrink_to_checkpoint(self, checkpoint)
+
+
+def test_lightnings_own_loader_loads_a_slimmed_checkpoint_through_the_modules_hook(uninterrupted):
+    folder, _, _, module = uninterrupted
+    path = folder / "step=28.ckpt"
+    lit = SelfLoading.load_from_checkpoint(path, seed=9)  # builds the dense network, then the hook shrinks it
+    assert _equal(lit, load_slimmed(LitNet(seed=9), path))
+    with pytest.raises(RuntimeError, match="size mismatch"):  # without the hook: Lightning's own error
+        LitNet.load_from_checkpoint(path)
+    # the hook and the callback together: the network is shrunk once, the weights load
+    fresh = SelfLoading(seed=3)
+    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module=module)
+    trainer(1, callbacks=[pruning]).validate(fresh, loader(), ckpt_path=path, verbose=False)
+    assert pruning.slimmed and _equal(fresh, lit)
+    assert not shrink_to_checkpoint(LitNet(), torch.load(folder / "step=8.ckpt", weights_only=False))  # not slimmed
+
+
+class BarProbe(pl.Callback):
+    """After ASSLPruning in the callback list: what the progress bar shows at the end of each batch."""
+
+    def __init__(self) -> None:
+        self.shown: list[Any] = []
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, *args: Any) -> None:
+        self.shown.append(trainer.progress_bar_callback.get_metrics(trainer, pl_module).get("assl/phase"))
+
+
+def test_the_progress_bar_shows_the_phase_as_a_word():
+    pruning, probe = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module="net"), BarProbe()
+    bar = pl.callbacks.TQDMProgressBar(refresh_rate=1000)
+    fit = trainer(STEPS, callbacks=[pruning, probe, bar], enable_progress_bar=True)
+    fit.fit(LitNet(), loader())
+    assert probe.shown[0] == "align" and probe.shown[-1] == "slimmed"
+    assert {"align", "regularize", "stabilize", "slimmed"} <= set(probe.shown) <= {*PHASES, "slimmed"}
+    assert "get_metrics" not in vars(bar)  # given back after fit
+    assert "assl/phase" in fit.logged_metrics and "assl/phase" not in fit.progress_bar_metrics  # loggers: a number
+
+
 def test_the_whole_lightning_module_pruned_in_place_then_stop():
     lit = LitNet()
     lit.first = lit.net[2]  # an alias: it must stay one
@@ -235,7 +279,7 @@ def test_two_ddp_processes_end_with_the_same_slimmed_network(tmp_path):
     averaging keeps them equal. The parameters match bit for bit; BatchNorm's running statistics
     are each rank's own under DDP, so only their sizes are compared."""
     script = Path(__file__).with_name("lightning_net.py")
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = checkout_env(OMP_NUM_THREADS="1")
     done = subprocess.run(
         [sys.executable, str(script), str(tmp_path)], env=env, capture_output=True, text=True, timeout=300
     )

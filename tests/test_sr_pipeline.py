@@ -13,6 +13,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples" / "sr"))
 
 import main as sr_main
 from ledsr import SRModel
+from util import checkout_env
 
 import assl
 
@@ -56,6 +57,23 @@ def test_the_default_penalty_silences_the_chosen_channels_before_slimming(tmp_pa
     assert results["liveness"] < 0.1  # 12 steps: their RMS is below a tenth of the kept channels'
 
 
+# the schedule's own phase boundaries on the global step axis: 4 dense steps, then align 1,
+# regularize 8, stabilize 3 (the bar samples the schedule every 10 steps, which would put them elsewhere)
+PHASES = [(4, "align"), (5, "regularize"), (13, "stabilize"), (16, "done")]
+
+
+def test_curves_mark_the_schedules_true_phase_boundaries(tmp_path):
+    from report import _boundaries
+
+    _run(tmp_path)
+    history = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["history"]
+    assert [tuple(p) for p in history["phases"]] == PHASES
+    stages, phases = _boundaries(history)
+    assert phases == PHASES and [name for _, name in stages] == ["dense", "prune", "finetune"]
+    sampled = _boundaries({**history, "phases": []})[1]  # without them: the first sampled step of each phase
+    assert sampled != PHASES
+
+
 def test_the_authors_schedule_flags_with_the_papers_penalty(tmp_path):
     i = TINY.index("--prune_steps")
     results = _run(tmp_path, *PAPER_FORM, base=TINY[:i] + TINY[i + 2 :])
@@ -90,11 +108,12 @@ def test_crash_then_resume_loses_nothing(tmp_path, monkeypatch):
     log = (tmp_path / "run" / "log.txt").read_text()
     assert "resuming at stage prune step 2" in log
     assert "dense_psnr" in results and "pruned_psnr" in results  # results of the first run kept
+    history = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["history"]
+    assert [tuple(p) for p in history["phases"]] == PHASES  # the same boundaries after resuming mid-stage
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["stage"] == "finished"
 
 
 def test_two_processes_with_torchrun(tmp_path):
-    import os
     import socket
     import subprocess
 
@@ -118,7 +137,7 @@ def test_two_processes_with_torchrun(tmp_path):
         "--save",
         str(tmp_path / "ddp"),
     ]
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    env = checkout_env(OMP_NUM_THREADS="1")
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
     assert proc.returncode == 0, proc.stderr[-3000:]
     results = json.loads((tmp_path / "ddp" / "results.json").read_text())
@@ -130,7 +149,7 @@ def test_the_console_shows_the_pruners_progress_and_the_librarys_warnings(tmp_pa
     _run(tmp_path, "--prune_steps", "10", "--max_prune_iters", "4")
     err = capsys.readouterr().err
     assert "phase=" in err and "left=" in err  # the Pruner's progress in the prune stage's bar
-    assert "assl WARNING: slimming in phase" in err  # cut short: the library says so on the console
+    assert "ASSLWarning: slimming in phase" in err  # cut short: the library says so on the console
 
 
 def test_latency_flag_prunes_to_a_planned_width_and_resumes_without_timing_again(tmp_path, monkeypatch):

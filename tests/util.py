@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -9,6 +11,15 @@ import torch
 from torch import nn
 
 import assl
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def checkout_env(**extra: str) -> dict[str, str]:
+    """The environment for a child Python process that imports this checkout's ``assl``, whatever
+    is installed (or being reinstalled) in the environment meanwhile."""
+    path = os.pathsep.join(p for p in (str(ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    return {**os.environ, "PYTHONPATH": path, **extra}
 
 
 def call(model: nn.Module, inputs: Any) -> Any:

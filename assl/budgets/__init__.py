@@ -6,8 +6,8 @@ from it and plans per-group widths (with ``_width_solver``); ``timing`` is the o
 interleaved, repeated rounds with the device synchronized.
 """
 
-from .budget import Budget
+from .budget import Budget, Counts, count
 from .latency import LatencyTable, measure_latency
 from .latency_plan import LatencyPlan
 
-__all__ = ["Budget", "LatencyPlan", "LatencyTable", "measure_latency"]
+__all__ = ["Budget", "Counts", "LatencyPlan", "LatencyTable", "count", "measure_latency"]

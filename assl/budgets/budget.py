@@ -1,22 +1,73 @@
-"""How many channels each group loses: ratios, rounding, and solving a ratio for a budget."""
+"""How many channels each group loses: ratios, rounding, and solving a ratio for a budget; what
+a parameter or MAC budget counts (:func:`count`)."""
 
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
+from torch import nn
 
-from ..errors import ArgumentError, ArgumentTypeError
+from ..errors import ArgumentError, ArgumentTypeError, ASSLWarning
 from ..graph import ChannelGroup, Graph
+from ..tracing import trace
 from .latency import LatencyTable
 
-__all__ = ["MIN_WIDTH", "Budget", "solve_ratio", "units_to_remove"]
+__all__ = ["MIN_WIDTH", "Budget", "Counts", "count", "solve_ratio", "units_to_remove"]
 
 
 MIN_WIDTH = 0.125
 """The share of its units every group keeps under a latency budget unless ``min_width`` says otherwise."""
+
+
+@dataclass(frozen=True)
+class Counts:
+    """A model's size and cost, as :func:`assl.count` measures them and ``Budget`` counts them.
+
+    Attributes:
+        params: Parameters (a weight-normalized or otherwise parametrized weight counts as the
+            plain weight it folds into, as after :meth:`assl.Pruner.slim`).
+        macs: Multiply-accumulates per sample of the Conv, ConvTranspose and Linear layers.
+    """
+
+    params: int
+    macs: int
+
+
+def count(model: nn.Module, inputs: Any) -> Counts:
+    """Parameters and multiply-accumulates per sample of ``model`` called on ``inputs``.
+
+    The model runs once on ``inputs`` (traced as by :func:`assl.trace`; its parameters, buffers and
+    random state are left as they were). Each call of a Conv, ConvTranspose or Linear layer costs
+    its output positions (input positions for a transposed convolution) times the size of its
+    weight, whatever its groups; the sum is divided by the batch size, the first dimension of the
+    first tensor in ``inputs``. Biases, activations, norms, pooling and products of activations
+    (``torch.matmul`` of two activations) are not counted. ``Budget(params=N)`` and
+    ``Budget(macs=N)`` count the same way on the Pruner's example inputs.
+
+    Args:
+        model: Any ``nn.Module`` with at least one Conv, ConvTranspose or Linear layer.
+        inputs: What the model is called with: a tensor, a tuple of positional arguments or a dict
+            of keyword arguments, batch dimension included.
+
+    Returns:
+        :class:`assl.Counts` with ``params`` and ``macs``.
+
+    Raises:
+        TraceError: The model has no such layer, or raises on ``inputs``.
+
+    Example:
+        >>> assl.count(torch.nn.Conv2d(3, 8, 3, padding=1), torch.randn(4, 3, 32, 32))
+        Counts(params=224, macs=221184)
+    """
+    with warnings.catch_warnings():  # whether channels could be pruned is not the question here
+        warnings.filterwarnings("ignore", message=r".* has no channel that can be removed", category=ASSLWarning)
+        graph = trace(model, inputs)
+    return Counts(graph.count_params(), graph.count_macs())
 
 
 @dataclass(frozen=True)
@@ -25,8 +76,9 @@ class Budget:
 
     Give exactly one of:
 
-    * ``params``: at most this many parameters; ``macs``: at most this many MACs on the example
-      inputs (whole batch). The Pruner solves one ratio for all pruned groups.
+    * ``params``: at most this many parameters; ``macs``: at most this many multiply-accumulates
+      per sample of the example inputs (whatever their batch size), counted as :func:`assl.count`
+      counts them. The Pruner solves one ratio for all pruned groups.
     * ``latency``: at most this many seconds per call on the example inputs;
       ``relative_latency``: at most this fraction of the dense model's measured latency. Before
       pruning, the Pruner times the model's layers at a grid of widths on the example inputs'

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import math
-import warnings
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -21,7 +20,7 @@ from torch import nn
 from .._patterns import match_each
 from .._scoring import l1_plan, l1_scores
 from .._slim import slimmed_copy
-from ..errors import ArgumentError, ASSLWarning
+from ..errors import ArgumentError, warn
 from ..graph import Graph
 from ._width_solver import allowed_widths, smallest, solve_widths
 from .budget import MIN_WIDTH, Budget
@@ -264,17 +263,15 @@ def latency_removed(
         )
     if at_floor:  # within the noise of the fastest plan: the same answer every time
         removed = dict(fastest)
-        warnings.warn(
+        warn(
             f"the latency target of {target * 1e3:.3f} ms is within the timing noise (±{100 * band:.0f}%) of the "
             f"smallest allowed widths, predicted at {floor * 1e3:.3f} ms: every group is cut to its smallest "
-            f"allowed width (Budget(min_width=...), round_to); a lower target cannot be told apart on this device",
-            ASSLWarning,
-            stacklevel=4,
+            f"allowed width (Budget(min_width=...), round_to); a lower target cannot be told apart on this device"
         )
     else:
         removed = solve_widths(predictor, sizes, allowed, scores, target * anchor)
     checked = None
-    if budget.verify and _timeable_here(table, model, example_inputs):
+    if budget.verify and _timeable_here(table, model, example_inputs, unchecked=True):
 
         def solve(aim: float) -> dict[str, int]:
             return solve_widths(predictor, sizes, allowed, scores, aim * anchor)
@@ -309,12 +306,10 @@ def _warn_emptied(plan: LatencyPlan, sizes: Mapping[str, int]) -> None:
     emptied = {g: w for g, w in plan.widths.items() if sizes[g] - w > EMPTIED * sizes[g]}
     if emptied:
         listed = ", ".join(f"{g} {sizes[g]} -> {w}" for g, w in emptied.items())
-        warnings.warn(
+        warn(
             f"the latency budget leaves {len(emptied)} group(s) with less than {100 * (1 - EMPTIED):.0f}% of their "
             f"channels ({listed}): such layers are often what the accuracy cannot spare. Raise "
-            f"Budget(min_width=...) to spread the cuts, or raise the target",
-            ASSLWarning,
-            stacklevel=4,
+            f"Budget(min_width=...) to spread the cuts, or raise the target"
         )
 
 
@@ -355,13 +350,11 @@ def _verified(
     within = [t for t in tried if t[0] <= target * (1 + tolerance)]
     measured, removed = max(within, key=lambda t: t[0]) if within else min(tried, key=lambda t: t[0])
     if not within:
-        warnings.warn(
+        warn(
             f"latency budget: the slimmed model measured {measured * 1e3:.3f} ms against a target of "
             f"{target * 1e3:.3f} ms (the table's prediction misses on this device"
             + ("; these are the smallest allowed widths" if at_floor else "; lower the target to compensate")
-            + ")",
-            ASSLWarning,
-            stacklevel=5,
+            + ")"
         )
     return removed, measured
 
@@ -375,16 +368,23 @@ def _measured_ratio(model: nn.Module, example_inputs: Any, graph: Graph, removed
     return float(np.median(samples[:, 1] / samples[:, 0]))
 
 
-def _timeable_here(table: LatencyTable, model: nn.Module, example_inputs: Any) -> bool:
+def _timeable_here(table: LatencyTable, model: nn.Module, example_inputs: Any, unchecked: bool = False) -> bool:
     """Whether timing ``model`` on ``example_inputs`` measures what the table predicts: the same
-    device, and inputs of the shapes the table was measured on."""
+    device, and inputs of the shapes the table was measured on. When not, and ``unchecked`` (the
+    check ``Budget(verify=True)`` asks for is skipped), an :class:`assl.ASSLWarning` says so."""
     device, shapes = str(device_of(model, example_inputs)), input_shapes(example_inputs)
     if device != table.device or (table.inputs and shapes != table.inputs):
-        logger.info(
-            "latency budget: not timed here: the table is of %s on inputs %s, the Pruner's example inputs are %s "
-            "on %s (time the slimmed model on deployment inputs with assl.measure_latency)",
-            table.device, table.inputs, shapes, device,
-        )  # fmt: skip
+        why = (
+            f"the table is of {table.device} on inputs {table.inputs}, the Pruner's example inputs are {shapes} on "
+            f"{device}"
+        )
+        if unchecked:
+            warn(
+                f"latency budget: the chosen widths are not checked by timing here: {why}. Time the slimmed model "
+                "on deployment inputs with assl.measure_latency; Budget(..., verify=False) skips the check silently"
+            )
+        else:
+            logger.info("latency budget: not timed here: %s (time it with assl.measure_latency)", why)
         return False
     return True
 

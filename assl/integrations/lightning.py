@@ -21,13 +21,17 @@ How the callback fits the Trainer's loop (Lightning 2.x):
 * Once the schedule is done, the slimmed network replaces the dense one, DDP wraps it again and
   ``configure_optimizers`` runs again; training goes on as fine-tuning, or the Trainer stops.
 * Checkpoints hold the Pruner's progress and, once slimmed, the slimmed sizes: resuming a slimmed
-  checkpoint shrinks the fresh network before Lightning loads the weights.
+  checkpoint shrinks the fresh network before Lightning loads the weights. Outside the Trainer,
+  :func:`load_slimmed` does the same, and so does ``LightningModule.load_from_checkpoint`` for a
+  module whose ``on_load_checkpoint`` calls :func:`shrink_to_checkpoint`.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Iterable, Mapping, Sequence
+import warnings
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -46,14 +50,14 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     ) from e
 
 from ..budgets.budget import Budget
-from ..errors import ArgumentError
+from ..errors import ArgumentError, ASSLWarning
 from ..pruning._resolve import ratio_or_budget
 from ..pruning.pruner import Pruner
 from ..pruning.pruner import _remove as remove_pruner
 from ..pruning.schedule import PHASES, Schedule
 from ._common import STATE_VERSION, check_state, device_of, find_optimizer, put_in_place, restore, sizes
 
-__all__ = ["ASSLPruning", "load_slimmed"]
+__all__ = ["ASSLPruning", "load_slimmed", "shrink_to_checkpoint"]
 
 ON_DONE = ("finetune", "stop")
 _PATCHED = ("training_step", "on_load_checkpoint")
@@ -75,14 +79,16 @@ class ASSLPruning(pl.Callback):
     Logged through ``pl_module.log`` at every training batch until slimming: ``assl/phase`` (0
     align, 1 regularize, 2 stabilize, 3 done), ``assl/penalty`` and ``assl/steps_left``;
     ``assl/alive`` (the largest liveness, one forward pass on the example inputs) every
-    ``liveness_every_n_steps`` optimizer steps; ``assl/params`` once, at slimming. ``phase``,
-    ``penalty`` and ``alive`` show in the progress bar.
+    ``liveness_every_n_steps`` optimizer steps; ``assl/params`` once, at slimming. The progress
+    bar shows the phase as a word (``assl/phase=regularize``, then ``slimmed``), the penalty and
+    ``alive``.
 
     Args:
         example_inputs: What the pruned network is called with (see :func:`assl.trace`).
         ratio: As for :class:`assl.Pruner`: a float or ``{glob: ratio}``.
         budget: As for :class:`assl.Pruner`: instead of ``ratio``, an :class:`assl.Budget`.
-        skip: Globs of layers that keep all their channels, named relative to ``module``.
+        skip: Globs of layers that keep all their channels, named relative to ``module``, or the
+            layers themselves.
         groups: Same-pruned groups as lists of globs (see :class:`assl.Pruner`).
         steps: The number of optimizer steps to prune for, as for :class:`assl.Pruner`: the
             schedule is ``assl.Schedule.for_steps(steps)`` sized to the network's groups.
@@ -115,8 +121,8 @@ class ASSLPruning(pl.Callback):
         *,
         ratio: float | Mapping[str, float] | None = None,
         budget: Budget | None = None,
-        skip: str | Iterable[str] = (),
-        groups: Sequence[str | Sequence[str]] | None = None,
+        skip: str | nn.Module | Iterable[str | nn.Module] = (),
+        groups: Sequence[str | nn.Module | Sequence[str | nn.Module]] | None = None,
         schedule: Schedule | None = None,
         steps: int | None = None,
         module: str | None = None,
@@ -163,6 +169,7 @@ class ASSLPruning(pl.Callback):
         self._alive_step = -1
         self._final_state: dict[str, Any] | None = None
         self._undo: list[tuple[str, Any]] = []
+        self._bar: Any = None
 
     # --- the network ---------------------------------------------------------------------------
 
@@ -211,9 +218,29 @@ class ASSLPruning(pl.Callback):
         target = self._target(pl_module)
         if stage == "fit" and self.pruner is None and not self.slimmed:
             inputs = move_data_to_device(self.example_inputs, device_of(target))
-            self.pruner = Pruner(target, inputs, **self._kwargs)
+            with _on_rank_zero(trainer):
+                self.pruner = Pruner(target, inputs, **self._kwargs)
             rank_zero_info(f"ASSLPruning: {self.pruner.total_steps} optimizer steps of pruning on {self._where()}")
         self._patch(pl_module)
+        self._show_phase(trainer.progress_bar_callback)
+
+    def _show_phase(self, bar: Any) -> None:
+        """Add the phase, as a word, to what the progress bar shows (undone in ``teardown``); a
+        logged metric would show as a float (``assl/phase=1.000``)."""
+        if bar is None or self._bar is not None or "get_metrics" in vars(bar):
+            return
+        shown = bar.get_metrics
+
+        def get_metrics(trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+            items = dict(shown(trainer, pl_module))
+            if self.slimmed:
+                items["assl/phase"] = "slimmed"
+            elif self.pruner is not None:
+                items["assl/phase"] = self.pruner.phase
+            return items
+
+        bar.get_metrics = get_metrics
+        self._bar = bar
 
     def _patch(self, pl_module: pl.LightningModule) -> None:
         """Wrap two methods on the instance (undone in ``teardown``): ``training_step``, to add the
@@ -290,7 +317,7 @@ class ASSLPruning(pl.Callback):
         p = pruner.progress(liveness=measure)
         if measure:
             self._alive_step = step
-        _log(pl_module, "assl/phase", PHASES.index(p.phase), prog_bar=True)
+        _log(pl_module, "assl/phase", PHASES.index(p.phase))  # the bar shows it as a word (_show_phase)
         _log(pl_module, "assl/penalty", p.penalty, prog_bar=True)
         _log(pl_module, "assl/steps_left", p.steps_left)
         if p.alive is not None:
@@ -301,7 +328,9 @@ class ASSLPruning(pl.Callback):
     def _slim(self, trainer: pl.Trainer, pl_module: pl.LightningModule, pruner: Pruner) -> None:
         """Put the slimmed network in place of the dense one and rebuild what held the old parameters."""
         dense = pruner.graph.count_params()
-        put_in_place(pl_module, pruner.model, pruner.slim(), pruner.graph.modules)
+        with _on_rank_zero(trainer):
+            small = pruner.slim()
+        put_in_place(pl_module, pruner.model, small, pruner.graph.modules)
         self.slimmed = True
         strategy = trainer.strategy
         if isinstance(strategy, DDPStrategy):  # the old wrapper reduces the old parameters
@@ -347,6 +376,9 @@ class ASSLPruning(pl.Callback):
             else:
                 pl_module.__dict__[name] = before
         self._undo = []
+        if self._bar is not None:
+            vars(self._bar).pop("get_metrics", None)
+            self._bar = None
 
     # --- checkpoints ---------------------------------------------------------------------------
 
@@ -383,14 +415,42 @@ class ASSLPruning(pl.Callback):
         self.slimmed = True
 
 
+def shrink_to_checkpoint(pl_module: pl.LightningModule, checkpoint: Mapping[str, Any]) -> bool:
+    """Shrink the network of a freshly built module to the sizes a slimmed checkpoint recorded.
+
+    Call it from the LightningModule's ``on_load_checkpoint``, and
+    ``MyModule.load_from_checkpoint(path)`` loads checkpoints taken after :class:`ASSLPruning`
+    slimmed the network (Lightning builds the dense network, calls the hook, then loads the
+    weights). A checkpoint taken before slimming, or without the callback, is left to Lightning.
+    With the callback in a Trainer (resuming, validating) it does what the callback does anyway.
+
+    Returns:
+        Whether the network was shrunk.
+
+    Raises:
+        CheckpointError: The recorded sizes or tensors do not fit the network (it is left as it was).
+        StateError: The checkpoint's callback state is of another version.
+
+    Example:
+        >>> class Classifier(pl.LightningModule):
+        ...     def on_load_checkpoint(self, checkpoint):
+        ...         shrink_to_checkpoint(self, checkpoint)
+        >>> model = Classifier.load_from_checkpoint("last.ckpt")
+    """
+    state = checkpoint.get("callbacks", {}).get(ASSLPruning.__qualname__)
+    module = state.get("module") if isinstance(state, Mapping) else None
+    return restore(pl_module, checkpoint, ASSLPruning.__qualname__, module)
+
+
 def load_slimmed(
     pl_module: pl.LightningModule, checkpoint: str | os.PathLike[str] | Mapping[str, Any]
 ) -> pl.LightningModule:
     """Load a checkpoint taken after :class:`ASSLPruning` slimmed the network into a fresh module.
 
     ``LightningModule.load_from_checkpoint`` builds the dense network, which the slimmed weights do
-    not fit; this shrinks it to the sizes the callback saved (with :func:`assl.load`), then loads
-    the weights. For inference or export; to train on, resume with ``trainer.fit(..., ckpt_path=)``.
+    not fit (unless the module's ``on_load_checkpoint`` calls :func:`shrink_to_checkpoint`); this
+    shrinks it to the sizes the callback saved (with :func:`assl.load`), then loads the weights.
+    For inference or export; to train on, resume with ``trainer.fit(..., ckpt_path=)``.
 
     Args:
         pl_module: A fresh instance of the LightningModule, built as for the run.
@@ -403,8 +463,7 @@ def load_slimmed(
         ValueError: The checkpoint has no ASSLPruning state, or was taken before slimming.
     """
     ckpt = checkpoint if isinstance(checkpoint, Mapping) else TorchCheckpointIO().load_checkpoint(os.fspath(checkpoint))
-    module = ckpt.get("callbacks", {}).get(ASSLPruning.__qualname__, {}).get("module")
-    if not restore(pl_module, ckpt, ASSLPruning.__qualname__, module):
+    if not shrink_to_checkpoint(pl_module, ckpt):
         raise ArgumentError(
             "the checkpoint was not taken after ASSLPruning slimmed the network: resume it with "
             "trainer.fit(..., ckpt_path=...) and the callback, which slims when the schedule is done"
@@ -422,6 +481,17 @@ def _check_strategy(strategy: Strategy) -> None:
             f"ASSLPruning works with single-device training and DDP (strategy='ddp', 'ddp_spawn', ...), not with "
             f"{type(strategy).__name__}: sharding splits the parameters whose channels the Pruner scales and removes"
         )
+
+
+@contextlib.contextmanager
+def _on_rank_zero(trainer: pl.Trainer) -> Iterator[None]:
+    """The library's warnings (:class:`assl.ASSLWarning`) from rank 0 only: every rank would say the same."""
+    if trainer.global_rank == 0:
+        yield
+        return
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ASSLWarning)
+        yield
 
 
 def _log(pl_module: pl.LightningModule, name: str, value: float, prog_bar: bool = False) -> None:

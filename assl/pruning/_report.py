@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .._slim import max_rel_err
+from ..errors import warn
 from ._liveness import ALIVE
 from ._selection import Selection
 
@@ -57,36 +58,35 @@ def _mean(t: torch.Tensor) -> str:
 
 def warn_early(phase: str, step: int) -> None:
     """Warn that slimming comes before the schedule is done."""
-    logger.warning(
-        "slimming in phase %s (step %d): the chosen channels were not driven to zero, expect a larger drop", phase, step
-    )
+    warn(f"slimming in phase {phase} (step {step}): the chosen channels were not driven to zero, expect a larger drop")
 
 
 def report_change(
     model: nn.Module, small: nn.Module, example_inputs: object, alive: Callable[[], Mapping[str, float]]
 ) -> float:
-    """Log how much removing the chosen channels changed the output on the example inputs.
+    """Log how much removing the chosen channels changed the output on the example inputs (warn when large).
 
     Args:
         alive: Gives the liveness of each group's chosen channels (:func:`assl.liveness.liveness`);
             called only when the change is large enough to warn (it costs a forward pass).
 
     Returns:
-        The largest difference relative to the largest output; logged as a warning, naming the
-        groups whose chosen channels are still alive, above :data:`SLIM_CHANGE_WARNING`.
+        The largest difference relative to the largest output; an :class:`assl.ASSLWarning`,
+        naming the groups whose chosen channels are still alive, above :data:`SLIM_CHANGE_WARNING`.
     """
     change = max_rel_err(model, small, example_inputs)
     if change > SLIM_CHANGE_WARNING:
         loud = sorted(((v, k) for k, v in alive().items() if v > ALIVE), reverse=True)
         named = ", ".join(f"{k} ({v:.2g})" for v, k in loud[:5]) + (" ..." if len(loud) > 5 else "")
-        logger.warning(
-            "slimming changed the output on the example inputs by %.3g (largest difference over the largest "
-            "output). %s; give the schedule more steps (Schedule.for_steps with a larger n, or a longer "
-            "stabilize phase) or a stronger penalty (a larger reg_limit), or fine-tune longer",
-            change,
+        why = (
             f"The chosen channels of these groups are still alive (RMS relative to kept): {named}"
             if loud
-            else "The chosen channels are silent where they are read, so the change comes from elsewhere",
+            else "The chosen channels are silent where they are read, so the change comes from elsewhere"
+        )
+        warn(
+            f"slimming changed the output on the example inputs by {change:.3g} (largest difference over the "
+            f"largest output). {why}; give the schedule more steps (Schedule.for_steps with a larger n, or a "
+            "longer stabilize phase) or a stronger penalty (a larger reg_limit), or fine-tune longer"
         )
     else:
         logger.info("slimming changed the output on the example inputs by %.3g (relative)", change)

@@ -5,7 +5,7 @@ that matches no module, a ratio or group pattern that matches no producer, a sam
 that leaves out a layer the model ties to it, and layers of different groups given different
 ratios are errors that name the layers. A skip pattern may name any module: a layer without
 output channels of its own (a depthwise conv, a norm) keeps the channels it carries, and one
-that changes nothing (a layer the trace pins anyway) is logged as a warning.
+that changes nothing (a layer the trace pins anyway) is an ``assl.ASSLWarning``.
 """
 
 from __future__ import annotations
@@ -17,10 +17,10 @@ from typing import Any, NamedTuple, cast
 
 from torch import nn
 
-from .._patterns import PatternError, match, match_each, patterns_of
+from .._patterns import PatternError, match, match_each, named, patterns_of
 from ..budgets.budget import Budget, check_ratio, solve_ratio, units_to_remove
 from ..budgets.latency_plan import LatencyPlan, latency_removed
-from ..errors import ArgumentError, ArgumentTypeError
+from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..graph import ChannelGroup, Graph
 from ._scales import scale_of
 from ._selection import owner_of
@@ -102,8 +102,8 @@ def resolve(
     graph: Graph,
     ratio: float | Mapping[str, float] | Budget,
     *,
-    skip: str | Iterable[str],
-    groups: Sequence[str | Sequence[str]] | None,
+    skip: str | nn.Module | Iterable[str | nn.Module],
+    groups: Sequence[str | nn.Module | Sequence[str | nn.Module]] | None,
     round_to: int | str,
     model: nn.Module,
     example_inputs: Any,
@@ -124,8 +124,13 @@ def resolve(
             "round_to='auto' takes the width step from a latency table: use it with "
             "budget=assl.Budget(latency=...) or Budget(relative_latency=...), or give an int"
         )
+    # module objects -> their names, before anything reads the patterns
+    skip_globs: str | Iterable[str] = named(skip, model, "skip")
+    group_globs: Any = groups
+    if groups is not None and not isinstance(groups, str) and isinstance(groups, Sequence):
+        group_globs = [named(g, model, f"groups[{i}]") for i, g in enumerate(groups)]
     producers = list(graph.layers)
-    kept_groups = _skipped_groups(graph, skip)
+    kept_groups = _skipped_groups(graph, skip_globs)
     for name in sorted(kept_groups):
         logger.info("group %s keeps all channels: it contains a skipped layer", name)
     ratio_of = _layer_ratios(ratio, producers)
@@ -146,7 +151,7 @@ def resolve(
         removed = removed_for(solved)
     else:
         removed = removed_for(None)
-    aligned = _aligned_groups(graph, groups, removed)
+    aligned = _aligned_groups(graph, group_globs, removed)
     if not any(removed.values()):
         raise ArgumentError(
             "nothing to prune: with this ratio, skip list and the channels the trace pins, no group loses a "
@@ -164,7 +169,7 @@ def _skipped_groups(graph: Graph, skip: str | Iterable[str]) -> set[str]:
         groups = {graph.group(n).name for n in hits} or {g for n in named for g in graph.groups_through(n)}
         kept |= groups
         if not any(graph.group(g).num_prunable for g in groups):
-            logger.warning("skip pattern %r changes nothing: %s", pattern, _why_nothing(graph, named))
+            warn(f"skip pattern {pattern!r} changes nothing: {_why_nothing(graph, named)}")
     return kept
 
 

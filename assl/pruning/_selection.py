@@ -10,7 +10,6 @@ chosen.
 
 from __future__ import annotations
 
-import logging
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import cast
@@ -21,15 +20,13 @@ from torch import nn
 from torch.nn.utils import parametrize
 
 from .._scoring import l1_scores, relative_sum
-from ..errors import ArgumentError, ASSLError
+from ..errors import ArgumentError, ASSLError, warn
 from ..graph import ChannelGroup, Graph
 from ..layers import has_affine
 from . import _alignment as alignment
 from ._scales import insert_scale
 
 __all__ = ["Carrier", "Scorer", "Selection", "claim", "owner_of", "release"]
-
-logger = logging.getLogger("assl")
 
 Scorer = Callable[[str], torch.Tensor]
 """Group name -> one score per unit (lower goes first)."""
@@ -307,9 +304,7 @@ class Selection:
         order = torch.argsort(scores.detach().cpu(), stable=True).tolist()
         chosen = g.pick(order, self.removed[name])
         if len(chosen) < self.removed[name]:
-            logger.warning(
-                "group %s: only %d of %d units can go without emptying a layer", name, len(chosen), self.removed[name]
-            )
+            warn(f"group {name}: only {len(chosen)} of {self.removed[name]} units can go without emptying a layer")
         self.set(name, chosen)
 
     def set(self, name: str, units: Iterable[int]) -> None:

@@ -20,7 +20,7 @@ from .._reparam import parametrizations_in_eval
 from .._slim import slimmed_copy
 from ..budgets.budget import Budget
 from ..budgets.latency_plan import LatencyPlan, report_measured
-from ..errors import ArgumentError, ASSLError, ASSLWarning
+from ..errors import ArgumentError, ASSLError, warn
 from ..graph import Graph
 from ..tracing import trace
 from ._liveness import liveness as measure_liveness
@@ -65,9 +65,10 @@ class Pruner:
         budget: Instead of ``ratio``, an :class:`assl.Budget`: parameters or MACs (solved for
             one ratio), or a latency on the example inputs' device (solved per group;
             :attr:`latency` tells the result). Give exactly one of ``ratio`` and ``budget``.
-        skip: Globs of layers that keep all their output channels (e.g. ``["*mean*", "*tail*"]``);
-            a whole group stays when one of its layers is skipped.
-        groups: Same-pruned groups as lists of globs (or comma-separated strings), e.g.
+        skip: Globs of layers that keep all their output channels (e.g. ``["*mean*", "*tail*"]``),
+            or the modules themselves (``[model.head[0]]``, turned into their names at once); a
+            whole group stays when one of its layers is skipped.
+        groups: Same-pruned groups as lists of globs (or comma-separated strings) or modules, e.g.
             ``[["model.head.0", "model.body.16", "*body.2"]]``. Checked against the trace; when
             omitted, the trace's coupled groups are used.
         steps: The number of optimizer steps to prune for: the schedule is
@@ -108,8 +109,8 @@ class Pruner:
         *,
         ratio: float | Mapping[str, float] | None = None,
         budget: Budget | None = None,
-        skip: str | Iterable[str] = (),
-        groups: Sequence[str | Sequence[str]] | None = None,
+        skip: str | nn.Module | Iterable[str | nn.Module] = (),
+        groups: Sequence[str | nn.Module | Sequence[str | nn.Module]] | None = None,
         schedule: Schedule | None = None,
         round_to: int | str = 1,
         extra_inputs: Sequence[Any] = (),
@@ -316,12 +317,10 @@ class Pruner:
         sel.check_finite()
         if not self._unaligned_told and self._step == 0 and not self.aligned and self.schedule.align_iters:
             self._unaligned_told = True
-            warnings.warn(
+            warn(
                 f"no group of this model is aligned, so the schedule's {self.schedule.align_iters} align steps are "
                 f"skipped: it is done after {self.total_steps} steps, not {self.schedule.total_steps}. "
-                "Pruner(..., steps=n) sizes the schedule to exactly n steps for the groups the model has",
-                ASSLWarning,
-                stacklevel=3,
+                "Pruner(..., steps=n) sizes the schedule to exactly n steps for the groups the model has"
             )
         if self.phase != "align" and not sel.complete():
             sel.choose_all(sel.scale_scores)
@@ -377,9 +376,10 @@ class Pruner:
 
         The result is checked against the masked model on the example inputs. The model given
         to the Pruner is left as it is (with its scales); the returned module is a new one.
-        How much the removal changed the output is logged, as a warning above
-        ``SLIM_CHANGE_WARNING`` (5% of the largest output): a sign that the schedule was too
-        short or its penalty too weak to drive the chosen channels to zero.
+        How much the removal changed the output is logged; above ``SLIM_CHANGE_WARNING`` (5% of
+        the largest output) it is an :class:`assl.ASSLWarning`: a sign that the schedule was too
+        short or its penalty too weak to drive the chosen channels to zero. Slimming before
+        :attr:`done` warns too.
 
         Raises:
             ASSLError: Called twice, NaN/inf scales, or a slimmed model that does not match the
@@ -392,13 +392,11 @@ class Pruner:
             raise ASSLError("slim() was already called: the slimmed module it returned is the result")
         never = warn_change and self._step == 0
         if never:
-            warnings.warn(
+            warn(
                 "slim() before any step was counted: neither pruner.step() nor the step() of an attached optimizer "
                 "ran, so the chosen channels were never penalized and removing them changes the output. Call "
                 "pruner.step() after backward() (or pruner.attach(optimizer) once) in the training loop, or use "
-                "prune_now() for one-shot pruning",
-                ASSLWarning,
-                stacklevel=3,
+                "prune_now() for one-shot pruning"
             )
         elif not self.done:
             warn_early(self.phase, self._step)

@@ -13,6 +13,7 @@ from torch.nn.utils import parametrize
 from torch.nn.utils.weight_norm import WeightNorm
 
 from .._reparam import hook_dim, legacy_hook, underlying, value
+from ..errors import warn
 from ..graph import ChannelGroup, Entry, Graph
 from .channels import Nodes
 
@@ -136,11 +137,10 @@ def log_graph(model: nn.Module, graph: Graph) -> None:
     """Log what the trace found: layers that never ran, opaque ops and layers, pinned groups."""
     untraced = graph.untraced
     if untraced:
-        logger.warning(
-            "%d layer(s) never ran on the example inputs and are left untouched: %s. If forward can "
-            "reach them with other inputs, pass those inputs as extra_inputs.",
-            len(untraced),
-            ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else ""),
+        names = ", ".join(untraced[:10]) + (" ..." if len(untraced) > 10 else "")
+        warn(
+            f"{len(untraced)} layer(s) never ran on the example inputs and are left untouched: {names}. If forward "
+            "can reach them with other inputs, pass those inputs as extra_inputs."
         )
     if graph.opaque_ops:
         logger.info("ops not modeled (their input channels stay): %s", graph.opaque_ops)
@@ -157,5 +157,5 @@ def log_graph(model: nn.Module, graph: Graph) -> None:
                 next(iter(g.reasons.values())),
             )
     if not any(g.num_prunable for g in graph.groups):
-        logger.warning("%s has no channel that can be removed exactly:\n%s", type(model).__name__, graph.summary())
+        warn(f"{type(model).__name__} has no channel that can be removed exactly:\n{graph.summary()}")
     logger.info("traced %d producers in %d channel groups", len(graph.layers), len(graph.groups))

@@ -21,10 +21,10 @@ from torch.nn.modules import module as _module
 from torch.overrides import TorchFunctionMode
 from torch.utils.weak import WeakIdKeyDictionary
 
-from .._inputs import check_on_device, input_sets
+from .._inputs import batch_size, check_on_device, input_sets
 from .._inputs import tensors as _tensors
 from .._reparam import exact_dim, opaque_reason, own_forward, spectral_reason
-from ..errors import ArgumentTypeError, TraceError
+from ..errors import ArgumentTypeError, TraceError, warn
 from ..graph import Entry, Graph
 from ..layers import CHANNEL_NORMS, LAYER_TYPES, PRODUCER_TYPES
 from .build import build_graph, log_graph, pin_shared
@@ -239,7 +239,7 @@ class _Tracer(ParameterTracking, TorchFunctionMode):
         except Opaque:
             self._opaque(name, inputs, f"`{name}` is not modeled by the tracer")
         except Exception as e:  # a rule that fails must never produce a wrong graph
-            logger.warning("tracing `%s` failed (%s: %s); treating it as opaque", name, type(e).__name__, e)
+            warn(f"tracing `{name}` failed ({type(e).__name__}: {e}); treating it as opaque (its channels stay)")
             self._opaque(name, inputs, f"`{name}` could not be traced ({type(e).__name__})")
         traced_inputs = [t for t in inputs if t in self.values]
         for o in outs:  # views, detach() and .data share memory: in-place changes must see it
@@ -346,6 +346,7 @@ def trace(
     devices = sorted({t.device.index or 0 for t in (*model.parameters(), *model.buffers()) if t.is_cuda})
     handles = []
     sizes: list[tuple[nn.Module, dict[str, Any]]] = []
+    positions: dict[str, int] = {}  # of the example inputs alone: what MACs are counted on
     try:
         for name, m in layers:
             # out_channels, num_features, ...: the forward code reading them follows slimming
@@ -369,6 +370,8 @@ def trace(
                         f"used exactly as given: a tensor is one positional argument (batch dimension "
                         f"included), a tuple/list positional arguments, a dict keyword arguments."
                     ) from e
+                if i == 0:
+                    positions = dict(tracer.positions)
                 for t in _tensors(out):
                     v = tracer.get(t)
                     if v is not None:
@@ -380,7 +383,7 @@ def trace(
         handles = []
         tracer.finish()
         pin_shared(model, tracer.entries.values(), tracer.nodes)
-        graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), tracer.positions)
+        graph = build_graph(model, tracer.nodes, tracer.sources, list(tracer.entries.values()), positions)
         graph.set_norms(
             {n: Nodes.roots(tracer.nodes.root_table(), labels) for n, labels in tracer.norms.items()},
             {p: tuple(sorted(norms)) for p, norms in tracer.norm_reads.items() if p not in tracer.raw_reads},
@@ -395,5 +398,6 @@ def trace(
     graph.opaque_ops = dict(tracer.opaque)
     graph.opaque_layers = dict(tracer.opaque_layers)
     graph.module_names = tuple(n for n, _ in model.named_modules() if n)
+    graph.samples = batch_size(calls[0])
     log_graph(model, graph)
     return graph

@@ -178,6 +178,12 @@ def run(argv: list[str] | None = None) -> dict:
                 pruner.schedule.penalty_form,
                 pruner.schedule.penalty(d - 1, bool(pruner.aligned)),
             )
+            # the schedule's true phase boundaries on the global step axis, for curves.png
+            origin = ctx.global_step - pruner.step_count  # the global step at which pruning began
+            firsts = {"align": 0, "regularize": a, "stabilize": r, "done": d}
+            ctx.history["phases"] = [
+                (origin + b, name) for name, b in firsts.items() if b <= iters and (name != "align" or a > 0)
+            ]
             train_stage(
                 ctx,
                 "prune",

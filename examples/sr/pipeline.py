@@ -14,6 +14,7 @@ import math
 import os
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,7 +74,8 @@ def setup(args: argparse.Namespace) -> Context:
         handler.setFormatter(logging.Formatter("%(asctime)s %(name)s %(levelname)s %(message)s"))
         console = _BarSafeHandler(logging.WARNING)  # the library's warnings reach the console too
         console.setFormatter(logging.Formatter("%(name)s %(levelname)s: %(message)s"))
-        for name in ("sr", "assl"):
+        warnings.showwarning = _log_warning  # assl.ASSLWarning and the like: into the log, above the bar
+        for name in ("sr", "assl", "py.warnings"):
             logging.getLogger(name).addHandler(handler)
             if not any(isinstance(h, _BarSafeHandler) for h in logging.getLogger(name).handlers):
                 logging.getLogger(name).addHandler(console)
@@ -85,6 +87,11 @@ def setup(args: argparse.Namespace) -> Context:
     log.info("torch uses %d CPU threads (--threads to change)", torch.get_num_threads())
     torch.manual_seed(args.seed + rank)
     return Context(args, out, device, rank, world)
+
+
+def _log_warning(message: Warning | str, category: type[Warning], filename: str, lineno: int, *_: object) -> None:
+    """Show a Python warning as a log record (``warnings.showwarning``), so it reaches log.txt and the console."""
+    logging.getLogger("py.warnings").warning("%s: %s (%s:%d)", category.__name__, message, filename, lineno)
 
 
 class _BarSafeHandler(logging.Handler):

@@ -54,7 +54,6 @@ def plot(path: Path, history: Mapping[str, list], widths: Mapping[str, tuple[int
     for ax in (loss_ax, psnr_ax):
         _mark(ax, stages, labels=True, ls="--")
         _mark(ax, phases, labels=False, ls=":")
-    _mark(sched_ax, phases, labels=True, ls=":")
     loss_ax.set(title="training L1 loss", xlabel="step (all stages)", yscale="log")
     psnr_ax.set(
         title="validation PSNR (Y, dB): one validation photo, not the test photos of the table",
@@ -63,14 +62,20 @@ def plot(path: Path, history: Mapping[str, list], widths: Mapping[str, tuple[int
     sched = history.get("schedule", [])
     if sched:
         steps, _, penalty, ratio = zip(*sched)
-        sched_ax.plot(steps, penalty, color="tab:purple", label="penalty")
+        (pen,) = sched_ax.plot(steps, penalty, color="tab:purple", label="penalty (left axis)")
         sched_ax.set_ylabel("penalty", color="tab:purple")
         twin = sched_ax.twinx()
-        twin.plot(steps, ratio, color="tab:orange", label="chosen / kept |scale|")
+        (rat,) = twin.plot(steps, ratio, color="tab:orange", label="chosen / kept |scale| (right axis, log)")
         twin.set(yscale="log", ylabel="mean |scale| of chosen units / kept (worst group)")
-        twin.legend(loc="center right")
-        if steps[-1] > steps[0]:
-            sched_ax.set_xlim(steps[0], steps[-1])
+        # one legend for both curves, under the axes where it covers neither
+        sched_ax.legend(
+            [pen, rat], [pen.get_label(), rat.get_label()], loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=2
+        )
+        left = min([steps[0], *(s for s, _ in phases)])
+        right = max([steps[-1], *(s for s, _ in phases)])
+        if right > left:
+            sched_ax.set_xlim(left, right)
+    _mark(sched_ax, phases, labels=True, ls=":")  # after the limits: a label at the right edge goes inside
     sched_ax.set(title="pruning schedule (prune stage)", xlabel="step (all stages)")
     names = list(widths)
     x = np.arange(len(names))
@@ -86,24 +91,31 @@ def plot(path: Path, history: Mapping[str, list], widths: Mapping[str, tuple[int
 
 
 def _boundaries(history: Mapping[str, list]) -> tuple[list[tuple[int, str]], list[tuple[int, str]]]:
-    """(step, name) where each stage begins, and where each pruning phase begins."""
+    """(step, name) where each stage begins, and where each pruning phase begins: the schedule's
+    own boundaries when the run recorded them (``history["phases"]``), else the first sampled
+    step of each phase."""
     stages: list[tuple[int, str]] = []
     for stage, step, _ in history.get("loss", []):
         if not stages or stages[-1][1] != stage:
             stages.append((step, stage))
-    phases: list[tuple[int, str]] = []
-    for step, phase, _, _ in history.get("schedule", []):
-        if not phases or phases[-1][1] != phase:
-            phases.append((step, phase))
+    phases: list[tuple[int, str]] = [(int(s), str(n)) for s, n in history.get("phases", [])]
+    if not phases:
+        for step, phase, _, _ in history.get("schedule", []):
+            if not phases or phases[-1][1] != phase:
+                phases.append((step, phase))
     return stages, phases
 
 
 def _mark(ax: Any, bounds: list[tuple[int, str]], *, labels: bool, ls: str) -> None:
+    lo, hi = ax.get_xlim()
     for i, (step, name) in enumerate(bounds):
         ax.axvline(step, color="gray", lw=0.8, ls=ls)
         if labels:
             y = 0.98 - 0.06 * (i % 2)  # alternate heights so that close labels do not overlap
-            ax.text(step, y, f" {name}", transform=ax.get_xaxis_transform(), fontsize=9, va="top", color="dimgray")
+            right = hi > lo and (step - lo) / (hi - lo) > 0.9  # near the right edge: the label goes left of the line
+            text = f"{name} " if right else f" {name}"
+            ax.text(step, y, text, transform=ax.get_xaxis_transform(), fontsize=9, va="top", color="dimgray",
+                    ha="right" if right else "left")  # fmt: skip
 
 
 def table(rows: Sequence[tuple[str, str]]) -> str:
