@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import difflib
 import math
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -236,9 +237,13 @@ class Graph:
         return [(e, ~np.isin(r, removed)) for e, r in zip(self._entries, self._entry_roots)]
 
     def _shapes_after(self, plan: Plan | None) -> dict[tuple[str, str], list[int]]:
+        return self._shapes_without(self.removed_roots(plan) if plan else None)
+
+    def _shapes_without(self, removed: np.ndarray | None) -> dict[tuple[str, str], list[int]]:
         shapes = {k: list(s) for k, s in self._shapes.items()}
-        if plan:
-            for e, keep in self.cuts(plan):
+        if removed is not None and removed.size:
+            for e, roots in zip(self._entries, self._entry_roots):
+                keep = ~np.isin(roots, removed)
                 key = (e.module, e.tensor)
                 if key in shapes:
                     shapes[key][e.dim] = int(keep.sum())
@@ -246,6 +251,9 @@ class Graph:
                     if dim == e.dim and (e.module, other) in shapes:
                         shapes[(e.module, other)][dim] = int(keep.sum())
         return shapes
+
+    def _count_without(self, removed: np.ndarray) -> int:
+        return self._fixed_params + sum(math.prod(s) for s in self._shapes_without(removed).values())
 
     def count_params(self, plan: Plan | None = None) -> int:
         """Parameters of the model after slimming with ``plan`` (of the dense model if None).
@@ -307,6 +315,55 @@ class Graph:
         mine = np.concatenate(roots)
         return tuple(name for name, units in self._unit_roots.items() if np.isin(units, mine).any())
 
+    def shortfall(self, removed: Mapping[str, int], ratio: float) -> str | None:
+        """Why ``ratio`` removes much less than asked, when channels the trace pins are the cause.
+
+        Args:
+            removed: Units each group loses (as the Pruner resolved them); a group that loses none
+                although it could is taken as kept whole by the user (a skip pattern).
+            ratio: The fraction of every group's channels asked for.
+
+        Returns:
+            A message naming the share of parameters removed, the share that removing ``ratio``
+            of every group's units would remove were nothing pinned, and the main reasons channels
+            stay; ``None`` when what is removed is at least half of that.
+        """
+        asked_roots, got_roots = [], []
+        units: dict[str, int] = {}
+        groups: dict[str, int] = {}
+        example: dict[str, str] = {}
+        for g in self.groups:
+            asked = min(math.ceil(ratio * g.size - 1e-9), g.size - 1)
+            got = removed.get(g.name, 0)
+            if asked <= 0 or (got == 0 and g.num_prunable >= asked):
+                continue
+            roots = self._unit_roots[g.name]
+            asked_roots.append(roots[:asked])
+            got_roots.append(roots[g.pick(range(g.size), got)])
+            if g.num_prunable >= asked:
+                continue
+            kinds = {_reason_kind(r): r for r in g.reasons.values()}
+            for reason in g.reasons.values():
+                units[_reason_kind(reason)] = units.get(_reason_kind(reason), 0) + 1
+            for kind, reason in kinds.items():
+                groups[kind] = groups.get(kind, 0) + 1
+                example.setdefault(kind, reason)
+        total = self.count_params()
+        count = {
+            name: total - self._count_without(np.concatenate(r))
+            for name, r in (("asked", asked_roots), ("got", got_roots))
+            if r
+        }
+        if not count.get("asked") or count.get("got", 0) >= 0.5 * count["asked"]:
+            return None
+        top = sorted(units, key=lambda k: -units[k])[:3]
+        reasons = "; ".join(f"{units[k]} units in {groups[k]} group(s), e.g. {example[k]}" for k in top)
+        return (
+            f"ratio {ratio} removes {count.get('got', 0) / total:.1%} of the parameters; with nothing pinned it "
+            f"would remove {count['asked'] / total:.1%}, but the trace pins channels. Main reasons: {reasons}. "
+            f"See graph.summary() for every group"
+        )
+
     def summary(self) -> str:
         """A table of the groups: name, producers, units, removable units and why others stay.
 
@@ -325,3 +382,8 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph({len(self.groups)} groups, {len(self.layers)} producers)"
+
+
+def _reason_kind(reason: str) -> str:
+    """A reason without the names and lines in it, so that reasons of one kind count together."""
+    return re.sub(r"\(at [^)]*\)|at \S+:\d+", "", re.sub(r"`[^`]*`", "`...`", reason)).strip()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
@@ -111,6 +112,10 @@ class Pruner(Readouts):
         self.removed, self.aligned, self.latency = resolve(
             self.graph, ratio, skip=skip, groups=groups, round_to=round_to, model=model, example_inputs=example_inputs
         )
+        if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
+            shortfall = self.graph.shortfall(self.removed, float(ratio))
+            if shortfall:  # the trace pins so much that the ratio asked means little
+                warnings.warn(shortfall, stacklevel=2)
         self._step = 0
         self._hook: Any = None
         self._slimmed = False
