@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import difflib
 import math
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 
@@ -149,6 +148,44 @@ class Graph:
                 out[name] = units
         return out
 
+    def _units(self, group: str, roots: np.ndarray) -> np.ndarray:
+        """The unit of ``group`` behind each root (``-1``: another group's, or a channel that stays)."""
+        mine = self._unit_roots[self.group(group).name]
+        order = np.argsort(mine)
+        pos = np.searchsorted(mine, roots, sorter=order)
+        pos = np.minimum(pos, len(mine) - 1)
+        hit = (roots >= 0) & (mine[order[pos]] == roots) if len(mine) else np.zeros(len(roots), dtype=bool)
+        return np.where(hit, order[pos] if len(mine) else -1, -1)
+
+    def readers(self, group: str) -> dict[str, np.ndarray]:
+        """The layers that read the units of ``group``: convolutions and Linear layers consuming them.
+
+        Returns:
+            Layer name -> the unit of each index along its weight's input dimension (``-1`` for
+            channels of other groups); input channel ``c`` of a grouped convolution is index
+            ``c % len(units)``.
+        """
+        out: dict[str, np.ndarray] = {}
+        for e, roots in zip(self._entries, self._entry_roots):
+            if e.tensor != "weight" or e.role != "slice" or e.module not in self._positions:
+                continue
+            units = self._units(group, roots)
+            if (units >= 0).any():
+                out[e.module] = units
+        return out
+
+    def carried(self, group: str) -> list[tuple[str, str, int, np.ndarray]]:
+        """Tensors the masked model zeroes along the units of ``group`` (producers' rows, norm and
+        per-channel parameters on the way to the readers): ``(module, tensor, dim, unit per index)``."""
+        out = []
+        for e, roots in zip(self._entries, self._entry_roots):
+            if e.role != "zero":
+                continue
+            units = self._units(group, roots)
+            if (units >= 0).any():
+                out.append((e.module, e.tensor, e.dim, units))
+        return out
+
     # --- groups ------------------------------------------------------------------------------
 
     def group(self, name: str) -> ChannelGroup:
@@ -252,7 +289,14 @@ class Graph:
                         shapes[(e.module, other)][dim] = int(keep.sum())
         return shapes
 
-    def _count_without(self, removed: np.ndarray) -> int:
+    def count_params_removing(self, units: Mapping[str, Iterable[int]]) -> int:
+        """Parameters left after removing ``units`` (group -> unit indices), even units that must stay.
+
+        What a plan would leave were nothing pinned; :meth:`count_params` counts a valid plan.
+        """
+        roots = {name: self._unit_roots[self.group(name).name] for name in units}
+        parts = [roots[name][np.asarray(list(u), dtype=np.int64)] for name, u in units.items()]
+        removed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
         return self._fixed_params + sum(math.prod(s) for s in self._shapes_without(removed).values())
 
     def count_params(self, plan: Plan | None = None) -> int:
@@ -315,55 +359,6 @@ class Graph:
         mine = np.concatenate(roots)
         return tuple(name for name, units in self._unit_roots.items() if np.isin(units, mine).any())
 
-    def shortfall(self, removed: Mapping[str, int], ratio: float) -> str | None:
-        """Why ``ratio`` removes much less than asked, when channels the trace pins are the cause.
-
-        Args:
-            removed: Units each group loses (as the Pruner resolved them); a group that loses none
-                although it could is taken as kept whole by the user (a skip pattern).
-            ratio: The fraction of every group's channels asked for.
-
-        Returns:
-            A message naming the share of parameters removed, the share that removing ``ratio``
-            of every group's units would remove were nothing pinned, and the main reasons channels
-            stay; ``None`` when what is removed is at least half of that.
-        """
-        asked_roots, got_roots = [], []
-        units: dict[str, int] = {}
-        groups: dict[str, int] = {}
-        example: dict[str, str] = {}
-        for g in self.groups:
-            asked = min(math.ceil(ratio * g.size - 1e-9), g.size - 1)
-            got = removed.get(g.name, 0)
-            if asked <= 0 or (got == 0 and g.num_prunable >= asked):
-                continue
-            roots = self._unit_roots[g.name]
-            asked_roots.append(roots[:asked])
-            got_roots.append(roots[g.pick(range(g.size), got)])
-            if g.num_prunable >= asked:
-                continue
-            kinds = {_reason_kind(r): r for r in g.reasons.values()}
-            for reason in g.reasons.values():
-                units[_reason_kind(reason)] = units.get(_reason_kind(reason), 0) + 1
-            for kind, reason in kinds.items():
-                groups[kind] = groups.get(kind, 0) + 1
-                example.setdefault(kind, reason)
-        total = self.count_params()
-        count = {
-            name: total - self._count_without(np.concatenate(r))
-            for name, r in (("asked", asked_roots), ("got", got_roots))
-            if r
-        }
-        if not count.get("asked") or count.get("got", 0) >= 0.5 * count["asked"]:
-            return None
-        top = sorted(units, key=lambda k: -units[k])[:3]
-        reasons = "; ".join(f"{units[k]} units in {groups[k]} group(s), e.g. {example[k]}" for k in top)
-        return (
-            f"ratio {ratio} removes {count.get('got', 0) / total:.1%} of the parameters; with nothing pinned it "
-            f"would remove {count['asked'] / total:.1%}, but the trace pins channels. Main reasons: {reasons}. "
-            f"See graph.summary() for every group"
-        )
-
     def summary(self) -> str:
         """A table of the groups: name, producers, units, removable units and why others stay.
 
@@ -382,8 +377,3 @@ class Graph:
 
     def __repr__(self) -> str:
         return f"Graph({len(self.groups)} groups, {len(self.layers)} producers)"
-
-
-def _reason_kind(reason: str) -> str:
-    """A reason without the names and lines in it, so that reasons of one kind count together."""
-    return re.sub(r"\(at [^)]*\)|at \S+:\d+", "", re.sub(r"`[^`]*`", "`...`", reason)).strip()

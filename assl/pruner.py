@@ -21,7 +21,9 @@ from .config import check_arguments, resolve
 from .errors import ASSLError
 from .graph import Graph
 from .latency_budget import report_measured
+from .liveness import unsilenceable
 from .penalty import apply_penalty, check_optimizer, step_pre_hook
+from .pinned import shortfall
 from .readouts import Readouts
 from .reparam import parametrizations_in_eval
 from .report import SLIM_CHANGE_WARNING, report_change, warn_early
@@ -112,10 +114,16 @@ class Pruner(Readouts):
         self.removed, self.aligned, self.latency = resolve(
             self.graph, ratio, skip=skip, groups=groups, round_to=round_to, model=model, example_inputs=example_inputs
         )
+        for name, why in unsilenceable(model, self.graph, self.removed, example_inputs).items():
+            warnings.warn(f"group {name} keeps all its channels: {why}", stacklevel=2)
+            self.removed[name] = 0
+        if not any(self.removed.values()):
+            raise ValueError(f"nothing to prune: no penalty can silence what could go\n{self.graph.summary()}")
+        self.aligned = [name for name in self.aligned if self.removed[name]]
         if isinstance(ratio, (int, float)) and not isinstance(ratio, bool):
-            shortfall = self.graph.shortfall(self.removed, float(ratio))
-            if shortfall:  # the trace pins so much that the ratio asked means little
-                warnings.warn(shortfall, stacklevel=2)
+            short = shortfall(self.graph, self.removed, float(ratio))
+            if short:  # the trace pins so much that the ratio asked means little
+                warnings.warn(short, stacklevel=2)
         self._step = 0
         self._hook: Any = None
         self._slimmed = False

@@ -146,9 +146,9 @@ class Readouts:
     def liveness(self) -> dict[str, float]:
         """Per group with chosen units: how much signal the chosen channels still carry.
 
-        The RMS of the chosen channels over the RMS of the kept ones where their consumers read
-        them (the output of the producer, or of the normalization layer that carries them), on
-        the example inputs in eval mode. ``0``: removing them changes nothing; ``1``: as loud as
-        the channels that stay.
+        The RMS of the chosen channels over the RMS of the kept ones at the input of every layer
+        that reads them (after any norm, affine, shift or standardization between the carrier and
+        it), on the example inputs in eval mode. ``0``: removing them changes nothing; ``1``: as
+        loud as the channels that stay.
         """
         return measure_liveness(self.model, self._selection, self.example_inputs)

@@ -53,7 +53,8 @@ def test_fused_norm_act_is_traced_and_carries_its_channels_like_a_batchnorm():
     normalized = {"stem.0": ("stem.1",), "block.0": ("block.1",), "block.2": ("block.3",), "block.4": ("block.5",)}
     assert graph.normalized == normalized
     pruner = assl.Pruner(NormActNet(), X, ratio=0.5, schedule=TINY)
-    assert pruner.carriers("block.0") == [("block.1", "norm"), ("block.3", "norm")]
+    # its norms carry it; the depthwise filters between them are penalized with the group
+    assert pruner.carriers("block.0") == [("block.1", "norm"), ("block.3", "norm"), ("block.2.weight", "param")]
     _exact(model, {"stem.0": [1, 2, 6], "block.0": [0, 3, 4, 9, 15]})
     assert model.stem[1].num_features == 5 and model.block[3].weight.shape == (11,)
     assert model.block[2].groups == 11  # the depthwise conv between them followed
