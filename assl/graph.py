@@ -150,6 +150,44 @@ class Graph:
                 out[name] = units
         return out
 
+    def _units(self, group: str, roots: np.ndarray) -> np.ndarray:
+        """The unit of ``group`` behind each root (``-1``: another group's, or a channel that stays)."""
+        mine = self._unit_roots[self.group(group).name]
+        order = np.argsort(mine)
+        pos = np.searchsorted(mine, roots, sorter=order)
+        pos = np.minimum(pos, len(mine) - 1)
+        hit = (roots >= 0) & (mine[order[pos]] == roots) if len(mine) else np.zeros(len(roots), dtype=bool)
+        return np.where(hit, order[pos] if len(mine) else -1, -1)
+
+    def readers(self, group: str) -> dict[str, np.ndarray]:
+        """The layers that read the units of ``group``: convolutions and Linear layers consuming them.
+
+        Returns:
+            Layer name -> the unit of each index along its weight's input dimension (``-1`` for
+            channels of other groups); input channel ``c`` of a grouped convolution is index
+            ``c % len(units)``.
+        """
+        out: dict[str, np.ndarray] = {}
+        for e, roots in zip(self._entries, self._entry_roots):
+            if e.tensor != "weight" or e.role != "slice" or e.module not in self._positions:
+                continue
+            units = self._units(group, roots)
+            if (units >= 0).any():
+                out[e.module] = units
+        return out
+
+    def carried(self, group: str) -> list[tuple[str, str, int, np.ndarray]]:
+        """Tensors the masked model zeroes along the units of ``group`` (producers' rows, norm and
+        per-channel parameters on the way to the readers): ``(module, tensor, dim, unit per index)``."""
+        out = []
+        for e, roots in zip(self._entries, self._entry_roots):
+            if e.role != "zero":
+                continue
+            units = self._units(group, roots)
+            if (units >= 0).any():
+                out.append((e.module, e.tensor, e.dim, units))
+        return out
+
     # --- groups ------------------------------------------------------------------------------
 
     def group(self, name: str) -> ChannelGroup:
@@ -238,9 +276,13 @@ class Graph:
         return [(e, ~np.isin(r, removed)) for e, r in zip(self._entries, self._entry_roots)]
 
     def _shapes_after(self, plan: Plan | None) -> dict[tuple[str, str], list[int]]:
+        return self._shapes_without(self.removed_roots(plan) if plan else None)
+
+    def _shapes_without(self, removed: np.ndarray | None) -> dict[tuple[str, str], list[int]]:
         shapes = {k: list(s) for k, s in self._shapes.items()}
-        if plan:
-            for e, keep in self.cuts(plan):
+        if removed is not None and removed.size:
+            for e, roots in zip(self._entries, self._entry_roots):
+                keep = ~np.isin(roots, removed)
                 key = (e.module, e.tensor)
                 if key in shapes:
                     shapes[key][e.dim] = int(keep.sum())
@@ -248,6 +290,16 @@ class Graph:
                     if dim == e.dim and (e.module, other) in shapes:
                         shapes[(e.module, other)][dim] = int(keep.sum())
         return shapes
+
+    def count_params_removing(self, units: Mapping[str, Iterable[int]]) -> int:
+        """Parameters left after removing ``units`` (group -> unit indices), even units that must stay.
+
+        What a plan would leave were nothing pinned; :meth:`count_params` counts a valid plan.
+        """
+        roots = {name: self._unit_roots[self.group(name).name] for name in units}
+        parts = [roots[name][np.asarray(list(u), dtype=np.int64)] for name, u in units.items()]
+        removed = np.concatenate(parts) if parts else np.zeros(0, dtype=np.int64)
+        return self._fixed_params + sum(math.prod(s) for s in self._shapes_without(removed).values())
 
     def count_params(self, plan: Plan | None = None) -> int:
         """Parameters of the model after slimming with ``plan`` (of the dense model if None).

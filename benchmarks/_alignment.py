@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 import torch
 from _sr_bench import mean_sd
 
-import assl
+from assl.pruning._alignment import ALIGN_LOSSES
 
 DEFAULT_SETTINGS = ["noalign", "consensus:0", "authors:1", "consensus:1", "consensus:10"]
 CONTROL = "consensus:0"
@@ -26,8 +26,8 @@ def parse_setting(text: str) -> tuple[str, float] | None:
     if text == "noalign":
         return None
     loss, _, weight = text.partition(":")
-    if loss not in assl.alignment.ALIGN_LOSSES or not weight:
-        raise argparse.ArgumentTypeError(f"a setting is noalign or LOSS:WEIGHT, LOSS in {assl.alignment.ALIGN_LOSSES}")
+    if loss not in ALIGN_LOSSES or not weight:
+        raise argparse.ArgumentTypeError(f"a setting is noalign or LOSS:WEIGHT, LOSS in {ALIGN_LOSSES}")
     return loss, float(weight)
 
 

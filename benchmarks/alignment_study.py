@@ -14,7 +14,7 @@ Measured per run, on the aligned group (the residual stream):
 
 * ``grad ratio``: ``||grad_g(align_weight * alignment loss)|| / ||grad_g(task loss)||`` over the
   group's scales on the first batches: how much of the scales' gradient the alignment term is;
-* ``agreement``: :func:`assl.alignment.agreement` of the group's ``|g|``, the mean over pairs of
+* ``agreement``: `assl.pruning._alignment.agreement` of the group's ``|g|``, the mean over pairs of
   its layers of the overlap of the channels each would keep on its own (top ``n - k``), at the
   start and at the end of the alignment phase; chance is ``(n - k) / n``, 1 means every layer
   keeps the same channels;

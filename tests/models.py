@@ -799,6 +799,221 @@ class HookNet(nn.Module):
         return self.tail(torch.relu(self.b(x)))
 
 
+# ----------------------------------------------------------------------------- layers with a forward of their own
+
+
+class BatchNormAct2d(nn.BatchNorm2d):
+    """timm-style fused norm-act: a BatchNorm2d subclass whose forward calls F.batch_norm, then an activation."""
+
+    def __init__(self, num_features: int, act=nn.ReLU):
+        super().__init__(num_features)
+        self.drop = nn.Identity()
+        self.act = act()
+
+    def forward(self, x):
+        if self.training and self.track_running_stats:
+            self.num_batches_tracked.add_(1)
+        bn_training = self.training or (self.running_mean is None and self.running_var is None)
+        x = F.batch_norm(
+            x,
+            self.running_mean if not self.training or self.track_running_stats else None,
+            self.running_var if not self.training or self.track_running_stats else None,
+            self.weight,
+            self.bias,
+            bn_training,
+            0.0 if self.momentum is None else self.momentum,
+            self.eps,
+        )
+        return self.act(self.drop(x))
+
+
+class NormActNet(nn.Module):
+    """Conv + BatchNormAct2d stem, a residual block of conv/BatchNormAct2d pairs, a conv head."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(3, ch, 3, padding=1, bias=False), BatchNormAct2d(ch))
+        self.block = nn.Sequential(
+            nn.Conv2d(ch, 2 * ch, 1, bias=False),
+            BatchNormAct2d(2 * ch, act=nn.SiLU),
+            nn.Conv2d(2 * ch, 2 * ch, 3, padding=1, groups=2 * ch, bias=False),
+            BatchNormAct2d(2 * ch, act=nn.Hardswish),
+            nn.Conv2d(2 * ch, ch, 1, bias=False),
+            BatchNormAct2d(ch, act=nn.Identity),
+        )
+        self.head = nn.Conv2d(ch, 4, 3, padding=1)
+
+    def forward(self, x):
+        x = self.stem(x)
+        return self.head(x + self.block(x))
+
+
+class FrozenBatchNorm2d(nn.Module):
+    """torchvision's FrozenBatchNorm2d: statistics and affine parameters as buffers, ``x * scale + shift``."""
+
+    def __init__(self, num_features: int, eps: float = 1e-5):
+        super().__init__()
+        self.eps = eps
+        self.register_buffer("weight", torch.rand(num_features) + 0.5)
+        self.register_buffer("bias", torch.rand(num_features) - 0.5)
+        self.register_buffer("running_mean", torch.rand(num_features) - 0.5)
+        self.register_buffer("running_var", torch.rand(num_features) + 0.5)
+
+    def forward(self, x):
+        w = self.weight.reshape(1, -1, 1, 1)
+        b = self.bias.reshape(1, -1, 1, 1)
+        rv = self.running_var.reshape(1, -1, 1, 1)
+        rm = self.running_mean.reshape(1, -1, 1, 1)
+        scale = w * (rv + self.eps).rsqrt()
+        bias = b - rm * scale
+        return x * scale + bias
+
+
+class FrozenBNResNet(nn.Module):
+    """A ResNet stage built with FrozenBatchNorm2d (detection backbones)."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, ch, 3, padding=1, bias=False)
+        self.bn1 = FrozenBatchNorm2d(ch)
+        self.a = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.bn_a = FrozenBatchNorm2d(ch)
+        self.b = nn.Conv2d(ch, ch, 3, padding=1, bias=False)
+        self.bn_b = FrozenBatchNorm2d(ch)
+        self.fc = nn.Linear(ch, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(x + self.bn_b(self.b(torch.relu(self.bn_a(self.a(x))))))
+        return self.fc(x.mean((2, 3)))
+
+
+class ScaledStdConv2d(nn.Conv2d):
+    """timm's ScaledStdConv2d (NF-ResNets): the weight standardized per filter by F.batch_norm, times a gain."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_channels, 1, 1, 1) + 0.5)
+        self.scale = self.weight[0].numel() ** -0.5
+        self.eps = 1e-6
+
+    def forward(self, x):
+        weight = F.batch_norm(
+            self.weight.reshape(1, self.out_channels, -1),
+            None,
+            None,
+            weight=(self.gain * self.scale).view(-1),
+            training=True,
+            momentum=0.0,
+            eps=self.eps,
+        ).reshape_as(self.weight)
+        return F.conv2d(x, weight, self.bias, self.stride, self.padding, self.dilation, self.groups)
+
+
+class Conv2dSame(nn.Conv2d):
+    """timm's Conv2dSame: TensorFlow 'same' padding computed from the input size, then F.conv2d."""
+
+    def forward(self, x):
+        ih, iw = x.shape[-2:]
+        kh, kw = self.weight.shape[-2:]
+        pad_h = max((math.ceil(ih / self.stride[0]) - 1) * self.stride[0] + (kh - 1) * self.dilation[0] + 1 - ih, 0)
+        pad_w = max((math.ceil(iw / self.stride[1]) - 1) * self.stride[1] + (kw - 1) * self.dilation[1] + 1 - iw, 0)
+        x = F.pad(x, [pad_w // 2, pad_w - pad_w // 2, pad_h // 2, pad_h - pad_h // 2])
+        return F.conv2d(x, self.weight, self.bias, self.stride, (0, 0), self.dilation, self.groups)
+
+
+class ScaledLinear(nn.Linear):
+    """A Linear subclass that scales its rows by a learned per-output gain in its own forward."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.gain = nn.Parameter(torch.rand(self.out_features) + 0.5)
+
+    def forward(self, x):
+        return F.linear(x, self.weight * self.gain.view(-1, 1), self.bias)
+
+
+class OwnForwardNet(nn.Module):
+    """Weight-standardized convs with gains (one the issue's WSConv2d, one timm's F.batch_norm form), a
+    depthwise Conv2dSame, a ConvTranspose2d with its own forward and a Linear subclass."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.stem = default_conv(3, ch, 3)
+        self.ws = WSConv2d(ch, ch, 3, padding=1)
+        self.mid = default_conv(ch, ch, 3)
+        self.std = ScaledStdConv2d(ch, 2 * ch, 1)
+        self.dw = Conv2dSame(2 * ch, 2 * ch, 3, stride=2, groups=2 * ch)
+        self.pw = Conv2dSame(2 * ch, ch, 1)
+        self.up = _ConvTransposeOwn(ch, ch, 2, stride=2)
+        self.fc1 = ScaledLinear(ch, 12)
+        self.fc2 = nn.Linear(12, 5)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        x = torch.relu(self.mid(torch.relu(self.ws(x))))
+        x = torch.relu(self.pw(torch.relu(self.dw(torch.relu(self.std(x))))))
+        x = torch.relu(self.up(x))
+        return self.fc2(torch.relu(self.fc1(x.mean((2, 3)))))
+
+
+class _ConvTransposeOwn(nn.ConvTranspose2d):
+    def forward(self, x):
+        return F.conv_transpose2d(x, self.weight, self.bias, self.stride, self.padding, self.output_padding)
+
+
+class PerChannelNet(nn.Module):
+    """Hand-written per-channel code between convs: a ConvNeXt layer scale on a residual branch, an affine
+    with the module's own Parameters, a shift, and a standardization by buffers and by instance statistics."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.stem = default_conv(3, ch, 3)
+        self.pw1 = nn.Conv2d(ch, 2 * ch, 1)
+        self.pw2 = nn.Conv2d(2 * ch, ch, 1)
+        self.gamma = nn.Parameter(torch.rand(ch) + 0.5)
+        self.a = default_conv(ch, ch, 3)
+        self.w = nn.Parameter(torch.rand(ch) + 0.5)
+        self.b = nn.Parameter(torch.rand(ch) - 0.5)
+        self.shift = nn.Parameter(torch.randn(ch))
+        self.c = default_conv(ch, ch, 3)
+        self.register_buffer("mean", torch.randn(ch))
+        self.register_buffer("std", torch.rand(ch) + 0.5)
+        self.d = default_conv(ch, ch, 3)
+        self.head = default_conv(ch, 3, 3)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = x + self.pw2(F.gelu(self.pw1(x))).mul(self.gamma.reshape(1, -1, 1, 1))
+        h = self.a(x) * self.w.view(1, -1, 1, 1) + self.b.view(1, -1, 1, 1)
+        h = torch.relu(h) + self.shift[:, None, None]
+        h = (self.c(h) - self.mean.view(1, -1, 1, 1)) / (self.std.view(1, -1, 1, 1) + 1e-5)
+        h = self.d(torch.relu(h))
+        h = (h - h.mean((2, 3), keepdim=True)) / (h.std((2, 3), keepdim=True) + 1e-5)
+        return self.head(h)
+
+
+class SizesNet(nn.Module):
+    """Channel counts used in the forward code: as sizes (followed), as numbers (their group stays)."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.stem = default_conv(3, ch, 3)
+        self.a = default_conv(ch, ch, 3)
+        self.b = default_conv(ch, ch, 3)
+        self.c = default_conv(ch, ch, 3)
+        self.head = default_conv(ch, 3, 3)
+
+    def forward(self, x):
+        x = torch.relu(self.stem(x))
+        h = torch.relu(self.a(x))
+        b, c, hh, ww = h.shape
+        h = h + torch.zeros(b, c, hh, ww) + h.new_zeros(b, c, 1, 1)  # sizes: followed
+        h = self.b(h.view(b, c, hh * ww).view(b, -1, hh, ww))
+        h = h * h.shape[1] ** -0.5  # a number: b's channels stay
+        return self.head(torch.relu(self.c(torch.relu(h))) + x)
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -868,4 +1083,9 @@ CASES: list[Case] = [
     Case("legacy_spectral_norm", _seeded(LegacySpectralNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 6, 10)),
     Case("spectral_norm", _seeded(SpectralNormNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 10)),
     Case("hooks", _seeded(HookNet), _rand(2, 3, 8, 8), _rand(2, 3, 12, 10)),
+    Case("norm_act", _seeded(NormActNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 6)),
+    Case("frozen_bn", _seeded(FrozenBNResNet), _rand(2, 3, 8, 8), _rand(2, 3, 12, 10)),
+    Case("own_forward", _seeded(OwnForwardNet), _rand(2, 3, 9, 9), _rand(2, 3, 12, 14)),
+    Case("per_channel", _seeded(PerChannelNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 12)),
+    Case("sizes", _seeded(SizesNet), _rand(2, 3, 8, 8), _rand(2, 3, 6, 10)),
 ]

@@ -91,7 +91,7 @@ def test_the_issues_ws_conv_in_a_residual_block_prunes_its_filters_exactly():
     assert graph.group("a").num_prunable == 8 and graph.group("head").num_prunable == 0
     plan = {"a": [1, 4, 6]}
     masked = assl.masked_copy(model, graph, plan)
-    assl.slim(model, graph, plan)
+    assl.apply_plan(model, graph, plan)
     assert model.a.weight.shape == (5, 8, 3, 3) and model.a.gain.shape == (5, 1, 1, 1)
     assert model.a.out_channels == 5 and model.b.in_channels == 5
     for x in (X, torch.randn(1, 3, 11, 7)):
@@ -115,7 +115,7 @@ def test_forward_replaced_on_the_instance_is_traced_through():
     graph = assl.trace(model, X)
     assert not graph.opaque_layers and graph.group("a").num_prunable == 8
     masked = assl.masked_copy(model, graph, {"a": [0, 3]})
-    assl.slim(model, graph, {"a": [0, 3]})
+    assl.apply_plan(model, graph, {"a": [0, 3]})
     assert max_rel_err(masked, model, X) < 1e-5
     model = _Res()
     model.a.forward = lambda x: nn.functional.conv2d(x, model.a.weight.flip(0), model.a.bias, padding=1)

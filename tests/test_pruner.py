@@ -30,7 +30,11 @@ def _x(seed=0, size=8):
 # --- scales --------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+# a frozen BatchNorm's shift keeps every channel alive where it is read: the Pruner refuses that net
+PRUNABLE = [c for c in CASES if c.name != "frozen_bn"]
+
+
+@pytest.mark.parametrize("case", PRUNABLE, ids=lambda c: c.name)
 def test_inserting_scales_keeps_outputs(case):
     model = case.build().eval()
     x = case.inputs(0)
@@ -305,7 +309,7 @@ def test_group_layers_end_with_one_index_set():
 # --- slim ----------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("case", CASES, ids=lambda c: c.name)
+@pytest.mark.parametrize("case", PRUNABLE, ids=lambda c: c.name)
 def test_slim_after_pruning_equals_masked_on_the_battery(case):
     model = case.build().eval()
     extra = [case.other_inputs(0)] if case.other_inputs else []

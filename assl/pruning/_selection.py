@@ -2,7 +2,10 @@
 
 Each group that loses units has :class:`Carrier` objects: per-channel scales that say how loud
 each unit is and that the penalty drives to zero, the weight-normalization scale ``g`` inserted on
-a producer or the weight of a normalization layer. A group's score of a unit sums each carrier's
+a producer or the weight of a normalization layer; and the other per-channel Parameters between
+them and the layers that read the channels (a hand-written shift or affine, a layer scale, a
+depthwise convolution's filters and bias), which the penalty drives to zero too but which do not
+score. A group's score of a unit sums each carrier's
 ``|scale|`` (or each producer's weight L1 norm) relative to that carrier's mean, so every carrier
 of the group has one vote; the lowest-scoring units that leave every layer an output channel are
 chosen.
@@ -12,7 +15,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Callable, Iterable, Iterator, Mapping
-from typing import cast
+from typing import NamedTuple, cast
 
 import numpy as np
 import torch
@@ -26,7 +29,7 @@ from ..layers import has_affine
 from . import _alignment as alignment
 from ._scales import insert_scale
 
-__all__ = ["Carrier", "Scorer", "Selection", "claim", "owner_of", "release"]
+__all__ = ["Carrier", "CarrierPlan", "Scorer", "Selection", "carrier_plan", "claim", "owner_of", "release"]
 
 Scorer = Callable[[str], torch.Tensor]
 """Group name -> one score per unit (lower goes first)."""
@@ -71,7 +74,8 @@ class Carrier:
 
     Attributes:
         name: The module that holds the scale.
-        kind: ``"g"`` (an inserted weight-normalization scale) or ``"norm"`` (gamma and beta).
+        kind: ``"g"`` (an inserted weight-normalization scale), ``"norm"`` (gamma and beta) or
+            ``"param"`` (another per-channel Parameter on the way to the readers: penalized, not scored).
         scale: The Parameter whose entries ``scale_pos`` carry units ``scale_units``.
         bias: The bias that goes with it (``None`` if the module has none).
         channel_units: The unit of each output channel of the module (``-1``: not this group's).
@@ -118,6 +122,15 @@ class Carrier:
     def norm(cls, name: str, module: nn.Module, units: np.ndarray, size: int) -> Carrier:
         """Carry the units ``units`` (one per channel, ``-1``: not this group's) in gamma and beta."""
         return cls(name, module, "norm", module.weight, units, units, size)  # type: ignore[arg-type]
+
+    @classmethod
+    def param(cls, model: nn.Module, module: str, tensor: str, units: np.ndarray, size: int) -> Carrier:
+        """Carry a per-channel Parameter on the way to the readers (a hand-written shift or affine, a layer
+        scale, a depthwise conv's filters and bias): penalized with the group, not scored."""
+        m = model.get_submodule(module)
+        c = cls(f"{module}.{tensor}" if module else tensor, m, "param", m._parameters[tensor], units, units, size)
+        c.bias = None
+        return c
 
     def per_unit(self, values: torch.Tensor) -> torch.Tensor:
         """Mean of per-entry ``values`` over the entries of each unit (differentiable)."""
@@ -193,27 +206,23 @@ class Selection:
                 gamma or beta, renormalizes channels that could be removed: no penalty can drive
                 them to zero there; or (``frozen=False``) one whose gamma or beta is frozen.
         """
-        plans: dict[str, tuple[list[str], dict[str, np.ndarray]]] = {}
+        plans: dict[str, CarrierPlan] = {}
         unscalable: list[str] = []
         reparametrized: list[str] = []
         frozen_norms: list[str] = []
         for g in graph.groups:
             if not removed[g.name]:
                 continue
-            norms = {n: np.where(g.prunable[u] & (u >= 0), u, -1) for n, u in graph.norms_of(g.name).items()}
-            norms = {n: u for n, u in norms.items() if (u >= 0).any()}
-            for n in norms:
+            plans[g.name] = plan = carrier_plan(model, graph, g)
+            for n in plan.norms:
                 m = model.get_submodule(n)
                 wrapped = _parametrized(m)
                 if wrapped:
                     reparametrized.append(f"`{n}` (group {g.name}: {wrapped})")
-                elif not has_affine(m):
+                elif n in plan.plain:
                     unscalable.append(f"`{n}` (group {g.name})")
                 elif not frozen and not (m.weight.requires_grad and m.bias.requires_grad):
                     frozen_norms.append(f"`{n}` (group {g.name})")
-            affine = {n for n in norms if has_affine(model.get_submodule(n))}
-            scaled = [p for p in g.layers if not (p in graph.normalized and set(graph.normalized[p]) <= affine)]
-            plans[g.name] = (scaled, norms)
         if reparametrized:
             raise ArgumentError(
                 f"{', '.join(reparametrized)}: the gamma or beta of these normalization layers is parametrized, so the "
@@ -234,17 +243,19 @@ class Selection:
                 f"would never be driven to zero: use penalty_form='shrink' (it shrinks the entries themselves, "
                 f"frozen ones too), unfreeze them, or skip the group's layers (skip=[...])"
             )
-        modules = {n: model.get_submodule(n) for scaled, _ in plans.values() for n in scaled}
+        modules = {n: model.get_submodule(n) for plan in plans.values() for n in plan.scaled}
         for n, m in modules.items():
             weight = m.weight
             if isinstance(weight, torch.Tensor) and not bool(torch.isfinite(weight).all()):
                 raise ASSLError(f"the weight of `{n}` contains NaN or inf; the model is left as it is")
         carriers: dict[str, list[Carrier]] = {}
-        for name, (scaled, norms) in plans.items():  # the only change to the model, after every check
+        for name, plan in plans.items():  # the only change to the model, after every check
             g = graph.group(name)
-            carriers[name] = [Carrier.weight_scale(n, modules[n], g) for n in scaled] + [
-                Carrier.norm(n, model.get_submodule(n), units, g.size) for n, units in norms.items()
-            ]
+            carriers[name] = (
+                [Carrier.weight_scale(n, modules[n], g) for n in plan.scaled]
+                + [Carrier.norm(n, model.get_submodule(n), units, g.size) for n, units in plan.norms.items()]
+                + [Carrier.param(model, module, tensor, units, g.size) for module, tensor, units in plan.params]
+            )
         return cls(model, graph, removed, carriers)
 
     def all_layers(self) -> Iterator[Carrier]:
@@ -270,8 +281,8 @@ class Selection:
             return self.unit_table(name).clone()
 
     def unit_table(self, name: str) -> torch.Tensor:
-        """``|scale|`` per unit of group ``name``, one row per carrier (differentiable)."""
-        return torch.stack([layer.unit_scores() for layer in self.layers[name]])
+        """``|scale|`` per unit of group ``name``, one row per scale or norm carrier (differentiable)."""
+        return torch.stack([layer.unit_scores() for layer in self.layers[name] if layer.kind != "param"])
 
     def alignment_loss(self, groups: Iterable[str], form: str) -> torch.Tensor:
         """The alignment loss of ``groups`` (see :mod:`assl.alignment`), differentiable.
@@ -341,3 +352,48 @@ class Selection:
     def describe(self) -> str:
         """``group: units chosen`` for each group chosen so far."""
         return ", ".join(f"{k}: {len(v)}" for k, v in self.chosen.items())
+
+
+class CarrierPlan(NamedTuple):
+    """Where a group's channels are scaled and penalized, decided from the graph before any change.
+
+    Attributes:
+        scaled: Producers that get a weight-normalization scale ``g``.
+        norms: Affine normalization layers that carry the units (layer -> unit per channel).
+        params: Other per-channel Parameters the masked model zeroes on the way to the readers
+            (``module, tensor, unit per entry``): penalized with the group.
+        unreached: Tensors the masked model zeroes that no penalty reaches (buffers, frozen
+            Parameters, dims other than the first): ``module, tensor, dim, unit per entry``.
+        plain: Normalization layers without affine parameters on the units (refused).
+    """
+
+    scaled: list[str]
+    norms: dict[str, np.ndarray]
+    params: list[tuple[str, str, np.ndarray]]
+    unreached: list[tuple[str, str, int, np.ndarray]]
+    plain: list[str]
+
+
+def carrier_plan(model: nn.Module, graph: Graph, g: ChannelGroup) -> CarrierPlan:
+    """The carriers of group ``g``: scales, norms and the per-channel Parameters on the way."""
+    norms = {n: np.where(g.prunable[u] & (u >= 0), u, -1) for n, u in graph.norms_of(g.name).items()}
+    norms = {n: u for n, u in norms.items() if (u >= 0).any()}
+    plain = [n for n in norms if not has_affine(model.get_submodule(n))]
+    affine = set(norms) - set(plain)
+    scaled = [p for p in g.layers if not (p in graph.normalized and set(graph.normalized[p]) <= affine)]
+    # what the scales and norms already silence: the producers' rows, the norms' affine parameters
+    # and their running mean (multiplied by a weight driven to zero)
+    covered = {(m, t) for m in g.layers for t in ("weight", "bias")}
+    covered |= {(n, t) for n in affine for t in ("weight", "bias", "running_mean")}
+    params: list[tuple[str, str, np.ndarray]] = []
+    unreached: list[tuple[str, str, int, np.ndarray]] = []
+    for module, tensor, dim, units in graph.carried(g.name):
+        units = np.where((units >= 0) & g.prunable[np.maximum(units, 0)], units, -1)
+        if (module, tensor) in covered or not (units >= 0).any():
+            continue
+        p = model.get_submodule(module)._parameters.get(tensor)
+        if isinstance(p, nn.Parameter) and p.requires_grad and dim == 0 and p.ndim >= 1:
+            params.append((module, tensor, units))
+        else:
+            unreached.append((module, tensor, dim, units))
+    return CarrierPlan(scaled, norms, params, unreached, plain)

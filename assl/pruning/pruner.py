@@ -24,7 +24,9 @@ from ..errors import ArgumentError, ASSLError, warn
 from ..graph import Graph
 from ..tracing import trace
 from ._liveness import liveness as measure_liveness
+from ._liveness import unsilenceable
 from ._penalty import apply_penalty, check_optimizer, penalty_value, step_hooks
+from ._pinned import shortfall
 from ._report import SLIM_CHANGE_WARNING, Progress, report_change, summary_table, warn_early
 from ._resolve import check_arguments, ratio_or_budget, resolve
 from ._scales import load_dense, remove_scale, removed_on_error
@@ -137,6 +139,16 @@ class Pruner:
         self.removed, self.aligned, self.latency = resolve(
             self.graph, target, skip=skip, groups=groups, round_to=round_to, model=model, example_inputs=example_inputs
         )
+        for name, why in unsilenceable(model, self.graph, self.removed, example_inputs).items():
+            warn(f"group {name} keeps all its channels: {why}")
+            self.removed[name] = 0
+        if not any(self.removed.values()):
+            raise ArgumentError(f"nothing to prune: no penalty can silence what could go\n{self.graph.summary()}")
+        self.aligned = [name for name in self.aligned if self.removed[name]]
+        if isinstance(target, (int, float)) and not isinstance(target, bool):
+            short = shortfall(self.graph, self.removed, float(target))
+            if short:  # the trace pins so much that the ratio asked means little
+                warn(short)
         if steps is not None:
             self.schedule = Schedule.for_steps(steps, align=bool(self.aligned))
         self._step = 0
@@ -252,10 +264,10 @@ class Pruner:
     def liveness(self) -> dict[str, float]:
         """Per group with chosen units: how much signal the chosen channels still carry.
 
-        The RMS of the chosen channels over the RMS of the kept ones where their consumers read
-        them (the output of the producer, or of the normalization layer that carries them), on
-        the example inputs in eval mode. ``0``: removing them changes nothing; ``1``: as loud as
-        the channels that stay.
+        The RMS of the chosen channels over the RMS of the kept ones at the input of every layer
+        that reads them (after any norm, affine, shift or standardization between the carrier and
+        it), on the example inputs in eval mode. ``0``: removing them changes nothing; ``1``: as
+        loud as the channels that stay.
         """
         return measure_liveness(self.model, self._selection, self.example_inputs)
 

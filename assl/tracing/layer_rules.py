@@ -17,7 +17,7 @@ from .channels import Value, fixed_value
 from .protocol import Tracer
 
 _ACROSS = (
-    "{name} ({kind}) normalizes across channels: removing its input channels changes the statistics of "
+    "`{name}` ({kind}) normalizes across channels: removing its input channels changes the statistics of "
     "the others, so no slimming of them is exact; pass approximate_norms=True to prune them anyway"
 )
 

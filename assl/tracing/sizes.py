@@ -167,8 +167,12 @@ class SizeFloat(_Counted, float):
 def _arith(base: type, name: str) -> Callable[..., object]:
     op = getattr(base, name)
 
+    as_float = getattr(float, name)
+
     def method(self: _Counted, *others: object) -> object:
         out = op(self, *others)
+        if out is NotImplemented and base is int and any(isinstance(o, float) for o in others):
+            out = as_float(int.__float__(self), *others)  # c * 0.5, c ** -0.5: not left to float's methods
         if out is NotImplemented or isinstance(out, bool):
             return out
         sources, axes, sink = self._merge(others)
