@@ -22,6 +22,29 @@ def test_trace_slim_benchmark_smoke(capsys, monkeypatch):
     assert "| EDSR 2x8 |" in out and "trace ms" in out
 
 
+def test_zoo_benchmark_smoke(capsys, monkeypatch):
+    pytest.importorskip("torchvision")
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    monkeypatch.setitem(sys.modules, "torch_pruning", None)  # the comparison is optional
+    from zoo import main
+
+    main(["--smoke"])
+    row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tv/shufflenet"))
+    assert "| exact (" in row and "| - |" in row
+
+
+def test_zoo_benchmark_without_timm_and_torchvision_says_so(capsys, monkeypatch):
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    for name in ("timm", "torchvision", "torchvision.ops.misc", "torch_pruning"):
+        monkeypatch.setitem(sys.modules, name, None)
+    from zoo import main
+
+    main([])
+    captured = capsys.readouterr()
+    assert "timm is not installed" in captured.err and "torchvision is not installed" in captured.err
+    assert not [line for line in captured.out.splitlines() if line.startswith("| tv/") or line.startswith("| timm/")]
+
+
 def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["slim_demo.py", "--blocks", "2", "--feats", "8"])
     runpy.run_path(str(ROOT / "examples" / "slim_demo.py"), run_name="__main__")
@@ -43,6 +66,7 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
         "benchmarks/latency_budget.py",
         "benchmarks/latency_quality.py",
         "benchmarks/bn_alignment_study.py",
+        "benchmarks/zoo.py",
         "examples/slim_demo.py",
     ],
 )

@@ -1,0 +1,250 @@
+"""Trace, slim and prune models a user would prune: timm and torchvision classifiers.
+
+For every model: trace it, plant dead channels (a random half of every group's removable units,
+zeroed in the masked model), slim a copy and check it computes what the masked model computes on
+two input sizes; then the share of parameters a Pruner at ratio 0.5 removes (``prune_now``), beside
+Torch-Pruning's at the same ratio when it is installed. A model that cannot be pruned exactly is
+refused: the table says why (the main reason channels stay). timm and torchvision are optional:
+their models are skipped when they are not installed.
+
+    python benchmarks/zoo.py                     # every model, a markdown table
+    python benchmarks/zoo.py --models resnet18 efficientnet_lite0
+    python benchmarks/zoo.py --smoke             # one small torchvision model (seconds)
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import re
+import sys
+import time
+import warnings
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+import assl
+from assl._slim import max_rel_err
+
+TIMM = [
+    "efficientnet_lite0",
+    "efficientnet_b0",
+    "mobilenetv4_conv_small",
+    "cspresnet50",
+    "repvgg_a0",
+    "mobileone_s0",
+    "gernet_s",
+    "ese_vovnet19b_dw",
+    "dpn68",
+    "nf_resnet26",
+    "convnext_atto",
+    "rexnet_100",
+    "lcnet_050",
+    "regnety_002",
+]
+TORCHVISION = [
+    "resnet18",
+    "resnet50",
+    "resnet50_frozen_bn",
+    "mobilenet_v3_small",
+    "efficientnet_b0",
+    "regnet_y_400mf",
+    "shufflenet_v2_x0_5",
+    "densenet121",
+]
+SCHEDULE = assl.Schedule(align_iters=0, reg_interval=2, reg_step=0.2, reg_limit=0.3, stabilize_iters=2)
+
+
+def _builders() -> dict[str, Callable[[], nn.Module]]:
+    out: dict[str, Callable[[], nn.Module]] = {}
+    try:
+        import timm  # type: ignore[import-not-found]
+    except ImportError:
+        print("timm is not installed: its models are skipped", file=sys.stderr)
+    else:
+        for name in TIMM:
+            out[f"timm/{name}"] = lambda name=name: timm.create_model(name, pretrained=False, num_classes=10)
+    try:
+        import torchvision  # type: ignore[import-not-found]
+        from torchvision.ops.misc import FrozenBatchNorm2d  # type: ignore[import-not-found]
+    except ImportError:
+        print("torchvision is not installed: its models are skipped", file=sys.stderr)
+    else:
+        for name in TORCHVISION:
+            if name.endswith("_frozen_bn"):
+                base = getattr(torchvision.models, name.removesuffix("_frozen_bn"))
+                out[f"tv/{name}"] = lambda base=base: base(weights=None, num_classes=10, norm_layer=FrozenBatchNorm2d)
+            else:
+                out[f"tv/{name}"] = lambda name=name: getattr(torchvision.models, name)(weights=None, num_classes=10)
+    return out
+
+
+@torch.no_grad()
+def _randomize(model: nn.Module) -> nn.Module:
+    """Non-trivial norm statistics and affine parameters, so that the exactness check means something."""
+    for m in model.modules():
+        for name, lo, hi in (("weight", 0.5, 1.5), ("bias", -0.5, 0.5), ("running_mean", -0.5, 0.5)):
+            t = getattr(m, name, None)
+            if isinstance(t, torch.Tensor) and t.ndim == 1 and hasattr(m, "running_var"):
+                t.uniform_(lo, hi)
+        rv = getattr(m, "running_var", None)
+        if isinstance(rv, torch.Tensor):
+            rv.uniform_(0.5, 1.5)
+        gamma = m._parameters.get("gamma")  # layer scales start near 0 (ConvNeXt: 1e-6)
+        if gamma is not None:
+            gamma.uniform_(0.5, 1.5)
+    return model.eval()
+
+
+def _half_plan(graph: assl.Graph, seed: int) -> dict[str, list[int]]:
+    rng = np.random.default_rng(seed)
+    plan = {}
+    for g in graph.groups:
+        units = rng.permutation(np.flatnonzero(g.prunable)).tolist()
+        chosen = g.pick(units, len(units) // 2)
+        if chosen:
+            plan[g.name] = chosen
+    return plan
+
+
+def _main_reason(graph: assl.Graph) -> str:
+    counts: dict[str, tuple[int, str]] = {}
+    for g in graph.groups:
+        for reason in g.reasons.values():
+            kind = re.sub(r"\(at [^)]*\)|at \S+:\d+", "", re.sub(r"`[^`]*`", "`..`", reason))
+            n, example = counts.get(kind, (0, reason))
+            counts[kind] = (n + 1, example)
+    if not counts:
+        return ""
+    n, example = max(counts.values())
+    return f"{n} units: {example[:110]}"
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def _assl_removed(model: nn.Module, x: torch.Tensor) -> tuple[float, str]:
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        try:
+            small = assl.Pruner(copy.deepcopy(model), x, ratio=0.5, schedule=SCHEDULE).prune_now()
+        except ValueError as e:
+            return 0.0, str(e).splitlines()[0][:80]
+    said = next((str(w.message) for w in caught if w.category is UserWarning), "")
+    return 1 - _params(small) / _params(model), ("warns: " + said[:80]) if said else ""
+
+
+def _tp_child(model: nn.Module, x: torch.Tensor, queue: Any) -> None:  # pragma: no cover - optional
+    import torch_pruning as tp  # type: ignore[import-not-found]
+
+    last = [mod for mod in model.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))][-1]
+    dense = _params(model)
+    try:
+        pruner = tp.pruner.MetaPruner(
+            model, x, importance=tp.importance.MagnitudeImportance(p=1), pruning_ratio=0.5, ignored_layers=[last]
+        )
+        pruner.step()
+        with torch.no_grad():
+            model(x)
+        queue.put(1 - _params(model) / dense)
+    except Exception as e:
+        queue.put(f"fails ({type(e).__name__})")
+
+
+def _tp_removed(model: nn.Module, x: torch.Tensor, timeout: float) -> str:  # pragma: no cover - optional
+    """Torch-Pruning's share at ratio 0.5, in a child process (it does not return on some models)."""
+    import multiprocessing as mp
+
+    ctx = mp.get_context("fork")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_tp_child, args=(copy.deepcopy(model), x, queue))
+    proc.start()
+    proc.join(timeout)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+        return f"no result in {timeout:.0f} s"
+    result = queue.get(timeout=5) if not queue.empty() else f"fails (exit code {proc.exitcode})"
+    return _pct(result) if isinstance(result, float) else result
+
+
+def run(name: str, build: Callable[[], nn.Module], size: int, tp: bool) -> dict[str, Any]:
+    """Trace, check slimmed == masked on two input sizes, prune at ratio 0.5 with assl and Torch-Pruning."""
+    torch.manual_seed(0)
+    model = _randomize(build())
+    x = torch.randn(1, 3, size, size)
+    others = [torch.randn(2, 3, size, size), torch.randn(1, 3, size + 32, size - 16)]
+    t0 = time.perf_counter()
+    graph = assl.trace(model, x)
+    traced = time.perf_counter() - t0
+    units = sum(g.size for g in graph.groups)
+    prunable = sum(g.num_prunable for g in graph.groups)
+    row: dict[str, Any] = {"model": name, "params": _params(model), "trace_s": traced, "units": units}
+    row["prunable"] = prunable / units
+    plan = _half_plan(graph, seed=0)
+    if plan:
+        masked = assl.masked_copy(model, graph, plan)
+        small = assl.apply_plan(copy.deepcopy(model), graph, plan)
+        row["err"] = max(max_rel_err(masked, small, o) for o in others)
+        row["changes"] = max_rel_err(model, masked, others[0])  # the planted channels matter
+        row["exact"] = row["err"] <= 1e-4
+    else:
+        row["err"], row["changes"], row["exact"] = None, None, None
+    row["assl"], row["note"] = _assl_removed(model, x)
+    row["tp"] = _tp_removed(model, x, timeout=120) if tp else "-"
+    row["reason"] = _main_reason(graph)
+    return row
+
+
+def _pct(v: float | None) -> str:
+    return "-" if v is None else f"{100 * v:.1f}%"
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--models", nargs="*", default=None, help="names (without the timm/ or tv/ prefix) to run")
+    p.add_argument("--size", type=int, default=64, help="input height and width of the trace")
+    p.add_argument("--smoke", action="store_true", help="one small torchvision model")
+    args = p.parse_args(argv)
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    torch.set_num_threads(1)
+    builders = _builders()
+    if args.smoke:
+        builders = {k: v for k, v in builders.items() if k == "tv/shufflenet_v2_x0_5"}
+    elif args.models:
+        builders = {k: v for k, v in builders.items() if k.split("/", 1)[1] in args.models}
+    try:
+        import torch_pruning  # type: ignore[import-not-found]  # noqa: F401
+    except ImportError:
+        tp = False
+    else:
+        tp = True
+    print(f"# assl {getattr(assl, '__version__', '')} on timm/torchvision models, torch {torch.__version__}")
+    print(
+        "| model | params | units prunable | slimmed == masked (rel. err) | removed at 0.5 | Torch-Pruning at 0.5 "
+        "| main reason channels stay |"
+    )
+    print("|---|---|---|---|---|---|---|")
+    for name, build in builders.items():
+        r = run(name, build, args.size, tp)
+        if r["exact"] is None:
+            exact = "refused: nothing removable"
+        else:
+            exact = f"{'exact' if r['exact'] else 'DIFFERS'} ({r['err']:.1e}; plan changes {r['changes']:.2f})"
+        note = f" ({r['note']})" if r["note"] else ""
+        print(
+            f"| {name} | {r['params'] / 1e6:.2f}M | {_pct(r['prunable'])} of {r['units']} | {exact} | "
+            f"{_pct(r['assl'])}{note} | {r['tp']} | {r['reason']} |",
+            flush=True,
+        )
+        if r["exact"] is False:
+            raise SystemExit(f"{name}: the slimmed model differs from the masked one")
+
+
+if __name__ == "__main__":
+    main()
