@@ -60,7 +60,7 @@ def reader_energy(model: nn.Module, readers: Iterable[str], example_inputs: Any)
         def record(module: nn.Module, args: Any, kwargs: Any) -> None:
             x = args[0] if args else next((v for v in kwargs.values() if isinstance(v, torch.Tensor)), None)
             d = _input_dim(module, x) if isinstance(x, torch.Tensor) else None
-            if d is None or d < 0:
+            if d is None or d < 0 or not isinstance(x, torch.Tensor):
                 return
             e = x.detach().float().pow(2).transpose(0, d).flatten(1).mean(1)
             energy[name] = energy[name] + e if name in energy and energy[name].shape == e.shape else e

@@ -128,7 +128,9 @@ class Carrier:
         """Carry a per-channel Parameter on the way to the readers (a hand-written shift or affine, a layer
         scale, a depthwise conv's filters and bias): penalized with the group, not scored."""
         m = model.get_submodule(module)
-        c = cls(f"{module}.{tensor}" if module else tensor, m, "param", m._parameters[tensor], units, units, size)
+        p = m._parameters[tensor]
+        assert isinstance(p, nn.Parameter)  # carrier_plan only chooses Parameters
+        c = cls(f"{module}.{tensor}" if module else tensor, m, "param", p, units, units, size)
         c.bias = None
         return c
 

@@ -48,11 +48,11 @@ def derive(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any
             tr.poison(leaves, why)
     if not outs:
         return
-    singular = frozenset().union(*(d.singular for d in found))
+    singular: frozenset[Any] = frozenset().union(*(d.singular for d in found))
     expr_args, expr_kwargs = template(args, tr.derived), template(kwargs, tr.derived)
     inplace = name.endswith("_") and not name.startswith("__")
     for i, o in enumerate(outs):
-        blank = [set() for _ in range(o.ndim)]
+        blank: list[set[Any]] = [set() for _ in range(o.ndim)]
         axes, flat = mapped[0][i] if mapped is not None else (blank, [set() for _ in range(o.ndim)])
         expr = Expr(
             func=_cloning(func) if inplace else func,
@@ -330,7 +330,7 @@ def _normalize(tr: Tracer, name: str, args: tuple, kwargs: dict, outs: list[torc
             if j < out.ndim:
                 axes[j] |= pd[0][k]
                 flat[j] |= pd[1][k]
-    singular = frozenset()
+    singular: frozenset[Any] = frozenset()
     var = arg(args, kwargs, 2, "running_var") if name in ("batch_norm", "instance_norm") else None
     vd = tr.derived(var) if isinstance(var, torch.Tensor) else None
     if vd is not None:

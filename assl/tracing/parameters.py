@@ -9,7 +9,7 @@ the run: :meth:`ParameterTracking.finish` pins the channels those dimensions wer
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 import torch
@@ -101,11 +101,11 @@ class ParameterTracking:
             if why:
                 self.fix(e.labels, why)
         for axis, labels in self.axis_ties:
-            e = self.entries.get(axis)
-            if e is None:
+            tied = self.entries.get(axis)
+            if tied is None:
                 continue
-            if len(e.labels) == len(labels):
-                self.union(e.labels, labels, f"{axis_name(axis)} is sized by a channel that cannot be removed")
+            if len(tied.labels) == len(labels):
+                self.union(tied.labels, labels, f"{axis_name(axis)} is sized by a channel that cannot be removed")
             else:
                 self.fix(labels, f"sizes {axis_name(axis)}, which has another length")
         for a, b in self.size_ties:
@@ -158,7 +158,8 @@ def parametrization_hooks(name: str, m: nn.Module, tracer: Any) -> list[Any]:
     if not parametrize.is_parametrized(m):
         return []
     handles = []
-    for tensor, plist in m.parametrizations.items():  # type: ignore[union-attr]
+    plists = cast(nn.ModuleDict, m.parametrizations)
+    for tensor, plist in plists.items():
         handles.append(plist.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
         handles.append(plist.register_forward_hook(tracer.make_parametrized_hook(name, tensor)))
     return handles

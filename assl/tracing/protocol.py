@@ -24,6 +24,8 @@ class Tracer(Protocol):
 
     approximate_norms: bool
     nodes: Nodes
+    sink: Any
+    """Where sizes read from traced tensors report a use as a number (see ``sizes``)."""
 
     def get(self, t: Any) -> Value | None:
         """The labels of tensor ``t``, if it carries traced channels."""

@@ -158,10 +158,10 @@ class SizeFloat(_Counted, float):
     def __trunc__(self) -> SizeInt:
         return SizeInt(math.trunc(float.__float__(self)), self.sources, self.axes, self.sink)
 
-    def __round__(self, ndigits: int | None = None) -> Any:
-        value = round(float.__float__(self), ndigits)
-        kind = SizeInt if ndigits is None else SizeFloat
-        return kind(value, self.sources, self.axes, self.sink)
+    def __round__(self, ndigits: int | None = None) -> Any:  # type: ignore[override]  # a size stays a size
+        if ndigits is None:
+            return SizeInt(round(float.__float__(self)), self.sources, self.axes, self.sink)
+        return SizeFloat(round(float.__float__(self), ndigits), self.sources, self.axes, self.sink)
 
 
 def _arith(base: type, name: str) -> Callable[..., object]:
@@ -172,7 +172,7 @@ def _arith(base: type, name: str) -> Callable[..., object]:
     def method(self: _Counted, *others: object) -> object:
         out = op(self, *others)
         if out is NotImplemented and base is int and any(isinstance(o, float) for o in others):
-            out = as_float(int.__float__(self), *others)  # c * 0.5, c ** -0.5: not left to float's methods
+            out = as_float(int.__float__(self), *others)  # type: ignore[arg-type]  # c * 0.5, c ** -0.5: not left to float's methods
         if out is NotImplemented or isinstance(out, bool):
             return out
         sources, axes, sink = self._merge(others)

@@ -391,8 +391,8 @@ def trace(
     finally:
         for h in handles:
             h.remove()
-        for m, attrs in sizes:
-            m.__dict__.update(attrs)
+        for sized_module, attrs in sizes:
+            sized_module.__dict__.update(attrs)
         preserved.restore()
     graph.untraced = tuple(n for n, m in layers if n not in tracer.called and isinstance(m, PRODUCER_TYPES))
     graph.opaque_ops = dict(tracer.opaque)
