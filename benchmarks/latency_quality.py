@@ -46,13 +46,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _baselines import SKIP, assl_pruner
 from _sr_args import build_parser, configure, parse_args
 from _sr_bench import batch_stream, evaluate, load_data, mean_sd, model_size, save, sweep, train
-from latency_budget import same_prediction_ratio
 from ledsr import SRModel
 
 import assl
 from assl._timing import device_of, in_eval, interleaved, model_call
 from assl.budget import cheapest_plan
 from assl.latency_budget import LatencyModel
+from benchmarks.latency_budget import same_prediction_ratio
 
 ARMS = ("latency", "one ratio, equal latency", "equal MACs", "one ratio on the step, equal latency")
 

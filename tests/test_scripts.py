@@ -13,13 +13,14 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 
 
-def test_trace_slim_benchmark_smoke(capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from trace_slim import main
+def test_trace_slim_benchmark_smoke(tmp_path, capsys):
+    from benchmarks.trace_slim import main
 
-    main(["--smoke"])
+    rows = main(["--smoke", "--out", str(tmp_path / "r.jsonl")])
     out = capsys.readouterr().out
-    assert "| EDSR 2x8 |" in out and "trace ms" in out
+    assert "| LEDSR 2x8 |" in out and "trace ms" in out
+    v = rows[0]["values"]
+    assert v["trace_ms"] > 0 and v["slim_ms"] > 0 and len(v["samples_ms"]["slim"]) == 2
 
 
 def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
@@ -31,38 +32,47 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
     assert "parameters" in out and "faster" in out
 
 
-@pytest.mark.parametrize(
-    "script",
-    [
-        "benchmarks/trace_slim.py",
-        "benchmarks/quality.py",
-        "benchmarks/alignment_study.py",
-        "benchmarks/inference_speed.py",
-        "benchmarks/bn_classifier.py",
-        "benchmarks/bn_denoiser.py",
-        "benchmarks/latency_budget.py",
-        "benchmarks/latency_quality.py",
-        "benchmarks/bn_alignment_study.py",
-        "examples/slim_demo.py",
-    ],
-)
-def test_scripts_have_help(script, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "argv", [script, "--help"])
+BENCHMARKS = [
+    "trace_slim",
+    "step_overhead",
+    "quality",
+    "alignment_study",
+    "inference_speed",
+    "bn_classifier",
+    "bn_denoiser",
+    "latency_budget",
+    "latency_quality",
+    "bn_alignment_study",
+]
+
+
+@pytest.mark.parametrize("name", BENCHMARKS)
+def test_benchmarks_have_help(name, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", [f"benchmarks.{name}", "--help"])
+    monkeypatch.delitem(sys.modules, f"benchmarks.{name}", raising=False)  # run_module runs a fresh copy
     with pytest.raises(SystemExit) as e:
-        runpy.run_path(str(ROOT / script), run_name="__main__")
+        runpy.run_module(f"benchmarks.{name}", run_name="__main__", alter_sys=True)
     assert e.value.code == 0
     assert "usage" in capsys.readouterr().out
 
 
-def test_latency_budget_benchmark_smoke(tmp_path, monkeypatch):
+def test_slim_demo_has_help(capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["slim_demo.py", "--help"])
+    with pytest.raises(SystemExit) as e:
+        runpy.run_path(str(ROOT / "examples" / "slim_demo.py"), run_name="__main__")
+    assert e.value.code == 0
+    assert "usage" in capsys.readouterr().out
+
+
+def test_latency_budget_benchmark_smoke(tmp_path):
     import torch
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from latency_budget import main
+    from benchmarks.latency_budget import main, render
+    from benchmarks.results import read
 
     threads = torch.get_num_threads()
     try:
-        rows = main(["--smoke", "--out", str(tmp_path)])
+        rows = [r["values"] for r in main(["--smoke", "--out", str(tmp_path / "r.jsonl")])]
     finally:
         torch.set_num_threads(threads)
     assert [r["plan"] for r in rows] == ["latency", "macs, same prediction", "macs = 0.7 x dense"]
@@ -74,8 +84,8 @@ def test_latency_budget_benchmark_smoke(tmp_path, monkeypatch):
     assert by["macs, same prediction"]["predicted"] <= 0.7 + 1e-9
     assert abs(by["macs = 0.7 x dense"]["macs"] - 0.7) < 0.05  # that plan is sized by MACs, not time
     assert all(r["measured"] > 0 and r["widths"] for r in rows)
-    md = (tmp_path / "latency_budget.md").read_text()
-    assert md.count("| tiny |") == 3 and md.splitlines()[0].count("|") == md.splitlines()[2].count("|")
+    md = render(read(tmp_path / "r.jsonl")).splitlines()[2:]
+    assert sum(line.startswith("| tiny |") for line in md) == 3 and md[0].count("|") == md[2].count("|")
 
 
 def test_latency_quality_benchmark_smoke(tmp_path, monkeypatch):
@@ -118,15 +128,14 @@ def test_latency_quality_benchmark_smoke(tmp_path, monkeypatch):
     assert "minus `latency`, paired by seed" in table and (tmp_path / "latency_quality.json").is_file()
 
 
-def test_step_overhead_benchmark_smoke(capsys, monkeypatch):
+def test_step_overhead_benchmark_smoke(tmp_path, capsys):
     import torch
 
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from step_overhead import main
+    from benchmarks.step_overhead import main
 
     threads = torch.get_num_threads()
     try:
-        main(["--smoke", "--threads", "1"])
+        main_rows = main(["--smoke", "--threads", "1", "--out", str(tmp_path / "r.jsonl")])
     finally:
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
@@ -135,18 +144,20 @@ def test_step_overhead_benchmark_smoke(capsys, monkeypatch):
     assert "parametrization cost" in out and "step() (stabilize, penalty on)" in out
     rows = [line.split("|") for line in out.splitlines() if line.startswith("| dense |")]
     assert float(rows[0][2]) > 0 and float(rows[0][3]) == 1.0
+    assert len(next(iter(main_rows[0]["values"]["samples_ms"].values()))) == 2
     with pytest.raises(SystemExit) as e:
         main(["--help"])
     assert e.value.code == 0 and "usage" in capsys.readouterr().out
 
 
-def test_inference_speed_benchmark_smoke(capsys, monkeypatch):
-    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
-    from inference_speed import main as speed_main
+def test_inference_speed_benchmark_smoke(tmp_path, capsys):
+    from benchmarks.inference_speed import main as speed_main
 
-    speed_main(["--smoke", "--device", "cpu"])
+    rows = speed_main(["--smoke", "--device", "cpu", "--out", str(tmp_path / "r.jsonl")])
     out = capsys.readouterr().out
     assert "| dense | 16 |" in out and "| ratio 0.5 | 8 |" in out and "realized/ideal" in out
+    dense, half = (r["values"] for r in rows)
+    assert dense["ideal"] == 1.0 and 3 < half["ideal"] < 4 and half["latency_ms"] > 0
 
 
 def test_quality_benchmark_smoke(tmp_path, capsys, monkeypatch):
