@@ -4,8 +4,9 @@ For each model, ``assl.trace`` and ``assl.slim`` (half of every group's prunable
 timed with the benchmarks' interleaved timer against a forward pass of the model and, when
 ``torch-pruning`` is installed, against its ``DependencyGraph`` build plus pruning half of every
 group. Slimming and Torch-Pruning change a model in place, so every timed call gets a fresh copy
-(made untimed). ``--memory`` also measures how much ``slim()`` raises the resident-memory
-high-water mark, in a fresh process per model, over the dense model's parameter bytes.
+(made untimed). ``--memory`` also measures the peak extra memory of ``slim()`` (Linux): the
+resident-memory high-water mark during it over the resident memory before it, in a fresh process
+per model, over the dense model's parameter bytes.
 
     python -m benchmarks.trace_slim --repeats 5 --memory --plot docs/img/trace_slim.png
     python -m benchmarks.trace_slim --smoke        # seconds: used by the test suite
@@ -97,10 +98,10 @@ def measure(label: str, name: str, kwargs: dict[str, Any], shape: tuple[int, ...
     return row
 
 
-def _peak_rss() -> int:
-    """High-water mark of resident memory in bytes (VmHWM: unlike ru_maxrss, it starts anew at exec)."""
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
 def _peak_child(name: str, kwargs: dict[str, Any], shape: tuple[int, ...], queue: Any) -> None:
@@ -108,16 +109,16 @@ def _peak_child(name: str, kwargs: dict[str, Any], shape: tuple[int, ...], queue
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     graph = assl.trace(model, torch.randn(shape))
     plan = half_plan(graph)
-    before = _peak_rss()
+    before = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # start the high-water mark afresh, at the current RSS
+        f.write("5")
     assl.slim(model, graph, plan)
-    queue.put((_peak_rss() - before, size))
+    queue.put((_status("VmHWM") - before, size))
 
 
 def peak_ratio(name: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> float:
-    """Peak memory ``slim()`` adds (resident-set growth in a fresh process) over the dense model's bytes.
-
-    The model is built in the child, so that nothing but the trace runs before ``slim()``.
-    """
+    """Peak memory ``slim()`` adds over the dense model's bytes: in a fresh process, the resident
+    set's high-water mark during ``slim()`` (reset just before it) minus the resident set before it."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
     proc = ctx.Process(target=_peak_child, args=(name, kwargs, shape, queue))
