@@ -12,7 +12,6 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from .methods import METHODS
 from .stats import mean_sd, paired, signed, spread
 from .tables import markdown, provenance
 
@@ -31,12 +30,18 @@ def _ratios(methods: list[dict]) -> list[float]:
     return list(dict.fromkeys(v["ratio"] for v in methods))
 
 
+def _methods(methods: list[dict]) -> list[str]:
+    """The methods in the order the run took them."""
+    return list(dict.fromkeys(v["method"] for v in methods))
+
+
 def table(rows: list[dict]) -> str:
     """The markdown table (mean ± sd over seeds) and the paired differences of ``rows``."""
     info, dense, methods = _split(rows)
     d, label = info["digits"], info["metric_label"]
     extra = [k for k in dense[0]["metrics"] if k != info["metric"]]
-    header = ["method", "ratio", f"{label} right after slimming", f"{label}", *(k.upper() for k in extra)]
+    header = ["method", "ratio", f"{label} right after slimming", f"{label} after fine-tuning"]
+    header += [k.upper() for k in extra]
     header += ["params", info["macs_unit"], "liveness", "wall s", "seeds"]
     blank = ["-"] * len(extra)
     body = [
@@ -49,7 +54,7 @@ def table(rows: list[dict]) -> str:
          f"{dense[0]['macs']:.3g}", "-", f"{statistics.mean(v['wall_s'] for v in dense):.0f}", len(dense)]
     )  # fmt: skip
     for ratio in _ratios(methods):
-        for m in METHODS:
+        for m in _methods(methods):
             rs = [v for v in methods if v["method"] == m and v["ratio"] == ratio]
             if not rs:
                 continue
@@ -77,12 +82,12 @@ def paired_table(rows: list[dict]) -> str:
     """``assl`` minus each other method after fine-tuning, per seed (same dense model, same batches)."""
     info, _, methods = _split(rows)
     ok = [v for v in methods if "error" not in v]
-    others = [m for m in METHODS if m != "assl" and any(v["method"] == m for v in ok)]
+    others = [m for m in _methods(ok) if m != "assl"]
     if not any(v["method"] == "assl" for v in ok) or not others:
         return ""
     body = []
     for ratio in _ratios(methods):
-        by = {m: {v["seed"]: v["score"] for v in ok if v["method"] == m and v["ratio"] == ratio} for m in METHODS}
+        by = {m: {v["seed"]: v["score"] for v in ok if v["method"] == m and v["ratio"] == ratio} for m in _methods(ok)}
         body.append([f"{ratio:g}", *(signed(paired(by["assl"], by[m]), info["digits"]) or "-" for m in others)])
     seeds = ", ".join(str(s) for s in dict.fromkeys(v["seed"] for v in ok))
     head = f"`assl` minus each method, {info['metric_label']} after fine-tuning, per seed ({seeds}):"
@@ -109,7 +114,7 @@ def plot(rows: list[dict], ratio: float, path: str | Path) -> None:
     info, dense, methods = _split(rows)
     start = {v["seed"]: v["score"] for v in dense}
     with figure(path) as ax:
-        for i, m in enumerate(METHODS):
+        for i, m in enumerate(_methods(methods)):
             rs = [v for v in methods if v["method"] == m and v["ratio"] == ratio and "error" not in v]
             if not rs:
                 continue
