@@ -42,6 +42,7 @@ import assl
 
 from . import cli, protocol
 from ._internals import ALIGN_LOSSES, scale_of
+from .method_table import data_packages
 from .methods import run_method
 from .results import Writer, read
 from .stats import mean_sd, paired, signed_with_mean
@@ -266,7 +267,8 @@ def render(rows: list[dict]) -> str:
     grad = any("grad_ratio" in v for v in runs)
     s = rows[0]["settings"]
     out = [
-        provenance(rows) + f" {info['name']}: {s['dense_iters']} dense steps, then {s['prune_iters']} + "
+        provenance(rows, data_packages(info))
+        + f" {info['name']}: {s['dense_iters']} dense steps, then {s['prune_iters']} + "
         f"{s['finetune_iters']} steps per setting; dense {label} {mean_sd([v['score'] for v in dense], d)}; "
         "mean ± sd over seeds.",
     ]

@@ -26,6 +26,15 @@ def _split(rows: list[dict]) -> tuple[dict[str, Any], list[dict], list[dict]]:
     return dense[0]["task"], dense, methods
 
 
+def data_packages(info: dict[str, Any]) -> list[str]:
+    """The optional packages a task's data comes from: as its rows say, or, for rows written before
+    they said it, by the data its name mentions."""
+    if "packages" in info:
+        return list(info["packages"])
+    name = info["name"]
+    return ["scikit-learn"] if "digits" in name else ["scikit-image"] if "photos" in name or "images" in name else []
+
+
 def _ratios(methods: list[dict]) -> list[float]:
     return list(dict.fromkeys(v["ratio"] for v in methods))
 
@@ -96,14 +105,16 @@ def paired_table(rows: list[dict]) -> str:
 
 def render(rows: list[dict]) -> str:
     """The docs' block of a results file of a quality benchmark: what it was measured on, the tables."""
-    info = _split(rows)[0]
+    info, _, methods = _split(rows)
     steps = rows[0]["settings"]
     about = (
         f" {info['name']}: {steps['dense_iters']} dense steps, then {steps['prune_iters']} + "
         f"{steps['finetune_iters']} steps per method, Adam {steps['lr']:g} ({steps['lr_schedule']}); "
         "mean ± sd over seeds."
     )
-    return "\n".join([provenance(rows, ("torch-pruning", "scikit-learn")) + about, "", table(rows)])
+    tp = any(v["method"].startswith("tp_") for v in methods)
+    packages = [*(["torch-pruning"] if tp else []), *data_packages(info)]
+    return "\n".join([provenance(rows, packages) + about, "", table(rows)])
 
 
 def plot(rows: list[dict], ratio: float, path: str | Path) -> None:

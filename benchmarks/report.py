@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import inference_speed, latency_budget, step_overhead, trace_slim
+from . import align_study, inference_speed, latency_budget, method_table, step_overhead, trace_slim
 from .results import REPO, RESULTS, read
 
 MARKER = re.compile(r"<!-- table: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- end table -->", re.DOTALL)
@@ -44,6 +44,13 @@ TABLES = [
     Table("step_overhead_sizes", "step_overhead_sizes.jsonl", step_overhead.render_sizes),
     Table("inference_speed_cpu", "inference_speed_cpu.jsonl", inference_speed.render),
     Table("latency_budget", "latency_budget.jsonl", latency_budget.render),
+    Table("bn_alignment_study", "bn_alignment_study.jsonl", align_study.render),
+    Table("bn_classifier", "bn_classifier.jsonl", method_table.render),
+    Table("bn_classifier_long", "bn_classifier_long.jsonl", method_table.render),
+    Table("bn_classifier_tp_reg", "bn_classifier_tp_reg.jsonl", method_table.render),
+    Table("bn_denoiser", "bn_denoiser.jsonl", method_table.render),
+    Table("bn_denoiser_bilinear", "bn_denoiser_bilinear.jsonl", method_table.render),
+    Table("bn_denoiser_long", "bn_denoiser_long.jsonl", method_table.render),
 ]
 
 

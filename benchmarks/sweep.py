@@ -36,6 +36,7 @@ def task_info(task: Task) -> dict[str, Any]:
         "digits": task.digits,
         "macs_unit": task.macs_unit,
         "references": task.references,
+        "packages": list(task.packages),
     }
 
 

@@ -49,6 +49,7 @@ class Task:
         references: Scores of trivial baselines on the same data, e.g. ``{"bicubic": 33.1}``.
         dense_key: What the dense model depends on beyond the protocol's steps and learning rate
             (for the dense-model cache).
+        packages: The optional packages the data comes from (their versions go into reports).
     """
 
     name: str
@@ -67,6 +68,7 @@ class Task:
     output_layers: Callable[[nn.Module], list[nn.Module]] = lambda model: []
     references: dict[str, float] = field(default_factory=dict)
     dense_key: str = ""
+    packages: tuple[str, ...] = ()
 
     def score(self, model: nn.Module) -> dict[str, float]:
         """:attr:`evaluate` in eval mode without gradients; the model's mode is restored."""

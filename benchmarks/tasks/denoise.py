@@ -126,4 +126,5 @@ def build(a: argparse.Namespace) -> Task:
         output_layers=lambda model: [model.out],
         references={"noisy input": sum(_psnr(c, n) for c, n in zip(test, noisy_test)) / len(test)},
         dense_key=f'["denoise", "{a.up}", {a.batch_size}, {a.patch_size}, {a.max_side}]',
+        packages=("scikit-image",),
     )

@@ -94,4 +94,5 @@ def build(a: argparse.Namespace) -> Task:
         macs_unit="MMACs / image",
         output_layers=lambda model: [model.fc],
         dense_key=f'["digits", {a.batch_size}]',
+        packages=("scikit-learn",),
     )

@@ -165,4 +165,5 @@ def build(a: argparse.Namespace) -> Task:
         ],
         references={"bicubic": bicubic(data["eval"], a.scale)},
         dense_key=json.dumps(["sr", *dense_key, str(device)]),
+        packages=("scikit-image",) if not a.dir_data else (),
     )
