@@ -68,9 +68,7 @@ def table(rows: list[dict]) -> str:
             if not rs:
                 continue
             if any("error" in v for v in rs):
-                body.append(
-                    [m, f"{ratio:g}", f"failed: {rs[0]['error'][:100]}", "-", *blank, "-", "-", "-", "-", len(rs)]
-                )
+                body.append([m, f"{ratio:g}", f"failed: {rs[0]['error']}", "-", *blank, "-", "-", "-", "-", len(rs)])
                 continue
             slim = [v["score_slim"] for v in rs if not math.isnan(v["score_slim"])]
             live = [v["liveness"] for v in rs if "liveness" in v]

@@ -49,7 +49,8 @@ def provenance(rows: Sequence[dict[str, Any]], packages: Sequence[str] = ()) -> 
     where = env["gpu"] or env["cpu"]
     threads = _span([str(r["env"]["threads"]) for r in rows])
     loads = [v for r in rows if r["env"].get("loadavg") for v in r["env"]["loadavg"][:1]]
-    load = f", load average {min(loads):.1f}-{max(loads):.1f}" if loads else ""
+    span = f"{min(loads):.1f}" if loads and f"{min(loads):.1f}" == f"{max(loads):.1f}" else None
+    load = f", load average {span or f'{min(loads):.1f}-{max(loads):.1f}'}" if loads else ""
     extra = "".join(f", {name} {v}" for name, v in env.get("packages", {}).items() if name in packages)
     return (
         f"Measured {_span([r['date'] for r in rows])} with {commands}: {where} ({env['cpus_available']} of "

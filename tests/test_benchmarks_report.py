@@ -102,3 +102,12 @@ def test_report_regenerates_and_checks_marked_tables(tmp_path, capsys):
     doc.write_text("<!-- table: nosuch -->\n<!-- end table -->\n")
     assert report.run([doc], check=True, tables=[table], results=tmp_path) == 1
     assert "names no table" in capsys.readouterr().err
+
+
+def test_committed_docs_tables_match_the_committed_results(capsys):
+    """``python -m benchmarks.report --check``: every generated table is what its results give."""
+    assert report.main(["--check"]) == 0, capsys.readouterr().err
+    for table in report.TABLES:
+        rows = results.read(results.RESULTS / table.results)
+        assert rows and all(r["env"]["torch"] and r["env"]["cpu"] for r in rows)
+        assert not any(r["settings"].get("smoke") for r in rows), f"{table.results} holds a smoke run"
