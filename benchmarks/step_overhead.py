@@ -1,21 +1,25 @@
 """Time what the Pruner adds to a training step, phase by phase.
 
-Trains an EDSR-baseline (16 blocks, 64 feats, x2) on batch 16 of 48x48 patches with an L1 loss
-against a fixed random target and Adam, on the CPU. Variants, interleaved round-robin in one
-process (the starting variant rotates each round), each the median of --repeats steps:
+Trains LEDSR (16 blocks, 64 feats, x2 by default) on a batch of 16 48x48 patches with an L1 loss
+against a fixed random target and Adam, on the CPU. Candidates, timed with the benchmarks'
+interleaved timer (every round runs each once, in a new random order, after warm-up calls):
 
-* dense: the plain model;
-* scales only: the Pruner's weight-normalized scales inserted, the Pruner's own work not called
-  (each forward recomputes the weights: the parametrization's cost);
-* align / regularize / stabilize: the loop of the Pruner's docstring
-  (loss + pruner.alignment_loss(), backward, pruner.step(), optimizer.step()).
+* dense: a training step of the plain model;
+* scales only: the Pruner's weight-normalized scales inserted, its own work not called (each
+  forward recomputes the weights: the parametrization's cost);
+* align / regularize / stabilize: the loop of the Pruner's docstring (loss +
+  ``pruner.alignment_loss()``, backward, ``pruner.step()``, ``optimizer.step()``) in that phase;
+* the Pruner's own work alone: ``alignment_loss()`` and its backward (align), ``step()``
+  (regularize, stabilize) and the NaN/inf check ``step()`` runs every ``reg_interval`` steps.
 
-The pruner's own overhead is (phase - scales only) / dense; the parametrization cost is
-(scales only - dense) / dense. Its work is also timed directly: alignment_loss() plus the backward
-of that term alone, and step() alone.
+One scaled model and one Pruner serve "scales only" and the three phases, so they differ only in
+the Pruner's calls; each phase keeps its own step counter, started at the phase's first step of
+the default schedule. The Pruner's own overhead is (phase - scales only) / dense; the
+parametrization cost (scales only - dense) / dense.
 
-    python benchmarks/step_overhead.py --repeats 21
-    python benchmarks/step_overhead.py --smoke        # seconds: used by the test suite
+    python -m benchmarks.step_overhead --threads 1 --repeats 21
+    python -m benchmarks.step_overhead --threads 1 --batch 4 --repeats 7 --blocks 8 --feats 32 --append
+    python -m benchmarks.step_overhead --smoke        # seconds: used by the test suite
 """
 
 from __future__ import annotations
@@ -23,146 +27,190 @@ from __future__ import annotations
 import argparse
 import copy
 import os
-import platform
 import statistics
-import sys
-import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 from torch.nn import functional as F
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import EDSR
-
 import assl
 
+from . import cli, networks
+from ._internals import check_finite, set_step, step_of
+from .results import Writer, read
+from .tables import markdown, provenance
+from .timing import time_calls, with_autograd
+
+NAME = "step_overhead"
 PHASES = ("align", "regularize", "stabilize")
+VARIANTS = ("dense", "scales only", *PHASES)
+OWN_WORK = (
+    "alignment_loss() + its backward (align)",
+    "step() (regularize, penalty on)",
+    "step() (stabilize, penalty on)",
+)
+SMOKE = {"blocks": 2, "feats": 8, "batch": 2, "patch": 8, "repeats": 2}
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
+class Bench:
+    """The models, the Pruner and the calls that are timed."""
+
+    def __init__(self, a: argparse.Namespace) -> None:
+        self.dense = networks.build("ledsr", seed=0, blocks=a.blocks, feats=a.feats).train()
+        self.scaled = copy.deepcopy(self.dense)
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(a.batch, 3, a.patch, a.patch, generator=g)
+        self.target = torch.randn(a.batch, 3, 2 * a.patch, 2 * a.patch, generator=g)
+        self.pruner = assl.Pruner(self.scaled, self.x[:1], ratio=0.5, skip=networks.LEDSR_SKIP)
+        if not self.pruner.aligned:
+            raise SystemExit("LEDSR's residual stream should be an aligned group")
+        align, regularize, _ = self.pruner.schedule.bounds(True)
+        self.counter = {"align": 0, "regularize": align, "stabilize": regularize}
+        self.opts = {m: torch.optim.Adam(m.parameters(), lr=1e-4) for m in (self.dense, self.scaled)}
+        for phase in PHASES:
+            self.check_phase(phase)
+
+    def check_phase(self, phase: str) -> None:
+        """Raise unless the Pruner, at ``phase``'s counter, is in that phase (with the penalty on after align)."""
+        set_step(self.pruner, self.counter[phase])
+        if self.pruner.phase != phase or (phase != "align" and not self.pruner.penalty > 0):
+            raise RuntimeError(f"the Pruner is not in {phase} with its penalty on at step {self.counter[phase]}")
+
+    def step(self, model: nn.Module, phase: str | None) -> None:
+        """One training step of ``model``, with the Pruner's calls of ``phase`` (None: none)."""
+        opt = self.opts[model]
+        if phase is not None:
+            set_step(self.pruner, self.counter[phase])
+        loss = F.l1_loss(model(self.x), self.target)
+        if phase is not None:
+            loss = loss + self.pruner.alignment_loss()
+        opt.zero_grad()
+        loss.backward()
+        if phase is not None:
+            self.pruner.step()
+            self.counter[phase] = step_of(self.pruner)
+        opt.step()
+
+    def align_term(self) -> None:
+        """The alignment term and its backward alone (gradients accumulate; the next step zeroes them)."""
+        set_step(self.pruner, self.counter["align"])
+        self.pruner.alignment_loss().backward()
+
+    def pruner_step(self, phase: str) -> None:
+        """``pruner.step()`` alone, in ``phase``."""
+        set_step(self.pruner, self.counter[phase])
+        self.pruner.step()
+        self.counter[phase] = step_of(self.pruner)
+
+    def calls(self) -> dict[str, Callable[[], Any]]:
+        """Every timed call, by label."""
+        calls = {"dense": lambda: self.step(self.dense, None), "scales only": lambda: self.step(self.scaled, None)}
+        calls.update({ph: (lambda ph=ph: self.step(self.scaled, ph)) for ph in PHASES})
+        calls[OWN_WORK[0]] = self.align_term
+        calls[OWN_WORK[1]] = lambda: self.pruner_step("regularize")
+        calls[OWN_WORK[2]] = lambda: self.pruner_step("stabilize")
+        calls[f"check_finite() (inside step(), 1 in {self.pruner.schedule.reg_interval} steps)"] = lambda: check_finite(
+            self.pruner
+        )
+        return {k: with_autograd(c) for k, c in calls.items()}
 
 
-def _ms(ts: list[float]) -> float:
-    return statistics.median(ts) * 1e3
-
-
-def main(argv: list[str] | None = None) -> None:
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Time every call; append the run's row to ``--out`` and print the tables."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=21, help="timed steps per variant")
-    p.add_argument("--warmup", type=int, default=2, help="untimed rounds of every variant first")
+    p.add_argument("--repeats", type=int, default=21, help="interleaved rounds")
     avail = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     p.add_argument("--threads", type=int, default=avail, help=f"torch threads (default: all available, {avail})")
-    p.add_argument("--smoke", action="store_true", help="tiny model (2 blocks, 8 feats, batch 2, 8x8), 2 repeats")
+    p.add_argument("--smoke", action="store_true", help="tiny model (2 blocks, 8 feats, batch 2, 8x8), 2 rounds")
     p.add_argument("--blocks", type=int, default=16, help="residual blocks (model size)")
     p.add_argument("--feats", type=int, default=64, help="features (model size)")
     p.add_argument("--batch", type=int, default=16)
     p.add_argument("--patch", type=int, default=48, help="LR patch side")
-    args = p.parse_args(argv)
-    torch.set_num_threads(args.threads)
-    blocks, feats, batch, size = (2, 8, 2, 8) if args.smoke else (args.blocks, args.feats, args.batch, args.patch)
-    if args.smoke:
-        args.repeats, args.warmup = 2, 1
-
-    torch.manual_seed(0)
-    dense = EDSR(blocks, feats).train()
-    scaled = copy.deepcopy(dense)
-    x, target = torch.randn(batch, 3, size, size), torch.randn(batch, 3, 2 * size, 2 * size)
-    # One scaled model and one Pruner serve "scales only" and all three phases, so they differ only
-    # in the Pruner's calls. Default (paper) schedule: align is steps [0, A), regularize [A, R),
-    # stabilize [R, R + S) with (A, R, _) = schedule.bounds(True). Each phase variant keeps its own
-    # step counter, started at its phase's first step and advanced by step() as in training;
-    # pruner._step is set to it before that variant's step and read back after.
-    pruner = assl.Pruner(scaled, x[:1], ratio=0.5, skip=["*tail*"])
-    a, r, _ = pruner.schedule.bounds(bool(pruner.aligned))
-    assert pruner.aligned, "EDSR's residual group should be aligned"
-    counter = {"align": 0, "regularize": a, "stabilize": r}
-    opts = {m: torch.optim.Adam(m.parameters(), lr=1e-4) for m in (dense, scaled)}
-    align_ms, step_ms = [], {ph: [] for ph in PHASES[1:]}
-
-    def train_step(model: nn.Module, phase: str | None) -> float:
-        opt = opts[model]
-        if phase is not None:
-            pruner._step = counter[phase]
-            assert pruner.phase == phase
-            assert phase == "align" or pruner.penalty > 0, "the penalty must run in regularize/stabilize"
-        t0 = time.perf_counter()
-        loss = F.l1_loss(model(x), target)
-        if phase is not None:
-            loss = loss + pruner.alignment_loss()
-        opt.zero_grad()
-        loss.backward()
-        if phase is not None:
-            t1 = time.perf_counter()
-            pruner.step()
-            if phase != "align":
-                step_ms[phase].append(time.perf_counter() - t1)
-        opt.step()
-        t = time.perf_counter() - t0
-        if phase is not None:
-            counter[phase] = pruner._step
-        if phase == "align":  # second view: the alignment term alone (grads accumulate; zeroed next step)
-            t2 = time.perf_counter()
-            pruner.alignment_loss().backward()
-            align_ms.append(time.perf_counter() - t2)
-        return t
-
-    variants = {"dense": (dense, None), "scales only": (scaled, None)}
-    variants.update({ph: (scaled, ph) for ph in PHASES})
-    names = list(variants)
-    times: dict[str, list[float]] = {n: [] for n in names}
-    for rnd in range(args.warmup + args.repeats):
-        k = rnd % len(names)
-        for n in names[k:] + names[:k]:
-            t = train_step(*variants[n])
-            if rnd >= args.warmup:
-                times[n].append(t)
-    for ts in (align_ms, *step_ms.values()):
-        del ts[: args.warmup]
-    check = []
-    for _ in range(max(args.repeats, 5)):
-        t0 = time.perf_counter()
-        pruner._selection.check_finite()
-        check.append(time.perf_counter() - t0)
-
-    med = {n: _ms(ts) for n, ts in times.items()}
-    low = {n: min(ts) * 1e3 for n, ts in times.items()}  # contention only adds time: min is a second estimate
-    d, s = med["dense"], med["scales only"]
-    n_params = sum(q.numel() for q in dense.parameters())
-    n_scales = len(pruner.scale_parameters())
-    print(
-        f"# Pruner overhead per training step: EDSR {blocks}x{feats} ({n_params / 1e6:.2f}M params, {n_scales} "
-        f"scaled layers), batch {batch}, {size}x{size} -> {2 * size}x{2 * size}, L1, Adam\n"
-        f"# {_cpu()}, {avail} CPUs available, {torch.get_num_threads()} torch threads, torch {torch.__version__}, "
-        f"Python {platform.python_version()}; median of {args.repeats} interleaved steps after {args.warmup} "
-        f"warm-up rounds"
+    cli.add_output(p, NAME)
+    a = cli.parse(p, argv, smoke=SMOKE)
+    cli.set_threads(a.threads)
+    bench = Bench(a)
+    calls = bench.calls()
+    samples = time_calls(list(calls.values()), torch.device("cpu"), rounds=a.repeats)
+    for phase in PHASES:
+        bench.check_phase(phase)  # still in its phase after the timed steps
+    ms = {k: (samples[:, i] * 1e3).tolist() for i, k in enumerate(calls)}
+    writer = Writer(cli.output_path(a, NAME), NAME, a, append=a.append)
+    writer.write(
+        {
+            "model": f"LEDSR {a.blocks}x{a.feats}",
+            "params": sum(q.numel() for q in bench.dense.parameters()),
+            "scaled_layers": len(bench.pruner.scale_parameters()),
+            "batch": a.batch,
+            "patch": a.patch,
+            "median_ms": {k: statistics.median(v) for k, v in ms.items()},
+            "samples_ms": ms,
+        }
     )
-    print("\n| variant | median ms | x dense | pruner's own overhead | quartiles ms | min ms | own overhead (min) |")
-    print("|---|---|---|---|---|---|---|")
-    for n in names:
+    rows = [r for r in read(writer.path) if r["run"] == writer.run]
+    print(render(rows))
+    return rows
+
+
+def render(rows: list[dict]) -> str:
+    """The docs' tables of each run: its variants, and the Pruner's own work timed alone."""
+    return "\n\n".join(
+        _render_run([r for r in rows if r["run"] == run]) for run in dict.fromkeys(r["run"] for r in rows)
+    )
+
+
+def _render_run(rows: list[dict]) -> str:
+    v = rows[0]["values"]
+    med, samples = v["median_ms"], v["samples_ms"]
+    low = {k: min(s) for k, s in samples.items()}
+    d, s = med["dense"], med["scales only"]
+    body = []
+    for n in VARIANTS:
         own = f"{(med[n] - s) / d * 100:+.2f}%" if n in PHASES else "-"
         own_min = f"{(low[n] - low['scales only']) / low['dense'] * 100:+.2f}%" if n in PHASES else "-"
-        q = statistics.quantiles(times[n], n=4) if len(times[n]) > 1 else [med[n] / 1e3] * 3
-        spread = f"{q[0] * 1e3:.0f}-{q[2] * 1e3:.0f}"
-        print(f"| {n} | {med[n]:.1f} | {med[n] / d:.3f} | {own} | {spread} | {low[n]:.1f} | {own_min} |")
+        q = statistics.quantiles(samples[n], n=4) if len(samples[n]) > 1 else [med[n]] * 3
+        body.append([n, f"{med[n]:.1f}", f"{med[n] / d:.3f}", own, f"{q[0]:.0f}-{q[2]:.0f}", f"{low[n]:.1f}", own_min])
     para_min = (low["scales only"] - low["dense"]) / low["dense"] * 100
-    para = f"{(s - d) / d * 100:+.2f}% (medians), {para_min:+.2f}% (mins)"
-    print(f"\nparametrization cost (scales only - dense) / dense: {para}")
-    print("\n| pruner's own work, timed alone | median ms | % of dense step |")
-    print("|---|---|---|")
-    rows = [("alignment_loss() + its backward (align)", _ms(align_ms))]
-    rows += [(f"step() ({ph}, penalty on)", _ms(step_ms[ph])) for ph in PHASES[1:]]
-    rows.append((f"check_finite() (inside step(), 1 in {pruner.schedule.reg_interval} steps)", _ms(check)))
-    for label, ms in rows:
-        print(f"| {label} | {ms:.3f} | {ms / d * 100:.3f}% |")
+    own_work = [[k, f"{med[k]:.3f}", f"{med[k] / d * 100:.3f}%"] for k in med if k not in VARIANTS]
+    return "\n".join(
+        [
+            provenance(rows) + f" {v['model']} ({v['params'] / 1e6:.2f}M parameters, {v['scaled_layers']} scaled "
+            f"layers), batch {v['batch']} of {v['patch']}x{v['patch']}; medians of "
+            f"{rows[0]['settings']['repeats']} interleaved rounds.",
+            "",
+            markdown(
+                ["variant", "median ms", "x dense", "pruner's own overhead", "quartiles ms", "min ms",
+                 "own overhead (min)"],
+                body,
+            ),
+            "",
+            f"parametrization cost (scales only - dense) / dense: {(s - d) / d * 100:+.2f}% (medians), "
+            f"{para_min:+.2f}% (mins)",
+            "",
+            markdown(["pruner's own work, timed alone", "median ms", "% of dense step"], own_work),
+        ]
+    )  # fmt: skip
+
+
+def render_sizes(rows: list[dict]) -> str:
+    """One line per run (model size): the Pruner's own work against a dense step, and the parametrization."""
+    body = []
+    for r in rows:
+        v = r["values"]
+        med, low = v["median_ms"], {k: min(s) for k, s in v["samples_ms"].items()}
+        d = med["dense"]
+        own = [f"{med[k]:.2f} ms = {med[k] / d * 100:.2f}%" for k in OWN_WORK]
+        para = (med["scales only"] - d) / d * 100
+        para_min = (low["scales only"] - low["dense"]) / low["dense"] * 100
+        body.append(
+            [v["model"], f"{v['params'] / 1e6:.2f}M", v["scaled_layers"], v["batch"], f"{d:.1f}", *own,
+             f"{para:+.1f}% / {para_min:+.1f}%"]
+        )  # fmt: skip
+    header = ["model", "params", "scaled layers", "batch", "dense step ms", "align: `alignment_loss()` + backward",
+              "`step()` regularize", "`step()` stabilize", "parametrization (medians / minima)"]  # fmt: skip
+    return "\n".join([provenance(rows), "", markdown(header, body)])
 
 
 if __name__ == "__main__":

@@ -1,35 +1,51 @@
-"""Time tracing and slimming against model size.
+"""Time tracing and slimming against model size, and Torch-Pruning's graph build + pruning of the same models.
 
-Runs assl.trace + assl.slim (and, when installed, Torch-Pruning's DependencyGraph build +
-pruning of the same channels) on EDSR models of several sizes and on a ResNet-50-shaped net,
-repeated and interleaved, on one CPU thread. Prints a markdown table of medians.
+For each model, ``assl.trace`` and ``assl.slim`` (half of every group's prunable channels) are
+timed with the benchmarks' interleaved timer against a forward pass of the model and, when
+``torch-pruning`` is installed, against its ``DependencyGraph`` build plus pruning half of every
+group. Slimming and Torch-Pruning change a model in place, so every timed call gets a fresh copy
+(made untimed). ``--memory`` also measures the peak extra memory of ``slim()`` (Linux): the
+resident-memory high-water mark during it over the resident memory before it, in a fresh process
+per model, over the dense model's parameter bytes.
 
-    python benchmarks/trace_slim.py --repeats 7
-    python benchmarks/trace_slim.py --smoke        # seconds: used by the test suite
+    python -m benchmarks.trace_slim --repeats 5 --memory --plot docs/img/trace_slim.png
+    python -m benchmarks.trace_slim --smoke        # seconds: used by the test suite
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
-import functools
-import math
-import platform
+import multiprocessing as mp
 import statistics
-import sys
-import time
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import nn
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _models import densenet_like, edsr, mobilenetv2_like, resnet50_like
-
 import assl
 
+from . import cli, networks, tp_adapter
+from .results import Writer, read
+from .tables import markdown, provenance
+from .timing import model_call, time_fresh, with_autograd
 
-def _half_plan(graph: assl.Graph) -> dict[str, list[int]]:
+NAME = "trace_slim"
+MODELS: list[tuple[str, str, dict[str, Any], tuple[int, ...]]] = [
+    *[(f"LEDSR {b}x{f}", "ledsr", {"blocks": b, "feats": f}, (1, 3, 16, 16)) for b, f in [(8, 64), (16, 64)]],
+    *[(f"LEDSR {b}x{f}", "ledsr", {"blocks": b, "feats": f}, (1, 3, 16, 16)) for b, f in [(16, 256), (32, 256)]],
+    ("LEDSR 64x256", "ledsr", {"blocks": 64, "feats": 256}, (1, 3, 16, 16)),
+    ("ResNet-50-like", "resnet50_like", {}, (1, 3, 64, 64)),
+    ("MobileNetV2-like", "mobilenetv2_like", {}, (1, 3, 64, 64)),
+    ("DenseNet-121-like", "densenet121_like", {}, (1, 3, 64, 64)),
+]
+"""(label, network, its arguments, input shape)."""
+SMOKE_MODELS = [("LEDSR 2x8", "ledsr", {"blocks": 2, "feats": 8}, (1, 3, 8, 8))]
+
+
+def half_plan(graph: assl.Graph) -> dict[str, list[int]]:
+    """Half of every group's prunable units (its first ones), leaving each group at least one."""
     plan = {}
     for g in graph.groups:
         units = [int(u) for u in g.prunable.nonzero()[0]]
@@ -39,125 +55,73 @@ def _half_plan(graph: assl.Graph) -> dict[str, list[int]]:
     return plan
 
 
-def _forward_once(model: nn.Module, x: torch.Tensor) -> float:
-    with torch.no_grad():
-        t0 = time.perf_counter()
-        model(x)
-        return time.perf_counter() - t0
+def _build(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    return networks.build(name, seed=0, **kwargs).eval()
 
 
-def _assl_once(model: nn.Module, x: torch.Tensor) -> tuple[float, float]:
+def _slim_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     m = copy.deepcopy(model)
-    t0 = time.perf_counter()
     graph = assl.trace(m, x)
-    t1 = time.perf_counter()
-    assl.apply_plan(m, graph, _half_plan(graph))
-    t2 = time.perf_counter()
-    return t1 - t0, t2 - t1
+    plan = half_plan(graph)
+    return with_autograd(lambda: assl.apply_plan(m, graph, plan))
 
 
-def _tp_once(tp, model: nn.Module, x: torch.Tensor) -> float:  # pragma: no cover - optional dependency
-    """Torch-Pruning: dependency graph build, then half of every group's channels pruned."""
+def _tp_call(model: nn.Module, x: torch.Tensor) -> Callable[[], Any]:
     m = copy.deepcopy(model)
-    last = [mod for mod in m.modules() if isinstance(mod, (nn.Conv2d, nn.Linear))][-1]
-    t0 = time.perf_counter()
-    dg = tp.DependencyGraph().build_dependency(m, example_inputs=x)
-    for group in dg.get_all_groups(ignored_layers=[last]):
-        root = group[0].dep.target.module
-        n = root.out_channels if isinstance(root, nn.Conv2d) else root.out_features
-        if n > 1:
-            group.prune(idxs=list(range(n // 2)))
-    return time.perf_counter() - t0
+    return with_autograd(lambda: tp_adapter.prune_half(m, x))
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--repeats", type=int, default=7)
-    p.add_argument("--smoke", action="store_true", help="one tiny model, one repeat")
-    p.add_argument("--plot", default=None, help="write a log-log PNG of time against parameters here")
-    p.add_argument(
-        "--memory", action="store_true", help="also measure slim()'s peak extra memory (a child process per model)"
-    )
-    args = p.parse_args(argv)
-    torch.set_num_threads(1)
-    try:
-        import torch_pruning as tp  # type: ignore[import-not-found]
-    except ImportError:
-        tp = None
-    tp_version = None
-    if args.smoke:
-        factories = [("EDSR 2x8", functools.partial(edsr, 2, 8), (1, 3, 8, 8))]
-        args.repeats = 1
-    else:
-        factories = [
-            (f"EDSR {b}x{f}", functools.partial(edsr, b, f), (1, 3, 16, 16))
-            for b, f in [(8, 64), (16, 64), (16, 256), (32, 256), (64, 256)]
-        ] + [
-            ("ResNet-50-like", resnet50_like, (1, 3, 64, 64)),
-            ("MobileNetV2-like", mobilenetv2_like, (1, 3, 64, 64)),
-            ("DenseNet-121-like", densenet_like, (1, 3, 64, 64)),
-        ]
-    print(f"# trace + slim, 1 CPU thread, torch {torch.__version__}, {platform.processor() or platform.machine()}")
-    head = "| model | params | input | forward ms | trace ms | slim ms | trace+slim ms |"
-    print(head + (" Torch-Pruning ms | ratio |" if tp else "") + (" slim peak / model size |" if args.memory else ""))
-    print("|---|---|---|---|---|---|---|" + ("---|---|" if tp else "") + ("---|" if args.memory else ""))
-    points: list[tuple[str, int, float, float | None]] = []
-    for name, factory, in_shape in factories:
-        model, x = factory(), torch.randn(in_shape)
-        tr, sl, tpt, fw = [], [], [], []
-        for _ in range(args.repeats):  # interleaved
-            fw.append(_forward_once(model, x))
-            a, b = _assl_once(model, x)
-            tr.append(a)
-            sl.append(b)
-            if tp is not None:
-                tpt.append(_tp_once(tp, model, x))
-        t, s = statistics.median(tr) * 1e3, statistics.median(sl) * 1e3
-        n = sum(q.numel() for q in model.parameters())
-        f = statistics.median(fw) * 1e3
-        shape = "x".join(map(str, x.shape))
-        row = f"| {name} | {n / 1e6:.2f}M | {shape} | {f:.1f} | {t:.1f} | {s:.1f} | {t + s:.1f} |"
-        if tp is not None:
-            tt = statistics.median(tpt) * 1e3
-            row += f" {tt:.1f} | {(t + s) / tt:.2f} |"
-            tp_version = tp.__version__
-        if args.memory:
-            row += f" {_peak_ratio(factory, in_shape):.2f} |"
-        points.append((name, n, t + s, statistics.median(tpt) * 1e3 if tp is not None else None))
-        print(row, flush=True)
-        assert math.isfinite(t + s)
-    if tp_version:
-        print(f"\nTorch-Pruning {tp_version}; ratio = assl / Torch-Pruning (below 1: assl is faster)")
-    if args.plot:
-        _plot(points, args.plot, tp_version)
+def measure(label: str, name: str, kwargs: dict[str, Any], shape: tuple[int, ...], a: argparse.Namespace) -> dict:
+    """The row of one model: medians (ms) and every round's sample of each timed call."""
+    model = _build(name, kwargs)
+    x = torch.randn(shape, generator=torch.Generator().manual_seed(0))
+    prepare: dict[str, Callable[[], Callable[[], Any]]] = {
+        "forward": lambda: model_call(model, x),
+        "trace": lambda: with_autograd(lambda: assl.trace(model, x)),
+        "slim": lambda: _slim_call(model, x),
+    }
+    if a.torch_pruning and tp_adapter.installed():
+        prepare["torch_pruning"] = lambda: _tp_call(model, x)
+    samples = time_fresh(list(prepare.values()), torch.device("cpu"), rounds=a.repeats)
+    ms = {k: samples[:, i] * 1e3 for i, k in enumerate(prepare)}
+    row: dict[str, Any] = {
+        "model": label,
+        "network": name,
+        "params": sum(p.numel() for p in model.parameters()),
+        "input": list(shape),
+        **{f"{k}_ms": statistics.median(v.tolist()) for k, v in ms.items()},
+        "samples_ms": {k: v.tolist() for k, v in ms.items()},
+        "torch_pruning": tp_adapter.version() if "torch_pruning" in prepare else None,
+    }
+    if a.memory:
+        row["slim_peak_ratio"] = peak_ratio(name, kwargs, shape)
+    return row
 
 
-def _peak_rss() -> int:
-    """High-water mark of resident memory in bytes (VmHWM: unlike ru_maxrss, it starts anew at exec)."""
+def _status(field: str) -> int:
+    """A ``/proc/self/status`` memory field (``VmRSS``, ``VmHWM``) in bytes."""
     with open("/proc/self/status") as f:
-        return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+        return next(int(line.split()[1]) * 1024 for line in f if line.startswith(field + ":"))
 
 
-def _peak_child(factory, shape: tuple[int, ...], queue) -> None:  # runs in a fresh process
-    model = factory()
+def _peak_child(name: str, kwargs: dict[str, Any], shape: tuple[int, ...], queue: Any) -> None:
+    model = _build(name, kwargs)
     size = sum(p.numel() * p.element_size() for p in model.parameters())
     graph = assl.trace(model, torch.randn(shape))
-    plan = _half_plan(graph)
-    before = _peak_rss()
+    plan = half_plan(graph)
+    before = _status("VmRSS")
+    with open("/proc/self/clear_refs", "w") as f:  # start the high-water mark afresh, at the current RSS
+        f.write("5")
     assl.apply_plan(model, graph, plan)
-    queue.put((_peak_rss() - before, size))
+    queue.put((_status("VmHWM") - before, size))
 
 
-def _peak_ratio(factory, shape: tuple[int, ...]) -> float:
-    """Peak memory slim() adds (resident-set growth in a fresh process) over the dense model's bytes.
-
-    The model is built in the child, so that nothing but the trace runs before slim().
-    """
-    import multiprocessing as mp
-
+def peak_ratio(name: str, kwargs: dict[str, Any], shape: tuple[int, ...]) -> float:
+    """Peak memory ``slim()`` adds over the dense model's bytes: in a fresh process, the resident
+    set's high-water mark during ``slim()`` (reset just before it) minus the resident set before it."""
     ctx = mp.get_context("spawn")
     queue = ctx.Queue()
-    proc = ctx.Process(target=_peak_child, args=(factory, shape, queue))
+    proc = ctx.Process(target=_peak_child, args=(name, kwargs, shape, queue))
     proc.start()
     proc.join(timeout=600)
     if proc.exitcode != 0:
@@ -166,23 +130,80 @@ def _peak_ratio(factory, shape: tuple[int, ...]) -> float:
     return extra / size
 
 
-def _plot(points: list[tuple[str, int, float, float | None]], path: str, tp_version: str | None) -> None:
-    import matplotlib
+def render(rows: list[dict]) -> str:
+    """The docs' table of a results file of this benchmark."""
+    vals = [r["values"] for r in rows]
+    tp = any(v.get("torch_pruning_ms") is not None for v in vals)
+    memory = any(v.get("slim_peak_ratio") is not None for v in vals)
+    header = ["model", "params", "input", "forward ms", "trace ms", "slim ms", "trace+slim ms"]
+    header += ["Torch-Pruning ms", "ratio"] if tp else []
+    header += ["slim peak / model size"] if memory else []
+    body = []
+    for v in vals:
+        total = v["trace_ms"] + v["slim_ms"]
+        cells = [v["model"], f"{v['params'] / 1e6:.2f}M", "x".join(map(str, v["input"]))]
+        cells += [f"{v['forward_ms']:.1f}", f"{v['trace_ms']:.1f}", f"{v['slim_ms']:.1f}", f"{total:.1f}"]
+        if tp:
+            t = v.get("torch_pruning_ms")
+            cells += [f"{t:.1f}", f"{total / t:.2f}"] if t is not None else ["-", "-"]
+        if memory:
+            cells.append(f"{v['slim_peak_ratio']:.2f}" if v.get("slim_peak_ratio") is not None else "-")
+        body.append(cells)
+    repeats = rows[0]["settings"]["repeats"]
+    return "\n".join(
+        [
+            provenance(rows, ("torch-pruning",) if tp else ())
+            + f" Medians of {repeats} interleaved rounds; ratio = assl / Torch-Pruning.",
+            "",
+            markdown(header, body),
+        ]
+    )
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(6.5, 4.5))
-    ax.loglog([p[1] for p in points], [p[2] for p in points], "o", label="assl trace + slim")
-    if tp_version:
-        ax.loglog([p[1] for p in points], [p[3] for p in points], "s", label=f"Torch-Pruning {tp_version}")
-    for name, n, t, _ in points:
-        ax.annotate(name, (n, t), fontsize=7, xytext=(4, -10), textcoords="offset points")
-    ax.set(xlabel="parameters", ylabel="ms (1 CPU thread)", title="tracing + slimming time against model size")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+def plot(rows: list[dict], path: str) -> None:
+    """A log-log PNG of the trace + slim time (and Torch-Pruning's) against the parameter count."""
+    from .plots import figure
+
+    vals = [r["values"] for r in rows]
+    with figure(path, size=(6.5, 4.5)) as ax:
+        ax.loglog([v["params"] for v in vals], [v["trace_ms"] + v["slim_ms"] for v in vals], "o", label="assl")
+        tp = [v for v in vals if v.get("torch_pruning_ms") is not None]
+        if tp:
+            label = f"Torch-Pruning {tp[0]['torch_pruning']}"
+            ax.loglog([v["params"] for v in tp], [v["torch_pruning_ms"] for v in tp], "s", label=label)
+        for v in vals:
+            total = v["trace_ms"] + v["slim_ms"]
+            ax.annotate(v["model"], (v["params"], total), fontsize=7, xytext=(4, -10), textcoords="offset points")
+        ax.set(xlabel="parameters", ylabel="ms (1 CPU thread)", title="tracing + slimming time against model size")
+        ax.legend()
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Time every model; append the rows to ``--out``, print the table, optionally plot it."""
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--repeats", type=int, default=7, help="interleaved rounds")
+    p.add_argument("--smoke", action="store_true", help="one tiny model, two rounds")
+    p.add_argument("--memory", action="store_true", help="also measure slim()'s peak extra memory (a process each)")
+    p.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false", help="leave Torch-Pruning out")
+    p.add_argument("--plot", default=None, help="write a log-log PNG of time against parameters here")
+    cli.add_output(p, NAME)
+    a = cli.parse(p, argv, smoke={"repeats": 2})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        writer = Writer(cli.output_path(a, NAME), NAME, a, append=a.append)
+        for label, name, kwargs, shape in SMOKE_MODELS if a.smoke else MODELS:
+            row = writer.write(measure(label, name, kwargs, shape, a))
+            print(
+                f"{label}: trace {row['values']['trace_ms']:.1f} ms, slim {row['values']['slim_ms']:.1f} ms", flush=True
+            )
+    finally:
+        torch.set_num_threads(threads)
+    rows = [r for r in read(writer.path) if r["run"] == writer.run]
+    print(render(rows))
+    if a.plot:
+        plot(rows, a.plot)
+    return rows
 
 
 if __name__ == "__main__":

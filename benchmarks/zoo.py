@@ -7,9 +7,9 @@ Torch-Pruning's at the same ratio when it is installed. A model that cannot be p
 refused: the table says why (the main reason channels stay). timm and torchvision are optional:
 their models are skipped when they are not installed.
 
-    python benchmarks/zoo.py                     # every model, a markdown table
-    python benchmarks/zoo.py --models resnet18 efficientnet_lite0
-    python benchmarks/zoo.py --smoke             # one small torchvision model (seconds)
+    python -m benchmarks.zoo                     # every model, a markdown table
+    python -m benchmarks.zoo --models resnet18 efficientnet_lite0
+    python -m benchmarks.zoo --smoke             # one small torchvision model (seconds)
 """
 
 from __future__ import annotations
@@ -28,7 +28,8 @@ import torch
 from torch import nn
 
 import assl
-from assl._slim import max_rel_err
+
+from ._internals import max_rel_err
 
 TIMM = [
     "efficientnet_lite0",

@@ -1,21 +1,9 @@
-"""Standard-shaped models built in the benchmarks (no downloads)."""
+"""ImageNet-shaped classifiers at their published layouts and widths (no downloads, random weights)."""
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import torch
 from torch import nn
-
-# the demo's EDSR-baseline (head, residual blocks, body-end conv, global skip, x2 upsampler)
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
-from slim_demo import EDSR
-
-
-def edsr(blocks: int, feats: int) -> nn.Module:
-    torch.manual_seed(0)
-    return EDSR(blocks, feats).eval()
 
 
 class _Bottleneck(nn.Module):
@@ -58,11 +46,6 @@ class ResNet50Like(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.layers(self.stem(x))
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
-
-
-def resnet50_like() -> nn.Module:
-    torch.manual_seed(0)
-    return ResNet50Like().eval()
 
 
 class _InvertedResidual(nn.Module):
@@ -161,13 +144,3 @@ class DenseNetLike(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = nn.functional.adaptive_avg_pool2d(self.features(x), 1)
         return self.classifier(torch.flatten(x, 1))
-
-
-def mobilenetv2_like() -> nn.Module:
-    torch.manual_seed(0)
-    return MobileNetV2Like().eval()
-
-
-def densenet_like() -> nn.Module:
-    torch.manual_seed(0)
-    return DenseNetLike().eval()

@@ -1,0 +1,272 @@
+"""The pruning methods compared at equal steps, on any :class:`~benchmarks.tasks.Task`.
+
+* ``assl``: the Pruner's schedule (align, regularize, stabilize), ``slim()``, then fine-tuning;
+* ``assl_noalign``: the same without the align phase;
+* ``l1``: one-shot, each group's units of lowest filter L1 norm (each layer's norms relative to
+  their mean, summed over the group's layers), then fine-tuning;
+* ``l1_authors``: one-shot, each group takes its first layer's L1 ranking (as the authors' code
+  does for layers that must drop the same channels), then fine-tuning;
+* ``random``: one-shot, random units per group, then fine-tuning;
+* ``scratch``: the slim architecture of ``l1``, re-initialized, trained for the dense steps too;
+* ``tp_groupnorm`` / ``tp_growingreg``: Torch-Pruning's regularizing pruners (optional install),
+  regularizing for ``prune_iters`` steps, pruning, then fine-tuning; a pruner that fails on the
+  network is reported as failed, with its error.
+
+One-shot methods remove as many units per group as ASSL's Pruner would at the same ratio. Every
+method gets ``T = prune_iters + finetune_iters`` optimizer steps after the dense model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import math
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+import assl
+
+from . import tp_adapter
+from ._internals import l1_plan, max_rel_err
+from .macs import count_macs
+from .tasks import Task
+from .training import LearningRate, cosine, train
+
+METHODS = {
+    "assl": "ASSL: align, regularize, stabilize, slim, fine-tune",
+    "assl_noalign": "ASSL without the align phase",
+    "l1": "one-shot L1, aligned per group (group-aggregated score)",
+    "l1_authors": "one-shot L1, each group ranked by its first layer (the authors' baseline)",
+    "random": "one-shot, random units per group",
+    "scratch": "the slim architecture trained from scratch",
+    "tp_groupnorm": "Torch-Pruning's GroupNormPruner",
+    "tp_growingreg": "Torch-Pruning's GrowingRegPruner",
+}
+ONE_SHOT = ("l1", "l1_authors", "random", "scratch")
+
+
+class Observer(Protocol):
+    """What a study watches in an ASSL run: built once the Pruner exists (see :func:`run_method`)."""
+
+    def before_step(self) -> None:
+        """Called between ``backward()`` and each optimizer step of the schedule."""
+
+    def end(self) -> dict[str, Any]:
+        """Called when the schedule is over, before ``slim()``; the entries join the run's row."""
+
+
+def size(task: Task, model: nn.Module) -> tuple[int, float]:
+    """Parameters, and MACs of ``task.macs_input`` (checked against torch's flop counter) times ``task.macs_factor``."""
+    return sum(p.numel() for p in model.parameters()), count_macs(model, task.macs_input) * task.macs_factor
+
+
+def removed_counts(task: Task, model: nn.Module, ratio: float) -> dict[str, int]:
+    """Units per group that ASSL's Pruner removes from ``model`` at ``ratio`` (built on a copy)."""
+    schedule = assl.Schedule(align_iters=0)  # no align phase to announce: only the counts are wanted
+    return assl.Pruner(copy.deepcopy(model), task.example, ratio=ratio, skip=task.skip, schedule=schedule).removed
+
+
+def _plan_by_scores(
+    graph: assl.Graph, removed: dict[str, int], score: Callable[[assl.ChannelGroup], torch.Tensor]
+) -> dict[str, list[int]]:
+    """Per group, the ``removed[name]`` prunable units of lowest ``score`` (ties: lowest index)."""
+    plan: dict[str, list[int]] = {}
+    for g in graph.groups:
+        k = removed.get(g.name, 0)
+        if k:
+            s = score(g).clone()
+            s[torch.as_tensor(~g.prunable)] = math.inf
+            plan[g.name] = sorted(torch.argsort(s, stable=True)[:k].tolist())
+    return plan
+
+
+def _l1_of(model: nn.Module, layer: str, group: assl.ChannelGroup) -> torch.Tensor:
+    """The L1 norm of ``layer``'s filters per unit of ``group`` (averaged over a unit's channels)."""
+    w = model.get_submodule(layer).weight.detach().abs().flatten(1).sum(1).cpu()
+    units = torch.as_tensor(group.channels(layer))
+    return torch.zeros(group.size).index_add(0, units, w) / torch.bincount(units, minlength=group.size)
+
+
+def one_shot(method: str, task: Task, model: nn.Module, ratio: float, seed: int) -> nn.Module:
+    """``model`` slimmed in place by ``l1`` (``scratch`` takes its shape), ``l1_authors`` or ``random``."""
+    graph = assl.trace(model, task.example)
+    removed = removed_counts(task, model, ratio)
+    if method in ("l1", "scratch"):
+        plan = l1_plan(model, graph, removed)
+    elif method == "l1_authors":
+        plan = _plan_by_scores(graph, removed, lambda g: _l1_of(model, g.layers[0], g))
+    else:
+        gen = torch.Generator().manual_seed(seed + 3000)
+        plan = _plan_by_scores(graph, removed, lambda g: torch.rand(g.size, generator=gen))
+    return assl.apply_plan(model, graph, plan)
+
+
+def reinit(model: nn.Module) -> nn.Module:
+    """Fresh weights (and norm statistics) for every layer that has ``reset_parameters`` and trains
+    (fixed layers, such as LEDSR's mean shifts, stay), then the model's own ``init_weights()``."""
+    for m in model.modules():
+        trains = all(p.requires_grad for p in m.parameters(recurse=False))
+        if m is not model and hasattr(m, "reset_parameters") and trains:
+            m.reset_parameters()
+    if hasattr(model, "init_weights"):
+        model.init_weights()
+    return model
+
+
+def param_groups(model: nn.Module, pruner: assl.Pruner, scale_lr: float | None) -> list[dict] | None:
+    """Adam's param groups: the parameters the penalty acts on at ``scale_lr``, when given."""
+    if scale_lr is None:
+        return None
+    pen = {id(p) for p in pruner.penalized_parameters()}
+    return [
+        {"params": [p for p in model.parameters() if id(p) not in pen]},
+        {"params": pruner.penalized_parameters(), "lr": scale_lr},
+    ]
+
+
+def learning_rates(a: argparse.Namespace, total: int) -> tuple[LearningRate, Callable[[int], LearningRate]]:
+    """The pruning phase's learning rate, and ``used -> `` the fine-tuning's after ``used`` steps.
+
+    ``constant``: ``--lr`` throughout; ``finetune``: pruning at ``--lr``, then a cosine to zero over
+    the rest of ``T`` (for scratch, over all of its steps from ``-dense_iters``); ``whole``: one
+    cosine over ``T`` (scratch: over all of its steps).
+    """
+    if a.lr_schedule == "constant":
+        return a.lr, lambda used: a.lr
+    if a.lr_schedule == "whole":
+        whole = cosine(a.lr, 0, total)
+        return whole, lambda used: whole if used >= 0 else cosine(a.lr, used, total - used)
+    return (lambda k: a.lr), lambda used: cosine(a.lr, used, total - used)
+
+
+def _recorder(task: Task, model: nn.Module, curve: list, every: int) -> Callable[[int], None] | None:
+    """An ``after_step`` that puts ``(step, score)`` into ``curve`` every ``every`` steps (None: never)."""
+    if not every:
+        return None
+
+    def record(k: int) -> None:
+        if k % every == 0:
+            curve.append((k, task.score(model)[task.metric]))
+
+    return record
+
+
+def _torch_pruning(
+    method: str, task: Task, model: nn.Module, ratio: float, a: argparse.Namespace, stream: Any, lr: LearningRate
+) -> tuple[nn.Module, int, list]:
+    """Regularize ``model`` with Torch-Pruning's pruner for ``prune_iters`` steps, then prune it in place."""
+    curve: list = []
+    pruner = tp_adapter.regularizing_pruner(method, model, task.example, ratio, task.output_layers(model), a.tp_reg)
+    record = _recorder(task, model, curve, a.eval_every)
+
+    def after(k: int) -> None:
+        if method == "tp_growingreg" and (k - 1) % a.reg_interval == 0:
+            pruner.update_reg()
+        if record is not None:
+            record(k)
+
+    regularize = lambda: pruner.regularize(model)  # noqa: E731
+    used = train(model, stream, a.prune_iters, task.loss, lr, before_step=regularize, after_step=after)
+    pruner.step()
+    return model, used, curve
+
+
+def run_method(
+    task: Task,
+    method: str,
+    dense: nn.Module,
+    ratio: float | assl.Budget,
+    a: argparse.Namespace,
+    seed: int,
+    *,
+    schedule: assl.Schedule | None = None,
+    round_to: int | str = 1,
+    observe: Callable[[assl.Pruner, nn.Module], Observer] | None = None,
+) -> tuple[dict[str, Any], nn.Module | None]:
+    """Prune a copy of ``dense`` with ``method``, fine-tune it to the common step count, score it.
+
+    Returns the row and the pruned model (None when the method failed). The row holds the score
+    right after slimming (``score_slim``; NaN for scratch) and after fine-tuning (``score``, and
+    every metric in ``metrics``), params, MACs, the steps after the dense model, the wall time and
+    ``curve``: ``(step, score)`` pairs, steps counted from the dense model (scratch's first
+    ``dense_iters`` are negative). For ASSL also the score at the end of the schedule with the chosen
+    channels still in place (``score_before_slim``), the liveness of the chosen channels before
+    slimming (per group and the largest), the units removed per group and how much slimming
+    changed the output on the example inputs.
+
+    ASSL only: ``ratio`` may be an ``assl.Budget``; ``schedule`` replaces the flags' schedule;
+    ``round_to`` is the Pruner's; ``observe(pruner, model)``, called once the Pruner is built, returns
+    an :class:`Observer`. None of them draws random numbers, so the runs stay paired with the
+    other methods'.
+    """
+    from .protocol import assl_schedule
+
+    torch.manual_seed(seed + 1000)
+    model = copy.deepcopy(dense)
+    stream = task.batches(seed + 2000)
+    total = a.prune_iters + a.finetune_iters
+    prune_lr, finetune_lr = learning_rates(a, total)
+    curve: list = []
+    extra: dict[str, Any] = {}
+    t0 = time.time()
+    used = 0
+    if method in ("assl", "assl_noalign"):
+        schedule = schedule or assl_schedule(a, align=method == "assl")
+        target = {"budget": ratio} if isinstance(ratio, assl.Budget) else {"ratio": ratio}
+        pruner = assl.Pruner(model, task.example, **target, skip=task.skip, schedule=schedule, round_to=round_to)
+        probe = observe(pruner, model) if observe is not None else None
+        used = train(
+            model,
+            stream,
+            a.prune_iters,
+            task.loss,
+            prune_lr,
+            param_groups=param_groups(model, pruner, a.scale_lr),
+            pruner=pruner,
+            before_step=probe.before_step if probe is not None else None,
+            after_step=_recorder(task, model, curve, a.eval_every),
+        )
+        alive = pruner.liveness()
+        extra = {
+            "liveness": max(alive.values(), default=0.0),
+            "liveness_groups": alive,
+            "aligned": list(pruner.aligned),
+        }
+        extra["removed"] = dict(pruner.removed)
+        if probe is not None:
+            extra.update(probe.end())
+        extra["score_before_slim"] = task.score(model)[task.metric]
+        small = pruner.slim()
+        extra["slim_change"] = max_rel_err(model, small, task.example)
+    elif method in tp_adapter.PRUNERS:
+        try:
+            small, used, curve = _torch_pruning(method, task, model, float(ratio), a, stream, prune_lr)
+            small(task.example)
+        except Exception as e:  # a pruner that fails on this network is a result too: report it, go on
+            error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+            print(f"# {method} failed at ratio {float(ratio):g}: {error}", flush=True)
+            return {"method": method, "ratio": ratio, "seed": seed, "error": error, "wall_s": time.time() - t0}, None
+    elif method in ONE_SHOT:
+        small = one_shot(method, task, model, float(ratio), seed)
+    else:
+        raise ValueError(f"unknown method {method!r}; the methods are {', '.join(METHODS)}")
+    if method == "scratch":
+        small, score_slim = reinit(small), math.nan
+        used = -a.dense_iters  # trained for the dense steps as well, on one schedule
+    else:
+        score_slim = task.score(small)[task.metric]
+        curve.append((used, score_slim))
+    train(small, stream, total - used, task.loss, finetune_lr(used), first=used, after_step=_recorder(
+        task, small, curve, a.eval_every
+    ))  # fmt: skip
+    final = task.score(small)
+    curve.append((total, final[task.metric]))
+    params, macs = size(task, small)
+    row = {"method": method, "ratio": ratio if isinstance(ratio, float) else None, "seed": seed}
+    row.update(score_slim=score_slim, score=final[task.metric], metrics=final, params=params, macs=macs)
+    row.update(steps=total, wall_s=time.time() - t0, curve=curve, **extra)
+    return row, small

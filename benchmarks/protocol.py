@@ -1,0 +1,133 @@
+"""The equal-steps protocol's command line, shared by every quality benchmark and study.
+
+One dense model per seed; for every ratio each method starts from a copy of it and gets the same
+number ``T = prune_iters + finetune_iters`` of optimizer steps after it (scratch: the dense
+steps as well). The flags here are the protocol's and ASSL's; a task adds its own
+(:mod:`benchmarks.tasks`) and sets the defaults that suit it. ``--quick`` and ``--smoke`` set
+defaults that flags given explicitly override.
+"""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from typing import Any
+
+import assl
+
+from . import cli
+from .methods import METHODS
+from .tasks import task_module
+
+
+def parser(name: str, task: str, description: str | None, *, methods: bool = True) -> argparse.ArgumentParser:
+    """The flags of benchmark ``name``: the protocol's, ASSL's schedule and task ``task``'s, with the task's defaults.
+
+    ``methods=False`` leaves out ``--methods`` and ``--tp_reg`` (for a study that runs ASSL only).
+    """
+    p = argparse.ArgumentParser(description=description, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="CPU-sized: minutes")
+    p.add_argument("--smoke", action="store_true", help="seconds: used by the test suite")
+    p.add_argument(
+        "--ratios", "--ratio", dest="ratios", type=float, nargs="+", help="fractions of each group's channels removed"
+    )
+    p.add_argument("--seeds", type=int, default=3, help="dense models (seeds 0, 1, ...), each pruned by every method")
+    p.add_argument("--lr", type=float, help="Adam's learning rate, for every method and stage")
+    p.add_argument(
+        "--lr_schedule",
+        choices=("constant", "finetune", "whole"),
+        help="constant; a cosine to zero over each method's last phase (fine-tuning; scratch's and the dense "
+        "model's whole training); or one cosine over all steps after the dense model",
+    )
+    p.add_argument("--dense_iters", type=int, help="steps of the dense model")
+    p.add_argument(
+        "--prune_iters", type=int, help="ASSL's schedule (Schedule.for_steps(prune_iters)) and TP's regularization"
+    )
+    p.add_argument("--finetune_iters", type=int, help="fine-tuning steps after ASSL and TP (one-shot methods get both)")
+    p.add_argument("--eval_every", type=int, default=0, help="score every this many steps for a curve (0: never)")
+    if methods:
+        p.add_argument("--methods", nargs="+", choices=list(METHODS), help="tp_* need torch-pruning installed")
+        p.add_argument("--tp_reg", type=float, default=None, help="Torch-Pruning's reg (default: the pruner's own)")
+    p.add_argument("--threads", type=int, help="torch threads (0: leave torch's default)")
+    p.add_argument(
+        "--dense_cache",
+        default=None,
+        help="folder to keep the trained dense models in and reuse them from (keyed by every setting they depend on)",
+    )
+    add_assl_flags(p)
+    task_module(task).add_flags(p)
+    cli.add_output(p, name)
+    p.set_defaults(**task_module(task).DEFAULTS)
+    return p
+
+
+def add_assl_flags(p: argparse.ArgumentParser) -> None:
+    """ASSL's schedule, penalty and learning rate of the scales."""
+    p.add_argument(
+        "--schedule",
+        default="for_steps",
+        choices=("for_steps", "flags"),
+        help="for_steps: assl.Schedule.for_steps(--prune_iters), the library's way to size a schedule; "
+        "flags: --align_iters, --reg_interval, --reg_step, --reg_limit and --stabilize_iters as given",
+    )
+    p.add_argument(
+        "--penalty_form",
+        default="shrink",
+        choices=("shrink", "gradient"),
+        help="ASSL's penalty: the library's default (shrink) or the paper's (gradient)",
+    )
+    p.add_argument("--align_weight", type=float, default=1.0)
+    p.add_argument(
+        "--scale_lr",
+        type=float,
+        default=None,
+        help="a learning rate of their own for the parameters ASSL's penalty acts on (default: --lr; "
+        "constant --lr_schedule only)",
+    )
+    flags = p.add_argument_group("the schedule's numbers with --schedule flags (and --reg_interval for tp_growingreg)")
+    flags.add_argument("--align_iters", type=int, default=500)
+    flags.add_argument("--reg_interval", type=int, default=4)
+    flags.add_argument("--reg_step", type=float, default=0.005)
+    flags.add_argument("--reg_limit", type=float, default=0.5)
+    flags.add_argument("--stabilize_iters", type=int, default=1000)
+
+
+def parse(
+    p: argparse.ArgumentParser,
+    argv: list[str] | None,
+    task: str,
+    *,
+    quick: Mapping[str, Any] | None = None,
+    smoke: Mapping[str, Any] | None = None,
+) -> argparse.Namespace:
+    """Parse with the task's presets (plus a script's own ``quick`` / ``smoke`` additions); check the values."""
+    mod = task_module(task)
+    a = cli.parse(p, argv, quick={**mod.QUICK, **(quick or {})}, smoke={**mod.SMOKE, **(smoke or {})})
+    if any(not 0 < r < 1 for r in a.ratios):
+        p.error(f"--ratios must lie in (0, 1), got {a.ratios}")
+    if a.schedule == "for_steps" and a.prune_iters < 10:
+        p.error("--prune_iters must be at least 10 (Schedule.for_steps needs a few steps per phase)")
+    if a.scale_lr is not None and a.lr_schedule != "constant":
+        p.error("--scale_lr needs --lr_schedule constant (a schedule sets every parameter's learning rate)")
+    return a
+
+
+def assl_schedule(
+    a: argparse.Namespace, *, align: bool = True, align_loss: str = "consensus", align_weight: float | None = None
+) -> assl.Schedule:
+    """ASSL's schedule: ``Schedule.for_steps(--prune_iters)``, or the numbers of the flags (``--schedule flags``)."""
+    weight = a.align_weight if align_weight is None else align_weight
+    if a.schedule == "for_steps":
+        return assl.Schedule.for_steps(
+            a.prune_iters, align=align, align_weight=weight, align_loss=align_loss, penalty_form=a.penalty_form
+        )
+    return assl.Schedule(
+        align_iters=a.align_iters if align else 0,
+        align_weight=weight,
+        reg_interval=a.reg_interval,
+        reg_step=a.reg_step,
+        reg_limit=a.reg_limit,
+        stabilize_iters=a.stabilize_iters,
+        penalty_form=a.penalty_form,
+        align_loss=align_loss,
+    )

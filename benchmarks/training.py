@@ -1,0 +1,77 @@
+"""The training loop every quality benchmark uses: Adam, an optional ASSL Pruner, hooks, learning-rate schedules."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterator
+from typing import Union
+
+import torch
+from torch import nn
+
+import assl
+
+Batches = Iterator[tuple[torch.Tensor, torch.Tensor]]
+"""(input, target) training batches, forever."""
+LearningRate = Union[float, Callable[[int], float]]
+"""A constant learning rate, or the learning rate of each (globally numbered) step."""
+
+
+def cosine(lr: float, start: int, length: int) -> Callable[[int], float]:
+    """The learning rate of step ``k``: a cosine from ``lr`` at ``start`` to 0 at ``start + length``."""
+    return lambda k: 0.5 * lr * (1 + math.cos(math.pi * min(max(k - start, 0), length) / max(length, 1)))
+
+
+def train(
+    model: nn.Module,
+    stream: Batches,
+    steps: int,
+    loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor],
+    lr: LearningRate,
+    *,
+    first: int = 0,
+    param_groups: list[dict] | None = None,
+    pruner: assl.Pruner | None = None,
+    before_step: Callable[[], None] | None = None,
+    after_step: Callable[[int], None] | None = None,
+) -> int:
+    """Up to ``steps`` Adam steps on ``loss`` (fewer when ``pruner`` is done); returns the steps taken.
+
+    Steps are numbered from ``first`` on. A constant ``lr`` leaves each of ``param_groups`` at its
+    own learning rate (a group without one gets ``lr``); a schedule ``lr(k)`` sets every group to
+    it before step ``k``. With ``pruner``, its alignment term joins the loss and its penalty hook
+    the optimizer, for the steps of this call. ``before_step()`` runs between ``backward()`` and
+    the optimizer step, ``after_step(k)`` after step ``k`` (the ``k``-th from ``first``, 1-based).
+    """
+    model.train()
+    scheduled = callable(lr)
+    opt = torch.optim.Adam(param_groups or model.parameters(), lr=lr(first) if scheduled else lr)
+    if pruner is not None:
+        pruner.attach(opt)
+    done = 0
+    try:
+        while done < steps and not (pruner is not None and pruner.done):
+            if scheduled:
+                for group in opt.param_groups:
+                    group["lr"] = lr(first + done)
+            x, y = next(stream)
+            value = loss(model(x), y)
+            if pruner is not None:
+                value = value + pruner.alignment_loss()
+            opt.zero_grad(set_to_none=True)
+            value.backward()
+            if before_step is not None:
+                before_step()
+            opt.step()
+            done += 1
+            if after_step is not None:
+                after_step(first + done)
+    finally:
+        if pruner is not None:
+            pruner.detach()
+    return done
+
+
+def l1_loss(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    """The mean absolute error (the SR benchmarks' loss)."""
+    return (output - target).abs().mean()
