@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from ._unit_index import UnitIndex
 from .errors import ArgumentTypeError, PlanError
 
 __all__ = ["ChannelGroup", "Entry", "Graph", "Plan"]
@@ -127,12 +128,14 @@ class Graph:
         self.normalized: dict[str, tuple[str, ...]] = {}
         self.samples: int = 1
         """Samples in the example inputs (the first dimension of their first tensor): MACs are per sample."""
+        self._unit_index: UnitIndex | None = None
 
     def set_norms(self, norm_roots: Mapping[str, np.ndarray], normalized: Mapping[str, tuple[str, ...]]) -> None:
         """Record the normalization layers: the channel components each renormalizes, and
         ``normalized``: producer -> the normalization layers that alone read its raw output."""
         self._norm_roots = dict(norm_roots)
         self.normalized = dict(normalized)
+        self._unit_index = None
 
     def norms_of(self, group: str) -> dict[str, np.ndarray]:
         """Normalization layers that renormalize units of ``group``, in trace order.
@@ -141,23 +144,13 @@ class Graph:
             Layer name -> the unit of each of its channels (``-1`` for channels of other groups
             or channels that cannot go).
         """
-        roots = self._unit_roots[self.group(group).name]
-        unit_of = {int(r): u for u, r in enumerate(roots.tolist())}
+        index = self._index()
+        g = index.number[self.group(group).name]
         out = {}
-        for name, norm_roots in self._norm_roots.items():
-            units = np.array([unit_of.get(int(r), -1) for r in norm_roots.tolist()], dtype=np.int64)
-            if (units >= 0).any():
-                out[name] = units
+        for name, roots in self._norm_roots.items():
+            if g in index.norm_groups[name]:
+                out[name] = index.units(g, roots)
         return out
-
-    def _units(self, group: str, roots: np.ndarray) -> np.ndarray:
-        """The unit of ``group`` behind each root (``-1``: another group's, or a channel that stays)."""
-        mine = self._unit_roots[self.group(group).name]
-        order = np.argsort(mine)
-        pos = np.searchsorted(mine, roots, sorter=order)
-        pos = np.minimum(pos, len(mine) - 1)
-        hit = (roots >= 0) & (mine[order[pos]] == roots) if len(mine) else np.zeros(len(roots), dtype=bool)
-        return np.where(hit, order[pos] if len(mine) else -1, -1)
 
     def readers(self, group: str) -> dict[str, np.ndarray]:
         """The layers that read the units of ``group``: convolutions and Linear layers consuming them.
@@ -167,26 +160,31 @@ class Graph:
             channels of other groups); input channel ``c`` of a grouped convolution is index
             ``c % len(units)``.
         """
+        index = self._index()
+        g = index.number[self.group(group).name]
         out: dict[str, np.ndarray] = {}
-        for e, roots in zip(self._entries, self._entry_roots):
-            if e.tensor != "weight" or e.role != "slice" or e.module not in self._positions:
-                continue
-            units = self._units(group, roots)
-            if (units >= 0).any():
-                out[e.module] = units
+        for i in index.entries_of.get(g, ()):
+            e = self._entries[i]
+            if e.tensor == "weight" and e.role == "slice" and e.module in self._positions:
+                out[e.module] = index.units(g, self._entry_roots[i])
         return out
 
     def carried(self, group: str) -> list[tuple[str, str, int, np.ndarray]]:
         """Tensors the masked model zeroes along the units of ``group`` (producers' rows, norm and
         per-channel parameters on the way to the readers): ``(module, tensor, dim, unit per index)``."""
+        index = self._index()
+        g = index.number[self.group(group).name]
         out = []
-        for e, roots in zip(self._entries, self._entry_roots):
-            if e.role != "zero":
-                continue
-            units = self._units(group, roots)
-            if (units >= 0).any():
-                out.append((e.module, e.tensor, e.dim, units))
+        for i in index.entries_of.get(g, ()):
+            e = self._entries[i]
+            if e.role == "zero":
+                out.append((e.module, e.tensor, e.dim, index.units(g, self._entry_roots[i])))
         return out
+
+    def _index(self) -> UnitIndex:
+        if self._unit_index is None:
+            self._unit_index = UnitIndex(self._unit_roots, self._entry_roots, self._norm_roots)
+        return self._unit_index
 
     # --- groups ------------------------------------------------------------------------------
 
@@ -281,14 +279,16 @@ class Graph:
     def _shapes_without(self, removed: np.ndarray | None) -> dict[tuple[str, str], list[int]]:
         shapes = {k: list(s) for k, s in self._shapes.items()}
         if removed is not None and removed.size:
+            gone = np.zeros(int(max(removed.max(), *(r.max() for r in self._entry_roots if r.size))) + 2, dtype=bool)
+            gone[removed] = True  # a lookup table: np.isin per entry costs more than the whole count
             for e, roots in zip(self._entries, self._entry_roots):
-                keep = ~np.isin(roots, removed)
+                kept = int(len(roots) - gone[roots].sum())  # FIXED (-1) reads the last slot, never set
                 key = (e.module, e.tensor)
                 if key in shapes:
-                    shapes[key][e.dim] = int(keep.sum())
+                    shapes[key][e.dim] = kept
                 for other, dim in self._followers.get(key, []):  # weight_g of a legacy weight norm
                     if dim == e.dim and (e.module, other) in shapes:
-                        shapes[(e.module, other)][dim] = int(keep.sum())
+                        shapes[(e.module, other)][dim] = kept
         return shapes
 
     def count_params_removing(self, units: Mapping[str, Iterable[int]]) -> int:
