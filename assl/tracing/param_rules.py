@@ -17,7 +17,7 @@ import torch
 from .._inputs import tensors
 from .derived import Axis, Derived, Expr, Leaf, template
 from .protocol import Opaque, Tracer, arg, norm_dim
-from .shape_rules import CONSTANT_SIZE, permutation, requested_sizes, reshape_map
+from .shape_rules import CONSTANT_SIZE, RESHAPES, permutation, requested_sizes, reshape_map
 from .sizes import SizeInt, user_line
 
 __all__ = ["PARAM_RULES", "derive"]
@@ -349,24 +349,7 @@ _ELEMENTWISE_NAMES = (
     "addcdiv zeros_like ones_like empty_like full_like exp2 sin cos erf gelu silu hardsigmoid hardswish"
 )
 PARAM_RULES.update({n: _elementwise for n in _ELEMENTWISE_NAMES.split()})
-PARAM_RULES.update(
-    {
-        n: _reshape
-        for n in (
-            "view",
-            "reshape",
-            "flatten",
-            "unflatten",
-            "squeeze",
-            "squeeze_",
-            "unsqueeze",
-            "unsqueeze_",
-            "view_as",
-            "reshape_as",
-            "ravel",
-        )
-    }
-)
+PARAM_RULES.update({n: _reshape for n in RESHAPES})
 PARAM_RULES.update({n: _expand for n in ("expand", "expand_as", "broadcast_to")})
 PARAM_RULES.update(
     {

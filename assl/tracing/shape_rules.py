@@ -308,25 +308,14 @@ def _cat(tr: Tracer, name: str, args: tuple, kwargs: dict, out: Any) -> None:
     tr.put(out, Value(cd + (1 if stack and d <= cd else 0), first.labels, zero), name)
 
 
+RESHAPES = (
+    "view", "reshape", "flatten", "unflatten", "squeeze", "squeeze_", "unsqueeze", "unsqueeze_", "view_as",
+    "reshape_as", "ravel",
+)  # fmt: skip
+"""Tensor methods and functions that reshape: the channel dimension moves or merges with others."""
+
 SHAPE_RULES: dict[str, Rule] = {}
-SHAPE_RULES.update(
-    {
-        n: _reshape
-        for n in (
-            "view",
-            "reshape",
-            "flatten",
-            "unflatten",
-            "squeeze",
-            "squeeze_",
-            "unsqueeze",
-            "unsqueeze_",
-            "view_as",
-            "reshape_as",
-            "ravel",
-        )
-    }
-)
+SHAPE_RULES.update({n: _reshape for n in RESHAPES})
 SHAPE_RULES.update(
     {
         n: _permute
