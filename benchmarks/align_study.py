@@ -43,7 +43,7 @@ import assl
 from . import cli, protocol
 from ._internals import ALIGN_LOSSES, scale_of
 from .method_table import data_packages
-from .methods import run_method
+from .methods import assl_schedule, run_method
 from .results import Writer, read
 from .stats import mean_sd, paired, signed_with_mean
 from .sweep import sweep
@@ -141,15 +141,27 @@ def by_setting(rows: list[dict]) -> Iterator[tuple[str, list[dict], Column, str]
 
 def grad_ratio(pruner: assl.Pruner, model: nn.Module, task: Task, stream: Batches, batches: int = 4) -> float:
     """``||grad of the alignment term|| / ||grad of the task loss||`` on the aligned groups' scales."""
-    scales = [scale_of(model.get_submodule(n)).scale for g in pruner.aligned for n in pruner.graph.group(g).layers]
-    align = torch.autograd.grad(pruner.alignment_loss(), scales)
-    norm_align = torch.sqrt(sum((g**2).sum() for g in align))
+    scales = []
+    for g in pruner.aligned:
+        for n in pruner.graph.group(g).layers:
+            scale = scale_of(model.get_submodule(n))
+            if scale is None:
+                raise ValueError(f"{n} carries no inserted scale: the gradient ratio is defined on scales only")
+            scales.append(scale.scale)
+    norm_align = _norm(torch.autograd.grad(pruner.alignment_loss(), scales))
     norms = []
     for _ in range(batches):
         x, y = next(stream)
-        grads = torch.autograd.grad(task.loss(model(x), y), scales)
-        norms.append(float(torch.sqrt(sum((g**2).sum() for g in grads))))
-    return float(norm_align) / statistics.mean(norms)
+        norms.append(_norm(torch.autograd.grad(task.loss(model(x), y), scales)))
+    return norm_align / statistics.mean(norms)
+
+
+def _norm(grads: tuple[torch.Tensor, ...]) -> float:
+    """The L2 norm of ``grads`` taken together."""
+    total = grads[0].new_zeros(())
+    for g in grads:
+        total = total + (g**2).sum()
+    return float(torch.sqrt(total))
 
 
 def _mean(values: dict[str, float]) -> float:
@@ -212,7 +224,7 @@ def run_setting(task: Task, setting: str, dense: nn.Module, ratio: float, a: arg
     """One ASSL run of ``setting`` on a copy of ``dense``, with the measurements of the module docstring."""
     parsed = parse_setting(setting)
     loss, weight = parsed if parsed is not None else ("consensus", None)
-    schedule = protocol.assl_schedule(a, align=weight is not None, align_loss=loss, align_weight=weight or 0.0)
+    schedule = assl_schedule(a, align=weight is not None, align_loss=loss, align_weight=weight or 0.0)
 
     def probe(pruner: assl.Pruner, model: nn.Module) -> Probe:
         def grad() -> float:

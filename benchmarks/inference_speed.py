@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import copy
 import statistics
+from typing import cast
 
 import torch
 from torch import nn
@@ -84,7 +85,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     "model": label,
                     "ratio": ratio,
                     "round_to": round_to,
-                    "features": m.model.head[0].out_channels,
+                    "features": cast(nn.Conv2d, m.get_submodule("model.head.0")).out_channels,
                     "params": sum(q.numel() for q in m.parameters()),
                     "macs": macs[label] * batch,
                     "ideal": macs["dense"] / macs[label],

@@ -84,9 +84,16 @@ def _plan_by_scores(
     return plan
 
 
+def _weight(model: nn.Module, layer: str) -> torch.Tensor:
+    """The weight of layer ``layer`` of ``model``."""
+    weight = model.get_submodule(layer).weight
+    assert isinstance(weight, torch.Tensor)
+    return weight
+
+
 def _l1_of(model: nn.Module, layer: str, group: assl.ChannelGroup) -> torch.Tensor:
     """The L1 norm of ``layer``'s filters per unit of ``group`` (averaged over a unit's channels)."""
-    w = model.get_submodule(layer).weight.detach().abs().flatten(1).sum(1).cpu()
+    w = _weight(model, layer).detach().abs().flatten(1).sum(1).cpu()
     units = torch.as_tensor(group.channels(layer))
     return torch.zeros(group.size).index_add(0, units, w) / torch.bincount(units, minlength=group.size)
 
@@ -110,10 +117,12 @@ def reinit(model: nn.Module) -> nn.Module:
     (fixed layers, such as LEDSR's mean shifts, stay), then the model's own ``init_weights()``."""
     for m in model.modules():
         trains = all(p.requires_grad for p in m.parameters(recurse=False))
-        if m is not model and hasattr(m, "reset_parameters") and trains:
-            m.reset_parameters()
-    if hasattr(model, "init_weights"):
-        model.init_weights()
+        reset = getattr(m, "reset_parameters", None)
+        if m is not model and callable(reset) and trains:
+            reset()
+    init = getattr(model, "init_weights", None)
+    if callable(init):
+        init()
     return model
 
 
@@ -175,6 +184,34 @@ def _torch_pruning(
     return model, used, curve
 
 
+def assl_schedule(
+    a: argparse.Namespace, *, align: bool = True, align_loss: str = "consensus", align_weight: float | None = None
+) -> assl.Schedule:
+    """ASSL's schedule: ``Schedule.for_steps(--prune_iters)``, or the numbers of the flags (``--schedule flags``)."""
+    weight = a.align_weight if align_weight is None else align_weight
+    if a.schedule == "for_steps":
+        return assl.Schedule.for_steps(
+            a.prune_iters, align=align, align_weight=weight, align_loss=align_loss, penalty_form=a.penalty_form
+        )
+    return assl.Schedule(
+        align_iters=a.align_iters if align else 0,
+        align_weight=weight,
+        reg_interval=a.reg_interval,
+        reg_step=a.reg_step,
+        reg_limit=a.reg_limit,
+        stabilize_iters=a.stabilize_iters,
+        penalty_form=a.penalty_form,
+        align_loss=align_loss,
+    )
+
+
+def _plain_ratio(method: str, ratio: float | assl.Budget) -> float:
+    """``ratio`` as a number: only ASSL takes a budget."""
+    if isinstance(ratio, assl.Budget):
+        raise TypeError(f"{method} takes a ratio, not a budget ({ratio}); only the ASSL methods take budgets")
+    return float(ratio)
+
+
 def run_method(
     task: Task,
     method: str,
@@ -203,8 +240,6 @@ def run_method(
     an :class:`Observer`. None of them draws random numbers, so the runs stay paired with the
     other methods'.
     """
-    from .protocol import assl_schedule
-
     torch.manual_seed(seed + 1000)
     model = copy.deepcopy(dense)
     stream = task.batches(seed + 2000)
@@ -244,14 +279,14 @@ def run_method(
         extra["slim_change"] = max_rel_err(model, small, task.example)
     elif method in tp_adapter.PRUNERS:
         try:
-            small, used, curve = _torch_pruning(method, task, model, float(ratio), a, stream, prune_lr)
+            small, used, curve = _torch_pruning(method, task, model, _plain_ratio(method, ratio), a, stream, prune_lr)
             small(task.example)
         except Exception as e:  # a pruner that fails on this network is a result too: report it, go on
             error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-            print(f"# {method} failed at ratio {float(ratio):g}: {error}", flush=True)
+            print(f"# {method} failed at ratio {_plain_ratio(method, ratio):g}: {error}", flush=True)
             return {"method": method, "ratio": ratio, "seed": seed, "error": error, "wall_s": time.time() - t0}, None
     elif method in ONE_SHOT:
-        small = one_shot(method, task, model, float(ratio), seed)
+        small = one_shot(method, task, model, _plain_ratio(method, ratio), seed)
     else:
         raise ValueError(f"unknown method {method!r}; the methods are {', '.join(METHODS)}")
     if method == "scratch":
@@ -266,7 +301,7 @@ def run_method(
     final = task.score(small)
     curve.append((total, final[task.metric]))
     params, macs = size(task, small)
-    row = {"method": method, "ratio": ratio if isinstance(ratio, float) else None, "seed": seed}
+    row: dict[str, Any] = {"method": method, "ratio": ratio if isinstance(ratio, float) else None, "seed": seed}
     row.update(score_slim=score_slim, score=final[task.metric], metrics=final, params=params, macs=macs)
     row.update(steps=total, wall_s=time.time() - t0, curve=curve, **extra)
     return row, small

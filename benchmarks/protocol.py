@@ -13,8 +13,6 @@ import argparse
 from collections.abc import Mapping
 from typing import Any
 
-import assl
-
 from . import cli
 from .methods import METHODS
 from .tasks import task_module
@@ -110,24 +108,3 @@ def parse(
     if a.scale_lr is not None and a.lr_schedule != "constant":
         p.error("--scale_lr needs --lr_schedule constant (a schedule sets every parameter's learning rate)")
     return a
-
-
-def assl_schedule(
-    a: argparse.Namespace, *, align: bool = True, align_loss: str = "consensus", align_weight: float | None = None
-) -> assl.Schedule:
-    """ASSL's schedule: ``Schedule.for_steps(--prune_iters)``, or the numbers of the flags (``--schedule flags``)."""
-    weight = a.align_weight if align_weight is None else align_weight
-    if a.schedule == "for_steps":
-        return assl.Schedule.for_steps(
-            a.prune_iters, align=align, align_weight=weight, align_loss=align_loss, penalty_form=a.penalty_form
-        )
-    return assl.Schedule(
-        align_iters=a.align_iters if align else 0,
-        align_weight=weight,
-        reg_interval=a.reg_interval,
-        reg_step=a.reg_step,
-        reg_limit=a.reg_limit,
-        stabilize_iters=a.stabilize_iters,
-        penalty_form=a.penalty_form,
-        align_loss=align_loss,
-    )

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import os
 import statistics
 from collections.abc import Callable
@@ -107,7 +108,7 @@ class Bench:
     def calls(self) -> dict[str, Callable[[], Any]]:
         """Every timed call, by label."""
         calls = {"dense": lambda: self.step(self.dense, None), "scales only": lambda: self.step(self.scaled, None)}
-        calls.update({ph: (lambda ph=ph: self.step(self.scaled, ph)) for ph in PHASES})
+        calls.update({ph: functools.partial(self.step, self.scaled, ph) for ph in PHASES})
         calls[OWN_WORK[0]] = self.align_term
         calls[OWN_WORK[1]] = lambda: self.pruner_step("regularize")
         calls[OWN_WORK[2]] = lambda: self.pruner_step("stabilize")

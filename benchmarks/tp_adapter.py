@@ -32,7 +32,7 @@ def version() -> str | None:
 
 
 def _tp() -> Any:
-    import torch_pruning as tp  # type: ignore[import-not-found]
+    import torch_pruning as tp
 
     return tp
 

@@ -44,16 +44,17 @@ def train(
     the optimizer step, ``after_step(k)`` after step ``k`` (the ``k``-th from ``first``, 1-based).
     """
     model.train()
-    scheduled = callable(lr)
-    opt = torch.optim.Adam(param_groups or model.parameters(), lr=lr(first) if scheduled else lr)
+    schedule: Callable[[int], float] | None
+    schedule, start = (None, float(lr)) if isinstance(lr, (int, float)) else (lr, lr(first))
+    opt = torch.optim.Adam(param_groups or model.parameters(), lr=start)
     if pruner is not None:
         pruner.attach(opt)
     done = 0
     try:
         while done < steps and not (pruner is not None and pruner.done):
-            if scheduled:
+            if schedule is not None:
                 for group in opt.param_groups:
-                    group["lr"] = lr(first + done)
+                    group["lr"] = schedule(first + done)
             x, y = next(stream)
             value = loss(model(x), y)
             if pruner is not None:

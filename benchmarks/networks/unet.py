@@ -41,6 +41,7 @@ class UNet(nn.Module):
     def init_weights(self) -> None:
         """A zero output conv: the untrained net is the identity, and learns the noise from there."""
         nn.init.zeros_(self.out.weight)
+        assert self.out.bias is not None
         nn.init.zeros_(self.out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -123,7 +123,7 @@ def build(a: argparse.Namespace) -> Task:
         macs_input=torch.zeros(1, 3, 64, 64),
         macs_factor=1280 * 720 / (64 * 64) / 1e9,
         macs_unit="GMACs at 1280x720",
-        output_layers=lambda model: [model.out],
+        output_layers=lambda model: [model.get_submodule("out")],
         references={"noisy input": sum(_psnr(c, n) for c, n in zip(test, noisy_test)) / len(test)},
         dense_key=f'["denoise", "{a.up}", {a.batch_size}, {a.patch_size}, {a.max_side}]',
         packages=("scikit-image",),

@@ -92,7 +92,7 @@ def build(a: argparse.Namespace) -> Task:
         macs_input=xtr[:1],
         macs_factor=1e-6,
         macs_unit="MMACs / image",
-        output_layers=lambda model: [model.fc],
+        output_layers=lambda model: [model.get_submodule("fc")],
         dense_key=f'["digits", {a.batch_size}]',
         packages=("scikit-learn",),
     )

@@ -90,7 +90,7 @@ def add_flags(p: argparse.ArgumentParser) -> None:
 
 def load_data(a: argparse.Namespace) -> dict[str, Dataset]:
     """``train`` patches and the ``eval`` images (``--eval_split``: test or validation)."""
-    side = {"max_side": 48} if a.smoke else {}
+    side = 48 if a.smoke else None  # the smoke run's photos are small
     if a.dir_data:
         tr, te = parse_data_range(a.data_range)
         if a.eval_split == "val":
@@ -104,8 +104,8 @@ def load_data(a: argparse.Namespace) -> dict[str, Dataset]:
             "eval": SRFolder(a.dir_data, te, a.scale, train=False),
         }
     return {
-        "train": EmbeddedSR("train", a.scale, patch_size=a.patch_size, repeat=50, **side),
-        "eval": EmbeddedSR(a.eval_split, a.scale, train=False, **side),
+        "train": EmbeddedSR("train", a.scale, patch_size=a.patch_size, repeat=50, max_side=side),
+        "eval": EmbeddedSR(a.eval_split, a.scale, train=False, max_side=side),
     }
 
 
