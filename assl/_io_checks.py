@@ -38,7 +38,7 @@ _SIZE_ATTRS: tuple[tuple[tuple[type[nn.Module], ...], tuple[str, ...]], ...] = (
     (_CONVS, ("in_channels", "out_channels", "groups")),
     ((nn.Linear,), ("in_features", "out_features")),
     (_FEATURE_NORMS, ("num_features",)),
-    ((nn.GroupNorm,), ("num_channels",)),
+    ((nn.GroupNorm,), ("num_channels", "num_groups")),
     ((nn.LayerNorm,), ("normalized_shape",)),
     ((nn.PReLU,), ("num_parameters",)),
 )
@@ -160,6 +160,8 @@ def _check_sizes(sizes: dict[str, Any], model: nn.Module, where: str) -> None:
     for name, attrs in expected.items():
         saved = sizes[name]
         m = model.get_submodule(name)
+        if isinstance(m, nn.GroupNorm) and isinstance(saved, dict) and set(attrs) - set(saved) == {"num_groups"}:
+            saved["num_groups"] = m.num_groups  # saved before whole groups could go: they did not
         if not isinstance(saved, dict) or set(saved) != set(attrs):
             raise CheckpointError(
                 f"{where} has sizes {sorted(saved) if isinstance(saved, dict) else saved!r} for module {name!r}, a "
@@ -193,9 +195,9 @@ def _implied(m: nn.Module, s: dict[str, Any]) -> tuple[dict[str, tuple[int, ...]
     if isinstance(m, _FEATURE_NORMS):
         return dict.fromkeys(("weight", "bias", "running_mean", "running_var"), (s["num_features"],)), ""
     if isinstance(m, nn.GroupNorm):
-        c = s["num_channels"]
-        if c % m.num_groups:
-            return {}, f"num_channels {c} is not a multiple of the model's num_groups {m.num_groups}"
+        c, g = s["num_channels"], s["num_groups"]
+        if g < 1 or c % g:
+            return {}, f"num_channels {c} is not a multiple of num_groups {g}"
         return dict.fromkeys(("weight", "bias"), (c,)), ""
     if isinstance(m, nn.LayerNorm):
         return dict.fromkeys(("weight", "bias"), tuple(s["normalized_shape"])), ""

@@ -85,6 +85,9 @@ def resize(m: nn.Module) -> None:
     elif isinstance(m, nn.GroupNorm):
         n = _first_size(m, ("weight",))
         if n is not None:
+            per_group = m.num_channels // m.num_groups
+            if n % per_group == 0:  # whole groups went (under approximate_norms, one group lost channels)
+                m.num_groups = n // per_group
             m.num_channels = n
     elif isinstance(m, nn.LayerNorm):
         n = _first_size(m, ("weight", "bias"))
