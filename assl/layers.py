@@ -48,7 +48,7 @@ SIZE_ATTRS: tuple[tuple[tuple[type[nn.Module], ...], tuple[str, ...]], ...] = (
     ((*CONV, *DECONV), ("in_channels", "out_channels", "groups")),
     ((nn.Linear,), ("in_features", "out_features")),
     ((*BATCHNORM, *INSTANCENORM), ("num_features",)),
-    ((nn.GroupNorm,), ("num_channels",)),
+    ((nn.GroupNorm,), ("num_channels", "num_groups")),
     ((nn.LayerNorm,), ("normalized_shape",)),
     ((nn.PReLU,), ("num_parameters",)),
 )
@@ -86,9 +86,9 @@ def implied_shapes(m: nn.Module, s: Mapping[str, Any]) -> tuple[dict[str, tuple[
     if isinstance(m, (*BATCHNORM, *INSTANCENORM)):
         return dict.fromkeys(("weight", "bias", "running_mean", "running_var"), (s["num_features"],)), ""
     if isinstance(m, nn.GroupNorm):
-        c = s["num_channels"]
-        if c % m.num_groups:
-            return {}, f"num_channels {c} is not a multiple of the model's num_groups {m.num_groups}"
+        c, g = s["num_channels"], s.get("num_groups", m.num_groups)  # files before whole-group pruning lack it
+        if g < 1 or c % g:
+            return {}, f"num_channels {c} is not a multiple of num_groups {g}"
         return dict.fromkeys(("weight", "bias"), (c,)), ""
     if isinstance(m, nn.LayerNorm):
         return dict.fromkeys(("weight", "bias"), tuple(s["normalized_shape"])), ""
@@ -146,6 +146,9 @@ def resize(m: nn.Module) -> None:
     elif isinstance(m, nn.GroupNorm):
         n = _first_size(m, ("weight",))
         if n is not None:
+            per_group = m.num_channels // m.num_groups
+            if n % per_group == 0:  # whole groups went (under approximate_norms, one group lost channels)
+                m.num_groups = n // per_group
             m.num_channels = n
     elif isinstance(m, nn.LayerNorm):
         n = _first_size(m, ("weight", "bias"))

@@ -1014,6 +1014,30 @@ class SizesNet(nn.Module):
         return self.head(torch.relu(self.c(torch.relu(h))) + x)
 
 
+class GroupNormAct(nn.GroupNorm):
+    """timm-style GroupNormAct: F.group_norm with its own num_groups, then an activation."""
+
+    def forward(self, x):
+        return F.silu(F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps))
+
+
+class GroupNormResNet(nn.Module):
+    """GroupNorm in a residual stream and a GroupNormAct in the block: whole norm groups go."""
+
+    def __init__(self, ch: int = 8):
+        super().__init__()
+        self.stem = nn.Conv2d(3, ch, 3, padding=1)
+        self.gn = nn.GroupNorm(4, ch)
+        self.block = nn.Sequential(
+            nn.Conv2d(ch, 2 * ch, 3, padding=1), GroupNormAct(4, 2 * ch), nn.Conv2d(2 * ch, ch, 1)
+        )
+        self.head = nn.Conv2d(ch, 3, 3, padding=1)
+
+    def forward(self, x):
+        x = torch.relu(self.gn(self.stem(x)))
+        return self.head(x + self.block(x))
+
+
 # ----------------------------------------------------------------------------- registry
 
 
@@ -1088,4 +1112,5 @@ CASES: list[Case] = [
     Case("own_forward", _seeded(OwnForwardNet), _rand(2, 3, 9, 9), _rand(2, 3, 12, 14)),
     Case("per_channel", _seeded(PerChannelNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 12)),
     Case("sizes", _seeded(SizesNet), _rand(2, 3, 8, 8), _rand(2, 3, 6, 10)),
+    Case("group_norm", _seeded(GroupNormResNet), _rand(2, 3, 8, 8), _rand(2, 3, 10, 6)),
 ]

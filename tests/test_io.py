@@ -404,7 +404,7 @@ def test_other_layers_sizes_that_contradict_the_tensors_are_refused():
         ("1", {"normalized_shape": [3]}, r"`1` \(LayerNorm\) normalized_shape=\[3\]; these make '1\.weight' 3,"),
         ("2", {"num_parameters": 3}, r"'2\.weight' 3, but the file's tensor is 4"),
         ("3", {"num_channels": 2}, r"'3\.weight' 2, but the file's tensor is 4"),
-        ("3", {"num_channels": 3}, r"num_channels 3 is not a multiple of the model's num_groups 2"),
+        ("3", {"num_channels": 3}, r"num_channels 3 is not a multiple of num_groups 2"),
         ("4", {"groups": 2}, r"'4\.weight' 4 x 2 x 3, but the file's tensor is 4 x 1 x 3"),  # depthwise, slimmed
         ("4", {"groups": 3}, r"in_channels 4 and out_channels 4 are not both multiples of groups 3"),
         ("4", {"out_channels": 2, "groups": 2}, r"'4\.weight' 2 x 2 x 3, but the file's tensor is 4 x 1 x 3"),
@@ -589,3 +589,24 @@ def test_a_failure_after_the_model_started_to_change_restores_it(monkeypatch):
     _assert_untouched(fresh, before)
     path.seek(0)
     assert max_rel_err(_slimmed(case), assl.load(fresh, path), case.inputs(1)) == 0.0
+
+
+def test_a_groupnorm_that_lost_whole_groups_loads_with_its_num_groups():
+    def net():
+        torch.manual_seed(0)
+        return nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(4, 8), nn.ReLU(), nn.Conv2d(8, 2, 1)).eval()
+
+    small = net()
+    x = torch.randn(2, 3, 6, 6)
+    graph = assl.trace(small, x)
+    assl.apply_plan(small, graph, {"0": [1, 3]})  # two of the four norm groups
+    assert small[1].num_groups == 2 and small[1].num_channels == 4
+    buf = io.BytesIO()
+    assl.save(small, buf)
+    loaded = assl.load(net(), io.BytesIO(buf.getvalue()))
+    assert loaded[1].num_groups == 2 and torch.equal(loaded(x), small(x))
+    buf = io.BytesIO()
+    assl.save(net(), buf)
+    obj = torch.load(io.BytesIO(buf.getvalue()), weights_only=True)
+    old = _rewritten(dict(obj, sizes={**obj["sizes"], "1": {"num_channels": 8}}))  # saved before num_groups was
+    assert assl.load(net(), old)[1].num_groups == 4

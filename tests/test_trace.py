@@ -268,20 +268,32 @@ def test_chunk_ties_equal_pieces():
     np.testing.assert_array_equal(g.channels("a"), [0, 1, 2, 0, 1, 2])
 
 
-def test_groupnorm_refused_by_default_and_approximate_on_request():
-    model, x = groupnorm_model()
+def test_groupnorm_loses_whole_groups_exactly_and_num_groups_follows():
+    model, x = groupnorm_model()  # conv(3, 8) -> GroupNorm(2, 8) -> ReLU -> conv(8, 4)
+    model.eval()
     graph = assl.trace(model, x)
-    gn = [n for n, m in model.named_modules() if isinstance(m, nn.GroupNorm)]
-    before = [g for g in graph.groups if g.num_prunable == 0 and "GroupNorm" in next(iter(g.reasons.values()), "")]
-    assert gn and before
+    g = graph.group("0")
+    assert g.size == 2 and g.num_prunable == 2  # a unit is a whole norm group of 4 channels
+    np.testing.assert_array_equal(g.channels("0"), [0, 0, 0, 0, 1, 1, 1, 1])
+    masked = assl.masked_copy(model, graph, {"0": [0]})
+    assl.apply_plan(model, graph, {"0": [0]})
+    assert model[1].num_groups == 1 and model[1].num_channels == 4 and model[3].in_channels == 4
+    for shape in ((2, 3, 8, 8), (1, 3, 5, 9)):
+        assert max_rel_err(masked, model, torch.randn(shape)) <= 1e-5
+
+
+def test_groupnorm_across_all_channels_is_refused_by_default_and_approximate_on_request():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(1, 8), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    x = torch.randn(2, 3, 8, 8)
+    graph = assl.trace(model, x)
+    assert graph.group("0").num_prunable == 0 and "GroupNorm) normalizes across" in graph.group("0").reasons[0]
+    plain = nn.Sequential(nn.Conv2d(3, 8, 3), nn.GroupNorm(2, 8, affine=False), nn.ReLU(), nn.Conv2d(8, 4, 3))
+    assert assl.trace(plain, x).group("0").num_prunable == 0  # no tensors for slimming to follow
     approx = assl.trace(model, x, approximate_norms=True)
-    assert sum(g.num_prunable for g in approx.groups) > sum(g.num_prunable for g in graph.groups)
-    plan = random_plan(approx, 0.5, seed=0)
-    assl.apply_plan(model, approx, plan)
-    for name in gn:
-        m = model.get_submodule(name)
-        assert m.num_channels == m.weight.shape[0] and m.num_channels % m.num_groups == 0
-    assert model(x).shape[1] == 3 or model(x).ndim >= 2
+    assert approx.group("0").num_prunable == 8
+    assl.apply_plan(model, approx, {"0": [1, 2, 5]})
+    assert model[1].num_groups == 1 and model[1].num_channels == 5 and model(x).shape == (2, 4, 4, 4)
 
 
 def test_non_affine_batchnorm_and_per_channel_parameter_in_forward():

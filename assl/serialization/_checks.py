@@ -121,6 +121,8 @@ def _check_sizes(sizes: dict[str, Any], model: nn.Module, where: str) -> None:
     for name, attrs in expected.items():
         saved = sizes[name]
         m = model.get_submodule(name)
+        if isinstance(m, nn.GroupNorm) and isinstance(saved, dict) and set(attrs) - set(saved) == {"num_groups"}:
+            saved["num_groups"] = m.num_groups  # saved before whole groups could go: they did not
         if not isinstance(saved, dict) or set(saved) != set(attrs):
             raise CheckpointError(
                 f"{where} has sizes {sorted(saved) if isinstance(saved, dict) else saved!r} for module {name!r}, a "

@@ -11,7 +11,7 @@ channels. The producer of a convolution or Linear call is the layer whose ``weig
 output channels.
 
 While such a layer runs, its size attributes (``out_channels``, ``num_features``, ...) are
-:class:`~.sizes.SizeInt` that count its weight's dimension, so that
+:class:`~.sizes.SizeInt` that count its weight's dimension (``parameters.size_attributes``), so that
 ``self.weight.reshape(1, self.out_channels, -1)`` is known to follow slimming, which updates them.
 """
 
@@ -24,15 +24,15 @@ import torch
 from torch import nn
 from torch.nn.modules.conv import _ConvNd
 
-from ..layers import BATCHNORM, CONV, DECONV, INSTANCENORM
+from ..layers import CONV, DECONV
 from .channels import Value
 from .derived import Binding
 from .layer_rules import ParamAxes, conv_call, layer_norm_call, linear_call, norm_call, prelu_call
 from .param_rules import derive
 from .protocol import Opaque, Tracer, arg
-from .sizes import Sink, SizeInt
+from .sizes import SizeInt
 
-__all__ = ["FUNCTIONAL_RULES", "size_attributes"]
+__all__ = ["FUNCTIONAL_RULES"]
 
 FunctionalRule = Any
 
@@ -294,14 +294,19 @@ def _group_norm(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out
         if tr.derived(x) is not None:
             derive(tr, name, func, args, kwargs, out)
         return
-    groups = int(arg(args, kwargs, 1, "num_groups"))
+    given = arg(args, kwargs, 1, "num_groups")
+    groups = int(given)
     w, b = arg(args, kwargs, 2, "weight"), arg(args, kwargs, 3, "bias")
     cd = 1
     size = x.shape[cd]
+    owner = _norm_owner(tr, w, b)
+    layer = tr.module(owner) if owner is not None else None
+    if not (isinstance(layer, nn.GroupNorm) and given is layer.__dict__.get("num_groups")) and groups < size:
+        # slimming updates a GroupNorm's num_groups; one written in the code would not follow
+        _pin_input(tr, x, f"`{owner or name}` normalizes groups of channels whose number is not its `num_groups`")
     bound = {"weight": _param(tr, w, 0, size), "bias": _param(tr, b, 0, size)}
     zero = _zero(bound["weight"], size, False) if w is not None else np.zeros(size, dtype=bool)
     zero = zero & _zero(bound["bias"], size, b is None)
-    owner = _norm_owner(tr, w, b)
     tr.note_read(x, owner if owner is not None and _owns_affine(tr, owner, w, b) else None)
     params = [a for r in bound.values() for a in r.axes]
     norm_call(tr, owner, x, out, cd=cd, groups=groups, params=params, out_zero=zero)
@@ -358,41 +363,3 @@ FUNCTIONAL_RULES.update({n: _batch_norm for n in ("batch_norm", "instance_norm")
 FUNCTIONAL_RULES["group_norm"] = _group_norm
 FUNCTIONAL_RULES["layer_norm"] = _layer_norm
 FUNCTIONAL_RULES["prelu"] = _prelu
-
-
-# --- size attributes -----------------------------------------------------------------------
-
-
-def size_attributes(name: str, m: nn.Module, sink: Sink) -> dict[str, Any]:
-    """The size attributes of layer ``m`` as :class:`SizeInt` counting the weight dims they follow.
-
-    Slimming updates exactly these attributes (``layers.resize``), so a forward that reads them
-    follows a slimmed layer.
-    """
-    out: dict[str, Any] = {}
-
-    def size(attr: str, tensor: str, dim: int) -> None:
-        value = m.__dict__.get(attr)
-        if isinstance(value, int) and not isinstance(value, bool):
-            out[attr] = SizeInt(value, (), ((name, tensor, dim),), sink)
-
-    if isinstance(m, (*CONV, *DECONV)):
-        w_out, w_in = (1, 0) if isinstance(m, DECONV) else (0, 1)
-        if m.groups == 1:
-            size("out_channels", "weight", w_out)
-            size("in_channels", "weight", w_in)
-        elif m.groups == m.in_channels:
-            size("groups", "weight", 0)
-    elif isinstance(m, nn.Linear):
-        size("out_features", "weight", 0)
-        size("in_features", "weight", 1)
-    elif isinstance(m, (*BATCHNORM, *INSTANCENORM)):
-        size("num_features", "weight" if isinstance(m.weight, torch.Tensor) else "running_mean", 0)
-    elif isinstance(m, nn.GroupNorm) and isinstance(m.weight, torch.Tensor):
-        size("num_channels", "weight", 0)
-    elif isinstance(m, nn.PReLU) and m.num_parameters > 1:
-        size("num_parameters", "weight", 0)
-    elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1 and isinstance(m.weight, torch.Tensor):
-        n = m.normalized_shape[0]
-        out["normalized_shape"] = (SizeInt(n, (), ((name, "weight", 0),), sink),)
-    return out

@@ -22,6 +22,9 @@ _ACROSS = (
 )
 
 
+_WHOLE = " (whole groups of channels can go when it has affine parameters)"
+
+
 def _input_value(tr: Tracer, x: torch.Tensor, channel_dim: int, name: str) -> Value:
     v = tr.get(x)
     if v is not None and v.dim == channel_dim:
@@ -155,10 +158,16 @@ def norm_call(
     if name is not None:
         tr.normalizes(name, v.labels)
     if groups is not None:
-        if not tr.approximate_norms:
-            tr.fix(v.labels, _ACROSS.format(name=name or "group_norm", kind="GroupNorm"))
+        norm = name or "group_norm"
+        whole = bool(params) and v.size % groups == 0 and groups > 1
+        if whole:  # a whole norm group goes or stays: the other groups' statistics do not change
+            rows = v.labels.reshape(groups, -1)
+            for j in range(1, rows.shape[1]):
+                tr.union(rows[:, 0], rows[:, j], f"normalized by `{norm}` with a channel that cannot be removed")
+        elif tr.approximate_norms:
+            tr.nodes.tie_blocks(v.labels, groups, f"`{norm}` keeps equal groups")
         else:
-            tr.nodes.tie_blocks(v.labels, groups, f"`{name or 'group_norm'}` keeps equal groups")
+            tr.fix(v.labels, _ACROSS.format(name=norm, kind="GroupNorm") + _WHOLE)
     _record_axes(tr, params, v.labels)
     tr.put(out, Value(cd, v.labels, v.zero if out_zero is None else out_zero), name or "batch_norm")
 

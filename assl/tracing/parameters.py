@@ -18,10 +18,11 @@ from torch.nn.utils import parametrize
 from torch.utils.weak import WeakIdKeyDictionary
 
 from ..graph import Entry
+from ..layers import BATCHNORM, CONV, DECONV, INSTANCENORM
 from .derived import Axis, Binding, Derived, Leaf, axis_name, bind, leaf
-from .functional import size_attributes
+from .sizes import Sink, SizeInt
 
-__all__ = ["ParameterTracking", "parametrization_hooks", "wrap_sizes"]
+__all__ = ["ParameterTracking", "parametrization_hooks", "size_attributes", "wrap_sizes"]
 
 
 class ParameterTracking:
@@ -163,3 +164,39 @@ def parametrization_hooks(name: str, m: nn.Module, tracer: Any) -> list[Any]:
         handles.append(plist.register_forward_pre_hook(tracer.pre_hook, with_kwargs=True))
         handles.append(plist.register_forward_hook(tracer.make_parametrized_hook(name, tensor)))
     return handles
+
+
+def size_attributes(name: str, m: nn.Module, sink: Sink) -> dict[str, Any]:
+    """The size attributes of layer ``m`` as :class:`SizeInt` counting the weight dims they follow.
+
+    Slimming updates exactly these attributes (``layers.resize``), so a forward that reads them
+    follows a slimmed layer.
+    """
+    out: dict[str, Any] = {}
+
+    def size(attr: str, tensor: str, dim: int) -> None:
+        value = m.__dict__.get(attr)
+        if isinstance(value, int) and not isinstance(value, bool):
+            out[attr] = SizeInt(value, (), ((name, tensor, dim),), sink)
+
+    if isinstance(m, (*CONV, *DECONV)):
+        w_out, w_in = (1, 0) if isinstance(m, DECONV) else (0, 1)
+        if m.groups == 1:
+            size("out_channels", "weight", w_out)
+            size("in_channels", "weight", w_in)
+        elif m.groups == m.in_channels:
+            size("groups", "weight", 0)
+    elif isinstance(m, nn.Linear):
+        size("out_features", "weight", 0)
+        size("in_features", "weight", 1)
+    elif isinstance(m, (*BATCHNORM, *INSTANCENORM)):
+        size("num_features", "weight" if isinstance(m.weight, torch.Tensor) else "running_mean", 0)
+    elif isinstance(m, nn.GroupNorm) and isinstance(m.weight, torch.Tensor):
+        size("num_channels", "weight", 0)
+        out["num_groups"] = SizeInt(m.num_groups)  # counts groups, not entries: a marker that it is read
+    elif isinstance(m, nn.PReLU) and m.num_parameters > 1:
+        size("num_parameters", "weight", 0)
+    elif isinstance(m, nn.LayerNorm) and len(m.normalized_shape) == 1 and isinstance(m.weight, torch.Tensor):
+        n = m.normalized_shape[0]
+        out["normalized_shape"] = (SizeInt(n, (), ((name, "weight", 0),), sink),)
+    return out
