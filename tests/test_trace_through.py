@@ -217,3 +217,71 @@ def test_a_weight_that_cannot_be_followed_is_opaque_and_the_rest_still_prunes():
     assert_same(before, snapshot(model))
     small = _exact(copy.deepcopy(model), {"4": [1, 2]})
     assert small[4].out_channels == 6
+
+
+class _PerChannel(nn.Module):
+    """conv ``a`` -> ``fn(self, y)`` -> conv ``b``, with per-channel Parameters and a buffer to use."""
+
+    def __init__(self, fn):
+        super().__init__()
+        torch.manual_seed(0)
+        self.fn = fn
+        self.a, self.b = nn.Conv2d(3, 8, 3, padding=1), nn.Conv2d(8, 3, 1)
+        self.g, self.h = nn.Parameter(torch.rand(8) + 0.5), nn.Parameter(torch.randn(8))
+        self.g3 = nn.Parameter(torch.rand(8, 1, 1) + 0.5)
+        self.register_buffer("buf", torch.rand(8) + 0.5)
+        self.lin = nn.Linear(8, 8)
+
+    def forward(self, x):
+        return self.b(self.fn(self, self.a(x)))
+
+
+FORMS = {  # form -> (forward code between a and b, whether a's channels can go exactly)
+    "param_c11": (lambda s, y: y * s.g3, True),
+    "channels_last": (lambda s, y: (y.permute(0, 2, 3, 1) * s.g + s.h).permute(0, 3, 1, 2), True),
+    "none_index": (lambda s, y: y + s.h[None, :, None, None], True),
+    "exp": (lambda s, y: y * s.h.exp().view(1, -1, 1, 1), True),
+    "sigmoid_gate": (lambda s, y: y * torch.sigmoid(s.h).view(1, -1, 1, 1), True),
+    "abs_and_square": (lambda s, y: y * s.g.abs().view(1, -1, 1, 1) + (s.h**2).view(1, -1, 1, 1), True),
+    "divide_by_buffer": (lambda s, y: y / s.buf.view(1, -1, 1, 1), True),
+    "divide_by_param_expression": (lambda s, y: y / (s.g**2 + 1).view(1, -1, 1, 1), True),
+    "rsqrt_of_param": (lambda s, y: y * s.g.rsqrt().view(1, -1, 1, 1), True),
+    "shift_then_relu": (lambda s, y: (y - s.h.view(1, -1, 1, 1)).relu(), True),
+    "unsqueezed": (lambda s, y: y * s.g.unsqueeze(-1).unsqueeze(-1), True),
+    "expand_as": (lambda s, y: y + s.h.view(1, -1, 1, 1).expand_as(y), True),
+    "to_and_type_as": (lambda s, y: y * s.g.to(y).view(1, -1, 1, 1) + s.h.type_as(y).view(1, -1, 1, 1), True),
+    "linear_channels_last": (lambda s, y: s.lin(y.permute(0, 2, 3, 1)).permute(0, 3, 1, 2), True),
+    "instance_statistics": (
+        lambda s, y: (y - y.mean((2, 3), True)) / (y.var((2, 3), keepdim=True) + 1e-5).sqrt(),
+        True,
+    ),
+    "batch_norm_by_hand": (lambda s, y: F.batch_norm(y, s.h, s.buf, s.g, s.h, False), True),
+    "softplus": (lambda s, y: y * F.softplus(s.h).view(1, -1, 1, 1), True),
+    "param_mean_as_a_scalar": (lambda s, y: y * s.g.mean(), True),  # mixes g, but g is cut nowhere
+    "param_repeated": (lambda s, y: y * s.g.repeat(1).view(1, -1, 1, 1), False),
+    "param_chunked": (lambda s, y: y * torch.cat(s.g.chunk(2)).view(1, -1, 1, 1), False),
+    "clamp_by_param": (lambda s, y: y.clamp(min=s.h.view(1, -1, 1, 1)), False),
+    "layer_norm_channels_last": (
+        lambda s, y: F.layer_norm(y.permute(0, 2, 3, 1), (8,), s.g, s.h).permute(0, 3, 1, 2),
+        False,
+    ),
+    "group_norm_with_constant_groups": (lambda s, y: F.group_norm(y, 2, s.g, s.h), False),
+}
+
+
+@pytest.mark.parametrize("form", list(FORMS))
+def test_per_channel_forms_are_exact_or_stay(form):
+    fn, exact = FORMS[form]
+    model = _PerChannel(fn).eval()
+    graph = assl.trace(model, X)
+    g = graph.group("a")
+    assert (g.num_prunable == 8) == exact, g.reasons.get(0)
+    if not exact:
+        assert g.reasons[0]
+        return
+    plan = random_plan(graph, 0.5, seed=1)
+    masked = assl.masked_copy(model, graph, plan)
+    small = assl.apply_plan(copy.deepcopy(model), graph, plan)
+    for x in (X, OTHER):
+        assert max_rel_err(masked, small, x) < 1e-5
+    assert max_rel_err(model, masked, X) > 1e-4  # the plan matters

@@ -146,6 +146,14 @@ def _singular(tr: Tracer, name: str, args: tuple, kwargs: dict) -> frozenset[Lea
     return frozenset(out)
 
 
+def _cast(tr: Tracer, name: str, args: tuple, kwargs: dict, outs: list[torch.Tensor]) -> Mapped:
+    """``w.to(x)``, ``w.type_as(x)``: the other tensor gives a dtype or a device, nothing else."""
+    dims = _dims_of(tr, args[0])
+    if dims is None or len(outs) != 1 or outs[0].shape != args[0].shape:
+        raise Opaque
+    return [dims], frozenset()
+
+
 # --- shapes --------------------------------------------------------------------------------
 
 
@@ -349,33 +357,14 @@ _ELEMENTWISE_NAMES = (
     "addcdiv zeros_like ones_like empty_like full_like exp2 sin cos erf gelu silu hardsigmoid hardswish"
 )
 PARAM_RULES.update({n: _elementwise for n in _ELEMENTWISE_NAMES.split()})
+PARAM_RULES.update({n: _cast for n in ("to", "type_as")})
 PARAM_RULES.update({n: _reshape for n in RESHAPES})
 PARAM_RULES.update({n: _expand for n in ("expand", "expand_as", "broadcast_to")})
 PARAM_RULES.update(
-    {
-        n: _permute
-        for n in ("permute", "transpose", "transpose_", "swapaxes", "swapdims", "t", "T", "mT", "movedim", "moveaxis")
-    }
+    {n: _permute for n in "permute transpose transpose_ swapaxes swapdims t T mT movedim moveaxis".split()}
 )
 PARAM_RULES["__getitem__"] = _getitem
 PARAM_RULES.update(
-    {
-        n: _reduce
-        for n in (
-            "mean",
-            "sum",
-            "amax",
-            "amin",
-            "std",
-            "var",
-            "norm",
-            "prod",
-            "nanmean",
-            "nansum",
-            "var_mean",
-            "std_mean",
-            "logsumexp",
-        )
-    }
+    {n: _reduce for n in "mean sum amax amin std var norm prod nanmean nansum var_mean std_mean logsumexp".split()}
 )
 PARAM_RULES.update({n: _normalize for n in ("batch_norm", "instance_norm", "group_norm", "layer_norm")})

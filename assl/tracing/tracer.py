@@ -268,7 +268,8 @@ class _Tracer(ParameterTracking, TorchFunctionMode):
         return t._base is not None or t in self.has_views
 
 
-_CASTS = frozenset({"type_as", "to"})
+_CASTS = frozenset({"type_as", "to", "expand_as", "view_as", "reshape_as"})
+"""Operations whose second tensor gives only a dtype, a device or a shape: the first decides the rule."""
 
 
 def _same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
