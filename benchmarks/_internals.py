@@ -1,16 +1,16 @@
 """The library's non-public pieces the benchmarks use; no other benchmark module imports them.
 
 Benchmarks measure what happens inside the library: the timer its latency budget relies on, the
-plan its one-shot L1 baseline makes, the latency model's prediction, the agreement of a group's
-layers. Every import from beyond ``assl.__all__`` is here, so that a change of the library's
-layout is fixed in this one file.
+plan its one-shot L1 baseline makes, the latency model's prediction, the Pruner's step counter.
+Every import from beyond ``assl.__all__`` is here, so that a change of the library's layout is
+fixed in this one file.
 """
 
 from __future__ import annotations
 
 import assl
 from assl._timing import device_of, in_eval, interleaved, model_call
-from assl.alignment import ALIGN_LOSSES, agreement
+from assl.alignment import ALIGN_LOSSES
 from assl.budget import cheapest_plan
 from assl.config import resolve
 from assl.latency_budget import LatencyModel
@@ -21,7 +21,6 @@ from assl.slim import max_rel_err
 __all__ = [
     "ALIGN_LOSSES",
     "LatencyModel",
-    "agreement",
     "cheapest_plan",
     "check_finite",
     "device_of",
