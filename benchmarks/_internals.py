@@ -1,9 +1,9 @@
 """The library's non-public pieces the benchmarks use; no other benchmark module imports them.
 
 Benchmarks measure what happens inside the library: the timer its latency budget relies on, the
-plan its one-shot L1 baseline makes, the latency model's prediction, the agreement of a group's
-layers. Every import from beyond ``assl.__all__`` is here, so that a change of the library's
-layout is fixed in this one file.
+plan its one-shot L1 baseline makes, the latency model's prediction, the Pruner's step counter.
+Every import from beyond ``assl.__all__`` is here, so that a change of the library's layout is
+fixed in this one file.
 """
 
 from __future__ import annotations
@@ -14,14 +14,13 @@ from assl._slim import max_rel_err
 from assl.budgets.budget import cheapest_plan
 from assl.budgets.latency_plan import LatencyModel
 from assl.budgets.timing import device_of, in_eval, interleaved, model_call
-from assl.pruning._alignment import ALIGN_LOSSES, agreement
+from assl.pruning._alignment import ALIGN_LOSSES
 from assl.pruning._resolve import resolve
 from assl.pruning._scales import scale_of
 
 __all__ = [
     "ALIGN_LOSSES",
     "LatencyModel",
-    "agreement",
     "cheapest_plan",
     "check_finite",
     "device_of",

@@ -44,6 +44,7 @@ TABLES = [
     Table("step_overhead_sizes", "step_overhead_sizes.jsonl", step_overhead.render_sizes),
     Table("inference_speed_cpu", "inference_speed_cpu.jsonl", inference_speed.render),
     Table("latency_budget", "latency_budget.jsonl", latency_budget.render),
+    Table("quality", "quality.jsonl", method_table.render),
     Table("quality_torch_pruning", "quality_torch_pruning.jsonl", method_table.render),
     Table("bn_alignment_study", "bn_alignment_study.jsonl", align_study.render),
     Table("bn_classifier", "bn_classifier.jsonl", method_table.render),

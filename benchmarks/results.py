@@ -113,6 +113,19 @@ def _plain(value: Any) -> Any:
     return str(value)
 
 
+def _repo_relative(value: Any) -> Any:
+    """``value`` with every absolute path inside the repository written relative to its root."""
+    if isinstance(value, dict):
+        return {k: _repo_relative(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_repo_relative(v) for v in value]
+    if isinstance(value, str) and os.path.isabs(value):
+        path = Path(value).resolve()
+        if path.is_relative_to(REPO):
+            return path.relative_to(REPO).as_posix() or "."
+    return value
+
+
 class Writer:
     """Appends the rows of one run of a benchmark to a JSON Lines file.
 
@@ -141,8 +154,9 @@ class Writer:
         if not append:
             self.path.write_text("")
         self.benchmark = benchmark
-        self.settings = _plain(vars(settings) if isinstance(settings, argparse.Namespace) else dict(settings))
-        self.argv = list(sys.argv[1:] if argv is None else argv)
+        plain = _plain(vars(settings) if isinstance(settings, argparse.Namespace) else dict(settings))
+        self.settings = _repo_relative(plain)
+        self.argv = _repo_relative(list(sys.argv[1:] if argv is None else argv))
         self.device = device
         self.run = f"{dt.datetime.now(dt.timezone.utc):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
         self.git = git_state()

@@ -37,6 +37,14 @@ def test_results_round_trip(tmp_path):
     assert [r["values"]["psnr"] for r in results.read(path)] == [2.0]
 
 
+def test_results_record_paths_inside_the_repository_relative_to_it(tmp_path):
+    inside = results.REPO / "runs" / "cache"
+    settings = {"dense_cache": str(inside), "elsewhere": str(tmp_path), "ratio": 0.5}
+    row = results.Writer(tmp_path / "r.jsonl", "demo", settings, argv=["--dense_cache", str(inside)]).write({})
+    assert row["settings"] == {"dense_cache": "runs/cache", "elsewhere": str(tmp_path), "ratio": 0.5}
+    assert row["argv"] == ["--dense_cache", "runs/cache"]
+
+
 def test_results_read_rejects_other_lines(tmp_path):
     path = tmp_path / "r.jsonl"
     path.write_text(json.dumps({"psnr": 1}) + "\n")
