@@ -26,7 +26,7 @@ from .._scoring import l1_scores, relative_sum
 from ..errors import ArgumentError, ASSLError, warn
 from ..graph import ChannelGroup, Graph
 from ..layers import has_affine
-from . import _alignment as alignment
+from ._alignment import agreement, alignment_loss, consensus_loss
 from ._scales import insert_scale
 
 __all__ = ["Carrier", "CarrierPlan", "Scorer", "Selection", "carrier_plan", "claim", "owner_of", "release"]
@@ -293,13 +293,13 @@ class Selection:
         of a term bounded by 0.25, so the total stays bounded for any number of groups.
         """
         if form == "authors":
-            return torch.stack([alignment.alignment_loss(self.unit_table(g), self.removed[g]) for g in groups]).sum()
-        return torch.stack([alignment.consensus_loss(self.unit_table(g), self.removed[g]) for g in groups]).mean()
+            return torch.stack([alignment_loss(self.unit_table(g), self.removed[g]) for g in groups]).sum()
+        return torch.stack([consensus_loss(self.unit_table(g), self.removed[g]) for g in groups]).mean()
 
     def agreement(self, groups: Iterable[str]) -> dict[str, float]:
-        """Per group, :func:`assl.alignment.agreement` of its carriers' current scales."""
+        """Per group, ``_alignment.agreement`` of its carriers' current scales."""
         with torch.no_grad():
-            return {g: alignment.agreement(self.unit_table(g), self.removed[g]) for g in groups}
+            return {g: agreement(self.unit_table(g), self.removed[g]) for g in groups}
 
     def scale_scores(self, name: str) -> torch.Tensor:
         """Group score per unit: each carrier's ``|scale|`` per unit relative to its mean, summed."""
