@@ -158,3 +158,19 @@ def test_sizes_are_plain_numbers_outside_a_trace():
     assert isinstance(math.floor(n / 3), SizeInt) and math.floor(n / 3) == 2
     assert {n: 1}[8] == 1 and hash(n) == hash(8)  # usable as a key like the int it is
     assert type(copy.deepcopy(n / 2)) is float
+
+
+def test_torchs_own_code_reading_a_layers_sizes_pins_nothing():
+    class Logged(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(0)
+            self.a, self.dw, self.b = nn.Conv2d(3, 8, 1), nn.Conv2d(8, 8, 3, padding=1, groups=8), nn.Conv2d(8, 3, 1)
+            self.seen: list[str] = []
+
+        def forward(self, x):
+            self.seen.append(repr(self))  # extra_repr compares `groups != 1`: torch's code, not the model's
+            return self.b(torch.relu(self.dw(torch.relu(self.a(x)))))
+
+    graph = assl.trace(Logged(), X)
+    assert graph.group("a").num_prunable == 8

@@ -48,12 +48,17 @@ _PACKAGE = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 _TORCH = os.path.dirname(os.path.abspath(sys.modules["torch"].__file__ or "")) if "torch" in sys.modules else ""
 
 
+def _internal(path: str) -> bool:
+    path = os.path.abspath(path)
+    return path.startswith(_PACKAGE) or bool(_TORCH and path.startswith(_TORCH))
+
+
 def user_line() -> str:
     """``file.py:line`` of the innermost frame outside this library and torch: the forward code."""
     frame = sys._getframe(1)
     while frame is not None:
-        path = os.path.abspath(frame.f_code.co_filename)
-        if not path.startswith(_PACKAGE) and not (_TORCH and path.startswith(_TORCH)) and "<frozen" not in path:
+        path = frame.f_code.co_filename
+        if not _internal(path) and "<frozen" not in path:
             return f"{os.path.basename(path)}:{frame.f_lineno}"
         frame = frame.f_back  # type: ignore[assignment]
     return "an unknown line"
@@ -67,8 +72,11 @@ class _Counted:
     sink: Sink | None
 
     def _report(self, how: str) -> None:
-        if self.sink is not None and not QUIET[0] and (self.sources or self.axes):
-            self.sink(self, f"a channel count is {how} at {user_line()}")
+        if self.sink is None or QUIET[0] or not (self.sources or self.axes):
+            return
+        if _internal(sys._getframe(2).f_code.co_filename):  # torch's own code (a layer's repr): not the model's
+            return
+        self.sink(self, f"a channel count is {how} at {user_line()}")
 
     def _merge(self, others: tuple[object, ...]) -> tuple[tuple[np.ndarray, ...], tuple[Axis, ...], Sink | None]:
         sources, axes, sink = self.sources, self.axes, self.sink
@@ -204,7 +212,7 @@ def _compare(base: type, name: str) -> Callable[..., object]:
                     return out
         self._report(f"compared by `{_COMPARE[name]}`")
         if isinstance(other, _Counted):
-            other._report(f"compared by `{_COMPARE[name]}`")
+            other._report(f"compared by `{_COMPARE[name]}`")  # same frame depth: called from here
         return out
 
     method.__name__ = name
