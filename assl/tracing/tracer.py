@@ -1,14 +1,11 @@
 """Tracing: run the model once on real inputs and find which channels are coupled.
 
-The model runs eagerly, so Python control flow, in-place ops and any number of inputs and
-outputs behave exactly as in training. Known layers (convolutions, Linear, normalizations,
-PReLU) are observed through forward hooks; everything between them through a
-``TorchFunctionMode`` that sees each torch function and tensor method, the user's own forward
-hooks and pre-hooks on known layers included, and the forward of a known layer whose class replaces
-its torch class's (``reparam.own_forward``). Parameters and tensors computed from them alone are
-followed too (``parameters``), and so are sizes read from traced tensors (``sizes``). Known layers
-whose weight is computed by code the tracer cannot follow are opaque (``reparam.opaque_reason``).
-See ``docs/graph.md``.
+The model runs eagerly, so Python control flow, in-place ops and any inputs and outputs behave as
+in training. Known layers are observed through forward hooks; everything between them through a
+``TorchFunctionMode``: the user's hooks, and the forward of a known layer whose class replaces its
+torch class's (``reparam.own_forward``). Parameters, tensors computed from them alone
+(``parameters``) and sizes read from traced tensors (``sizes``) are followed too. Layers whose
+weight comes from code the tracer cannot follow are opaque (``reparam.opaque_reason``).
 """
 
 from __future__ import annotations
@@ -298,9 +295,8 @@ def trace(
     The model runs once per input set, eagerly and without gradients. It is left as it was
     found: same training flag, every parameter and buffer bit for bit (BatchNorm running
     statistics, spectral norm's power-iteration vectors), no gradients, same global random state.
-    A known layer whose class replaces its torch class's forward is traced through its own
-    forward. Layers the tracer cannot follow are opaque: their channels stay, listed in
-    ``graph.opaque_layers`` and ``graph.summary()``.
+    A layer with a forward of its own is traced through it; layers the tracer cannot follow are
+    opaque: their channels stay, listed in ``graph.opaque_layers`` and ``graph.summary()``.
 
     Args:
         model: Any ``nn.Module``.
