@@ -164,6 +164,11 @@ class Pruner:
                 if self.phase != "align" or name not in self.aligned:
                     sel.choose(name, sel.scale_scores(name))
         claim((c.module for c in sel.all_layers()), self)
+        frozen_carriers = sorted({c.name for c in sel.all_layers() if c.kind == "norm" and not c.scale.requires_grad})
+        if frozen_carriers:
+            logger.info(
+                "frozen normalization layers carry channels; the shrink drives them to zero: %s", frozen_carriers
+            )
         scales = {id(c.scale): c.name for c in sel.all_layers() if c.kind == "g"}
         self._watch = OptimizerWatch(model.parameters, scales)
         info = (len(sel.layers), len(self.aligned), self.total_steps)
