@@ -7,6 +7,8 @@ Torch-Pruning's at the same ratio when it is installed. A model that cannot be p
 refused: the table says why (the main reason channels stay). timm and torchvision are optional:
 their models are skipped when they are not installed.
 
+Rows go to ``benchmarks/results/zoo.jsonl`` (``--out``), the docs' table is ``render`` of them.
+
     python -m benchmarks.zoo                     # every model, a markdown table
     python -m benchmarks.zoo --models resnet18 efficientnet_lite0
     python -m benchmarks.zoo --smoke             # one small torchvision model (seconds)
@@ -29,7 +31,12 @@ from torch import nn
 
 import assl
 
+from . import cli
 from ._internals import max_rel_err
+from .results import Writer, read
+from .tables import markdown, provenance
+
+NAME = "zoo"
 
 TIMM = [
     "efficientnet_lite0",
@@ -206,13 +213,63 @@ def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _cells(v: dict[str, Any]) -> list[str]:
+    if v["exact"] is None:
+        exact = "refused: nothing removable"
+    else:
+        exact = f"{'exact' if v['exact'] else 'DIFFERS'} ({v['err']:.1e}; plan changes {v['changes']:.2f})"
+    note = f" ({v['note']})" if v["note"] else ""
+    return [
+        v["model"],
+        f"{v['params'] / 1e6:.2f}M",
+        f"{_pct(v['prunable'])} of {v['units']}",
+        exact,
+        f"{_pct(v['assl'])}{note}",
+        v["tp"],
+        v["reason"].replace("|", "\\|"),
+    ]
+
+
+HEADER = [
+    "model",
+    "params",
+    "units prunable",
+    "slimmed == masked (rel. err)",
+    "removed at 0.5",
+    "Torch-Pruning at 0.5",
+    "main reason channels stay",
+]
+
+
+def render(rows: list[dict]) -> str:
+    """The docs' table of a results file of this benchmark."""
+    vals = [r["values"] for r in rows]
+    tp = any(v["tp"] != "-" for v in vals)
+    exact = sum(v["exact"] is True for v in vals)
+    refused = sum(v["exact"] is None for v in vals)
+    errs = [v["err"] for v in vals if v["err"] is not None]
+    worst = f"; largest relative error {max(errs):.1e}" if errs else ""
+    return "\n".join(
+        [
+            provenance(rows, ("timm", "torchvision", "torch-pruning") if tp else ("timm", "torchvision"))
+            + f" {len(vals)} models: {exact} exact, {refused} refused, {len(vals) - exact - refused} differing{worst}; "
+            "shares are of the dense model's parameters.",
+            "",
+            markdown(HEADER, [_cells(v) for v in vals]),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run every model (or ``--models``); append the rows to ``--out``, print the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", default=None, help="names (without the timm/ or tv/ prefix) to run")
     p.add_argument("--size", type=int, default=64, help="input height and width of the trace")
     p.add_argument("--smoke", action="store_true", help="one small torchvision model")
-    args = p.parse_args(argv)
+    cli.add_output(p, NAME)
+    args = cli.parse(p, argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     builders = _builders()
     if args.smoke:
@@ -225,26 +282,19 @@ def main(argv: list[str] | None = None) -> None:
         tp = False
     else:
         tp = True
-    print(f"# assl {getattr(assl, '__version__', '')} on timm/torchvision models, torch {torch.__version__}")
-    print(
-        "| model | params | units prunable | slimmed == masked (rel. err) | removed at 0.5 | Torch-Pruning at 0.5 "
-        "| main reason channels stay |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name, build in builders.items():
-        r = run(name, build, args.size, tp)
-        if r["exact"] is None:
-            exact = "refused: nothing removable"
-        else:
-            exact = f"{'exact' if r['exact'] else 'DIFFERS'} ({r['err']:.1e}; plan changes {r['changes']:.2f})"
-        note = f" ({r['note']})" if r["note"] else ""
-        print(
-            f"| {name} | {r['params'] / 1e6:.2f}M | {_pct(r['prunable'])} of {r['units']} | {exact} | "
-            f"{_pct(r['assl'])}{note} | {r['tp']} | {r['reason']} |",
-            flush=True,
-        )
-        if r["exact"] is False:
-            raise SystemExit(f"{name}: the slimmed model differs from the masked one")
+    writer = Writer(cli.output_path(args, NAME), NAME, args, append=args.append)
+    try:
+        for name, build in builders.items():
+            r = writer.write(run(name, build, args.size, tp))["values"]
+            print("| " + " | ".join(_cells(r)) + " |", flush=True)
+            if r["exact"] is False:
+                raise SystemExit(f"{name}: the slimmed model differs from the masked one")
+    finally:
+        torch.set_num_threads(threads)
+    rows = [r for r in read(writer.path) if r["run"] == writer.run]
+    if rows:
+        print(render(rows))
+    return rows
 
 
 if __name__ == "__main__":

@@ -23,22 +23,27 @@ def test_trace_slim_benchmark_smoke(tmp_path, capsys):
     assert v["trace_ms"] > 0 and v["slim_ms"] > 0 and len(v["samples_ms"]["slim"]) == 2
 
 
-def test_zoo_benchmark_smoke(capsys, monkeypatch):
+def test_zoo_benchmark_smoke(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torchvision")
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # the comparison is optional
-    from benchmarks.zoo import main
+    from benchmarks.results import read
+    from benchmarks.zoo import main, render
 
-    main(["--smoke"])
+    rows = main(["--smoke", "--out", str(tmp_path / "zoo.jsonl")])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tv/shufflenet"))
     assert "| exact (" in row and "| - |" in row
+    v = rows[0]["values"]
+    assert v["model"] == "tv/shufflenet_v2_x0_5" and v["exact"] is True and 0 < v["assl"] < 1
+    table = render(read(tmp_path / "zoo.jsonl")).splitlines()
+    assert "1 models: 1 exact, 0 refused, 0 differing" in table[0] and table[-1] == row
 
 
-def test_zoo_benchmark_without_timm_and_torchvision_says_so(capsys, monkeypatch):
+def test_zoo_benchmark_without_timm_and_torchvision_says_so(tmp_path, capsys, monkeypatch):
     for name in ("timm", "torchvision", "torchvision.ops.misc", "torch_pruning"):
         monkeypatch.setitem(sys.modules, name, None)
     from benchmarks.zoo import main
 
-    main([])
+    assert main(["--out", str(tmp_path / "zoo.jsonl")]) == []
     captured = capsys.readouterr()
     assert "timm is not installed" in captured.err and "torchvision is not installed" in captured.err
     assert not [line for line in captured.out.splitlines() if line.startswith("| tv/") or line.startswith("| timm/")]
