@@ -37,7 +37,7 @@ import tarfile
 import tempfile
 import time
 import traceback
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import IO, Any
 
@@ -199,7 +199,7 @@ def serve(root: str) -> None:
         answers.flush()
 
 
-def measure(roots: dict[str, Path], models: list[tuple[str, str, dict[str, Any], tuple[int, ...]]], a: Any) -> dict:
+def measure(roots: dict[str, Path], models: Sequence[tuple[str, str, dict[str, Any], tuple[int, ...]]], a: Any) -> dict:
     """Per model, every round's median of ``a.calls`` calls, seconds: ``{label: {version: {"trace": [...], ...}}}``."""
     rng = random.Random(a.seed)
     samples: dict[str, dict[str, dict[str, list[float]]]] = {
