@@ -17,7 +17,7 @@ versions): a warm-up call, then ``--calls`` timed calls, each Pruner on a fresh 
 median over rounds of each version and after / before.
 
     python -m benchmarks.trace_cost --rounds 7
-    python -m benchmarks.trace_cost --smoke     # seconds, HEAD against HEAD: used by the test suite
+    python -m benchmarks.trace_cost --smoke     # seconds, against HEAD (any clone has it): the test suite
 """
 
 from __future__ import annotations
@@ -277,7 +277,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--rounds", type=int, default=7, help="rounds, each with a fresh process per version")
     p.add_argument("--calls", type=int, default=3, help="timed calls per model, version and round (after a warm-up)")
     p.add_argument("--seed", type=int, default=0, help="seed of the order of the versions")
-    p.add_argument("--smoke", action="store_true", help="one tiny model, one round, HEAD against HEAD")
+    p.add_argument("--smoke", action="store_true", help="one tiny model, one round, one call, against HEAD")
     cli.add_output(p, NAME)
     a = cli.parse(p, argv, smoke={"base": "HEAD", "rounds": 1, "calls": 1})
     models = SMOKE_MODELS if a.smoke else MODELS
