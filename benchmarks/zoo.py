@@ -182,11 +182,17 @@ def _tp_removed(model: nn.Module, x: torch.Tensor, timeout: float) -> str:  # pr
 
 
 def run(name: str, build: Callable[[], nn.Module], size: int, tp: bool) -> dict[str, Any]:
-    """Trace, check slimmed == masked on two input sizes, prune at ratio 0.5 with assl and Torch-Pruning."""
+    """Trace, check slimmed == masked on two input sizes, prune at ratio 0.5 with assl and Torch-Pruning.
+
+    ``size``: the input's height and width; a negative size is a model that takes only that size
+    (its second check input is a batch of two of the same size instead of another size).
+    """
     torch.manual_seed(0)
     model = _randomize(build())
+    fixed, size = size < 0, abs(size)
     x = torch.randn(1, 3, size, size)
-    others = [torch.randn(2, 3, size, size), torch.randn(1, 3, size + 32, size - 16)]
+    second = torch.randn(3, 3, size, size) if fixed else torch.randn(1, 3, size + 32, size - 16)
+    others = [torch.randn(2, 3, size, size), second]
     t0 = time.perf_counter()
     graph = assl.trace(model, x)
     traced = time.perf_counter() - t0
@@ -207,6 +213,103 @@ def run(name: str, build: Callable[[], nn.Module], size: int, tp: bool) -> dict[
     row["tp"] = _tp_removed(model, x, timeout=120) if tp else "-"
     row["reason"] = _main_reason(graph)
     return row
+
+
+SUBSTANTIVE = 0.1
+"""A model is substantively pruned when ratio 0.5 removes at least this share of its parameters."""
+
+
+def outcome(v: dict[str, Any]) -> str:
+    """What a user gets from a model at ratio 0.5: substantively pruned, exact but nearly unchanged
+    (with or without a word about it), refused, or different from the masked model."""
+    if v.get("error"):
+        return "error"
+    if v["exact"] is False:
+        return "differs"
+    if v["exact"] is None or not v["assl"]:
+        return "refused"
+    if v["assl"] >= SUBSTANTIVE:
+        return "substantive"
+    return "under 10%, warned" if v["note"].startswith("warns") else "under 10%, silent"
+
+
+OUTCOMES = ("substantive", "under 10%, warned", "under 10%, silent", "refused", "differs", "error")
+
+
+def _sampled(count: int, seed: int, max_params: float) -> list[tuple[str, nn.Module, int]]:
+    """``count`` timm models drawn at random from its registry (``seed``), built, with their input size.
+
+    Models over ``max_params`` parameters, or that do not build or run on one random image on this
+    machine, are drawn past (and reported on stderr). The size is 64 unless the model's
+    configuration fixes its input size (then that size, negated; see :func:`run`), or a 64x64
+    image does not run (then its configured size).
+    """
+    import random
+
+    import timm  # type: ignore[import-not-found]
+
+    names = timm.list_models()
+    random.Random(seed).shuffle(names)
+    out = []
+    for name in names:
+        if len(out) == count:
+            break
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+        except Exception as e:  # any model the registry cannot build here is drawn past
+            print(f"{name}: not built ({type(e).__name__})", file=sys.stderr)
+            continue
+        if _params(model) > max_params:
+            print(f"{name}: {_params(model) / 1e6:.0f}M parameters, over --max_params", file=sys.stderr)
+            continue
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        native = int(cfg.get("input_size", (3, 224, 224))[-1])
+        sizes = [-native] if cfg.get("fixed_input_size") else [64, native]
+        for size in sizes:
+            try:
+                with torch.no_grad():
+                    model(torch.randn(1, 3, abs(size), abs(size)))
+            except Exception:  # too small an input for this model: try the next size
+                continue
+            out.append((f"timm/{name}", model, size))
+            break
+        else:
+            print(f"{name}: does not run on a random image", file=sys.stderr)
+    return out
+
+
+def render_sample(rows: list[dict]) -> str:
+    """The docs' table of ``--sample`` runs: per version of the library (``--label``), how many of the
+    drawn models end in each :func:`outcome`, then each model's outcome per version."""
+    labels = list(dict.fromkeys(r["settings"]["label"] for r in rows))
+    by = {
+        label: {r["values"]["model"]: r["values"] for r in rows if r["settings"]["label"] == label} for label in labels
+    }
+    models = list(dict.fromkeys(r["values"]["model"] for r in rows))
+    summary = []
+    for label in labels:
+        got = [outcome(v) for v in by[label].values()]
+        summary.append([label, len(got), *(f"{got.count(o)} ({100 * got.count(o) / len(got):.0f}%)" for o in OUTCOMES)])
+    detail = []
+    for m in models:
+        cells = [m, f"{next(by[label][m] for label in labels if m in by[label])['params'] / 1e6:.2f}M"]
+        for label in labels:
+            v = by[label].get(m)
+            cells.append("-" if v is None else f"{outcome(v)} ({_pct(v['assl'])})")
+        detail.append(cells)
+    s0 = rows[0]["settings"]
+    return "\n".join(
+        [
+            provenance(rows, ("timm",))
+            + f" {len(models)} models drawn from timm's registry (seed {s0['sample_seed']}, at most "
+            f"{s0['max_params'] / 1e6:.0f}M parameters); substantive: at least {100 * SUBSTANTIVE:.0f}% of the "
+            "parameters removed at ratio 0.5.",
+            "",
+            markdown(["library", "models", *OUTCOMES], summary),
+            "",
+            markdown(["model", "params", *(f"{label}: outcome (removed at 0.5)" for label in labels)], detail),
+        ]
+    )
 
 
 def _pct(v: float | None) -> str:
@@ -266,6 +369,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
     p.add_argument("--models", nargs="*", default=None, help="names (without the timm/ or tv/ prefix) to run")
     p.add_argument("--size", type=int, default=64, help="input height and width of the trace")
     p.add_argument("--smoke", action="store_true", help="one small torchvision model")
+    p.add_argument("--sample", type=int, default=0, help="instead: this many models drawn from timm's registry")
+    p.add_argument("--sample_seed", type=int, default=0, help="the draw's seed")
+    p.add_argument("--max_params", type=float, default=30e6, help="draw past sampled models larger than this")
+    p.add_argument("--label", default="this version", help="names the library version in a --sample table")
+    p.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false", help="leave Torch-Pruning out")
     cli.add_output(p, NAME)
     args = cli.parse(p, argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
@@ -281,8 +389,10 @@ def main(argv: list[str] | None = None) -> list[dict]:
     except ImportError:
         tp = False
     else:
-        tp = True
+        tp = args.torch_pruning
     writer = Writer(cli.output_path(args, NAME), NAME, args, append=args.append)
+    if args.sample:
+        return _run_sample(args, writer, tp)
     try:
         for name, build in builders.items():
             r = writer.write(run(name, build, args.size, tp))["values"]
@@ -294,6 +404,35 @@ def main(argv: list[str] | None = None) -> list[dict]:
     rows = [r for r in read(writer.path) if r["run"] == writer.run]
     if rows:
         print(render(rows))
+    return rows
+
+
+def _run_sample(args: argparse.Namespace, writer: Writer, tp: bool) -> list[dict]:
+    try:
+        drawn = _sampled(args.sample, args.sample_seed, args.max_params)
+    except ImportError:
+        print("timm is not installed: --sample draws from its registry", file=sys.stderr)
+        return []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, model, size in drawn:
+            try:
+                values = run(name, lambda m=model: m, size, tp)
+            except assl.ASSLError as e:  # refused by the trace itself
+                values = {"model": name, "params": _params(model), "exact": None, "err": None, "changes": None}
+                values.update(assl=0.0, note=str(e).splitlines()[0][:80], tp="-", reason=str(e).splitlines()[0][:110])
+            except Exception as e:  # a crash is a result here: the table shows it
+                values = {"model": name, "params": _params(model), "exact": None, "err": None, "changes": None}
+                values.update(assl=0.0, note="", tp="-", reason="", error=f"{type(e).__name__}: {str(e)[:200]}")
+            values["size"] = size
+            writer.write(values)
+            print(f"{name}: {outcome(values)} ({_pct(values['assl'])})", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    rows = [r for r in read(writer.path) if r["run"] == writer.run]
+    if rows:
+        print(render_sample(rows))
     return rows
 
 

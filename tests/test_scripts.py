@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
@@ -21,6 +22,67 @@ def test_trace_slim_benchmark_smoke(tmp_path, capsys):
     assert "| LEDSR 2x8 |" in out and "trace ms" in out
     v = rows[0]["values"]
     assert v["trace_ms"] > 0 and v["slim_ms"] > 0 and len(v["samples_ms"]["slim"]) == 2
+
+
+def test_trace_cost_benchmark_smoke(tmp_path, capsys):
+    from benchmarks import report
+    from benchmarks.results import git_state
+    from benchmarks.trace_cost import main, render
+
+    if git_state() is None:
+        pytest.skip("not a git checkout: the benchmark extracts its base revision with git")
+    rows = main(["--smoke", "--out", str(tmp_path / "trace_cost.jsonl")])
+    out = capsys.readouterr().out
+    assert "| LEDSR 2x8 |" in out and "set-up ms before" in out
+    assert len(rows) == 1 and rows[0]["settings"]["base"] == "HEAD"
+    v = rows[0]["values"]
+    assert v["model"] == "LEDSR 2x8" and v["base"] == rows[0]["env"]["git"]["sha"]
+    for k in ("trace", "setup"):
+        assert v[f"{k}_ms_before"] > 0 and v[f"{k}_ms_after"] > 0
+        assert v[f"{k}_ratio"] == pytest.approx(v[f"{k}_ms_after"] / v[f"{k}_ms_before"])
+        assert {ver: len(s) for ver, s in v["samples_ms"][k].items()} == {"before": 1, "after": 1}
+    doc = tmp_path / "page.md"  # the block the docs will hold once a measured results file is committed
+    doc.write_text("<!-- table: trace_cost -->\n<!-- end table -->\n")
+    table = report.Table("trace_cost", "trace_cost.jsonl", render)
+    assert report.run([doc], check=False, tables=[table], results=tmp_path) == 0
+    assert render(rows) in doc.read_text()
+
+
+def test_trace_cost_rows_and_table(tmp_path):
+    from benchmarks.results import Writer, read
+    from benchmarks.trace_cost import render, row
+
+    samples = {  # seconds: two rounds per version
+        "a": {
+            "before": {"trace": [0.010, 0.012], "setup": [0.020, 0.030]},
+            "after": {"trace": [0.011, 0.011], "setup": [0.040, 0.050]},
+        },
+    }
+    writer = Writer(tmp_path / "r.jsonl", "trace_cost", {"rounds": 2, "calls": 3, "base": "main"}, argv=[])
+    writer.write(row("Net A", "ledsr", (1, 3, 8, 8), samples["a"], "f" * 40))
+    rows = read(tmp_path / "r.jsonl")
+    v = rows[0]["values"]
+    assert v["trace_ms_before"] == pytest.approx(11.0) and v["trace_ms_after"] == pytest.approx(11.0)
+    assert v["setup_ratio"] == pytest.approx(45.0 / 25.0) and v["samples_ms"]["setup"]["after"] == pytest.approx(
+        [40, 50]
+    )
+    table = render(rows)
+    assert "Before: fffffff" in table and "2 rounds of the median of 3 calls" in table
+    assert "| Net A | 11.0 | 11.0 | 1.00 | 25.0 | 45.0 | **1.80** |" in table  # over the limit: bold
+
+
+def test_trace_cost_says_what_is_missing(tmp_path, monkeypatch):
+    from benchmarks.trace_cost import main
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    out = ["--out", str(tmp_path / "r.jsonl")]
+    with pytest.raises(SystemExit, match="'no-such-revision' is not in the git clone"):
+        main(["--smoke", "--base", "no-such-revision", *out])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SystemExit, match="needs git"):
+        main(["--smoke", *out])
+    assert not (tmp_path / "r.jsonl").exists()
 
 
 def test_zoo_benchmark_smoke(tmp_path, capsys, monkeypatch):
@@ -60,6 +122,7 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
 
 BENCHMARKS = [
     "trace_slim",
+    "trace_cost",
     "step_overhead",
     "quality",
     "alignment_study",
