@@ -137,6 +137,15 @@ def test_latency_batch_benchmark_smoke(tmp_path):
     lines = [line for line in md[2:] if line.startswith("| tiny |")]
     assert [line.split(" | ")[1:4] for line in lines] == [["1", "0.70", "2"], ["2", "0.70", "2"]]
     assert all(line.count("|") == md[2].count("|") for line in lines)
+    # the docs' generated block, as benchmarks.report writes and checks it
+    from benchmarks import report
+
+    doc = tmp_path / "latency.md"
+    doc.write_text("Prose.\n\n<!-- table: latency_batch -->\n<!-- end table -->\n")
+    table = report.Table("latency_batch", "r.jsonl", render)
+    assert report.run([doc], check=False, tables=[table], results=tmp_path) == 0
+    assert "| tiny | 2 | 0.70 | 2 |" in doc.read_text()
+    assert report.run([doc], check=True, tables=[table], results=tmp_path) == 0
 
 
 def _values(rows: list[dict], **match) -> list[dict]:
