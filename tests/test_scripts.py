@@ -130,6 +130,7 @@ BENCHMARKS = [
     "bn_classifier",
     "bn_denoiser",
     "latency_budget",
+    "latency_batch",
     "latency_quality",
     "bn_alignment_study",
     "zoo",
@@ -176,6 +177,43 @@ def test_latency_budget_benchmark_smoke(tmp_path):
     assert all(r["measured"] > 0 and r["widths"] for r in rows)
     md = render(read(tmp_path / "r.jsonl")).splitlines()[2:]
     assert sum(line.startswith("| tiny |") for line in md) == 3 and md[0].count("|") == md[2].count("|")
+
+
+def test_latency_batch_benchmark_smoke(tmp_path):
+    import torch
+
+    from benchmarks.latency_batch import main, render
+    from benchmarks.results import read
+
+    threads = torch.get_num_threads()
+    try:
+        rows = main(["--smoke", "--out", str(tmp_path / "r.jsonl")])
+    finally:
+        torch.set_num_threads(threads)
+    values = [r["values"] for r in rows]
+    # two batch sizes x two independent runs, each with its own table and seed
+    assert [(v["batch"], v["run_index"]) for v in values] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert [r["seed"] for r in rows] == [0, 1, 0, 1]
+    assert all(v["input"][0] == v["batch"] for v in values)
+    for v in values:
+        assert v["delivered"] > 0 and v["delivered_over_target"] == v["delivered"] / v["target"]
+        assert v["dense_ms"] > 0 and v["dense_spread"] >= 0 and v["delivered_iqr"] >= 0
+        assert 0 < v["predicted"] < 1 and v["checked"] is not None and v["checked"] > 0
+        assert v["widths"] and v["table_step"] >= 1
+    md = render(read(tmp_path / "r.jsonl")).splitlines()
+    assert md[0].startswith("Measured ") and "tiny batch 2: input 2x3x8x8" in md[0]
+    lines = [line for line in md[2:] if line.startswith("| tiny |")]
+    assert [line.split(" | ")[1:4] for line in lines] == [["1", "0.70", "2"], ["2", "0.70", "2"]]
+    assert all(line.count("|") == md[2].count("|") for line in lines)
+    # the docs' generated block, as benchmarks.report writes and checks it
+    from benchmarks import report
+
+    doc = tmp_path / "latency.md"
+    doc.write_text("Prose.\n\n<!-- table: latency_batch -->\n<!-- end table -->\n")
+    table = report.Table("latency_batch", "r.jsonl", render)
+    assert report.run([doc], check=False, tables=[table], results=tmp_path) == 0
+    assert "| tiny | 2 | 0.70 | 2 |" in doc.read_text()
+    assert report.run([doc], check=True, tables=[table], results=tmp_path) == 0
 
 
 def _values(rows: list[dict], **match) -> list[dict]:
