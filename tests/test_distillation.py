@@ -203,6 +203,22 @@ def test_teacher_follows_the_inputs_dtype():
     assert teacher.loss(model(x), x).dtype == torch.float64
 
 
+def test_mixed_dtypes_and_autocast():
+    got = assl.distillation_loss((torch.ones(2), torch.ones(2, dtype=torch.float64)), (torch.zeros(2), torch.zeros(2)))
+    assert got.dtype == torch.float64 and got.item() == 2.0
+
+    model = _dense()
+    teacher = assl.Teacher(model)
+    x = _batch(0)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = model(x)
+        loss = teacher.loss(out + 0.1, x)
+    assert out.dtype == torch.bfloat16 and torch.isfinite(loss)
+    loss.backward()
+    assert all(p.dtype == torch.float32 and p.grad is None for p in teacher.module.parameters())
+    assert any(p.grad is not None for p in model.parameters())
+
+
 @pytest.mark.filterwarnings("ignore:slimming changed the output")
 def test_distillation_pulls_the_slimmed_network_towards_the_teacher():
     torch.set_num_threads(1)

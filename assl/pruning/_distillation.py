@@ -66,7 +66,10 @@ def distillation_loss(
     if not pairs:
         raise ArgumentError(f"distillation needs {_ACCEPTED}; the outputs hold no tensor")
     losses = [_loss(s, t.detach().to(s.dtype), kind, temperature) for s, t in pairs]
-    return torch.stack(losses).sum() if len(losses) > 1 else losses[0]
+    total = losses[0]
+    for more in losses[1:]:  # added one by one: tensors of different dtypes promote
+        total = total + more
+    return total
 
 
 def _pairs(student: Any, teacher: Any, where: str) -> Iterable[tuple[torch.Tensor, torch.Tensor]]:
