@@ -154,7 +154,7 @@ class Teacher:
             few = ", ".join(repr(n) for n in scaled[:3]) + (", ..." if len(scaled) > 3 else "")
             raise ArgumentError(
                 f"the model already holds a Pruner's scales (on {few}): build the Teacher from the dense model "
-                "before creating the Pruner"
+                "before creating the Pruner (or from another instance holding the dense weights)"
             )
         self.module: nn.Module = copy_model(model).eval().requires_grad_(False)
 
