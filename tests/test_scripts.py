@@ -10,6 +10,8 @@ from pathlib import Path
 
 import pytest
 
+import assl
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -311,6 +313,47 @@ def test_quality_benchmark_smoke(tmp_path):
     assert [v["method"] for v in methods] == ["assl", "l1", "scratch"] and len({v["params"] for v in methods}) == 1
     assert methods[0]["liveness"] >= 0 and set(methods[0]["metrics"]) == {"psnr", "ssim"}
     assert all(r["env"]["threads"] == 1 and r["settings"]["blocks"] == 1 for r in rows)
+
+
+@pytest.mark.real_timer  # it times assl.trace itself, which refuses the counting timer's global hooks
+def test_quality_benchmark_distilled_smoke(tmp_path):
+    from benchmarks.method_table import render
+    from benchmarks.quality import main as quality_main
+
+    args = ["--smoke", "--device", "cpu", "--threads", "1", "--methods", "assl", "l1", "scratch"]
+    plain = quality_main([*args, "--out", str(tmp_path / "p.jsonl")])
+    distilled = quality_main([*args, "--distill", "0.5", "--out", str(tmp_path / "d.jsonl")])
+    assert all(r["settings"]["distill"] == 0.5 for r in distilled)
+    assert all(r["settings"]["distill"] == 0.0 for r in plain)
+    assert "distilled from the dense model (weight 0.5)" in render(distilled)
+    assert "distilled from the dense model" not in render(plain)
+    dense = [_values(rows, method="dense")[0]["metrics"] for rows in (plain, distilled)]
+    assert dense[0] == dense[1]  # the same teacher
+    for p, d in zip(_values(plain), _values(distilled)):
+        assert p["method"] == d["method"] and p["params"] == d["params"]
+        assert p["score"] != d["score"], p["method"]  # the term reached every method's training
+
+
+def test_training_adds_the_teacher_term():
+    import torch
+
+    from benchmarks.training import train
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(3, 2)
+    teacher = assl.Teacher(dense)
+    stream = iter([(torch.randn(4, 3), torch.zeros(4, 2))] * 20)
+    no_task_loss = lambda out, y: out.sum() * 0.0  # noqa: E731
+    student = torch.nn.Linear(3, 2)
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        before = float((student(x) - dense(x)).pow(2).mean())
+    train(student, stream, 10, no_task_loss, 0.05, teacher=teacher, distill=0.0)
+    with torch.no_grad():
+        assert float((student(x) - dense(x)).pow(2).mean()) == before  # weight 0: no term
+    train(student, stream, 10, no_task_loss, 0.05, teacher=teacher, distill=1.0)
+    with torch.no_grad():
+        assert float((student(x) - dense(x)).pow(2).mean()) < 0.5 * before
 
 
 def test_quality_benchmark_dense_cache_and_val_split(tmp_path, capsys):
