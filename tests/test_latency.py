@@ -335,7 +335,7 @@ def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measur
 
     plans = [{"g": i} for i in range(len(measured))]
     seen = iter(measured)
-    monkeypatch.setattr(lb, "_measured_ratio", lambda *args: next(seen))
+    monkeypatch.setattr(lb, "_measured_ratio", lambda *args: (next(seen), 0.0))
     asked = []
 
     def solve(aim: float) -> dict:
@@ -351,6 +351,61 @@ def test_the_check_moves_the_prediction_by_the_measured_miss(monkeypatch, measur
         w for w in caught if issubclass(w.category, assl.ASSLWarning) and "misses on this device" in str(w.message)
     ]
     assert len(missed) == (min(measured) > 1.02)
+
+
+def test_a_loud_check_moves_the_aim_at_most_by_the_correction_cap(monkeypatch) -> None:
+    import assl.budgets.latency_plan as lb
+
+    seen = iter([2.0, 1.6, 1.0])  # one loud measurement must not halve the next aim
+    monkeypatch.setattr(lb, "_measured_ratio", lambda *args: (next(seen), 0.0))
+    asked = []
+
+    def solve(aim: float) -> dict:
+        asked.append(aim)
+        return {"g": len(asked)}
+
+    removed, seconds = lb._verified(None, None, None, solve, {"g": 0}, target=1.0, dense=1.0)
+    cap = lb.MAX_CORRECTION
+    assert asked == pytest.approx([1 / cap, 1 / cap**2]) and removed == {"g": 2} and seconds == 1.0
+
+
+@pytest.mark.parametrize("uncertainty, accepted", [(0.0, False), (0.1, True)])
+def test_the_check_tolerates_its_own_uncertainty_not_the_tables_noise(monkeypatch, uncertainty, accepted) -> None:
+    import assl.budgets.latency_plan as lb
+
+    seen = iter([1.08, 0.99, 0.99])
+    monkeypatch.setattr(lb, "_measured_ratio", lambda *args: (next(seen), uncertainty))
+    removed, seconds = lb._verified(None, None, None, lambda aim: {"g": 1}, {"g": 0}, target=1.0, dense=1.0)
+    assert (removed, seconds) == (({"g": 0}, 1.08) if accepted else ({"g": 1}, 0.99))
+
+
+@pytest.mark.parametrize("spread, rounds", [(0.0, 9), (0.005, 9), (0.4, 45)])
+def test_a_noisy_check_takes_more_rounds_up_to_a_cap(monkeypatch, spread, rounds) -> None:
+    import assl.budgets.latency_plan as lb
+
+    model, x = edsr(16)
+    graph = assl.trace(model, x)
+    rng = np.random.default_rng(0)
+    taken = []
+
+    def fake(calls, device, *, rounds, seed=0, **kw):
+        taken.append(rounds)
+        dense = np.ones(rounds)
+        return np.stack([dense, 0.5 * (1 + spread * rng.standard_normal(rounds))], axis=1)
+
+    monkeypatch.setattr(lb, "interleaved", fake)
+    median, uncertainty = lb._measured_ratio(model, x, graph, {g.name: 0 for g in graph.groups})
+    assert sum(taken) == rounds and abs(median - 0.5) < 0.5 * max(spread, 1e-9) * 2
+    assert (uncertainty <= lb.TOLERANCE / 2) == (rounds < lb.MAX_CHECK_ROUNDS)
+
+
+def test_median_uncertainty_shrinks_with_the_square_root_of_the_rounds() -> None:
+    from assl.budgets.latency_plan import median_uncertainty
+
+    few = np.tile([0.9, 1.0, 1.1, 1.0], 4)
+    many = np.tile(few, 4)
+    assert median_uncertainty(few)[0] == 1.0
+    assert median_uncertainty(few)[1] == pytest.approx(2 * median_uncertainty(many)[1])
 
 
 # --- floors, spreading, the noise band ------------------------------------------------------------

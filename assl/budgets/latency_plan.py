@@ -35,6 +35,12 @@ TOLERANCE = 0.02
 """How far above the target a verified measurement may be before the widths are solved again."""
 RETRIES = 2
 """How many times the widths are solved again for a lowered target."""
+CHECK_ROUNDS = 9
+"""Interleaved rounds per batch of the timed check; batches are added while it is imprecise."""
+MAX_CHECK_ROUNDS = 45
+"""The most interleaved rounds the timed check takes on a noisy machine."""
+MAX_CORRECTION = 1.5
+"""The most a measured miss moves the next solve's aim, either way: one loud check must not halve it."""
 MIN_BAND = 0.03
 """The smallest relative band around a prediction within which a target counts as met by it."""
 EMPTIED = 0.9
@@ -276,8 +282,7 @@ def latency_removed(
         def solve(aim: float) -> dict[str, int]:
             return solve_widths(predictor, sizes, allowed, scores, aim * anchor)
 
-        tolerance = max(TOLERANCE, band / 2)
-        removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense, tolerance, at_floor)
+        removed, checked = _verified(model, example_inputs, graph, solve, removed, target, dense, TOLERANCE, at_floor)
     widths = {g: sizes[g] - k for g, k in removed.items()}
     plan = LatencyPlan(
         target, predictor.seconds(removed) / anchor, dense, step, table.device, widths, checked=checked, table=table,
@@ -325,21 +330,24 @@ def _verified(
     at_floor: bool = False,
 ) -> tuple[dict[str, int], float]:
     """Time a slimmed copy at the chosen widths against the dense model, and while it misses the
-    target by more than ``tolerance`` either way (above it, or below it by more than twice that:
+    target by more than the tolerance either way (above it, or below it by more than twice that:
     channels the target allows), solve again for a prediction moved by the miss (at most
-    :data:`RETRIES` times; never ``at_floor``, where no smaller widths are allowed). Returns the
-    widths of the slowest copy within the target (the fastest one when none is) and its measured
-    seconds, scaled to the table's dense latency so that the machine's drift since the table
-    cancels."""
+    :data:`RETRIES` times, each move at most :data:`MAX_CORRECTION` either way; never
+    ``at_floor``, where no smaller widths are allowed). The tolerance is ``tolerance`` or the
+    check's own uncertainty, the larger: a check on a noisy machine takes more rounds (see
+    :func:`_measured_ratio`) rather than accepting a wider miss. Returns the widths of the slowest
+    copy within the target (the fastest one when none is) and its measured seconds, scaled to the
+    table's dense latency so that the machine's drift since the table cancels."""
     aim, tried = target, []
     for attempt in range(RETRIES + 1):
-        measured = _measured_ratio(model, example_inputs, graph, removed) * dense
-        tried.append((measured, removed))
-        if at_floor or target * (1 - 2 * tolerance) <= measured <= target * (1 + tolerance) or attempt == RETRIES:
+        ratio, uncertainty = _measured_ratio(model, example_inputs, graph, removed)
+        measured, tol = ratio * dense, max(tolerance, uncertainty)
+        tried.append((measured, removed, tol))
+        if at_floor or target * (1 - 2 * tol) <= measured <= target * (1 + tol) or attempt == RETRIES:
             break
-        aim *= target / measured
-        logger.info("latency budget: measured %.3f ms for a %.3f ms target; solving for %.3f ms", measured * 1e3,
-                    target * 1e3, aim * 1e3)  # fmt: skip
+        aim *= min(MAX_CORRECTION, max(1 / MAX_CORRECTION, target / measured))
+        logger.info("latency budget: measured %.3f ms (± %.1f%%) for a %.3f ms target; solving for %.3f ms",
+                    measured * 1e3, 100 * uncertainty, target * 1e3, aim * 1e3)  # fmt: skip
         try:
             again = solve(aim)
         except ValueError:  # the smallest widths already
@@ -347,8 +355,8 @@ def _verified(
         if again == removed or not any(again.values()):  # a noisy miss must not undo the whole plan
             break
         removed = again
-    within = [t for t in tried if t[0] <= target * (1 + tolerance)]
-    measured, removed = max(within, key=lambda t: t[0]) if within else min(tried, key=lambda t: t[0])
+    within = [t for t in tried if t[0] <= target * (1 + t[2])]
+    measured, removed, _ = max(within, key=lambda t: t[0]) if within else min(tried, key=lambda t: t[0])
     if not within:
         warn(
             f"latency budget: the slimmed model measured {measured * 1e3:.3f} ms against a target of "
@@ -359,13 +367,31 @@ def _verified(
     return removed, measured
 
 
-def _measured_ratio(model: nn.Module, example_inputs: Any, graph: Graph, removed: Mapping[str, int]) -> float:
-    """Median over interleaved rounds of (slimmed copy's seconds / dense seconds), units by L1 norm."""
+def _measured_ratio(
+    model: nn.Module, example_inputs: Any, graph: Graph, removed: Mapping[str, int]
+) -> tuple[float, float]:
+    """Median over interleaved rounds of (slimmed copy's seconds / dense seconds), units by L1
+    norm, and its relative uncertainty (the half-width of the median's approximate 95% interval,
+    1.57 interquartile ranges over the square root of the rounds, over the median). Rounds are
+    taken in batches of :data:`CHECK_ROUNDS` while that uncertainty exceeds half of
+    :data:`TOLERANCE`, up to :data:`MAX_CHECK_ROUNDS`."""
     small = slimmed_copy(model, graph, l1_plan(model, graph, removed), example_inputs, check=False).eval()
+    ratios = np.zeros(0)
     with in_eval(model):
         calls = [model_call(model, example_inputs), model_call(small, example_inputs)]
-        samples = interleaved(calls, device_of(model, example_inputs), rounds=9)
-    return float(np.median(samples[:, 1] / samples[:, 0]))
+        while True:
+            samples = interleaved(calls, device_of(model, example_inputs), rounds=CHECK_ROUNDS, seed=len(ratios))
+            ratios = np.concatenate([ratios, samples[:, 1] / samples[:, 0]])
+            median, uncertainty = median_uncertainty(ratios)
+            if uncertainty <= TOLERANCE / 2 or len(ratios) + CHECK_ROUNDS > MAX_CHECK_ROUNDS:
+                return median, uncertainty
+
+
+def median_uncertainty(values: np.ndarray) -> tuple[float, float]:
+    """The median of ``values`` and the relative half-width of its approximate 95% interval."""
+    median = float(np.median(values))
+    q1, q3 = np.percentile(values, [25, 75])
+    return median, float(1.57 * (q3 - q1) / math.sqrt(len(values)) / median)
 
 
 def _timeable_here(table: LatencyTable, model: nn.Module, example_inputs: Any, unchecked: bool = False) -> bool:
