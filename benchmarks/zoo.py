@@ -22,7 +22,7 @@ import re
 import sys
 import time
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -236,13 +236,14 @@ def outcome(v: dict[str, Any]) -> str:
 OUTCOMES = ("substantive", "under 10%, warned", "under 10%, silent", "refused", "differs", "error")
 
 
-def _sampled(count: int, seed: int, max_params: float) -> list[tuple[str, nn.Module, int]]:
-    """``count`` timm models drawn at random from its registry (``seed``), built, with their input size.
+def _sampled(count: int, seed: int, max_params: float) -> Iterator[tuple[str, nn.Module, int]]:
+    """``count`` timm models drawn at random from its registry (``seed``), built one at a time,
+    with their input size.
 
-    Models over ``max_params`` parameters, or that do not build or run on one random image on this
-    machine, are drawn past (and reported on stderr). The size is 64 unless the model's
-    configuration fixes its input size (then that size, negated; see :func:`run`), or a 64x64
-    image does not run (then its configured size).
+    Models over ``max_params`` parameters (counted on the meta device, without memory), or that do
+    not build or run on one random image on this machine, are drawn past (and reported on
+    stderr). The size is 64 unless the model's configuration fixes its input size (then that
+    size, negated; see :func:`run`), or a 64x64 image does not run (then its configured size).
     """
     import random
 
@@ -250,32 +251,33 @@ def _sampled(count: int, seed: int, max_params: float) -> list[tuple[str, nn.Mod
 
     names = timm.list_models()
     random.Random(seed).shuffle(names)
-    out = []
+    drawn = 0
     for name in names:
-        if len(out) == count:
-            break
+        if drawn == count:
+            return
         try:
+            with torch.device("meta"):
+                size = _params(timm.create_model(name, pretrained=False, num_classes=10))
+            if size > max_params:
+                print(f"{name}: {size / 1e6:.0f}M parameters, over --max_params", file=sys.stderr)
+                continue
             model = timm.create_model(name, pretrained=False, num_classes=10).eval()
         except Exception as e:  # any model the registry cannot build here is drawn past
             print(f"{name}: not built ({type(e).__name__})", file=sys.stderr)
             continue
-        if _params(model) > max_params:
-            print(f"{name}: {_params(model) / 1e6:.0f}M parameters, over --max_params", file=sys.stderr)
-            continue
         cfg = getattr(model, "pretrained_cfg", {}) or {}
         native = int(cfg.get("input_size", (3, 224, 224))[-1])
-        sizes = [-native] if cfg.get("fixed_input_size") else [64, native]
-        for size in sizes:
+        for size in [-native] if cfg.get("fixed_input_size") else [64, native]:
             try:
                 with torch.no_grad():
                     model(torch.randn(1, 3, abs(size), abs(size)))
             except Exception:  # too small an input for this model: try the next size
                 continue
-            out.append((f"timm/{name}", model, size))
+            drawn += 1
+            yield f"timm/{name}", model, size
             break
         else:
             print(f"{name}: does not run on a random image", file=sys.stderr)
-    return out
 
 
 def render_sample(rows: list[dict]) -> str:
@@ -409,10 +411,11 @@ def main(argv: list[str] | None = None) -> list[dict]:
 
 def _run_sample(args: argparse.Namespace, writer: Writer, tp: bool) -> list[dict]:
     try:
-        drawn = _sampled(args.sample, args.sample_seed, args.max_params)
+        import timm  # type: ignore[import-not-found]  # noqa: F401
     except ImportError:
         print("timm is not installed: --sample draws from its registry", file=sys.stderr)
         return []
+    drawn = _sampled(args.sample, args.sample_seed, args.max_params)
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
