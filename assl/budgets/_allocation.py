@@ -5,14 +5,15 @@ by a global choice. Each group may lose units only in steps that keep its width 
 ``round_to`` and at least its floor (:func:`width_options`). Starting from the dense model,
 :func:`allocate` repeatedly takes the step, over all groups, whose units hold the least score per
 parameter (or MAC) they carry, a group's steps in its own order, and keeps the shortest prefix of
-those steps whose plan the budget's own count puts within the target.
+those steps whose plan the budget's own count puts within the target; then it gives back the units
+of earlier steps (latest first) that the last step made unnecessary.
 """
 
 from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
@@ -104,8 +105,7 @@ def allocate(
         return removed
 
     def size(n: int) -> int:
-        removed = removed_at(n)
-        return count({g: sorted(order[g][:k]) for g, k in removed.items() if k})
+        return count(_plan(order, removed_at(n)))
 
     if size(0) <= target:
         return removed_at(0)
@@ -122,4 +122,25 @@ def allocate(
             hi = mid
         else:
             lo = mid
-    return removed_at(hi)
+    return _widen(removed_at(hi), sequence[:hi], steps, lambda r: count(_plan(order, r)) <= target)
+
+
+def _plan(order: Mapping[str, Sequence[int]], removed: Mapping[str, int]) -> dict[str, list[int]]:
+    return {g: sorted(order[g][:k]) for g, k in removed.items() if k}
+
+
+def _widen(
+    removed: dict[str, int],
+    taken: Sequence[tuple[str, int]],
+    steps: Mapping[str, Sequence[int]],
+    fits: Callable[[Mapping[str, int]], bool],
+) -> dict[str, int]:
+    """Give units back where the budget still holds: the last step taken may save more than was
+    missing, so earlier steps (latest first) are undone while the plan still fits."""
+    for g in dict.fromkeys(g for g, _ in reversed(taken)):
+        while removed[g]:
+            wider = {**removed, g: max(k for k in steps[g] if k < removed[g])}
+            if not fits(wider):
+                break
+            removed = wider
+    return removed
