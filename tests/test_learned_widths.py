@@ -80,6 +80,9 @@ def test_the_budget_is_met_above_every_floor_and_the_slimmed_model_is_the_masked
         widths[g.name] = g.size - k
         assert g.size - k >= math.ceil(MIN_WIDTH * g.size - 1e-9), g.name
     assert len({pruner.removed[g] for g in plan}) > 1 or len(plan) == 1  # not one ratio in disguise
+    for g, units in plan.items():  # as tight as the steps allow: one unit given back breaks the budget
+        if units:
+            assert pruner.graph.count_params({**plan, g: units[:-1]}) > target, g
     masked = assl.masked_copy(pruner.model, pruner.graph, plan)
     small = pruner.prune_now("scale")  # the same scores, allocated again: the same plan
     assert pruner.chosen() == plan
