@@ -156,8 +156,8 @@ class Budget:
             )
         if self.min_width != MIN_WIDTH and not self.per_group:
             raise ArgumentError(
-                "Budget(min_width=...) goes with per-group widths: latency=, relative_latency=, or "
-                "params=/macs= with widths='learned'"
+                "Budget(min_width=...) goes with latency= or relative_latency=, or with params=/macs= and "
+                "widths='learned' (per-group widths)"
             )
         if not isinstance(self.verify, bool):
             raise ArgumentTypeError(f"Budget(verify=...) must be a bool, got {self.verify!r}")
