@@ -100,9 +100,10 @@ class Budget:
     ``widths`` says how a parameter or MAC budget is shared among the groups: ``"uniform"``
     (default) solves one ratio for every pruned group; ``"learned"`` lets the scores decide. When
     the Pruner fixes its chosen channels (at the end of the align phase, or at once when there is
-    none), it ranks the units of every pruned group by their score (the one it chooses by: the
-    scales' magnitudes, relative to the group's mean score, so groups compare) over what one unit
-    of the group costs (parameters or MACs, counted as :func:`assl.count` counts them), and removes
+    none), it ranks the units of every pruned group by their score (the one it chooses by: each
+    carrier's scale magnitudes relative to that carrier's mean, summed over the group's carriers)
+    over what one unit of the group costs (parameters or MACs, counted as :func:`assl.count`
+    counts them: a unit many layers produce scores and costs in each of them), and removes
     the lowest first, in steps of ``round_to``, until the slimmed model fits the budget. Every
     group keeps ``min_width`` of its units (as for latency), so no layer is emptied. With an align
     phase, every group then starts its penalty after alignment, as aligned groups do.

@@ -4,7 +4,15 @@ Under ``Budget(params=..., widths="learned")`` (or ``macs=``) the Pruner does no
 per group at construction. It inserts scales on every group that may lose units, aligns them
 towards the uniform ratio's counts, and when it fixes the chosen channels it asks
 :func:`~assl.budgets._allocation.allocate` how many units each group loses, from the same scores
-it chooses by, each relative to its group's mean so that groups compare.
+it chooses by.
+
+Those scores compare across groups as they are: each carrier's ``|scale|`` is taken relative to
+that carrier's mean, and a unit's score sums them over the group's carriers. A unit of a residual
+stream that 18 layers produce scores about 18, and its cost counts the weights of those 18 layers
+(and of their readers) too, so score per cost weighs a wide coupled group and a single layer
+alike. Dividing a group's scores by their mean instead would give the whole residual stream the
+importance of one layer while it costs many times more: it would always be cut first, by cost
+alone.
 """
 
 from __future__ import annotations
@@ -57,8 +65,7 @@ class LearnedWidths:
             ranked = torch.argsort(s, stable=True).tolist()  # as Selection.choose ranks them
             picked = set(g.pick(ranked, g.size))
             order[name] = [u for u in ranked if u in picked]
-            values = s.double().numpy()
-            scores[name] = values / max(float(values.mean()), 1e-12)
+            scores[name] = s.double().numpy()
         options = {name: self.options[name] for name in groups}
         self.allocated = allocate(graph, self.budget, order, scores, options)
         return dict(self.allocated)
