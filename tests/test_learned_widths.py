@@ -129,6 +129,26 @@ def test_groups_whose_units_score_low_lose_more():
     assert len({uniform[g] for g in ("0", "2", "4")}) == 1 and removed["2"] > uniform["2"]
 
 
+def test_a_residual_stream_whose_units_score_low_loses_more_than_the_single_layers():
+    # the stream's units count in each of the layers that produce them, as their cost does
+    torch.manual_seed(0)
+    model, x = _edsr(), torch.randn(1, 3, 8, 8)
+    stream = assl.trace(model, x).group("head.0").layers
+    with torch.no_grad():
+        for name, m in model.named_modules():
+            if isinstance(m, nn.Conv2d) and not name.endswith("mean"):
+                m.weight /= m.weight.flatten(1).norm(dim=1).view(-1, 1, 1, 1)
+                if name in stream:
+                    m.weight[:6] *= 0.01
+    target = int(0.6 * assl.count(model, x).params)
+    pruner = assl.Pruner(
+        model, x, budget=assl.Budget(params=target, widths="learned"), skip=["*mean*", "*tail*"], schedule=NO_ALIGN
+    )
+    assert len(stream) > 2 and pruner.removed["head.0"] >= 6
+    assert pruner.removed["head.0"] > max(pruner.removed["body.0.body.0"], pruner.removed["body.1.body.0"])
+    assert pruner.chosen()["head.0"][:6] == list(range(6))
+
+
 def test_uniform_budgets_plan_as_before():
     # the numbers of the release before learned widths, on this model and budget
     torch.manual_seed(0)
