@@ -21,7 +21,7 @@ from .errors import (
     TraceError,
 )
 from .graph import ChannelGroup, Graph, Plan
-from .pruning import Progress, Pruner, Schedule
+from .pruning import Progress, Pruner, Schedule, Teacher, distillation_loss
 from .serialization import load, load_slim_state_dict, save, slim_state_dict
 from .tracing import trace
 
@@ -46,9 +46,11 @@ __all__ = [
     "Pruner",
     "Schedule",
     "StateError",
+    "Teacher",
     "TraceError",
     "apply_plan",
     "count",
+    "distillation_loss",
     "load",
     "load_slim_state_dict",
     "masked_copy",

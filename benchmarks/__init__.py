@@ -4,6 +4,7 @@ Every benchmark runs from the repository root as a module, and appends its measu
 JSON Lines file (``--out``, by default under ``benchmarks/results/``; see :mod:`benchmarks.results`)::
 
     python -m benchmarks.trace_slim          # tracing and slimming cost
+    python -m benchmarks.trace_cost          # tracing and set-up cost against a base revision
     python -m benchmarks.step_overhead       # what the Pruner adds to a training step
     python -m benchmarks.inference_speed     # realized speedup of slimmed LEDSR
     python -m benchmarks.latency_budget      # pruning to a latency: does the model meet it?

@@ -108,7 +108,8 @@ def render(rows: list[dict]) -> str:
     about = (
         f" {info['name']}: {steps['dense_iters']} dense steps, then {steps['prune_iters']} + "
         f"{steps['finetune_iters']} steps per method, Adam {steps['lr']:g} ({steps['lr_schedule']}); "
-        "mean ± sd over seeds."
+        + (f"distilled from the dense model (weight {steps['distill']:g}); " if steps.get("distill") else "")
+        + "mean ± sd over seeds."
     )
     tp = any(v["method"].startswith("tp_") for v in methods)
     packages = [*(["torch-pruning"] if tp else []), *data_packages(info)]

@@ -18,7 +18,10 @@
   fine-tuning (optional install, reported as failed like the others).
 
 One-shot methods remove as many units per group as ASSL's Pruner would at the same ratio. Every
-method gets ``T = prune_iters + finetune_iters`` optimizer steps after the dense model.
+method gets ``T = prune_iters + finetune_iters`` optimizer steps after the dense model. With
+``--distill W > 0``, every one of those steps (ASSL's and TP's pruning, all fine-tuning, and
+scratch's whole training) adds ``W`` times the mean squared distance to the trained dense model's
+output (``assl.Teacher``), so distilled methods are compared with a distilled scratch baseline.
 """
 
 from __future__ import annotations
@@ -188,7 +191,14 @@ def _recorder(task: Task, model: nn.Module, curve: list, every: int) -> Callable
 
 
 def _torch_pruning(
-    method: str, task: Task, model: nn.Module, ratio: float, a: argparse.Namespace, stream: Any, lr: LearningRate
+    method: str,
+    task: Task,
+    model: nn.Module,
+    ratio: float,
+    a: argparse.Namespace,
+    stream: Any,
+    lr: LearningRate,
+    teacher: assl.Teacher | None = None,
 ) -> tuple[nn.Module, int, list]:
     """Regularize ``model`` with Torch-Pruning's pruner for ``prune_iters`` steps, then prune it in place."""
     curve: list = []
@@ -202,7 +212,17 @@ def _torch_pruning(
             record(k)
 
     regularize = lambda: pruner.regularize(model)  # noqa: E731
-    used = train(model, stream, a.prune_iters, task.loss, lr, before_step=regularize, after_step=after)
+    used = train(
+        model,
+        stream,
+        a.prune_iters,
+        task.loss,
+        lr,
+        before_step=regularize,
+        after_step=after,
+        teacher=teacher,
+        distill=a.distill,
+    )
     pruner.step()
     return model, used, curve
 
@@ -256,7 +276,8 @@ def run_method(
     ``dense_iters`` are negative). For ASSL also the score at the end of the schedule with the chosen
     channels still in place (``score_before_slim``), the liveness of the chosen channels before
     slimming (per group and the largest), the units removed per group and how much slimming
-    changed the output on the example inputs.
+    changed the output on the example inputs. ``distill`` is ``--distill``, the weight of the
+    term towards the dense model in every step after it (0: none).
 
     ASSL only: ``ratio`` may be an ``assl.Budget``; ``schedule`` replaces the flags' schedule;
     ``round_to`` is the Pruner's; ``observe(pruner, model)``, called once the Pruner is built, returns
@@ -264,6 +285,7 @@ def run_method(
     other methods'.
     """
     torch.manual_seed(seed + 1000)
+    teacher = assl.Teacher(dense) if a.distill > 0 else None  # draws no random numbers: runs stay paired
     model = copy.deepcopy(dense)
     stream = task.batches(seed + 2000)
     total = a.prune_iters + a.finetune_iters
@@ -290,6 +312,8 @@ def run_method(
             pruner=pruner,
             before_step=probe.before_step if probe is not None else None,
             after_step=_recorder(task, model, curve, a.eval_every),
+            teacher=teacher,
+            distill=a.distill,
         )
         alive = pruner.liveness()
         extra = {
@@ -312,7 +336,7 @@ def run_method(
                 )
             else:
                 small, used, curve = _torch_pruning(
-                    method, task, model, _plain_ratio(method, ratio), a, stream, prune_lr
+                    method, task, model, _plain_ratio(method, ratio), a, stream, prune_lr, teacher
                 )
             small(task.example)
         except Exception as e:  # a pruner that fails on this network is a result too: report it, go on
@@ -329,9 +353,18 @@ def run_method(
     else:
         score_slim = task.score(small)[task.metric]
         curve.append((used, score_slim))
-    train(small, stream, total - used, task.loss, finetune_lr(used), first=used, after_step=_recorder(
-        task, small, curve, a.eval_every
-    ))  # fmt: skip
+    record = _recorder(task, small, curve, a.eval_every)
+    train(
+        small,
+        stream,
+        total - used,
+        task.loss,
+        finetune_lr(used),
+        first=used,
+        after_step=record,
+        teacher=teacher,
+        distill=a.distill,
+    )
     final = task.score(small)
     curve.append((total, final[task.metric]))
     params, macs = size(task, small)

@@ -42,6 +42,14 @@ def parser(name: str, task: str, description: str | None, *, methods: bool = Tru
         "--prune_iters", type=int, help="ASSL's schedule (Schedule.for_steps(prune_iters)) and TP's regularization"
     )
     p.add_argument("--finetune_iters", type=int, help="fine-tuning steps after ASSL and TP (one-shot methods get both)")
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="weight of a distillation term from the dense model (assl.Teacher, mean squared distance) in the "
+        "loss of every method's steps after the dense model: ASSL's and TP's pruning, all fine-tuning, "
+        "scratch's whole training (0: off)",
+    )
     p.add_argument("--eval_every", type=int, default=0, help="score every this many steps for a curve (0: never)")
     if methods:
         p.add_argument("--methods", nargs="+", choices=list(METHODS), help="tp_* need torch-pruning installed")
@@ -107,4 +115,6 @@ def parse(
         p.error("--prune_iters must be at least 10 (Schedule.for_steps needs a few steps per phase)")
     if a.scale_lr is not None and a.lr_schedule != "constant":
         p.error("--scale_lr needs --lr_schedule constant (a schedule sets every parameter's learning rate)")
+    if not a.distill >= 0:
+        p.error(f"--distill must be 0 (off) or a positive weight, got {a.distill}")
     return a

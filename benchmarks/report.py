@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import align_study, inference_speed, latency_budget, method_table, step_overhead, trace_slim
+from . import align_study, inference_speed, latency_budget, method_table, step_overhead, trace_slim, zoo
 from .results import REPO, RESULTS, read
 
 MARKER = re.compile(r"<!-- table: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- end table -->", re.DOTALL)
@@ -53,6 +53,7 @@ TABLES = [
     Table("bn_denoiser", "bn_denoiser.jsonl", method_table.render),
     Table("bn_denoiser_bilinear", "bn_denoiser_bilinear.jsonl", method_table.render),
     Table("bn_denoiser_long", "bn_denoiser_long.jsonl", method_table.render),
+    Table("zoo", "zoo.jsonl", zoo.render),
 ]
 
 

@@ -33,7 +33,7 @@ SCHEMA = 1
 RESULTS = Path(__file__).resolve().parent / "results"
 """Where the committed results live; smoke runs go to its ``smoke/`` folder (not committed)."""
 REPO = RESULTS.parent.parent
-PACKAGES = ("numpy", "torch-pruning", "scikit-learn", "scikit-image")
+PACKAGES = ("numpy", "torch-pruning", "scikit-learn", "scikit-image", "timm", "torchvision")
 """Versions recorded when installed: the optional packages a benchmark may use."""
 
 

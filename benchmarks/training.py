@@ -34,6 +34,8 @@ def train(
     pruner: assl.Pruner | None = None,
     before_step: Callable[[], None] | None = None,
     after_step: Callable[[int], None] | None = None,
+    teacher: assl.Teacher | None = None,
+    distill: float = 0.0,
 ) -> int:
     """Up to ``steps`` Adam steps on ``loss`` (fewer when ``pruner`` is done); returns the steps taken.
 
@@ -42,6 +44,8 @@ def train(
     it before step ``k``. With ``pruner``, its alignment term joins the loss and its penalty hook
     the optimizer, for the steps of this call. ``before_step()`` runs between ``backward()`` and
     the optimizer step, ``after_step(k)`` after step ``k`` (the ``k``-th from ``first``, 1-based).
+    With ``teacher`` and a positive ``distill``, ``teacher.loss(output, input, weight=distill)``
+    (the mean squared distance to the teacher's output) joins the loss.
     """
     model.train()
     schedule: Callable[[int], float] | None
@@ -56,7 +60,10 @@ def train(
                 for group in opt.param_groups:
                     group["lr"] = schedule(first + done)
             x, y = next(stream)
-            value = loss(model(x), y)
+            out = model(x)
+            value = loss(out, y)
+            if teacher is not None and distill > 0:
+                value = value + teacher.loss(out, x, weight=distill)
             if pruner is not None:
                 value = value + pruner.alignment_loss()
             opt.zero_grad(set_to_none=True)

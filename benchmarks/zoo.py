@@ -7,6 +7,8 @@ Torch-Pruning's at the same ratio when it is installed. A model that cannot be p
 refused: the table says why (the main reason channels stay). timm and torchvision are optional:
 their models are skipped when they are not installed.
 
+Rows go to ``benchmarks/results/zoo.jsonl`` (``--out``), the docs' table is ``render`` of them.
+
     python -m benchmarks.zoo                     # every model, a markdown table
     python -m benchmarks.zoo --models resnet18 efficientnet_lite0
     python -m benchmarks.zoo --smoke             # one small torchvision model (seconds)
@@ -29,7 +31,12 @@ from torch import nn
 
 import assl
 
+from . import cli
 from ._internals import max_rel_err
+from .results import Writer, read
+from .tables import markdown, provenance
+
+NAME = "zoo"
 
 TIMM = [
     "efficientnet_lite0",
@@ -175,11 +182,17 @@ def _tp_removed(model: nn.Module, x: torch.Tensor, timeout: float) -> str:  # pr
 
 
 def run(name: str, build: Callable[[], nn.Module], size: int, tp: bool) -> dict[str, Any]:
-    """Trace, check slimmed == masked on two input sizes, prune at ratio 0.5 with assl and Torch-Pruning."""
+    """Trace, check slimmed == masked on two input sizes, prune at ratio 0.5 with assl and Torch-Pruning.
+
+    ``size``: the input's height and width; a negative size is a model that takes only that size
+    (its second check input is a batch of two of the same size instead of another size).
+    """
     torch.manual_seed(0)
     model = _randomize(build())
+    fixed, size = size < 0, abs(size)
     x = torch.randn(1, 3, size, size)
-    others = [torch.randn(2, 3, size, size), torch.randn(1, 3, size + 32, size - 16)]
+    second = torch.randn(3, 3, size, size) if fixed else torch.randn(1, 3, size + 32, size - 16)
+    others = [torch.randn(2, 3, size, size), second]
     t0 = time.perf_counter()
     graph = assl.trace(model, x)
     traced = time.perf_counter() - t0
@@ -202,17 +215,169 @@ def run(name: str, build: Callable[[], nn.Module], size: int, tp: bool) -> dict[
     return row
 
 
+SUBSTANTIVE = 0.1
+"""A model is substantively pruned when ratio 0.5 removes at least this share of its parameters."""
+
+
+def outcome(v: dict[str, Any]) -> str:
+    """What a user gets from a model at ratio 0.5: substantively pruned, exact but nearly unchanged
+    (with or without a word about it), refused, or different from the masked model."""
+    if v.get("error"):
+        return "error"
+    if v["exact"] is False:
+        return "differs"
+    if v["exact"] is None or not v["assl"]:
+        return "refused"
+    if v["assl"] >= SUBSTANTIVE:
+        return "substantive"
+    return "under 10%, warned" if v["note"].startswith("warns") else "under 10%, silent"
+
+
+OUTCOMES = ("substantive", "under 10%, warned", "under 10%, silent", "refused", "differs", "error")
+
+
+def _sampled(count: int, seed: int, max_params: float) -> list[tuple[str, nn.Module, int]]:
+    """``count`` timm models drawn at random from its registry (``seed``), built, with their input size.
+
+    Models over ``max_params`` parameters, or that do not build or run on one random image on this
+    machine, are drawn past (and reported on stderr). The size is 64 unless the model's
+    configuration fixes its input size (then that size, negated; see :func:`run`), or a 64x64
+    image does not run (then its configured size).
+    """
+    import random
+
+    import timm  # type: ignore[import-not-found]
+
+    names = timm.list_models()
+    random.Random(seed).shuffle(names)
+    out = []
+    for name in names:
+        if len(out) == count:
+            break
+        try:
+            model = timm.create_model(name, pretrained=False, num_classes=10).eval()
+        except Exception as e:  # any model the registry cannot build here is drawn past
+            print(f"{name}: not built ({type(e).__name__})", file=sys.stderr)
+            continue
+        if _params(model) > max_params:
+            print(f"{name}: {_params(model) / 1e6:.0f}M parameters, over --max_params", file=sys.stderr)
+            continue
+        cfg = getattr(model, "pretrained_cfg", {}) or {}
+        native = int(cfg.get("input_size", (3, 224, 224))[-1])
+        sizes = [-native] if cfg.get("fixed_input_size") else [64, native]
+        for size in sizes:
+            try:
+                with torch.no_grad():
+                    model(torch.randn(1, 3, abs(size), abs(size)))
+            except Exception:  # too small an input for this model: try the next size
+                continue
+            out.append((f"timm/{name}", model, size))
+            break
+        else:
+            print(f"{name}: does not run on a random image", file=sys.stderr)
+    return out
+
+
+def render_sample(rows: list[dict]) -> str:
+    """The docs' table of ``--sample`` runs: per version of the library (``--label``), how many of the
+    drawn models end in each :func:`outcome`, then each model's outcome per version."""
+    labels = list(dict.fromkeys(r["settings"]["label"] for r in rows))
+    by = {
+        label: {r["values"]["model"]: r["values"] for r in rows if r["settings"]["label"] == label} for label in labels
+    }
+    models = list(dict.fromkeys(r["values"]["model"] for r in rows))
+    summary = []
+    for label in labels:
+        got = [outcome(v) for v in by[label].values()]
+        summary.append([label, len(got), *(f"{got.count(o)} ({100 * got.count(o) / len(got):.0f}%)" for o in OUTCOMES)])
+    detail = []
+    for m in models:
+        cells = [m, f"{next(by[label][m] for label in labels if m in by[label])['params'] / 1e6:.2f}M"]
+        for label in labels:
+            v = by[label].get(m)
+            cells.append("-" if v is None else f"{outcome(v)} ({_pct(v['assl'])})")
+        detail.append(cells)
+    s0 = rows[0]["settings"]
+    return "\n".join(
+        [
+            provenance(rows, ("timm",))
+            + f" {len(models)} models drawn from timm's registry (seed {s0['sample_seed']}, at most "
+            f"{s0['max_params'] / 1e6:.0f}M parameters); substantive: at least {100 * SUBSTANTIVE:.0f}% of the "
+            "parameters removed at ratio 0.5.",
+            "",
+            markdown(["library", "models", *OUTCOMES], summary),
+            "",
+            markdown(["model", "params", *(f"{label}: outcome (removed at 0.5)" for label in labels)], detail),
+        ]
+    )
+
+
 def _pct(v: float | None) -> str:
     return "-" if v is None else f"{100 * v:.1f}%"
 
 
-def main(argv: list[str] | None = None) -> None:
+def _cells(v: dict[str, Any]) -> list[str]:
+    if v["exact"] is None:
+        exact = "refused: nothing removable"
+    else:
+        exact = f"{'exact' if v['exact'] else 'DIFFERS'} ({v['err']:.1e}; plan changes {v['changes']:.2f})"
+    note = f" ({v['note']})" if v["note"] else ""
+    return [
+        v["model"],
+        f"{v['params'] / 1e6:.2f}M",
+        f"{_pct(v['prunable'])} of {v['units']}",
+        exact,
+        f"{_pct(v['assl'])}{note}",
+        v["tp"],
+        v["reason"].replace("|", "\\|"),
+    ]
+
+
+HEADER = [
+    "model",
+    "params",
+    "units prunable",
+    "slimmed == masked (rel. err)",
+    "removed at 0.5",
+    "Torch-Pruning at 0.5",
+    "main reason channels stay",
+]
+
+
+def render(rows: list[dict]) -> str:
+    """The docs' table of a results file of this benchmark."""
+    vals = [r["values"] for r in rows]
+    tp = any(v["tp"] != "-" for v in vals)
+    exact = sum(v["exact"] is True for v in vals)
+    refused = sum(v["exact"] is None for v in vals)
+    errs = [v["err"] for v in vals if v["err"] is not None]
+    worst = f"; largest relative error {max(errs):.1e}" if errs else ""
+    return "\n".join(
+        [
+            provenance(rows, ("timm", "torchvision", "torch-pruning") if tp else ("timm", "torchvision"))
+            + f" {len(vals)} models: {exact} exact, {refused} refused, {len(vals) - exact - refused} differing{worst}; "
+            "shares are of the dense model's parameters.",
+            "",
+            markdown(HEADER, [_cells(v) for v in vals]),
+        ]
+    )
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    """Run every model (or ``--models``); append the rows to ``--out``, print the table."""
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--models", nargs="*", default=None, help="names (without the timm/ or tv/ prefix) to run")
     p.add_argument("--size", type=int, default=64, help="input height and width of the trace")
     p.add_argument("--smoke", action="store_true", help="one small torchvision model")
-    args = p.parse_args(argv)
+    p.add_argument("--sample", type=int, default=0, help="instead: this many models drawn from timm's registry")
+    p.add_argument("--sample_seed", type=int, default=0, help="the draw's seed")
+    p.add_argument("--max_params", type=float, default=30e6, help="draw past sampled models larger than this")
+    p.add_argument("--label", default="this version", help="names the library version in a --sample table")
+    p.add_argument("--no-torch-pruning", dest="torch_pruning", action="store_false", help="leave Torch-Pruning out")
+    cli.add_output(p, NAME)
+    args = cli.parse(p, argv)
     warnings.filterwarnings("ignore", category=FutureWarning)
+    threads = torch.get_num_threads()
     torch.set_num_threads(1)
     builders = _builders()
     if args.smoke:
@@ -224,27 +389,51 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         tp = False
     else:
-        tp = True
-    print(f"# assl {getattr(assl, '__version__', '')} on timm/torchvision models, torch {torch.__version__}")
-    print(
-        "| model | params | units prunable | slimmed == masked (rel. err) | removed at 0.5 | Torch-Pruning at 0.5 "
-        "| main reason channels stay |"
-    )
-    print("|---|---|---|---|---|---|---|")
-    for name, build in builders.items():
-        r = run(name, build, args.size, tp)
-        if r["exact"] is None:
-            exact = "refused: nothing removable"
-        else:
-            exact = f"{'exact' if r['exact'] else 'DIFFERS'} ({r['err']:.1e}; plan changes {r['changes']:.2f})"
-        note = f" ({r['note']})" if r["note"] else ""
-        print(
-            f"| {name} | {r['params'] / 1e6:.2f}M | {_pct(r['prunable'])} of {r['units']} | {exact} | "
-            f"{_pct(r['assl'])}{note} | {r['tp']} | {r['reason']} |",
-            flush=True,
-        )
-        if r["exact"] is False:
-            raise SystemExit(f"{name}: the slimmed model differs from the masked one")
+        tp = args.torch_pruning
+    writer = Writer(cli.output_path(args, NAME), NAME, args, append=args.append)
+    if args.sample:
+        return _run_sample(args, writer, tp)
+    try:
+        for name, build in builders.items():
+            r = writer.write(run(name, build, args.size, tp))["values"]
+            print("| " + " | ".join(_cells(r)) + " |", flush=True)
+            if r["exact"] is False:
+                raise SystemExit(f"{name}: the slimmed model differs from the masked one")
+    finally:
+        torch.set_num_threads(threads)
+    rows = [r for r in read(writer.path) if r["run"] == writer.run]
+    if rows:
+        print(render(rows))
+    return rows
+
+
+def _run_sample(args: argparse.Namespace, writer: Writer, tp: bool) -> list[dict]:
+    try:
+        drawn = _sampled(args.sample, args.sample_seed, args.max_params)
+    except ImportError:
+        print("timm is not installed: --sample draws from its registry", file=sys.stderr)
+        return []
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        for name, model, size in drawn:
+            try:
+                values = run(name, lambda m=model: m, size, tp)
+            except assl.ASSLError as e:  # refused by the trace itself
+                values = {"model": name, "params": _params(model), "exact": None, "err": None, "changes": None}
+                values.update(assl=0.0, note=str(e).splitlines()[0][:80], tp="-", reason=str(e).splitlines()[0][:110])
+            except Exception as e:  # a crash is a result here: the table shows it
+                values = {"model": name, "params": _params(model), "exact": None, "err": None, "changes": None}
+                values.update(assl=0.0, note="", tp="-", reason="", error=f"{type(e).__name__}: {str(e)[:200]}")
+            values["size"] = size
+            writer.write(values)
+            print(f"{name}: {outcome(values)} ({_pct(values['assl'])})", flush=True)
+    finally:
+        torch.set_num_threads(threads)
+    rows = [r for r in read(writer.path) if r["run"] == writer.run]
+    if rows:
+        print(render_sample(rows))
+    return rows
 
 
 if __name__ == "__main__":

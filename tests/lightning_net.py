@@ -102,9 +102,29 @@ def trainer(max_steps: int, **kw: Any) -> pl.Trainer:
     return pl.Trainer(max_steps=max_steps, **{**options, **kw})
 
 
-def plain_loop(steps: int, schedule: assl.Schedule, accumulate: int = 1, bf16: bool = False) -> dict[str, Any]:
-    """The README's loop, with Lightning's order of operations: what the callback must reproduce."""
+class DistilledLitNet(LitNet):
+    """:class:`LitNet` with a teacher term: the dense network's frozen copy, taken in ``__init__``
+    (before the callback inserts the scales), pulls the network's output towards its own."""
+
+    def __init__(self, seed: int = 0, weight: float = 0.5) -> None:
+        super().__init__(seed)
+        self.teacher = assl.Teacher(self.net)
+        self.weight = weight
+
+    def training_step(self, batch: Any, batch_idx: int) -> torch.Tensor:
+        x, y = batch
+        out = self.net(x)
+        return F.mse_loss(out, y) + self.teacher.loss(out, x, weight=self.weight)
+
+
+def plain_loop(
+    steps: int, schedule: assl.Schedule, accumulate: int = 1, bf16: bool = False, distill: float = 0.0
+) -> dict[str, Any]:
+    """The README's loop, with Lightning's order of operations: what the callback must reproduce.
+
+    With ``distill``, the teacher term of :class:`DistilledLitNet` joins the loss."""
     model = net(0)
+    teacher = assl.Teacher(model) if distill else None
     pruner = assl.Pruner(model, example(), ratio=0.5, schedule=schedule)
     opt = torch.optim.Adam(model.parameters(), lr=LR)
     pruner.attach(opt)
@@ -112,7 +132,10 @@ def plain_loop(steps: int, schedule: assl.Schedule, accumulate: int = 1, bf16: b
     while step < steps:
         for x, y in loader():
             with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
-                loss = F.mse_loss(model(x), y) + (pruner.alignment_loss() if at_slim is None else 0)
+                out = model(x)
+                loss = F.mse_loss(out, y) + (pruner.alignment_loss() if at_slim is None else 0)
+                if teacher is not None:
+                    loss = loss + teacher.loss(out, x, weight=distill)
             (loss / accumulate).backward()
             micro += 1
             if micro % accumulate:

@@ -86,3 +86,21 @@ def test_pruner_verification_holds_with_default_tf32():
     pruner = assl.Pruner(model, torch.rand(2, 3, 24, 24, device="cuda"), ratio=0.5, skip=["*mean*", "*tail*"])
     small = pruner.prune_now("l1")  # slim() checks against the masked model; TF32 would exceed 1e-4
     assert small.head[0].out_channels == 32
+
+
+def test_teacher_follows_the_inputs_to_the_gpu():
+    torch.manual_seed(0)
+    model = EDSR(n_resblocks=2, n_feats=8, scale=2)
+    teacher = assl.Teacher(model)  # built on the CPU
+    x = torch.randn(2, 3, 8, 8)
+    with torch.no_grad():
+        expected = model(x)
+    model.cuda()
+    pruner = assl.Pruner(model, x.cuda(), ratio=0.5, skip=["*mean*", "*tail*"])
+    out = model(x.cuda())
+    loss = teacher.loss(out, x.cuda())
+    loss.backward()
+    assert all(p.is_cuda for p in teacher.module.parameters())
+    assert torch.allclose(teacher(x.cuda()).cpu(), expected, rtol=1e-5, atol=1e-6)
+    assert float(loss) < 1e-8  # nothing has changed the model yet: the student is the teacher
+    assert pruner.step_count == 0

@@ -21,7 +21,17 @@ import torch
 pl = pytest.importorskip("lightning.pytorch")
 
 from lightning.pytorch.plugins.precision import MixedPrecision  # noqa: E402
-from lightning_net import LR, LitNet, Net, example, loader, net, plain_loop, trainer  # noqa: E402
+from lightning_net import (  # noqa: E402
+    LR,
+    DistilledLitNet,
+    LitNet,
+    Net,
+    example,
+    loader,
+    net,
+    plain_loop,
+    trainer,
+)
 from util import checkout_env  # noqa: E402
 
 import assl  # noqa: E402
@@ -252,6 +262,21 @@ def test_the_whole_lightning_module_pruned_in_place_then_stop():
     assert max_rel_err(seen.masked.net, lit.net, torch.randn(3, 3, 12, 10)) < 1e-5
     assert {id(p) for g in fit.optimizers[0].param_groups for p in g["params"]} == {id(p) for p in lit.parameters()}
     assert "training_step" not in lit.__dict__ and "on_load_checkpoint" not in lit.__dict__  # given back
+
+
+def test_a_teacher_in_the_lightning_module_distils_as_in_the_plain_loop():
+    lit = DistilledLitNet(weight=0.5)
+    x = torch.randn(3, 3, 8, 8)
+    with torch.no_grad():
+        dense_out = net(0).eval()(x)
+    pruning = ASSLPruning(example(), ratio=0.5, schedule=SCHEDULE, module="net")
+    fit = trainer(STEPS, callbacks=[pruning])
+    fit.fit(lit, loader())
+    ref = plain_loop(STEPS, SCHEDULE, distill=0.5)
+    assert pruning.slimmed and _equal(lit.net, ref["final"])  # the term acted, through slimming, as by hand
+    assert not _equal(lit.net, plain_loop(STEPS, SCHEDULE)["final"])
+    assert torch.equal(lit.teacher(x), dense_out)  # the teacher is still the dense network
+    assert not any(k.startswith("teacher") for k in lit.state_dict())  # and not in the checkpoint
 
 
 class EagerOptimizer(LitNet):

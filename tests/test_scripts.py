@@ -4,10 +4,13 @@ from __future__ import annotations
 
 import argparse
 import runpy
+import shutil
 import sys
 from pathlib import Path
 
 import pytest
+
+import assl
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -23,22 +26,88 @@ def test_trace_slim_benchmark_smoke(tmp_path, capsys):
     assert v["trace_ms"] > 0 and v["slim_ms"] > 0 and len(v["samples_ms"]["slim"]) == 2
 
 
-def test_zoo_benchmark_smoke(capsys, monkeypatch):
+def test_trace_cost_benchmark_smoke(tmp_path, capsys):
+    from benchmarks import report
+    from benchmarks.results import git_state
+    from benchmarks.trace_cost import main, render
+
+    if git_state() is None:
+        pytest.skip("not a git checkout: the benchmark extracts its base revision with git")
+    rows = main(["--smoke", "--out", str(tmp_path / "trace_cost.jsonl")])
+    out = capsys.readouterr().out
+    assert "| LEDSR 2x8 |" in out and "set-up ms before" in out
+    assert len(rows) == 1 and rows[0]["settings"]["base"] == "HEAD"
+    v = rows[0]["values"]
+    assert v["model"] == "LEDSR 2x8" and v["base"] == rows[0]["env"]["git"]["sha"]
+    for k in ("trace", "setup"):
+        assert v[f"{k}_ms_before"] > 0 and v[f"{k}_ms_after"] > 0
+        assert v[f"{k}_ratio"] == pytest.approx(v[f"{k}_ms_after"] / v[f"{k}_ms_before"])
+        assert {ver: len(s) for ver, s in v["samples_ms"][k].items()} == {"before": 1, "after": 1}
+    doc = tmp_path / "page.md"  # the block the docs will hold once a measured results file is committed
+    doc.write_text("<!-- table: trace_cost -->\n<!-- end table -->\n")
+    table = report.Table("trace_cost", "trace_cost.jsonl", render)
+    assert report.run([doc], check=False, tables=[table], results=tmp_path) == 0
+    assert render(rows) in doc.read_text()
+
+
+def test_trace_cost_rows_and_table(tmp_path):
+    from benchmarks.results import Writer, read
+    from benchmarks.trace_cost import render, row
+
+    samples = {  # seconds: two rounds per version
+        "a": {
+            "before": {"trace": [0.010, 0.012], "setup": [0.020, 0.030]},
+            "after": {"trace": [0.011, 0.011], "setup": [0.040, 0.050]},
+        },
+    }
+    writer = Writer(tmp_path / "r.jsonl", "trace_cost", {"rounds": 2, "calls": 3, "base": "main"}, argv=[])
+    writer.write(row("Net A", "ledsr", (1, 3, 8, 8), samples["a"], "f" * 40))
+    rows = read(tmp_path / "r.jsonl")
+    v = rows[0]["values"]
+    assert v["trace_ms_before"] == pytest.approx(11.0) and v["trace_ms_after"] == pytest.approx(11.0)
+    assert v["setup_ratio"] == pytest.approx(45.0 / 25.0) and v["samples_ms"]["setup"]["after"] == pytest.approx(
+        [40, 50]
+    )
+    table = render(rows)
+    assert "Before: fffffff" in table and "2 rounds of the median of 3 calls" in table
+    assert "| Net A | 11.0 | 11.0 | 1.00 | 25.0 | 45.0 | **1.80** |" in table  # over the limit: bold
+
+
+def test_trace_cost_says_what_is_missing(tmp_path, monkeypatch):
+    from benchmarks.trace_cost import main
+
+    if shutil.which("git") is None:
+        pytest.skip("git is not installed")
+    out = ["--out", str(tmp_path / "r.jsonl")]
+    with pytest.raises(SystemExit, match="'no-such-revision' is not in the git clone"):
+        main(["--smoke", "--base", "no-such-revision", *out])
+    monkeypatch.setenv("PATH", str(tmp_path))
+    with pytest.raises(SystemExit, match="needs git"):
+        main(["--smoke", *out])
+    assert not (tmp_path / "r.jsonl").exists()
+
+
+def test_zoo_benchmark_smoke(tmp_path, capsys, monkeypatch):
     pytest.importorskip("torchvision")
     monkeypatch.setitem(sys.modules, "torch_pruning", None)  # the comparison is optional
-    from benchmarks.zoo import main
+    from benchmarks.results import read
+    from benchmarks.zoo import main, render
 
-    main(["--smoke"])
+    rows = main(["--smoke", "--out", str(tmp_path / "zoo.jsonl")])
     row = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| tv/shufflenet"))
     assert "| exact (" in row and "| - |" in row
+    v = rows[0]["values"]
+    assert v["model"] == "tv/shufflenet_v2_x0_5" and v["exact"] is True and 0 < v["assl"] < 1
+    table = render(read(tmp_path / "zoo.jsonl")).splitlines()
+    assert "1 models: 1 exact, 0 refused, 0 differing" in table[0] and table[-1] == row
 
 
-def test_zoo_benchmark_without_timm_and_torchvision_says_so(capsys, monkeypatch):
+def test_zoo_benchmark_without_timm_and_torchvision_says_so(tmp_path, capsys, monkeypatch):
     for name in ("timm", "torchvision", "torchvision.ops.misc", "torch_pruning"):
         monkeypatch.setitem(sys.modules, name, None)
     from benchmarks.zoo import main
 
-    main([])
+    assert main(["--out", str(tmp_path / "zoo.jsonl")]) == []
     captured = capsys.readouterr()
     assert "timm is not installed" in captured.err and "torchvision is not installed" in captured.err
     assert not [line for line in captured.out.splitlines() if line.startswith("| tv/") or line.startswith("| timm/")]
@@ -55,6 +124,7 @@ def test_slim_demo_runs_and_is_exact(capsys, monkeypatch):
 
 BENCHMARKS = [
     "trace_slim",
+    "trace_cost",
     "step_overhead",
     "quality",
     "alignment_study",
@@ -62,6 +132,7 @@ BENCHMARKS = [
     "bn_classifier",
     "bn_denoiser",
     "latency_budget",
+    "latency_batch",
     "latency_quality",
     "bn_alignment_study",
     "zoo",
@@ -108,6 +179,43 @@ def test_latency_budget_benchmark_smoke(tmp_path):
     assert all(r["measured"] > 0 and r["widths"] for r in rows)
     md = render(read(tmp_path / "r.jsonl")).splitlines()[2:]
     assert sum(line.startswith("| tiny |") for line in md) == 3 and md[0].count("|") == md[2].count("|")
+
+
+def test_latency_batch_benchmark_smoke(tmp_path):
+    import torch
+
+    from benchmarks.latency_batch import main, render
+    from benchmarks.results import read
+
+    threads = torch.get_num_threads()
+    try:
+        rows = main(["--smoke", "--out", str(tmp_path / "r.jsonl")])
+    finally:
+        torch.set_num_threads(threads)
+    values = [r["values"] for r in rows]
+    # two batch sizes x two independent runs, each with its own table and seed
+    assert [(v["batch"], v["run_index"]) for v in values] == [(1, 0), (1, 1), (2, 0), (2, 1)]
+    assert [r["seed"] for r in rows] == [0, 1, 0, 1]
+    assert all(v["input"][0] == v["batch"] for v in values)
+    for v in values:
+        assert v["delivered"] > 0 and v["delivered_over_target"] == v["delivered"] / v["target"]
+        assert v["dense_ms"] > 0 and v["dense_spread"] >= 0 and v["delivered_iqr"] >= 0
+        assert 0 < v["predicted"] < 1 and v["checked"] is not None and v["checked"] > 0
+        assert v["widths"] and v["table_step"] >= 1
+    md = render(read(tmp_path / "r.jsonl")).splitlines()
+    assert md[0].startswith("Measured ") and "tiny batch 2: input 2x3x8x8" in md[0]
+    lines = [line for line in md[2:] if line.startswith("| tiny |")]
+    assert [line.split(" | ")[1:4] for line in lines] == [["1", "0.70", "2"], ["2", "0.70", "2"]]
+    assert all(line.count("|") == md[2].count("|") for line in lines)
+    # the docs' generated block, as benchmarks.report writes and checks it
+    from benchmarks import report
+
+    doc = tmp_path / "latency.md"
+    doc.write_text("Prose.\n\n<!-- table: latency_batch -->\n<!-- end table -->\n")
+    table = report.Table("latency_batch", "r.jsonl", render)
+    assert report.run([doc], check=False, tables=[table], results=tmp_path) == 0
+    assert "| tiny | 2 | 0.70 | 2 |" in doc.read_text()
+    assert report.run([doc], check=True, tables=[table], results=tmp_path) == 0
 
 
 def _values(rows: list[dict], **match) -> list[dict]:
@@ -205,6 +313,47 @@ def test_quality_benchmark_smoke(tmp_path):
     assert [v["method"] for v in methods] == ["assl", "l1", "scratch"] and len({v["params"] for v in methods}) == 1
     assert methods[0]["liveness"] >= 0 and set(methods[0]["metrics"]) == {"psnr", "ssim"}
     assert all(r["env"]["threads"] == 1 and r["settings"]["blocks"] == 1 for r in rows)
+
+
+@pytest.mark.real_timer  # it times assl.trace itself, which refuses the counting timer's global hooks
+def test_quality_benchmark_distilled_smoke(tmp_path):
+    from benchmarks.method_table import render
+    from benchmarks.quality import main as quality_main
+
+    args = ["--smoke", "--device", "cpu", "--threads", "1", "--methods", "assl", "l1", "scratch"]
+    plain = quality_main([*args, "--out", str(tmp_path / "p.jsonl")])
+    distilled = quality_main([*args, "--distill", "0.5", "--out", str(tmp_path / "d.jsonl")])
+    assert all(r["settings"]["distill"] == 0.5 for r in distilled)
+    assert all(r["settings"]["distill"] == 0.0 for r in plain)
+    assert "distilled from the dense model (weight 0.5)" in render(distilled)
+    assert "distilled from the dense model" not in render(plain)
+    dense = [_values(rows, method="dense")[0]["metrics"] for rows in (plain, distilled)]
+    assert dense[0] == dense[1]  # the same teacher
+    for p, d in zip(_values(plain), _values(distilled)):
+        assert p["method"] == d["method"] and p["params"] == d["params"]
+        assert p["score"] != d["score"], p["method"]  # the term reached every method's training
+
+
+def test_training_adds_the_teacher_term():
+    import torch
+
+    from benchmarks.training import train
+
+    torch.manual_seed(0)
+    dense = torch.nn.Linear(3, 2)
+    teacher = assl.Teacher(dense)
+    stream = iter([(torch.randn(4, 3), torch.zeros(4, 2))] * 20)
+    no_task_loss = lambda out, y: out.sum() * 0.0  # noqa: E731
+    student = torch.nn.Linear(3, 2)
+    x = torch.randn(16, 3)
+    with torch.no_grad():
+        before = float((student(x) - dense(x)).pow(2).mean())
+    train(student, stream, 10, no_task_loss, 0.05, teacher=teacher, distill=0.0)
+    with torch.no_grad():
+        assert float((student(x) - dense(x)).pow(2).mean()) == before  # weight 0: no term
+    train(student, stream, 10, no_task_loss, 0.05, teacher=teacher, distill=1.0)
+    with torch.no_grad():
+        assert float((student(x) - dense(x)).pow(2).mean()) < 0.5 * before
 
 
 def test_quality_benchmark_dense_cache_and_val_split(tmp_path, capsys):
