@@ -31,8 +31,8 @@ def run(name: str, task_name: str, a: argparse.Namespace) -> list[dict]:
     """Run benchmark ``name`` with the parsed flags ``a``."""
     cli.set_threads(a.threads)
     methods = list(a.methods)
-    if any(m in tp_adapter.PRUNERS for m in methods) and not tp_adapter.installed():
-        methods = [m for m in methods if m not in tp_adapter.PRUNERS]
+    if any(m in tp_adapter.METHODS for m in methods) and not tp_adapter.installed():
+        methods = [m for m in methods if m not in tp_adapter.METHODS]
         print("# tp_* skipped: torch_pruning is not installed (pip install torch-pruning)", flush=True)
     task = task_module(task_name).build(a)
     writer = Writer(cli.output_path(a, name), name, a, append=a.append, device=getattr(a, "device", None))

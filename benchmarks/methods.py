@@ -2,6 +2,8 @@
 
 * ``assl``: the Pruner's schedule (align, regularize, stabilize), ``slim()``, then fine-tuning;
 * ``assl_noalign``: the same without the align phase;
+* ``assl_learned``: ASSL with learned widths: ``Budget(params=P, widths="learned")`` at the
+  parameters ``P`` that the ratio leaves (each group's count chosen by score per cost after alignment);
 * ``l1``: one-shot, each group's units of lowest filter L1 norm (each layer's norms relative to
   their mean, summed over the group's layers), then fine-tuning;
 * ``l1_authors``: one-shot, each group takes its first layer's L1 ranking (as the authors' code
@@ -10,7 +12,10 @@
 * ``scratch``: the slim architecture of ``l1``, re-initialized, trained for the dense steps too;
 * ``tp_groupnorm`` / ``tp_growingreg``: Torch-Pruning's regularizing pruners (optional install),
   regularizing for ``prune_iters`` steps, pruning, then fine-tuning; a pruner that fails on the
-  network is reported as failed, with its error.
+  network is reported as failed, with its error;
+* ``tp_global``: Torch-Pruning's one-shot global magnitude pruning (``MetaPruner(global_pruning=
+  True)``, no group below 1/8 of its channels) at the parameters ``P`` the ratio leaves, then
+  fine-tuning (optional install, reported as failed like the others).
 
 One-shot methods remove as many units per group as ASSL's Pruner would at the same ratio. Every
 method gets ``T = prune_iters + finetune_iters`` optimizer steps after the dense model. With
@@ -23,6 +28,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import math
 import time
 from collections.abc import Callable
@@ -32,6 +38,7 @@ import torch
 from torch import nn
 
 import assl
+from assl.budgets.budget import MIN_WIDTH
 
 from . import tp_adapter
 from ._internals import l1_plan, max_rel_err
@@ -42,12 +49,14 @@ from .training import LearningRate, cosine, train
 METHODS = {
     "assl": "ASSL: align, regularize, stabilize, slim, fine-tune",
     "assl_noalign": "ASSL without the align phase",
+    "assl_learned": "ASSL with learned widths at the ratio's parameter count",
     "l1": "one-shot L1, aligned per group (group-aggregated score)",
     "l1_authors": "one-shot L1, each group ranked by its first layer (the authors' baseline)",
     "random": "one-shot, random units per group",
     "scratch": "the slim architecture trained from scratch",
     "tp_groupnorm": "Torch-Pruning's GroupNormPruner",
     "tp_growingreg": "Torch-Pruning's GrowingRegPruner",
+    "tp_global": "Torch-Pruning's global magnitude pruning at the ratio's parameter count",
 }
 ONE_SHOT = ("l1", "l1_authors", "random", "scratch")
 
@@ -71,6 +80,20 @@ def removed_counts(task: Task, model: nn.Module, ratio: float) -> dict[str, int]
     """Units per group that ASSL's Pruner removes from ``model`` at ``ratio`` (built on a copy)."""
     schedule = assl.Schedule(align_iters=0)  # no align phase to announce: only the counts are wanted
     return assl.Pruner(copy.deepcopy(model), task.example, ratio=ratio, skip=task.skip, schedule=schedule).removed
+
+
+def params_at(task: Task, model: nn.Module, ratio: float) -> int:
+    """Parameters of ``model`` with :func:`removed_counts` units gone from each group (counted as ``assl.count``)."""
+    graph = assl.trace(model, task.example)
+    return graph.count_params(l1_plan(model, graph, removed_counts(task, model, ratio)))
+
+
+def learned_budget(task: Task, model: nn.Module, ratio: float | assl.Budget) -> assl.Budget:
+    """``assl_learned``'s target: a parameter or MAC budget with learned widths; a ratio becomes the
+    parameters it leaves."""
+    if isinstance(ratio, assl.Budget):
+        return dataclasses.replace(ratio, widths="learned")
+    return assl.Budget(params=params_at(task, model, ratio), widths="learned")
 
 
 def _plan_by_scores(
@@ -271,9 +294,12 @@ def run_method(
     extra: dict[str, Any] = {}
     t0 = time.time()
     used = 0
-    if method in ("assl", "assl_noalign"):
-        schedule = schedule or assl_schedule(a, align=method == "assl")
-        target = {"budget": ratio} if isinstance(ratio, assl.Budget) else {"ratio": ratio}
+    if method in ("assl", "assl_noalign", "assl_learned"):
+        schedule = schedule or assl_schedule(a, align=method != "assl_noalign")
+        if method == "assl_learned":
+            target: dict[str, Any] = {"budget": learned_budget(task, model, ratio)}
+        else:
+            target = {"budget": ratio} if isinstance(ratio, assl.Budget) else {"ratio": ratio}
         pruner = assl.Pruner(model, task.example, **target, skip=task.skip, schedule=schedule, round_to=round_to)
         probe = observe(pruner, model) if observe is not None else None
         used = train(
@@ -301,11 +327,17 @@ def run_method(
         extra["score_before_slim"] = task.score(model)[task.metric]
         small = pruner.slim()
         extra["slim_change"] = max_rel_err(model, small, task.example)
-    elif method in tp_adapter.PRUNERS:
+    elif method in tp_adapter.METHODS:
         try:
-            small, used, curve = _torch_pruning(
-                method, task, model, _plain_ratio(method, ratio), a, stream, prune_lr, teacher
-            )
+            if method == tp_adapter.GLOBAL:
+                target_params = params_at(task, model, _plain_ratio(method, ratio))
+                small = tp_adapter.global_prune_to(
+                    model, task.example, target_params, task.output_layers, 1 - MIN_WIDTH
+                )
+            else:
+                small, used, curve = _torch_pruning(
+                    method, task, model, _plain_ratio(method, ratio), a, stream, prune_lr, teacher
+                )
             small(task.example)
         except Exception as e:  # a pruner that fails on this network is a result too: report it, go on
             error = f"{type(e).__name__}: {str(e).splitlines()[0]}"

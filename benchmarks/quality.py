@@ -2,8 +2,9 @@
 
 From one dense LEDSR per seed, every method prunes to the same kept width and then fine-tunes,
 with pruning + fine-tuning steps equal across methods (``benchmarks.methods``): ``assl``,
-``assl_noalign``, ``l1``, ``l1_authors``, ``random``, ``scratch``, and Torch-Pruning's
-``tp_groupnorm`` and ``tp_growingreg`` when asked for. ASSL runs with the library's defaults
+``assl_noalign``, ``l1``, ``l1_authors``, ``random``, ``scratch``, and when asked for
+``assl_learned`` (learned widths at the same parameter count) and Torch-Pruning's
+``tp_groupnorm``, ``tp_growingreg`` and ``tp_global``. ASSL runs with the library's defaults
 (``Schedule.for_steps(--prune_iters)``, the shrink penalty, the same learning rate as every other
 method) unless ``--schedule flags --penalty_form gradient`` and the ``--reg_*`` flags ask for the
 paper's penalty with numbers of one's own.

@@ -7,6 +7,7 @@ every model handed to it here gets out-of-place ReLUs first (the same function).
 
 from __future__ import annotations
 
+import copy
 import importlib.metadata
 import importlib.util
 from typing import Any
@@ -16,6 +17,10 @@ from torch import nn
 
 PRUNERS = {"tp_groupnorm": "GroupNormPruner", "tp_growingreg": "GrowingRegPruner"}
 """The benchmarks' method names for Torch-Pruning's regularizing pruners."""
+GLOBAL = "tp_global"
+"""The benchmarks' method name for Torch-Pruning's one-shot global magnitude pruning."""
+METHODS = (*PRUNERS, GLOBAL)
+"""Every method that needs Torch-Pruning installed."""
 
 
 def installed() -> bool:
@@ -83,3 +88,57 @@ def regularizing_pruner(
     kwargs = {} if reg is None else {"reg": reg}
     importance = tp.importance.GroupMagnitudeImportance(p=2)
     return cls(model, example, importance=importance, pruning_ratio=ratio, ignored_layers=ignored, **kwargs)
+
+
+def _params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
+def global_prune(
+    model: nn.Module, example: torch.Tensor, ratio: float, ignored: list[nn.Module], max_ratio: float
+) -> nn.Module:
+    """``model`` pruned in place by Torch-Pruning's ``MetaPruner(global_pruning=True)``, one shot.
+
+    Group L2 magnitude importance ranked over all groups at once; ``ratio`` of all channels go,
+    no group loses more than ``max_ratio`` of its own, ``ignored`` layers are left alone.
+    """
+    tp = _tp()
+    out_of_place_relus(model)
+    importance = tp.importance.GroupMagnitudeImportance(p=2)
+    pruner = tp.pruner.MetaPruner(
+        model,
+        example,
+        importance=importance,
+        global_pruning=True,
+        pruning_ratio=ratio,
+        max_pruning_ratio=max_ratio,
+        ignored_layers=ignored,
+    )
+    pruner.step()
+    return model
+
+
+def global_prune_to(
+    model: nn.Module, example: torch.Tensor, params: int, ignored: Any, max_ratio: float, rounds: int = 12
+) -> nn.Module:
+    """The largest model :func:`global_prune` leaves within ``params`` parameters (bisection on its ratio).
+
+    ``ignored(copy)`` gives the layers to leave alone in a copy of ``model``; returns a pruned copy.
+    """
+
+    def pruned(ratio: float) -> nn.Module:
+        m = copy.deepcopy(model)
+        return global_prune(m, example, ratio, ignored(m), max_ratio)
+
+    lo, hi = 0.0, max_ratio
+    best = pruned(hi)
+    if _params(best) > params:
+        raise ValueError(f"Torch-Pruning's global pruning cannot reach {params:,} parameters ({_params(best):,} left)")
+    for _ in range(rounds):
+        mid = (lo + hi) / 2
+        m = pruned(mid)
+        if _params(m) <= params:
+            hi, best = mid, m
+        else:
+            lo = mid
+    return best

@@ -467,6 +467,20 @@ def test_bn_denoiser_smoke(tmp_path):
     assert "| assl | 0.5 |" in report and "| noisy input |" in report
 
 
+def test_learned_widths_and_global_pruning_at_the_ratios_parameter_count(tmp_path):
+    from benchmarks import tp_adapter
+
+    rows = _values(_bn_smoke("bn_denoiser", ["l1", "assl_learned", "tp_global"], tmp_path))
+    by = {r["method"]: r for r in rows}
+    assert by["assl_learned"]["params"] <= by["l1"]["params"] and by["assl_learned"]["liveness"] >= 0
+    removed = by["assl_learned"]["removed"]
+    assert len({k for k in removed.values() if k}) > 1  # the groups lose different shares, not one ratio
+    if tp_adapter.installed():
+        assert by["tp_global"]["params"] <= by["l1"]["params"]
+    else:
+        assert "tp_global" not in by  # skipped, said so
+
+
 def test_bn_alignment_study_smoke(tmp_path):
     pytest.importorskip("sklearn")
     import torch

@@ -17,11 +17,14 @@ from ..graph import ChannelGroup, Graph
 from ..tracing import trace
 from .latency import LatencyTable
 
-__all__ = ["MIN_WIDTH", "Budget", "Counts", "count", "solve_ratio", "units_to_remove"]
+__all__ = ["MIN_WIDTH", "WIDTHS", "Budget", "Counts", "count", "solve_ratio", "units_to_remove"]
 
 
 MIN_WIDTH = 0.125
-"""The share of its units every group keeps under a latency budget unless ``min_width`` says otherwise."""
+"""The share of its units every group keeps under per-group widths unless ``min_width`` says otherwise."""
+
+WIDTHS = ("uniform", "learned")
+"""How a parameter or MAC budget shares its cuts: one ratio for every group, or by score per cost."""
 
 
 @dataclass(frozen=True)
@@ -94,8 +97,20 @@ class Budget:
       layer; a group keeps the largest share any of its layers asks for; 1/8 where none matches):
       a latency is not reached by emptying the layers that save time cheaply.
 
+    ``widths`` says how a parameter or MAC budget is shared among the groups: ``"uniform"``
+    (default) solves one ratio for every pruned group; ``"learned"`` lets the scores decide. When
+    the Pruner fixes its chosen channels (at the end of the align phase, or at once when there is
+    none), it ranks the units of every pruned group by their score (the one it chooses by: each
+    carrier's scale magnitudes relative to that carrier's mean, summed over the group's carriers)
+    over what one unit of the group costs (parameters or MACs, counted as :func:`assl.count`
+    counts them: a unit many layers produce scores and costs in each of them), and removes
+    the lowest first, in steps of ``round_to``, until the slimmed model fits the budget. Every
+    group keeps ``min_width`` of its units (as for latency), so no layer is emptied. With an align
+    phase, every group then starts its penalty after alignment, as aligned groups do.
+
     Example:
         >>> assl.Pruner(model, x, budget=assl.Budget(params=300_000))
+        >>> assl.Pruner(model, x, budget=assl.Budget(macs=2 * 10**9, widths="learned"))
         >>> assl.Pruner(model, x, budget=assl.Budget(relative_latency=0.5), round_to="auto")
     """
 
@@ -106,9 +121,17 @@ class Budget:
     table: LatencyTable | None = field(default=None, compare=False)
     verify: bool = True
     min_width: float | Mapping[str, float] = MIN_WIDTH
+    widths: str = "uniform"
 
     def __post_init__(self) -> None:
         given = {k: v for k, v in self.target().items() if v is not None}
+        if self.widths not in WIDTHS:
+            raise ArgumentError(f"Budget(widths=...) is one of {', '.join(map(repr, WIDTHS))}, got {self.widths!r}")
+        if self.widths == "learned" and not given:
+            raise ArgumentError(
+                "Budget(widths='learned') shares a params= or macs= target among the groups: give one of them "
+                "(a ratio prunes every group alike; for its size, take assl.count of the model pruned at that ratio)"
+            )
         if len(given) != 1:
             raise ArgumentError("Budget takes exactly one of params=, macs=, latency= or relative_latency=")
         ((kind, value),) = given.items()
@@ -127,8 +150,16 @@ class Budget:
                 raise ArgumentError(f"Budget(min_width=...) takes fractions of a group in [0, 1], got {share!r}")
         if isinstance(self.min_width, Mapping) and not all(isinstance(k, str) for k in self.min_width):
             raise ArgumentTypeError(f"Budget(min_width={{glob: fraction}}) needs string globs, got {self.min_width!r}")
-        if self.min_width != MIN_WIDTH and not self.is_latency:
-            raise ArgumentError("Budget(min_width=...) goes with latency= or relative_latency= (per-group widths)")
+        if self.widths == "learned" and self.is_latency:
+            raise ArgumentError(
+                "Budget(widths='learned') goes with params= or macs=: a latency budget already chooses each group's "
+                "width; drop widths= for latency, or give the target as params= or macs="
+            )
+        if self.min_width != MIN_WIDTH and not self.per_group:
+            raise ArgumentError(
+                "Budget(min_width=...) goes with latency= or relative_latency=, or with params=/macs= and "
+                "widths='learned' (per-group widths)"
+            )
         if not isinstance(self.verify, bool):
             raise ArgumentTypeError(f"Budget(verify=...) must be a bool, got {self.verify!r}")
         if self.table is not None:
@@ -150,6 +181,18 @@ class Budget:
     def is_latency(self) -> bool:
         """Whether the target is a latency (absolute or relative)."""
         return self.latency is not None or self.relative_latency is not None
+
+    @property
+    def per_group(self) -> bool:
+        """Whether each group gets a width of its own (a latency budget, or ``widths="learned"``)."""
+        return self.is_latency or self.widths == "learned"
+
+    def measure(self, graph: Graph) -> tuple[Callable[..., int], int, str, str]:
+        """How a parameter or MAC budget counts ``graph``: its count of a plan, the target, the unit's
+        name and the kind of :meth:`Graph.unit_costs`."""
+        if self.params is not None:
+            return graph.count_params, self.params, "parameters", "params"
+        return graph.count_macs, int(self.macs or 0), "MACs", "macs"
 
 
 def check_ratio(ratio: float, where: str) -> float:
@@ -197,11 +240,8 @@ def solve_ratio(graph: Graph, budget: Budget, removed_for: Callable[[float], dic
     Raises:
         ValueError: Even the largest ratio leaves the model above the budget.
     """
-    if budget.params is not None:
-        count, target, unit = graph.count_params, budget.params, "parameters"
-    else:
-        count, target, unit = graph.count_macs, int(budget.macs or 0), "MACs"
-    costs = graph.unit_costs("params" if budget.params is not None else "macs")
+    count, target, unit, kind = budget.measure(graph)
+    costs = graph.unit_costs(kind)
 
     def size(r: float) -> int:
         return count(cheapest_plan(graph, removed_for(r), costs))

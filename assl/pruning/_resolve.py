@@ -18,8 +18,9 @@ from typing import Any, NamedTuple, cast
 from torch import nn
 
 from .._patterns import PatternError, match, match_each, named, patterns_of
+from ..budgets._allocation import check_reachable, width_options
 from ..budgets.budget import Budget, check_ratio, solve_ratio, units_to_remove
-from ..budgets.latency_plan import LatencyPlan, latency_removed
+from ..budgets.latency_plan import LatencyPlan, latency_removed, min_widths
 from ..errors import ArgumentError, ArgumentTypeError, warn
 from ..graph import ChannelGroup, Graph
 from ._scales import scale_of
@@ -96,6 +97,9 @@ class Resolved(NamedTuple):
     """The groups that run the alignment phase, in trace order."""
     latency: LatencyPlan | None
     """What a latency budget chose (``None`` for other ratios)."""
+    options: dict[str, list[int]] | None = None
+    """Under learned widths, the numbers of units each group may lose (``removed`` is then only
+    what the alignment aims at until the allocation); ``None`` otherwise."""
 
 
 def resolve(
@@ -143,12 +147,15 @@ def resolve(
         return out
 
     plan = None
+    options = None
     if isinstance(ratio, Budget) and ratio.is_latency:
         removed, plan = latency_removed(graph, ratio, model, example_inputs, kept_groups, round_to)
     elif isinstance(ratio, Budget):
         solved = solve_ratio(graph, ratio, removed_for)
         logger.info("budget %s met with ratio %.6f", ratio, solved)
         removed = removed_for(solved)
+        if ratio.widths == "learned":
+            removed, options = _learned(graph, ratio, removed, kept_groups, int(round_to))
     else:
         removed = removed_for(None)
     aligned = _aligned_groups(graph, group_globs, removed)
@@ -157,7 +164,23 @@ def resolve(
             "nothing to prune: with this ratio, skip list and the channels the trace pins, no group loses a "
             f"channel.\n{graph.summary()}"
         )
-    return Resolved(removed, aligned, plan)
+    return Resolved(removed, aligned, plan, options)
+
+
+def _learned(
+    graph: Graph, budget: Budget, uniform: Mapping[str, int], kept: set[str], round_to: int
+) -> tuple[dict[str, int], dict[str, list[int]]]:
+    """Under learned widths: what the alignment aims at in each group, and what each may lose.
+
+    Every group that may lose units gets scales; until the allocation, its alignment aims at the
+    uniform ratio's count, within what it may lose (at least one unit).
+    """
+    free = [g.name for g in graph.groups if g.name not in kept and g.num_prunable > 0]
+    allowed = width_options(graph, min_widths(graph, budget.min_width), free, round_to)
+    options = {g: ks for g, ks in allowed.items() if ks[-1] > 0}
+    check_reachable(graph, budget, options)
+    aim = {g: min(ks[-1], max(ks[1], uniform[g])) for g, ks in options.items()}
+    return {g.name: aim.get(g.name, 0) for g in graph.groups}, options
 
 
 def _skipped_groups(graph: Graph, skip: str | Iterable[str]) -> set[str]:

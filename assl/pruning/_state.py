@@ -58,22 +58,45 @@ def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Grap
         raise StateError(f"state['step'] must be an int >= 0, got {step!r}")
     if not isinstance(state["slimmed"], bool):
         raise StateError(f"state['slimmed'] must be a bool, got {state['slimmed']!r}")
+    widths = (state.get("widths", "uniform"), config.get("widths", "uniform"))
+    if widths[0] != widths[1]:
+        raise StateError(
+            f"the saved Pruner has {widths[0]} widths, this one {widths[1]}: create the Pruner with the same "
+            f"budget as the run you resume (Budget(widths=...) included)"
+        )
     for key, mine in config.items():
         if state[key] != mine:
             raise StateError(
                 f"the saved Pruner has another {key} ({state[key]!r}) than this one ({mine!r}): create the "
                 f"Pruner with the same model, ratio, skip, groups and schedule as the run you resume"
             )
-    _check_chosen(state["chosen"], config.get("removed", {}), graph)
+    removed = config.get("removed", {})
+    carried = {name for name, k in removed.items() if k}
+    if widths[1] == "learned" and state.get("allocated") is not None:
+        removed = _check_allocated(state["allocated"], removed)
+    _check_chosen(state["chosen"], removed, carried, graph)
 
 
-def _check_chosen(chosen: Any, removed: Mapping[str, int], graph: Graph | None) -> None:
+def _check_allocated(allocated: Any, aim: Mapping[str, int]) -> dict[str, int]:
+    """``state['allocated']``: units lost per group that may lose units under learned widths."""
+    if not isinstance(allocated, Mapping) or set(allocated) != {g for g, k in aim.items() if k}:
+        raise StateError(
+            f"state['allocated'] must map each group that may lose units ({sorted(g for g, k in aim.items() if k)}) "
+            f"to the units it loses, got {allocated!r}"
+        )
+    for name, k in allocated.items():
+        if not isinstance(k, int) or isinstance(k, bool) or k < 0:
+            raise StateError(f"state['allocated'][{name!r}] must be an int >= 0, got {k!r}")
+    return {**dict.fromkeys(aim, 0), **allocated}
+
+
+def _check_chosen(chosen: Any, removed: Mapping[str, int], carried: set[str], graph: Graph | None) -> None:
     if not isinstance(chosen, Mapping):
         raise StateError(f"state['chosen'] must be a dict of group name -> units, got {type(chosen).__name__}")
     for name, units in chosen.items():
         where = f"state['chosen'][{name!r}]"
-        if not removed.get(name):
-            pruned = sorted(k for k, v in removed.items() if v)
+        if name not in carried:
+            pruned = sorted(carried)
             raise StateError(f"{where}: {name!r} is not a group that loses channels here; those are {pruned}")
         if not isinstance(units, Sequence) or isinstance(units, str):
             raise StateError(f"{where} must be a list of unit indices, got {type(units).__name__}")

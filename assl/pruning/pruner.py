@@ -30,8 +30,9 @@ from ._pinned import shortfall
 from ._report import SLIM_CHANGE_WARNING, Progress, report_change, summary_table, warn_early
 from ._resolve import check_arguments, ratio_or_budget, resolve
 from ._scales import load_dense, remove_scale, removed_on_error
-from ._selection import Selection, claim, release
+from ._selection import Scorer, Selection, claim, release
 from ._state import STATE_VERSION, OptimizerWatch, check_state
+from ._widths import LearnedWidths
 from .schedule import Schedule
 
 __all__ = ["SLIM_CHANGE_WARNING", "Progress", "Pruner"]
@@ -65,8 +66,9 @@ class Pruner:
             ``{glob: ratio}`` (first matching pattern wins; layers no pattern matches keep
             everything; a group takes the ratio of its matched layers, which must agree).
         budget: Instead of ``ratio``, an :class:`assl.Budget`: parameters or MACs (solved for
-            one ratio), or a latency on the example inputs' device (solved per group;
-            :attr:`latency` tells the result). Give exactly one of ``ratio`` and ``budget``.
+            one ratio, or with ``widths="learned"`` shared among the groups by score per cost when
+            the chosen channels are fixed), or a latency on the example inputs' device (solved
+            per group; :attr:`latency` tells the result). Give exactly one of ``ratio`` and ``budget``.
         skip: Globs of layers that keep all their output channels (e.g. ``["*mean*", "*tail*"]``),
             or the modules themselves (``[model.head[0]]``, turned into their names at once); a
             whole group stays when one of its layers is skipped.
@@ -136,12 +138,17 @@ class Pruner:
         self.aligned: list[str]
         self.latency: LatencyPlan | None
         """What a latency budget chose (:class:`assl.LatencyPlan`); ``None`` for other targets."""
-        self.removed, self.aligned, self.latency = resolve(
+        self.removed, self.aligned, self.latency, options = resolve(
             self.graph, target, skip=skip, groups=groups, round_to=round_to, model=model, example_inputs=example_inputs
         )
+        self._learned: LearnedWidths | None = None
+        if options is not None and isinstance(target, Budget):
+            self._learned = LearnedWidths(target, options, self.removed)
         for name, why in unsilenceable(model, self.graph, self.removed, example_inputs).items():
             warn(f"group {name} keeps all its channels: {why}")
             self.removed[name] = 0
+            if self._learned is not None:
+                self._learned.drop(name)
         if not any(self.removed.values()):
             raise ArgumentError(f"nothing to prune: no penalty can silence what could go\n{self.graph.summary()}")
         self.aligned = [name for name in self.aligned if self.removed[name]]
@@ -160,9 +167,12 @@ class Pruner:
         frozen = self.schedule.penalty_form == "shrink"
         with removed_on_error(model), parametrizations_in_eval(model):  # the only change, after every check
             self._selection = sel = Selection.build(model, self.graph, self.removed, frozen=frozen)
-            for name in sel.layers:  # groups that are not aligned choose now; aligned ones after alignment
-                if self.phase != "align" or name not in self.aligned:
-                    sel.choose(name, sel.scale_scores(name))
+            if self._learned is None:
+                for name in sel.layers:  # groups that are not aligned choose now; aligned ones after alignment
+                    if self.phase != "align" or name not in self.aligned:
+                        sel.choose(name, sel.scale_scores(name))
+            elif self.phase != "align":  # learned widths: every group at once, now or after alignment
+                self._choose_rest(sel.scale_scores)
         claim((c.module for c in sel.all_layers()), self)
         frozen_carriers = sorted({c.name for c in sel.all_layers() if c.kind == "norm" and not c.scale.requires_grad})
         if frozen_carriers:
@@ -195,7 +205,8 @@ class Pruner:
     def penalty(self) -> float:
         """The penalty the next :meth:`step` applies to the chosen channels of aligned groups.
 
-        Groups that are not aligned run the same growth from step 0, so they reach it earlier.
+        Groups that are not aligned run the same growth from step 0, so they reach it earlier
+        (under learned widths with an align phase, they wait for it as aligned groups do).
         """
         return self.schedule.penalty(self._step, bool(self.aligned))
 
@@ -264,6 +275,8 @@ class Pruner:
         head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
         if self.latency is not None:
             head += f"\n{self.latency.describe()}\n{self.latency.describe_widths()}"
+        if self._learned is not None:
+            head += f"\n{self._learned.describe(self.graph)}"
         return summary_table(self._selection, self.aligned, self.liveness(), head)
 
     def liveness(self) -> dict[str, float]:
@@ -340,9 +353,19 @@ class Pruner:
                 "Pruner(..., steps=n) sizes the schedule to exactly n steps for the groups the model has"
             )
         if self.phase != "align" and not sel.complete():
-            sel.choose_all(sel.scale_scores)
+            self._choose_rest(sel.scale_scores)
             logger.info("alignment done at step %d: chosen %s", self._step, sel.describe())
-        return {name: self.schedule.penalty(self._step, name in self.aligned) for name in sel.layers}
+        waits = self._learned is not None and bool(self.aligned)  # learned widths are fixed after alignment
+        return {name: self.schedule.penalty(self._step, waits or name in self.aligned) for name in sel.layers}
+
+    def _choose_rest(self, scorer: Scorer) -> None:
+        """Choose the units of every group that has none chosen yet; under learned widths, first
+        allocate how many each group loses (once, with the same scores)."""
+        sel = self._selection
+        if self._learned is not None and self._learned.allocated is None:
+            self.removed.update(self._learned.allocate(self.graph, scorer, list(sel.layers)))
+            logger.info("%s (step %d)", self._learned.describe(self.graph), self._step)
+        sel.choose_all(scorer)
 
     def _count(self) -> None:
         phase = self.phase
@@ -385,7 +408,7 @@ class Pruner:
 
     def plan(self) -> dict[str, list[int]]:
         """The plan :meth:`slim` applies; groups not chosen yet are chosen now from ``|g|``."""
-        self._selection.choose_all(self._selection.scale_scores)
+        self._choose_rest(self._selection.scale_scores)
         return self.chosen()
 
     def slim(self) -> nn.Module:
@@ -444,7 +467,9 @@ class Pruner:
         sel = self._selection
         with _unchanged_on_error(self), parametrizations_in_eval(self.model):  # after slim() too: _slim raises
             sel.chosen.clear()
-            sel.choose_all(sel.l1_scores if criterion == "l1" else sel.scale_scores)
+            if self._learned is not None:
+                self._learned.allocated = None  # allocated again, from this criterion's scores
+            self._choose_rest(sel.l1_scores if criterion == "l1" else sel.scale_scores)
             self._step = self.schedule.bounds(bool(self.aligned))[2]
             self._unaligned_told = True  # one-shot pruning runs no schedule
             return self._slim(warn_change=False)  # one-shot pruning changes the output by design
@@ -472,18 +497,28 @@ class Pruner:
         load_dense(self.model, state)
 
     def _config(self) -> dict[str, Any]:
-        """What a saved state must agree on with this Pruner to be resumed by it."""
-        return {"removed": dict(self.removed), "aligned": list(self.aligned), "schedule": self.schedule.to_dict()}
+        """What a saved state must agree on with this Pruner to be resumed by it (under learned
+        widths, the counts the alignment aims at, not the allocated ones)."""
+        removed = dict(self.removed) if self._learned is None else dict(self._learned.aim)
+        config = {"removed": removed, "aligned": list(self.aligned), "schedule": self.schedule.to_dict()}
+        if self._learned is not None:
+            config["widths"] = "learned"
+        return config
 
     def state_dict(self) -> dict[str, Any]:
-        """The Pruner's progress as plain data (the scales live in the model's state_dict)."""
-        return {
+        """The Pruner's progress as plain data (the scales live in the model's state_dict); under
+        learned widths also the allocated counts (``None`` before the allocation)."""
+        state = {
             "version": STATE_VERSION,
             "step": self._step,
             "chosen": self.chosen(),
             **self._config(),
             "slimmed": self._slimmed,
         }
+        if self._learned is not None:
+            allocated = self._learned.allocated
+            state["allocated"] = None if allocated is None else dict(allocated)
+        return state
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Resume from :meth:`state_dict`; load the model's and the optimizer's states as well.
@@ -495,6 +530,10 @@ class Pruner:
         check_state(state, self._config(), self.graph)
         self._step = int(state["step"])
         self._slimmed = bool(state["slimmed"])
+        if self._learned is not None:
+            allocated = state.get("allocated")
+            self._learned.allocated = None if allocated is None else dict(allocated)
+            self.removed.update(allocated if allocated is not None else self._learned.aim)
         self._selection.chosen.clear()
         for name, units in state["chosen"].items():
             self._selection.set(name, units)
@@ -515,11 +554,15 @@ def _remove(pruner: Pruner) -> None:
 def _unchanged_on_error(pruner: Pruner) -> Iterator[None]:
     """Put the Pruner's step count and chosen units back if the block fails."""
     sel = pruner._selection
-    step, chosen = pruner._step, dict(sel.chosen)
+    step, chosen, removed = pruner._step, dict(sel.chosen), dict(pruner.removed)
+    allocated = pruner._learned.allocated if pruner._learned is not None else None
     try:
         yield
     except BaseException:
         pruner._step = step
+        pruner.removed.update(removed)
+        if pruner._learned is not None:
+            pruner._learned.allocated = allocated
         for name in sel.layers:
             sel.set(name, chosen.get(name, []))
             if name not in chosen:
