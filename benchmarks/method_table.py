@@ -101,13 +101,22 @@ def paired_table(rows: list[dict]) -> str:
     return "\n".join([head, "", markdown(["ratio", *others], body)])
 
 
+def _optimizer(steps: dict) -> str:
+    """``Adam 0.0005``, or the optimizer and rate of the steps after the dense model when they differ."""
+    name = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD (momentum 0.9)"}[steps.get("optimizer", "adam")]
+    lr = steps.get("method_lr")
+    if lr is None or lr == steps["lr"]:
+        return f"{name} {steps['lr']:g}" if name == "Adam" else f"{name} {steps['lr']:g} (the dense model: Adam)"
+    return f"{name} {lr:g} (the dense model: Adam {steps['lr']:g})"
+
+
 def render(rows: list[dict]) -> str:
     """The docs' block of a results file of a quality benchmark: what it was measured on, the tables."""
     info, _, methods = _split(rows)
     steps = rows[0]["settings"]
     about = (
         f" {info['name']}: {steps['dense_iters']} dense steps, then {steps['prune_iters']} + "
-        f"{steps['finetune_iters']} steps per method, Adam {steps['lr']:g} ({steps['lr_schedule']}); "
+        f"{steps['finetune_iters']} steps per method, {_optimizer(steps)} ({steps['lr_schedule']}); "
         + (f"distilled from the dense model (weight {steps['distill']:g}); " if steps.get("distill") else "")
         + "mean ± sd over seeds."
     )

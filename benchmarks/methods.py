@@ -166,16 +166,18 @@ def param_groups(model: nn.Module, pruner: assl.Pruner, scale_lr: float | None) 
 def learning_rates(a: argparse.Namespace, total: int) -> tuple[LearningRate, Callable[[int], LearningRate]]:
     """The pruning phase's learning rate, and ``used -> `` the fine-tuning's after ``used`` steps.
 
-    ``constant``: ``--lr`` throughout; ``finetune``: pruning at ``--lr``, then a cosine to zero over
+    The rate is ``--method_lr`` (by default ``--lr``). ``constant``: that rate throughout;
+    ``finetune``: pruning at that rate, then a cosine to zero over
     the rest of ``T`` (for scratch, over all of its steps from ``-dense_iters``); ``whole``: one
     cosine over ``T`` (scratch: over all of its steps).
     """
+    lr = a.method_lr if a.method_lr is not None else a.lr
     if a.lr_schedule == "constant":
-        return a.lr, lambda used: a.lr
+        return lr, lambda used: lr
     if a.lr_schedule == "whole":
-        whole = cosine(a.lr, 0, total)
-        return whole, lambda used: whole if used >= 0 else cosine(a.lr, used, total - used)
-    return (lambda k: a.lr), lambda used: cosine(a.lr, used, total - used)
+        whole = cosine(lr, 0, total)
+        return whole, lambda used: whole if used >= 0 else cosine(lr, used, total - used)
+    return (lambda k: lr), lambda used: cosine(lr, used, total - used)
 
 
 def _recorder(task: Task, model: nn.Module, curve: list, every: int) -> Callable[[int], None] | None:
@@ -222,6 +224,7 @@ def _torch_pruning(
         after_step=after,
         teacher=teacher,
         distill=a.distill,
+        optimizer=a.optimizer,
     )
     pruner.step()
     return model, used, curve
@@ -314,6 +317,7 @@ def run_method(
             after_step=_recorder(task, model, curve, a.eval_every),
             teacher=teacher,
             distill=a.distill,
+            optimizer=a.optimizer,
         )
         alive = pruner.liveness()
         extra = {
@@ -364,6 +368,7 @@ def run_method(
         after_step=record,
         teacher=teacher,
         distill=a.distill,
+        optimizer=a.optimizer,
     )
     final = task.score(small)
     curve.append((total, final[task.metric]))

@@ -50,6 +50,20 @@ def parser(name: str, task: str, description: str | None, *, methods: bool = Tru
         "loss of every method's steps after the dense model: ASSL's and TP's pruning, all fine-tuning, "
         "scratch's whole training (0: off)",
     )
+    p.add_argument(
+        "--optimizer",
+        default="adam",
+        choices=("adam", "adamw", "sgd"),
+        help="the optimizer of every method's steps after the dense model (adamw: weight decay 0.01; sgd: "
+        "momentum 0.9), at --method_lr (and --scale_lr); the dense model trains with Adam at --lr",
+    )
+    p.add_argument(
+        "--method_lr",
+        type=float,
+        default=None,
+        help="the learning rate of every method's steps after the dense model (default: --lr); with "
+        "--optimizer sgd, one SGD is used with (e.g. 0.05), while the dense model keeps Adam's --lr",
+    )
     p.add_argument("--eval_every", type=int, default=0, help="score every this many steps for a curve (0: never)")
     if methods:
         p.add_argument("--methods", nargs="+", choices=list(METHODS), help="tp_* need torch-pruning installed")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from typing import Union
+from typing import Any, Union
 
 import torch
 from torch import nn
@@ -22,6 +22,14 @@ def cosine(lr: float, start: int, length: int) -> Callable[[int], float]:
     return lambda k: 0.5 * lr * (1 + math.cos(math.pi * min(max(k - start, 0), length) / max(length, 1)))
 
 
+OPTIMIZERS: dict[str, Callable[[Any, float], torch.optim.Optimizer]] = {
+    "adam": lambda params, lr: torch.optim.Adam(params, lr=lr),
+    "adamw": lambda params, lr: torch.optim.AdamW(params, lr=lr, weight_decay=0.01),
+    "sgd": lambda params, lr: torch.optim.SGD(params, lr=lr, momentum=0.9),
+}
+"""The optimizers the steps after the dense model can take (``--optimizer``); the dense model trains with Adam."""
+
+
 def train(
     model: nn.Module,
     stream: Batches,
@@ -36,8 +44,12 @@ def train(
     after_step: Callable[[int], None] | None = None,
     teacher: assl.Teacher | None = None,
     distill: float = 0.0,
+    optimizer: str = "adam",
 ) -> int:
-    """Up to ``steps`` Adam steps on ``loss`` (fewer when ``pruner`` is done); returns the steps taken.
+    """Up to ``steps`` optimizer steps on ``loss`` (fewer when ``pruner`` is done); returns the steps taken.
+
+    ``optimizer``: one of :data:`OPTIMIZERS` (Adam, AdamW with weight decay 0.01, SGD with
+    momentum 0.9), each at the learning rate ``lr`` gives.
 
     Steps are numbered from ``first`` on. A constant ``lr`` leaves each of ``param_groups`` at its
     own learning rate (a group without one gets ``lr``); a schedule ``lr(k)`` sets every group to
@@ -50,7 +62,7 @@ def train(
     model.train()
     schedule: Callable[[int], float] | None
     schedule, start = (None, float(lr)) if isinstance(lr, (int, float)) else (lr, lr(first))
-    opt = torch.optim.Adam(param_groups or model.parameters(), lr=start)
+    opt = OPTIMIZERS[optimizer](param_groups or model.parameters(), start)
     if pruner is not None:
         pruner.attach(opt)
     done = 0

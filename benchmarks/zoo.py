@@ -192,6 +192,10 @@ def run(name: str, build: Callable[[], nn.Module], size: int, tp: bool) -> dict[
     fixed, size = size < 0, abs(size)
     x = torch.randn(1, 3, size, size)
     second = torch.randn(3, 3, size, size) if fixed else torch.randn(1, 3, size + 32, size - 16)
+    if not fixed and not _runs(model, second):  # the model's own code needs other sizes (divisible by 32, ...)
+        second = torch.randn(1, 3, size + 64, size + 32)
+        if not _runs(model, second):
+            second = torch.randn(3, 3, size, size)
     others = [torch.randn(2, 3, size, size), second]
     t0 = time.perf_counter()
     graph = assl.trace(model, x)
@@ -312,6 +316,16 @@ def render_sample(rows: list[dict]) -> str:
             markdown(["model", "params", *(f"{label}: outcome (removed at 0.5)" for label in labels)], detail),
         ]
     )
+
+
+def _runs(model: nn.Module, x: torch.Tensor) -> bool:
+    """Whether the dense model's own forward accepts ``x``."""
+    try:
+        with torch.no_grad():
+            model(x)
+    except Exception:  # an input size the model's code does not take
+        return False
+    return True
 
 
 def _pct(v: float | None) -> str:

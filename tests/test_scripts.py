@@ -334,6 +334,21 @@ def test_quality_benchmark_distilled_smoke(tmp_path):
         assert p["score"] != d["score"], p["method"]  # the term reached every method's training
 
 
+def test_classifier_benchmark_with_sgd_after_the_dense_model(tmp_path):
+    from benchmarks.bn_classifier import main
+    from benchmarks.method_table import render
+
+    args = ["--smoke", "--threads", "1", "--methods", "assl", "scratch", "--seeds", "1"]
+    adam = main([*args, "--out", str(tmp_path / "a.jsonl")])
+    sgd = main([*args, "--optimizer", "sgd", "--method_lr", "0.05", "--out", str(tmp_path / "s.jsonl")])
+    assert all(r["settings"]["optimizer"] == "sgd" and r["settings"]["method_lr"] == 0.05 for r in sgd)
+    assert "SGD (momentum 0.9) 0.05 (the dense model: Adam" in render(sgd) and "SGD" not in render(adam)
+    dense = [_values(rows, method="dense")[0]["metrics"] for rows in (adam, sgd)]
+    assert dense[0] == dense[1]  # the dense model keeps Adam and --lr
+    for a, s in zip(_values(adam), _values(sgd)):
+        assert a["method"] == s["method"] and a["score"] != s["score"], a["method"]
+
+
 def test_training_adds_the_teacher_term():
     import torch
 
