@@ -143,7 +143,7 @@ def _assl_removed(model: nn.Module, x: torch.Tensor) -> tuple[float, str]:
             small = assl.Pruner(copy.deepcopy(model), x, ratio=0.5, schedule=SCHEDULE).prune_now()
         except ValueError as e:
             return 0.0, str(e).splitlines()[0][:80]
-    said = next((str(w.message) for w in caught if w.category is UserWarning), "")
+    said = next((str(w.message) for w in caught if issubclass(w.category, UserWarning)), "")
     return 1 - _params(small) / _params(model), ("warns: " + said[:80]) if said else ""
 
 
@@ -417,10 +417,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
                 raise SystemExit(f"{name}: the slimmed model differs from the masked one")
     finally:
         torch.set_num_threads(threads)
-    rows = [r for r in read(writer.path) if r["run"] == writer.run]
-    if rows:
-        print(render(rows))
-    return rows
+    return _printed(writer, render)
 
 
 def _run_sample(args: argparse.Namespace, writer: Writer, tp: bool) -> list[dict]:
@@ -447,9 +444,14 @@ def _run_sample(args: argparse.Namespace, writer: Writer, tp: bool) -> list[dict
             print(f"{name}: {outcome(values)} ({_pct(values['assl'])})", flush=True)
     finally:
         torch.set_num_threads(threads)
+    return _printed(writer, render_sample)
+
+
+def _printed(writer: Writer, table: Callable[[list[dict]], str]) -> list[dict]:
+    """The rows this run wrote, after printing their ``table``."""
     rows = [r for r in read(writer.path) if r["run"] == writer.run]
     if rows:
-        print(render_sample(rows))
+        print(table(rows))
     return rows
 
 

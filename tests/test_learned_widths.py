@@ -7,7 +7,6 @@ resumed run equals an uninterrupted one, and uniform budgets plan exactly as bef
 
 from __future__ import annotations
 
-import io
 import math
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ import pytest
 import torch
 from models import EDSR, ResNet
 from torch import nn
+from util import roundtrip, train_towards
 
 import assl
 from assl.budgets.budget import MIN_WIDTH
@@ -183,9 +183,9 @@ def test_widths_are_allocated_after_alignment_and_every_group_waits_for_it():
     assert "not allocated yet" in pruner.summary()
     opt = torch.optim.Adam(model.parameters(), lr=1e-2)
     pruner.attach(opt)
-    _train(model, pruner, opt, 0, 5)
+    train_towards(TEACHER, model, pruner, opt, 0, 5)
     assert pruner.chosen() == {}  # the unaligned groups wait as well
-    _train(model, pruner, opt, 5, 6)
+    train_towards(TEACHER, model, pruner, opt, 5, 6)
     assert set(pruner.chosen()) == {"head.0", "body.0.body.0", "body.1.body.0"}
     assert pruner.graph.count_params(pruner.chosen()) <= target
     assert pruner.state_dict()["allocated"] == {g: len(u) for g, u in pruner.chosen().items()}
@@ -209,41 +209,22 @@ def _setup(seed: int, schedule: assl.Schedule):
     return model, pruner, opt
 
 
-def _train(model, pruner, opt, start: int, stop: int) -> None:
-    for i in range(start, stop):
-        g = torch.Generator().manual_seed(i)
-        x = torch.randn(2, 3, 8, 8, generator=g)
-        with torch.no_grad():
-            y = TEACHER(x)
-        loss = (model(x) - y).abs().mean() + pruner.alignment_loss()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def _roundtrip(obj):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.mark.parametrize(("schedule", "stop"), [(SCHEDULE, 3), (SCHEDULE, 8), (NO_ALIGN, 4)])
 def test_a_resumed_run_equals_an_uninterrupted_one(schedule, stop):
     total = schedule.total_steps
     model, pruner, opt = _setup(0, schedule)
-    _train(model, pruner, opt, 0, total)
+    train_towards(TEACHER, model, pruner, opt, 0, total)
     assert pruner.done
     state, chosen, removed = model.state_dict(), pruner.chosen(), dict(pruner.removed)
 
     model, pruner, opt = _setup(0, schedule)
-    _train(model, pruner, opt, 0, stop)
-    saved = _roundtrip({"model": model.state_dict(), "opt": opt.state_dict(), "pruner": pruner.state_dict()})
+    train_towards(TEACHER, model, pruner, opt, 0, stop)
+    saved = roundtrip({"model": model.state_dict(), "opt": opt.state_dict(), "pruner": pruner.state_dict()})
     model2, pruner2, opt2 = _setup(7, schedule)  # other weights, another allocation at construction
     model2.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["opt"])
     pruner2.load_state_dict(saved["pruner"])
-    _train(model2, pruner2, opt2, stop, total)
+    train_towards(TEACHER, model2, pruner2, opt2, stop, total)
     assert pruner2.chosen() == chosen and pruner2.removed == removed
     for k, v in model2.state_dict().items():
         assert torch.equal(v, state[k]), k

@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import io
-
 import pytest
 import torch
 from models import EDSR
+from util import roundtrip, train_towards
 
 import assl
 
@@ -30,29 +29,10 @@ def _setup(seed: int):
 TEACHER = _model(123)
 
 
-def _train(model, pruner, opt, start: int, stop: int) -> None:
-    for i in range(start, stop):
-        g = torch.Generator().manual_seed(i)
-        x = torch.randn(2, 3, 8, 8, generator=g)
-        with torch.no_grad():
-            y = TEACHER(x)
-        loss = (model(x) - y).abs().mean() + pruner.alignment_loss()
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-
-
-def _roundtrip(obj):
-    buf = io.BytesIO()
-    torch.save(obj, buf)
-    buf.seek(0)
-    return torch.load(buf, weights_only=True)
-
-
 @pytest.fixture(scope="module")
 def uninterrupted():
     model, pruner, opt = _setup(0)
-    _train(model, pruner, opt, 0, TOTAL)
+    train_towards(TEACHER, model, pruner, opt, 0, TOTAL)
     assert pruner.done
     return model.state_dict(), pruner.chosen(), pruner.slim().state_dict()
 
@@ -62,16 +42,16 @@ def uninterrupted():
 )
 def test_resume_is_bit_identical(uninterrupted, stop):
     model, pruner, opt = _setup(0)
-    _train(model, pruner, opt, 0, stop)
+    train_towards(TEACHER, model, pruner, opt, 0, stop)
     expected_phase = pruner.phase
-    saved = _roundtrip({"model": model.state_dict(), "opt": opt.state_dict(), "pruner": pruner.state_dict()})
+    saved = roundtrip({"model": model.state_dict(), "opt": opt.state_dict(), "pruner": pruner.state_dict()})
 
     model2, pruner2, opt2 = _setup(7)  # other weights: everything must come from the checkpoint
     model2.load_state_dict(saved["model"])
     opt2.load_state_dict(saved["opt"])
     pruner2.load_state_dict(saved["pruner"])
     assert pruner2.phase == expected_phase and pruner2.step_count == stop
-    _train(model2, pruner2, opt2, stop, TOTAL)
+    train_towards(TEACHER, model2, pruner2, opt2, stop, TOTAL)
 
     state, chosen, slim_state = uninterrupted
     assert pruner2.chosen() == chosen
@@ -94,7 +74,7 @@ def test_state_from_another_configuration_is_refused():
 
 def test_pruned_model_saves_and_loads_into_a_fresh_dense_instance(uninterrupted, tmp_path):
     model, pruner, opt = _setup(0)
-    _train(model, pruner, opt, 0, TOTAL)
+    train_towards(TEACHER, model, pruner, opt, 0, TOTAL)
     small = pruner.slim()
     assl.save(small, tmp_path / "small.pt")
     fresh = assl.load(_model(99), tmp_path / "small.pt")

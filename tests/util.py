@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import os
 from pathlib import Path
 from typing import Any
@@ -84,3 +85,26 @@ def assert_same(a: dict[str, Any], b: dict[str, Any]) -> None:
     for k, g in a["grads"].items():
         h = b["grads"][k]
         assert (g is None and h is None) or torch.equal(g, h), k
+
+
+def train_towards(
+    teacher: nn.Module, model: nn.Module, pruner: assl.Pruner, opt: torch.optim.Optimizer, start: int, stop: int
+) -> None:
+    """Steps ``start`` to ``stop`` of an L1 fit of ``model`` to ``teacher`` on 2x3x8x8 inputs seeded by
+    the step (a run split anywhere sees the same batches), with the Pruner's alignment term."""
+    for i in range(start, stop):
+        x = torch.randn(2, 3, 8, 8, generator=torch.Generator().manual_seed(i))
+        with torch.no_grad():
+            y = teacher(x)
+        loss = (model(x) - y).abs().mean() + pruner.alignment_loss()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+
+
+def roundtrip(obj: Any) -> Any:
+    """``obj`` through ``torch.save`` and ``torch.load(weights_only=True)``, as a checkpoint goes."""
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=True)
