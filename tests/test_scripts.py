@@ -555,3 +555,33 @@ def test_alignment_paired_differences():
     assert lines[2] == "| 0.5 | noalign | -0.06, +0.00 (mean -0.03) | -0.02, +0.00 (mean -0.01) |"
     assert lines[3] == "| 0.5 | consensus:1 | +0.20, +0.10 (mean +0.15) | +0.04, -0.10 (mean -0.03) |"
     assert len(lines) == 4 and paired_with_control([r for r in rows if r["setting"] != "consensus:0"], []) == ""
+
+
+def test_levers_table_pairs_each_variant_with_its_scratch(tmp_path):
+    from benchmarks.levers import render, variant
+    from benchmarks.quality import main as quality_main
+    from benchmarks.results import read
+
+    out = str(tmp_path / "levers.jsonl")
+    args = ["--smoke", "--device", "cpu", "--threads", "1", "--seeds", "2", "--out", out]
+    plain = quality_main([*args, "--methods", "assl", "scratch"])
+    quality_main([*args, "--methods", "assl", "--scale_lr", "0.01", "--append"])
+    distilled = quality_main([*args, "--methods", "assl", "scratch", "--distill", "0.5", "--append"])
+    both = quality_main([*args, "--methods", "assl", "--distill", "0.5", "--scale_lr", "0.01", "--append"])
+    first = plain[0]["settings"]
+    assert variant(first, first) == "defaults" and variant(both[0]["settings"], first) == "distill 0.5, scale_lr 0.01"
+    md = {
+        tuple(c.strip() for c in line.split("|")[1:3]): line for line in render(read(out)).splitlines() if "|" in line
+    }
+    assert {
+        ("defaults", "assl"),
+        ("defaults", "scratch"),
+        ("scale_lr 0.01", "assl"),
+        ("distill 0.5", "scratch"),
+    } <= set(md)
+    scratch = {v["seed"]: v["score"] for v in _values(distilled) if v["method"] == "scratch"}
+    expect = [v["score"] - scratch[v["seed"]] for v in sorted(_values(both), key=lambda v: v["seed"])]
+    cells = md[("distill 0.5, scale_lr 0.01", "assl")].split("|")
+    assert [float(x) for x in cells[7].split(",")] == pytest.approx(expect, abs=2e-3)  # against the distilled scratch
+    assert cells[8].strip().startswith(f"{sum(x > 0 for x in expect)} of 2")
+    assert md[("defaults", "scratch")].split("|")[7].strip() == "-"

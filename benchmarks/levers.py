@@ -1,0 +1,103 @@
+"""What moves ASSL at high compression: runs of a quality benchmark with different settings, side by side.
+
+A lever is a setting of the steps after the dense model: distillation from the dense model
+(``--distill``), a learning rate of the scales' own (``--scale_lr``), the share of steps given to
+pruning (``--prune_iters`` / ``--finetune_iters``), the optimizer (``--optimizer``,
+``--method_lr``). Each run of ``benchmarks.quality``, ``bn_classifier`` or ``bn_denoiser`` appends
+its rows to one results file (``--append``); every run starts from the same dense models (the
+dense cache), so runs and seeds are paired. :func:`render` labels each run by the settings in
+which it differs from the library's defaults, and compares every ASSL variant with training the
+slim network from scratch, per seed: with the scratch run of the same variant when there is one,
+else with the scratch run under the same levers that change scratch too (a distilled scratch for
+every distilled ASSL variant: the comparison stays fair).
+
+    python -m benchmarks.quality --quick --ratios 0.75 --eval_split val --methods assl scratch \\
+        --dense_cache runs/dense --out benchmarks/results/levers_ledsr.jsonl
+    python -m benchmarks.quality --quick --ratios 0.75 --eval_split val --methods assl scratch \\
+        --distill 1 --dense_cache runs/dense --append --out benchmarks/results/levers_ledsr.jsonl
+"""
+
+from __future__ import annotations
+
+import statistics
+from typing import Any
+
+from .method_table import data_packages
+from .stats import mean_sd, paired, signed
+from .tables import markdown, provenance
+
+LEVERS: dict[str, Any] = {
+    "distill": 0.0,
+    "scale_lr": None,
+    "prune_iters": None,
+    "optimizer": "adam",
+    "method_lr": None,
+    "lr_schedule": None,
+}
+"""The settings that make a variant, with the value that means "the default" (None: the first run's)."""
+SCRATCH_LEVERS = ("distill", "optimizer", "method_lr", "lr_schedule")
+"""The levers that change the scratch baseline too (its steps are the same whatever the split)."""
+
+
+def variant(settings: dict[str, Any], first: dict[str, Any], levers: tuple[str, ...] = tuple(LEVERS)) -> str:
+    """A run's label: the ``levers`` it sets away from the defaults (or from the first run, for the
+    numbers a task fixes), e.g. ``distill 1, scale_lr 0.03``; ``defaults`` when none."""
+    parts = []
+    for key in levers:
+        default = LEVERS[key]
+        value, base = settings.get(key, default), first.get(key) if default is None else default
+        if value == base:
+            continue
+        if key == "prune_iters":
+            parts.append(f"prune {value} + fine-tune {settings['finetune_iters']} steps")
+        elif key == "optimizer":
+            parts.append({"adamw": "AdamW", "sgd": "SGD (momentum 0.9)"}.get(value, value))
+        else:
+            parts.append(f"{key} {value:g}" if isinstance(value, float) else f"{key} {value}")
+    return ", ".join(parts) or "defaults"
+
+
+def _mean(values: list[float]) -> float:
+    return statistics.fmean(values) if values else float("nan")
+
+
+def render(rows: list[dict]) -> str:
+    """The docs' table of a levers results file: per variant and method, the score after fine-tuning
+    (mean ± sd), right before and right after slimming, and ASSL minus scratch per seed."""
+    first = rows[0]["settings"]
+    info = next(r["values"]["task"] for r in rows if r["values"]["method"] == "dense")
+    d, label = info["digits"], info["metric_label"]
+    dense = {r["values"]["seed"]: r["values"]["score"] for r in rows if r["values"]["method"] == "dense"}
+    runs: dict[tuple[str, str, float], dict[int, dict]] = {}
+    baseline: dict[str, str] = {}  # variant -> the variant its scratch baseline is run under
+    for r in rows:
+        v = r["values"]
+        if v["method"] != "dense" and "error" not in v:
+            name = variant(r["settings"], first)
+            runs.setdefault((name, v["method"], v["ratio"]), {})[v["seed"]] = v
+            baseline[name] = variant(r["settings"], first, SCRATCH_LEVERS)
+    header = ["variant", "method", "ratio", f"{label} after fine-tuning", "right before slimming"]
+    header += ["right after slimming", "minus scratch, per seed", "ahead of scratch"]
+    body = []
+    for (name, method, ratio), by_seed in runs.items():
+        score = {s: v["score"] for s, v in by_seed.items()}
+        before = [v["score_before_slim"] for v in by_seed.values() if v.get("score_before_slim") is not None]
+        after = [v["score_slim"] for v in by_seed.values() if v.get("score_slim") == v.get("score_slim")]
+        cells = [name, method, f"{ratio:g}", mean_sd(score.values(), d)]
+        cells += [f"{_mean(before):.{d}f}" if before else "-", f"{_mean(after):.{d}f}" if after else "-"]
+        scratch = runs.get((name, "scratch", ratio)) or runs.get((baseline[name], "scratch", ratio))
+        if method == "scratch" or scratch is None:
+            cells += ["-", "-"]
+        else:
+            diffs = paired(score, {s: v["score"] for s, v in scratch.items()})
+            ahead = sum(x > 0 for x in diffs)
+            mean = _mean(diffs)
+            cells += [signed(diffs, d), f"{ahead} of {len(diffs)} (mean {mean:+.{d}f})"]
+        body.append(cells)
+    split = first.get("eval_split", "test")
+    about = (
+        f" {info['name']}, scored on the {split} images: {first['dense_iters']} dense steps (Adam {first['lr']:g}; "
+        f"dense {mean_sd(dense.values(), d)}), then {first['prune_iters']} + {first['finetune_iters']} steps per "
+        "method unless the variant says otherwise; every run from the same dense models."
+    )
+    return "\n".join([provenance(rows, data_packages(info)) + about, "", markdown(header, body)])
