@@ -28,6 +28,7 @@ from .tables import markdown, provenance
 
 LEVERS: dict[str, Any] = {
     "distill": 0.0,
+    "distill_kind": "mse",
     "scale_lr": None,
     "prune_iters": None,
     "optimizer": "adam",
@@ -35,7 +36,7 @@ LEVERS: dict[str, Any] = {
     "lr_schedule": None,
 }
 """The settings that make a variant, with the value that means "the default" (None: the first run's)."""
-SCRATCH_LEVERS = ("distill", "optimizer", "method_lr", "lr_schedule")
+SCRATCH_LEVERS = ("distill", "distill_kind", "optimizer", "method_lr", "lr_schedule")
 """The levers that change the scratch baseline too (its steps are the same whatever the split)."""
 
 

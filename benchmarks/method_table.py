@@ -117,7 +117,13 @@ def render(rows: list[dict]) -> str:
     about = (
         f" {info['name']}: {steps['dense_iters']} dense steps, then {steps['prune_iters']} + "
         f"{steps['finetune_iters']} steps per method, {_optimizer(steps)} ({steps['lr_schedule']}); "
-        + (f"distilled from the dense model (weight {steps['distill']:g}); " if steps.get("distill") else "")
+        + (
+            f"distilled from the dense model (weight {steps['distill']:g}"
+            + (f", {steps['distill_kind']}" if steps.get("distill_kind", "mse") != "mse" else "")
+            + "); "
+            if steps.get("distill")
+            else ""
+        )
         + "mean ± sd over seeds."
     )
     tp = any(v["method"].startswith("tp_") for v in methods)

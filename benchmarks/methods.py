@@ -225,6 +225,7 @@ def _torch_pruning(
         teacher=teacher,
         distill=a.distill,
         optimizer=a.optimizer,
+        distill_kind=a.distill_kind,
     )
     pruner.step()
     return model, used, curve
@@ -318,6 +319,7 @@ def run_method(
             teacher=teacher,
             distill=a.distill,
             optimizer=a.optimizer,
+            distill_kind=a.distill_kind,
         )
         alive = pruner.liveness()
         extra = {
@@ -369,6 +371,7 @@ def run_method(
         teacher=teacher,
         distill=a.distill,
         optimizer=a.optimizer,
+        distill_kind=a.distill_kind,
     )
     final = task.score(small)
     curve.append((total, final[task.metric]))

@@ -51,6 +51,13 @@ def parser(name: str, task: str, description: str | None, *, methods: bool = Tru
         "scratch's whole training (0: off)",
     )
     p.add_argument(
+        "--distill_kind",
+        default="mse",
+        choices=("mse", "l1", "kl"),
+        help="the distance of the distillation term: mean squared, mean absolute, or KL divergence of the "
+        "softmax over the classes (for classifiers)",
+    )
+    p.add_argument(
         "--optimizer",
         default="adam",
         choices=("adam", "adamw", "sgd"),

@@ -45,6 +45,7 @@ def train(
     teacher: assl.Teacher | None = None,
     distill: float = 0.0,
     optimizer: str = "adam",
+    distill_kind: str = "mse",
 ) -> int:
     """Up to ``steps`` optimizer steps on ``loss`` (fewer when ``pruner`` is done); returns the steps taken.
 
@@ -75,7 +76,7 @@ def train(
             out = model(x)
             value = loss(out, y)
             if teacher is not None and distill > 0:
-                value = value + teacher.loss(out, x, weight=distill)
+                value = value + teacher.loss(out, x, weight=distill, kind=distill_kind)
             if pruner is not None:
                 value = value + pruner.alignment_loss()
             opt.zero_grad(set_to_none=True)

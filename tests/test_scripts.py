@@ -349,6 +349,17 @@ def test_classifier_benchmark_with_sgd_after_the_dense_model(tmp_path):
         assert a["method"] == s["method"] and a["score"] != s["score"], a["method"]
 
 
+def test_classifier_benchmark_distills_by_the_kind_asked(tmp_path):
+    from benchmarks.bn_classifier import main
+    from benchmarks.method_table import render
+
+    args = ["--smoke", "--threads", "1", "--methods", "scratch", "--seeds", "1", "--distill", "0.5"]
+    mse = main([*args, "--out", str(tmp_path / "m.jsonl")])
+    kl = main([*args, "--distill_kind", "kl", "--out", str(tmp_path / "k.jsonl")])
+    assert "(weight 0.5, kl)" in render(kl) and "(weight 0.5)" in render(mse)
+    assert _values(mse)[0]["score"] != _values(kl)[0]["score"]
+
+
 def test_training_adds_the_teacher_term():
     import torch
 
