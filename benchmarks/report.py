@@ -23,7 +23,17 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import align_study, inference_speed, latency_budget, method_table, step_overhead, trace_slim, zoo
+from . import (
+    align_study,
+    inference_speed,
+    latency_batch,
+    latency_budget,
+    method_table,
+    step_overhead,
+    trace_cost,
+    trace_slim,
+    zoo,
+)
 from .results import REPO, RESULTS, read
 
 MARKER = re.compile(r"<!-- table: (?P<name>[\w.-]+) -->\n(?P<body>.*?)<!-- end table -->", re.DOTALL)
@@ -40,10 +50,12 @@ class Table:
 
 TABLES = [
     Table("trace_slim", "trace_slim.jsonl", trace_slim.render),
+    Table("trace_cost", "trace_cost.jsonl", trace_cost.render),
     Table("step_overhead", "step_overhead.jsonl", step_overhead.render),
     Table("step_overhead_sizes", "step_overhead_sizes.jsonl", step_overhead.render_sizes),
     Table("inference_speed_cpu", "inference_speed_cpu.jsonl", inference_speed.render),
     Table("latency_budget", "latency_budget.jsonl", latency_budget.render),
+    Table("latency_batch", "latency_batch.jsonl", latency_batch.render),
     Table("quality", "quality.jsonl", method_table.render),
     Table("quality_torch_pruning", "quality_torch_pruning.jsonl", method_table.render),
     Table("bn_alignment_study", "bn_alignment_study.jsonl", align_study.render),
@@ -54,6 +66,7 @@ TABLES = [
     Table("bn_denoiser_bilinear", "bn_denoiser_bilinear.jsonl", method_table.render),
     Table("bn_denoiser_long", "bn_denoiser_long.jsonl", method_table.render),
     Table("zoo", "zoo.jsonl", zoo.render),
+    Table("zoo_sample", "zoo_sample.jsonl", zoo.render_sample),
 ]
 
 

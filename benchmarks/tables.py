@@ -6,8 +6,8 @@ import shlex
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-HIDDEN_FLAGS = ("--out", "--append", "--plot")
-"""Flags left out of the command a table quotes: where files went, not what was measured."""
+HIDDEN_FLAGS = ("--out", "--append", "--plot", "--dense_cache")
+"""Flags left out of the command a table quotes: where files went (or were reused from), not what was measured."""
 
 
 def markdown(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:

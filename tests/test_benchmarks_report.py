@@ -80,8 +80,9 @@ def test_macs_mismatch_is_an_error(monkeypatch):
 
 
 def test_table_command_leaves_out_where_files_went():
-    row = {"benchmark": "trace_slim", "argv": ["--repeats", "5", "--out", "x.jsonl", "--append", "--plot=a.png"]}
-    assert tables.command(row) == "python -m benchmarks.trace_slim --repeats 5"
+    argv = ["--repeats", "5", "--out", "x.jsonl", "--append", "--plot=a.png", "--dense_cache", "/tmp/d", "--quick"]
+    row = {"benchmark": "trace_slim", "argv": argv}
+    assert tables.command(row) == "python -m benchmarks.trace_slim --repeats 5 --quick"
     assert tables.markdown(["a", "b"], [[1, "x"]]) == "| a | b |\n|---|---|\n| 1 | x |"
 
 

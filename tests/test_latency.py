@@ -369,6 +369,33 @@ def test_a_loud_check_moves_the_aim_at_most_by_the_correction_cap(monkeypatch) -
     assert asked == pytest.approx([1 / cap, 1 / cap**2]) and removed == {"g": 2} and seconds == 1.0
 
 
+@pytest.mark.parametrize(
+    "measured, asked, expected",
+    [
+        ([0.97], [], 0),  # the floor meets the target: the same answer as the table's
+        ([1.1], [], 0),  # the floor is too slow: nothing smaller to go to (and a warning)
+        ([0.5, 0.99], [1.5], 1),  # the floor is far faster than the table said: wider widths fit
+    ],
+)
+def test_the_floor_is_solved_again_only_when_measured_well_below_the_target(monkeypatch, measured, asked, expected):
+    import assl.budgets.latency_plan as lb
+
+    seen = iter(measured)
+    monkeypatch.setattr(lb, "_measured_ratio", lambda *args: (next(seen), 0.0))
+    aims = []
+
+    def solve(aim: float) -> dict:
+        aims.append(aim)
+        return {"g": len(aims)}
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        removed, seconds = lb._verified(None, None, None, solve, {"g": 0}, target=1.0, dense=1.0, at_floor=True)
+    assert aims == pytest.approx(asked) and removed == {"g": expected} and seconds == measured[-1]
+    floor = [w for w in caught if "these are the smallest allowed widths" in str(w.message)]
+    assert len(floor) == (measured == [1.1])
+
+
 @pytest.mark.parametrize("uncertainty, accepted", [(0.0, False), (0.1, True)])
 def test_the_check_tolerates_its_own_uncertainty_not_the_tables_noise(monkeypatch, uncertainty, accepted) -> None:
     import assl.budgets.latency_plan as lb

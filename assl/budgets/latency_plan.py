@@ -332,19 +332,24 @@ def _verified(
     """Time a slimmed copy at the chosen widths against the dense model, and while it misses the
     target by more than the tolerance either way (above it, or below it by more than twice that:
     channels the target allows), solve again for a prediction moved by the miss (at most
-    :data:`RETRIES` times, each move at most :data:`MAX_CORRECTION` either way; never
-    ``at_floor``, where no smaller widths are allowed). The tolerance is ``tolerance`` or the
-    check's own uncertainty, the larger: a check on a noisy machine takes more rounds (see
-    :func:`_measured_ratio`) rather than accepting a wider miss. Returns the widths of the slowest
-    copy within the target (the fastest one when none is) and its measured seconds, scaled to the
-    table's dense latency so that the machine's drift since the table cancels."""
+    :data:`RETRIES` times, each move at most :data:`MAX_CORRECTION` either way). ``at_floor``
+    (the smallest allowed widths, chosen because the table could not tell the target from their
+    prediction) is solved again only when the check measures them well below the target: the
+    table's noise put the target within reach of the floor, the check's precision does not. The
+    tolerance is ``tolerance`` or the check's own uncertainty, the larger: a check on a noisy
+    machine takes more rounds (see :func:`_measured_ratio`) rather than accepting a wider miss.
+    Returns the widths of the slowest copy within the target (the fastest one when none is) and
+    its measured seconds, scaled to the table's dense latency so that the machine's drift since
+    the table cancels."""
     aim, tried = target, []
     for attempt in range(RETRIES + 1):
         ratio, uncertainty = _measured_ratio(model, example_inputs, graph, removed)
         measured, tol = ratio * dense, max(tolerance, uncertainty)
         tried.append((measured, removed, tol))
-        if at_floor or target * (1 - 2 * tol) <= measured <= target * (1 + tol) or attempt == RETRIES:
+        floor_too_slow = at_floor and measured > target * (1 - 2 * tol)  # no smaller widths to go to
+        if floor_too_slow or target * (1 - 2 * tol) <= measured <= target * (1 + tol) or attempt == RETRIES:
             break
+        at_floor = False  # the floor measured well below the target: wider widths fit after all
         aim *= min(MAX_CORRECTION, max(1 / MAX_CORRECTION, target / measured))
         logger.info("latency budget: measured %.3f ms (± %.1f%%) for a %.3f ms target; solving for %.3f ms",
                     measured * 1e3, 100 * uncertainty, target * 1e3, aim * 1e3)  # fmt: skip
