@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
+from typing import ClassVar
 
 import pytest
 import torch
@@ -196,3 +197,96 @@ def test_bad_latency_flags_are_refused_at_parse_time(flags, message, capsys):
     with pytest.raises(SystemExit):
         sr_main.parse_args(["--quick", *flags])
     assert message in capsys.readouterr().err
+
+
+class _Recorded(assl.Teacher):
+    """``assl.Teacher`` that keeps every instance and counts the terms it adds, with their arguments."""
+
+    made: ClassVar[list[_Recorded]] = []
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.calls: list[tuple[tuple, float, str]] = []
+        _Recorded.made.append(self)
+
+    def loss(self, student_output, inputs, **kwargs):
+        self.calls.append((tuple(inputs.shape), kwargs["weight"], kwargs["kind"]))
+        return super().loss(student_output, inputs, **kwargs)
+
+
+@pytest.fixture
+def recorded(monkeypatch):
+    _Recorded.made = []
+    monkeypatch.setattr(assl, "Teacher", _Recorded)
+    return _Recorded.made
+
+
+def test_distill_adds_the_dense_models_term_to_pruning_and_fine_tuning(tmp_path, recorded, capsys):
+    plain = _run(tmp_path / "plain")
+    assert plain["distill"] == 0 and not recorded  # off by default: no teacher built
+    results = _run(tmp_path / "distilled", "--distill", "1", "--distill_kind", "l1")
+    assert results["distill"] == 1.0 and results["distill_kind"] == "l1"
+    saved = json.loads((tmp_path / "distilled" / "run" / "results.json").read_text())
+    assert saved["distill"] == 1.0 and saved["distill_kind"] == "l1"
+    assert "distilled (l1, weight 1)" in capsys.readouterr().out
+    (teacher,) = recorded
+    # one term per step of the pruning stage (12) and of fine-tuning (3), on the LR batch
+    assert teacher.calls == [((2, 3, 8, 8), 1.0, "l1")] * (12 + 3)
+    # the same dense model (the teacher draws no random numbers), another pruned one
+    assert results["dense_psnr"] == plain["dense_psnr"]
+    assert results["slimmed_psnr"] != plain["slimmed_psnr"]
+    dense = SRModel(n_resblocks=1, n_feats=4, scale=2)
+    dense.load_state_dict(torch.load(tmp_path / "distilled" / "run" / "dense.pt", weights_only=True))
+    x = torch.rand(1, 3, 8, 8) * 255
+    assert torch.equal(teacher(x), dense.eval()(x))  # the teacher is the dense model, frozen
+    assert "distill " in (tmp_path / "distilled" / "run" / "log.txt").read_text()  # the term in the log
+
+
+def _crash_in_finetuning(monkeypatch):
+    real = sr_main.batches
+    calls = {"n": 0}
+
+    def crashing(ctx, train):
+        for batch in real(ctx, train):
+            calls["n"] += 1
+            if calls["n"] == 4 + 12 + 3:  # dense 4 batches, pruning 12; crash after 2 fine-tuning steps
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(sr_main, "batches", crashing)
+    return real
+
+
+def test_resuming_fine_tuning_with_distill_rebuilds_the_teacher_from_dense_pt(tmp_path, recorded, monkeypatch):
+    real = _crash_in_finetuning(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "--distill", "1")
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
+    assert ckpt["stage"] == "finetune" and ckpt["step"] == 2
+    monkeypatch.setattr(sr_main, "batches", real)
+    results = _run(tmp_path, "--distill", "1", "--resume")
+    first, resumed = recorded  # built from the model in memory, then from dense.pt
+    assert len(first.calls) == 12 + 2 and len(resumed.calls) == 1  # the last fine-tuning step
+    x = torch.rand(2, 3, 8, 8) * 255
+    assert torch.equal(first(x), resumed(x))  # bit for bit the same dense function
+    for (k, a), (k2, b) in zip(first.state_dict().items(), resumed.state_dict().items()):
+        assert k == k2 and torch.equal(a, b), k
+    assert "the teacher is the dense model of" in (tmp_path / "run" / "log.txt").read_text()
+    assert results["distill"] == 1.0 and "pruned_psnr" in results
+
+
+def test_resuming_with_distill_without_dense_pt_says_so(tmp_path, monkeypatch):
+    real = _crash_in_finetuning(monkeypatch)
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, "--distill", "1")
+    (tmp_path / "run" / "dense.pt").unlink()
+    monkeypatch.setattr(sr_main, "batches", real)
+    with pytest.raises(FileNotFoundError, match=r"resuming at the finetune stage needs the dense model.*dense\.pt"):
+        _run(tmp_path, "--distill", "1", "--resume")
+    assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["stage"] == "finetune"  # untouched
+
+
+def test_a_negative_distill_weight_is_refused_at_parse_time(capsys):
+    with pytest.raises(SystemExit):
+        sr_main.parse_args(["--quick", "--distill", "-1"])
+    assert "--distill is the weight" in capsys.readouterr().err

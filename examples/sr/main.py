@@ -16,6 +16,7 @@ import json
 import logging
 import sys
 import time
+from functools import partial
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -69,6 +70,31 @@ def _wrap(ctx: Context, model: nn.Module) -> nn.Module:
         if ctx.world > 1
         else model
     )
+
+
+def _teacher(ctx: Context, model: nn.Module, stage: str, *, from_file: bool) -> assl.Teacher:
+    """``--distill``'s teacher: a frozen copy of ``model``, the dense weights in memory at the end of
+    the dense stage, or, resuming at a later stage, those saved then in ``dense.pt``.
+
+    ``model`` must not hold a Pruner's scales yet. Loading draws no random numbers, so a resumed
+    run's batches do not depend on it. The teacher is no ``nn.Module``: wrapping the model for DDP
+    and building the optimizers from its parameters leave it out.
+
+    Raises:
+        FileNotFoundError: Resuming, and ``dense.pt`` is not in the output folder.
+    """
+    teacher = assl.Teacher(model)
+    if from_file:
+        path = ctx.out / "dense.pt"
+        if not path.is_file():
+            raise FileNotFoundError(
+                f"--distill: resuming at the {stage} stage needs the dense model to distil from, saved as {path} "
+                "at the end of the dense stage, and that file is missing; put it back, start again without "
+                "--resume, or resume without --distill"
+            )
+        teacher.load_state_dict(torch.load(path, weights_only=True, map_location=ctx.device))
+        log.info("--distill: the teacher is the dense model of %s", path)
+    return teacher
 
 
 def _widths(model: nn.Module) -> dict[str, int]:
@@ -138,8 +164,20 @@ def run(argv: list[str] | None = None) -> dict:
             results["dense_widths"] = _widths(model)
             log.info("dense: PSNR %.2f SSIM %.4f", results["dense_psnr"], results["dense_ssim"])
         stage, ckpt = "prune", None
+        if ctx.main:  # before the checkpoint that moves on: a resumed --distill run finds it
+            torch.save(model.state_dict(), ctx.out / "dense.pt")
         checkpoint(ctx, "prune", 0, model, None)
-        torch.save(model.state_dict(), ctx.out / "dense.pt") if ctx.main else None
+        dense_in_memory = True
+    else:
+        dense_in_memory = False
+
+    # --- the teacher of --distill: the dense model, frozen, built before the Pruner --------
+    teacher_loss = None
+    if stage in ("prune", "finetune"):
+        results.update(distill=args.distill, distill_kind=args.distill_kind)  # the steps still to train
+        if args.distill > 0:
+            teacher = _teacher(ctx, model, stage, from_file=not dense_in_memory)
+            teacher_loss = partial(teacher.loss, weight=args.distill, kind=args.distill_kind)
 
     # --- prune ---------------------------------------------------------------------------
     small: nn.Module | None = None
@@ -195,6 +233,7 @@ def run(argv: list[str] | None = None) -> dict:
                 evals=evals,
                 bare=model,
                 extra_loss=pruner.alignment_loss,
+                teacher_loss=teacher_loss,
                 progress=lambda: _schedule_point(ctx, pruner),
                 stop=lambda: pruner.done,
                 save=lambda s: checkpoint(ctx, "prune", s, model, opt, pruner),
@@ -226,7 +265,9 @@ def run(argv: list[str] | None = None) -> dict:
             small = assl.load(build_model(ctx), ctx.out / "slim.pt")
         assert small is not None
         if stage == "finetune":
-            opt = torch.optim.Adam(small.parameters(), lr=args.lr)
+            # by name: slim() registers a slimmed layer's bias before its weight, assl.load() after it,
+            # and a resumed optimizer state maps onto the parameters by their position in the list
+            opt = torch.optim.Adam([p for _, p in sorted(small.named_parameters())], lr=args.lr)
             start = 0
             if ckpt is not None:
                 small.load_state_dict(ckpt["model"])
@@ -246,6 +287,7 @@ def run(argv: list[str] | None = None) -> dict:
                 iters=iters,
                 evals=evals,
                 bare=small,
+                teacher_loss=teacher_loss,
                 save=lambda s: checkpoint(ctx, "finetune", s, final, opt),
             )
             if ctx.main:
@@ -288,8 +330,9 @@ def final_table(r: dict, args) -> str:
         v = r.get(key)
         return "-" if v is None else f"{v:,.{digits}f}{unit}"
 
+    distilled = f", distilled ({args.distill_kind}, weight {args.distill:g})" if args.distill > 0 else ""
     rows = [
-        ("", f"LEDSR x{args.scale}, {args.n_resblocks} blocks, {args.n_feats} feats, method {args.method}"),
+        ("", f"LEDSR x{args.scale}, {args.n_resblocks} blocks, {args.n_feats} feats, method {args.method}{distilled}"),
         ("bicubic PSNR (test, Y)", fmt("bicubic_psnr", " dB")),
         ("dense PSNR / SSIM (test, Y)", f"{fmt('dense_psnr', ' dB')} / {fmt('dense_ssim', '', 4)}"),
         ("slimmed, before fine-tuning", fmt("slimmed_psnr", " dB")),

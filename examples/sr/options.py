@@ -189,6 +189,20 @@ def build_parser() -> argparse.ArgumentParser:
         default="90x160",
         help="HxW of the low-resolution input the latency is measured on, batch 1 (90x160: a 180x320 x2 output)",
     )
+    o.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="weight of a distillation term in the loss of the pruning and fine-tuning stages: the distance from "
+        "the network's output to the dense model's (assl.Teacher, the dense weights at the end of the dense "
+        "stage, dense.pt on --resume); 0: off",
+    )
+    o.add_argument(
+        "--distill_kind",
+        default="mse",
+        choices=["mse", "l1"],
+        help="the distance of --distill: mean squared (as measured in the benchmarks) or mean absolute",
+    )
     o.add_argument("--finetune_iters", type=int, default=1000, help="fine-tuning steps of the slimmed model")
     o.add_argument("--eval_every", type=int, default=1000, help="validation PSNR every this many steps")
     o.add_argument("--checkpoint_every", type=int, default=500, help="save a resumable checkpoint this often")
@@ -252,6 +266,8 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     if args.dense_iters is None:
         args.dense_iters = 0 if args.pre_train else 2000
     args.stage_ranges = parse_stage_pr(args.stage_pr)
+    if not args.distill >= 0:
+        parser.error(f"--distill is the weight of the distillation term: 0 (off) or more, got {args.distill}")
     if args.latency is not None and not 0 < args.latency < 1:
         parser.error(f"--latency is a fraction of the dense latency in (0, 1), got {args.latency}")
     try:

@@ -250,13 +250,18 @@ def train_stage(
     evals: dict[str, Dataset],
     save: Callable[[int], None],
     extra_loss: Callable[[], torch.Tensor] | None = None,
+    teacher_loss: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
     progress: Callable[[], dict[str, str]] | None = None,
     stop: Callable[[], bool] | None = None,
     bare: nn.Module | None = None,
 ) -> int:
     """Train ``model`` from step ``start`` to ``iters`` (or until ``stop()``); returns the last step.
 
-    ``progress()`` (e.g. the Pruner's phase, steps left and penalty) is shown in the bar.
+    ``extra_loss()`` (e.g. the Pruner's alignment loss) is added to the L1 loss of each step, and so
+    is ``teacher_loss(output, lr)`` (e.g. a distillation term), computed under the same autocast as
+    the network from its output and the low-resolution batch it was called with. The loss history
+    and the log keep the L1 loss alone; the log adds the teacher's term. ``progress()`` (e.g. the
+    Pruner's phase, steps left and penalty) is shown in the bar.
     """
     a = ctx.args
     use_amp = a.amp and ctx.device.type == "cuda"
@@ -269,8 +274,10 @@ def train_stage(
         while step < iters and not (stop and stop()):
             lr, hr = next(stream)
             with torch.autocast(ctx.device.type, enabled=use_amp):
-                loss = (model(lr) - hr).abs().mean()
-            total = loss + (extra_loss() if extra_loss else 0.0)
+                out = model(lr)
+                loss = (out - hr).abs().mean()
+                taught = teacher_loss(out, lr) if teacher_loss else None
+            total = loss + (taught if taught is not None else 0.0) + (extra_loss() if extra_loss else 0.0)
             optimizer.zero_grad(set_to_none=True)
             scaler.scale(total).backward()
             scaler.step(optimizer)
@@ -285,11 +292,12 @@ def train_stage(
                     bar.set_postfix(postfix, refresh=False)
                 if step % a.print_every == 0:
                     log.info(
-                        "%s step %d/%d loss %.4f (%.2f s/step)",
+                        "%s step %d/%d loss %.4f%s (%.2f s/step)",
                         stage,
                         step,
                         iters,
                         loss.item(),
+                        "" if taught is None else f" distill {taught.item():.4f}",
                         (time.time() - t0) / max(1, step - start),
                     )
                 if step % a.eval_every == 0:
