@@ -28,6 +28,7 @@ from . import (
     inference_speed,
     latency_batch,
     latency_budget,
+    levers,
     method_table,
     step_overhead,
     trace_cost,
@@ -48,6 +49,9 @@ class Table:
     render: Callable[[list[dict]], str]
 
 
+LEVER_NETS = ("ledsr_val", "ledsr_test", "digits", "unet", "unet_bilinear")
+"""The networks of the high-compression levers (docs/benchmarks/high-compression.md)."""
+
 TABLES = [
     Table("trace_slim", "trace_slim.jsonl", trace_slim.render),
     Table("trace_cost", "trace_cost.jsonl", trace_cost.render),
@@ -67,6 +71,7 @@ TABLES = [
     Table("bn_denoiser_long", "bn_denoiser_long.jsonl", method_table.render),
     Table("zoo", "zoo.jsonl", zoo.render),
     Table("zoo_sample", "zoo_sample.jsonl", zoo.render_sample),
+    *(Table(f"levers_{net}", f"levers_{net}.jsonl", levers.render) for net in LEVER_NETS),
 ]
 
 
