@@ -163,6 +163,12 @@ def param_groups(model: nn.Module, pruner: assl.Pruner, scale_lr: float | None) 
     ]
 
 
+def after_dense(a: argparse.Namespace, teacher: assl.Teacher | None) -> dict[str, Any]:
+    """What :func:`train` takes for every step after the dense model: the teacher and its term's
+    weight and kind, the optimizer."""
+    return {"teacher": teacher, "distill": a.distill, "distill_kind": a.distill_kind, "optimizer": a.optimizer}
+
+
 def learning_rates(a: argparse.Namespace, total: int) -> tuple[LearningRate, Callable[[int], LearningRate]]:
     """The pruning phase's learning rate, and ``used -> `` the fine-tuning's after ``used`` steps.
 
@@ -222,10 +228,7 @@ def _torch_pruning(
         lr,
         before_step=regularize,
         after_step=after,
-        teacher=teacher,
-        distill=a.distill,
-        optimizer=a.optimizer,
-        distill_kind=a.distill_kind,
+        **after_dense(a, teacher),
     )
     pruner.step()
     return model, used, curve
@@ -316,10 +319,7 @@ def run_method(
             pruner=pruner,
             before_step=probe.before_step if probe is not None else None,
             after_step=_recorder(task, model, curve, a.eval_every),
-            teacher=teacher,
-            distill=a.distill,
-            optimizer=a.optimizer,
-            distill_kind=a.distill_kind,
+            **after_dense(a, teacher),
         )
         alive = pruner.liveness()
         extra = {
@@ -368,10 +368,7 @@ def run_method(
         finetune_lr(used),
         first=used,
         after_step=record,
-        teacher=teacher,
-        distill=a.distill,
-        optimizer=a.optimizer,
-        distill_kind=a.distill_kind,
+        **after_dense(a, teacher),
     )
     final = task.score(small)
     curve.append((total, final[task.metric]))
