@@ -64,7 +64,8 @@ def _mean(values: list[float]) -> float:
 
 def render(rows: list[dict]) -> str:
     """The docs' table of a levers results file: per variant and method, the score after fine-tuning
-    (mean ± sd), right before and right after slimming, and ASSL minus scratch per seed."""
+    (mean ± sd), right before and right after slimming, the method minus scratch per seed, and the
+    slimmed model's parameters and MACs (means over seeds)."""
     first = rows[0]["settings"]
     info = next(r["values"]["task"] for r in rows if r["values"]["method"] == "dense")
     d, label = info["digits"], info["metric_label"]
@@ -78,7 +79,7 @@ def render(rows: list[dict]) -> str:
             runs.setdefault((name, v["method"], v["ratio"]), {})[v["seed"]] = v
             baseline[name] = variant(r["settings"], first, SCRATCH_LEVERS)
     header = ["variant", "method", "ratio", f"{label} after fine-tuning", "right before slimming"]
-    header += ["right after slimming", "minus scratch, per seed", "ahead of scratch"]
+    header += ["right after slimming", "minus scratch, per seed", "ahead of scratch", "params", info["macs_unit"]]
     body = []
     for (name, method, ratio), by_seed in runs.items():
         score = {s: v["score"] for s, v in by_seed.items()}
@@ -94,6 +95,10 @@ def render(rows: list[dict]) -> str:
             ahead = sum(x > 0 for x in diffs)
             mean = _mean(diffs)
             cells += [signed(diffs, d), f"{ahead} of {len(diffs)} (mean {mean:+.{d}f})"]
+        cells += [
+            f"{_mean([v['params'] for v in by_seed.values()]):,.0f}",
+            f"{_mean([v['macs'] for v in by_seed.values()]):.3g}",
+        ]
         body.append(cells)
     split = first.get("eval_split", "test")
     about = (
