@@ -30,6 +30,7 @@ LEVERS: dict[str, Any] = {
     "distill": 0.0,
     "distill_kind": "mse",
     "scale_lr": None,
+    "penalty_form": "shrink",
     "prune_iters": None,
     "optimizer": "adam",
     "method_lr": None,
