@@ -235,12 +235,19 @@ def _norm_owner(tr: Tracer, *params: Any) -> str | None:
     return None
 
 
+def _traced_input(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> Value | None:
+    """The labels of a per-channel op's input ``args[0]``; when it carries no traced channels but is
+    computed from parameters alone (a standardized weight), the op's output is derived from it."""
+    v = tr.get(args[0])
+    if v is None and tr.derived(args[0]) is not None:
+        derive(tr, name, func, args, kwargs, out)
+    return v
+
+
 def _batch_norm(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
-    v = tr.get(x)
+    v = _traced_input(tr, name, func, args, kwargs, out)
     if v is None:
-        if tr.derived(x) is not None:  # a standardized weight
-            derive(tr, name, func, args, kwargs, out)
         return
     if not isinstance(out, torch.Tensor):
         raise Opaque
@@ -289,10 +296,8 @@ def _pin_params(tr: Tracer, out: torch.Tensor, layer: str, bound: Any) -> None:
 
 def _group_norm(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
-    v = tr.get(x)
+    v = _traced_input(tr, name, func, args, kwargs, out)
     if v is None:
-        if tr.derived(x) is not None:
-            derive(tr, name, func, args, kwargs, out)
         return
     given = arg(args, kwargs, 1, "num_groups")
     groups = int(given)
@@ -315,10 +320,8 @@ def _group_norm(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out
 
 def _layer_norm(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x = args[0]
-    v = tr.get(x)
+    v = _traced_input(tr, name, func, args, kwargs, out)
     if v is None:
-        if tr.derived(x) is not None:
-            derive(tr, name, func, args, kwargs, out)
         return
     shape = arg(args, kwargs, 1, "normalized_shape")
     n = 1 if isinstance(shape, int) else len(shape)
@@ -341,10 +344,8 @@ def _layer_norm(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out
 
 def _prelu(tr: Tracer, name: str, func: Any, args: tuple, kwargs: dict, out: Any) -> None:
     x, w = args[0], arg(args, kwargs, 1, "weight")
-    v = tr.get(x)
+    v = _traced_input(tr, name, func, args, kwargs, out)
     if v is None:
-        if tr.derived(x) is not None:
-            derive(tr, name, func, args, kwargs, out)
         return
     if not isinstance(w, torch.Tensor) or w.numel() == 1:
         tr.put(out, v, name)

@@ -9,6 +9,7 @@ the run: :meth:`ParameterTracking.finish` pins the channels those dimensions wer
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, cast
 
 import numpy as np
@@ -31,12 +32,10 @@ class ParameterTracking:
     entries: dict[tuple[str, str, int], Entry]
     _depth: int
     _stack: list[bool]
-
-    def fix(self, labels: np.ndarray, reason: str) -> None:
-        raise NotImplementedError
-
-    def union(self, a: np.ndarray, b: np.ndarray, reason: str) -> None:
-        raise NotImplementedError
+    fix: Callable[[np.ndarray, str], None]
+    """The tracer's: mark nodes as impossible to remove (see :class:`~assl.tracing.protocol.Tracer`)."""
+    union: Callable[[np.ndarray, np.ndarray, str], None]
+    """The tracer's: tie two sets of nodes element by element."""
 
     def track_parameters(self, model: nn.Module) -> None:
         """Start with every parameter and buffer of ``model`` as a leaf, named by its first owner."""
