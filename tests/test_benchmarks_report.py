@@ -59,6 +59,7 @@ def test_results_read_rejects_other_lines(tmp_path):
         ("resnet50_like", {}, (1, 3, 32, 32)),
         ("mobilenetv2_like", {}, (1, 3, 32, 32)),
         ("digits_resnet", {}, (2, 1, 8, 8)),
+        ("digits_mobilenet", {}, (2, 1, 8, 8)),
         ("unet", {"up": "transpose"}, (1, 3, 16, 16)),
         ("unet", {"up": "bilinear"}, (1, 3, 16, 16)),
     ],

@@ -442,8 +442,8 @@ def test_quality_presets_are_defaults_that_explicit_flags_override():
         parse(["--lr_schedule", "finetune", "--scale_lr", "1e-2"])  # a schedule sets every group's rate
 
 
-def _bn_smoke(script: str, methods: list[str], tmp_path) -> list[dict]:
-    """Run a BatchNorm benchmark's ``--smoke`` preset in this process, on one thread."""
+def _bn_smoke(script: str, methods: list[str], tmp_path, *flags: str) -> list[dict]:
+    """Run a BatchNorm benchmark's ``--smoke`` preset (plus ``flags``) in this process, on one thread."""
     import importlib
 
     import torch
@@ -451,7 +451,8 @@ def _bn_smoke(script: str, methods: list[str], tmp_path) -> list[dict]:
     main = importlib.import_module(f"benchmarks.{script}").main
     threads = torch.get_num_threads()
     try:
-        return main(["--smoke", "--threads", "1", "--methods", *methods, "--out", str(tmp_path / f"{script}.jsonl")])
+        out = str(tmp_path / f"{script}.jsonl")
+        return main(["--smoke", "--threads", "1", "--methods", *methods, *flags, "--out", out])
     finally:
         torch.set_num_threads(threads)
 
@@ -471,6 +472,17 @@ def test_bn_classifier_smoke(tmp_path):
         assert f"| {name} |" in report
     plot(rows, 0.5, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_bn_classifier_prunes_the_mobilenet_expansions(tmp_path):
+    pytest.importorskip("sklearn")
+    rows = _bn_smoke("bn_classifier", ["assl", "scratch"], tmp_path, "--net", "mobilenet")
+    (dense,) = _values(rows, method="dense")
+    assl_run, scratch = _values(rows)
+    assert dense["task"]["name"] == "BN MobileNetV2 on digits"
+    assert assl_run["params"] == scratch["params"] < dense["params"] / 2  # ratio 0.5: about a quarter left
+    expansions = [g for g in assl_run["removed"] if g.endswith("conv.0")]  # each block's 1x1 expansion
+    assert expansions and all(assl_run["removed"][g] > 0 for g in expansions)
 
 
 def test_bn_classifier_says_what_is_missing_without_scikit_learn(monkeypatch):

@@ -15,6 +15,7 @@ from torch import nn
 from examples.sr.ledsr import SRModel
 
 from .classifiers import DenseNetLike, MobileNetV2Like, ResNet50Like
+from .digits_mobilenet import DigitsMobileNetV2
 from .digits_resnet import DigitsResNet
 from .unet import UNet
 
@@ -33,6 +34,7 @@ NETWORKS: dict[str, Callable[..., nn.Module]] = {
     "mobilenetv2_like": MobileNetV2Like,
     "densenet121_like": DenseNetLike,
     "digits_resnet": DigitsResNet,
+    "digits_mobilenet": DigitsMobileNetV2,
     "unet": UNet,
 }
 

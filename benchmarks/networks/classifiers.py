@@ -48,7 +48,10 @@ class ResNet50Like(nn.Module):
         return self.fc(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
 
 
-class _InvertedResidual(nn.Module):
+class InvertedResidual(nn.Module):
+    """MobileNetV2's block: 1x1 expansion -> BN -> ReLU6 (when ``expand > 1``), 3x3 depthwise -> BN
+    -> ReLU6, 1x1 projection -> BN (no activation), plus the input when the shape is kept."""
+
     def __init__(self, cin: int, cout: int, stride: int, expand: int) -> None:
         super().__init__()
         hidden = cin * expand
@@ -86,7 +89,7 @@ class MobileNetV2Like(nn.Module):
             (6, 320, 1, 1),
         ]:
             for i in range(n):
-                layers.append(_InvertedResidual(cin, c, s if i == 0 else 1, t))
+                layers.append(InvertedResidual(cin, c, s if i == 0 else 1, t))
                 cin = c
         layers += [nn.Conv2d(cin, 1280, 1, bias=False), nn.BatchNorm2d(1280), nn.ReLU6(inplace=True)]
         self.features = nn.Sequential(*layers)

@@ -1,4 +1,5 @@
-"""Classification: a small BatchNorm ResNet on scikit-learn's 8x8 handwritten digits, scored by accuracy.
+"""Classification: a small BatchNorm ResNet (or, with ``--net mobilenet``, a MobileNetV2-shaped net) on
+scikit-learn's 8x8 handwritten digits, scored by accuracy.
 
 A fixed, stratified split of 1257 training and 540 test images (one test image is 0.0019 of
 accuracy), standardized on the training set, batches of 64. Needs scikit-learn.
@@ -40,11 +41,23 @@ SMOKE = {
     "batch_size": 16,
 }
 """Seconds: what the test suite runs."""
+NETS = {
+    "resnet": ("digits_resnet", "BN ResNet", "fc"),
+    "mobilenet": ("digits_mobilenet", "BN MobileNetV2", "classifier"),
+}
+"""``--net``: the network's name in :data:`benchmarks.networks.NETWORKS`, its name in headers, its output layer."""
 
 
 def add_flags(p: argparse.ArgumentParser) -> None:
     """The task's flags."""
     p.add_argument("--batch_size", type=int)
+    p.add_argument(
+        "--net",
+        default="resnet",
+        choices=tuple(NETS),
+        help="the classifier: a small ResNet of basic blocks, or MobileNetV2's inverted residuals "
+        "(depthwise convolutions, linear bottlenecks)",
+    )
 
 
 def load(test_size: float = 0.3) -> tuple[torch.Tensor, ...]:
@@ -79,12 +92,13 @@ def build(a: argparse.Namespace) -> Task:
     def accuracy(model: nn.Module) -> dict[str, float]:
         return {"accuracy": float((model(xte).argmax(1) == yte).float().mean())}
 
+    network, title, output = NETS[a.net]
     return Task(
-        name="BN ResNet on digits",
+        name=f"{title} on digits",
         metric="accuracy",
         metric_label="accuracy",
         digits=3,
-        build=lambda: networks.build("digits_resnet"),
+        build=lambda: networks.build(network),
         batches=batches,
         loss=nn.functional.cross_entropy,
         evaluate=accuracy,
@@ -92,7 +106,8 @@ def build(a: argparse.Namespace) -> Task:
         macs_input=xtr[:1],
         macs_factor=1e-6,
         macs_unit="MMACs / image",
-        output_layers=lambda model: [model.get_submodule("fc")],
-        dense_key=f'["digits", {a.batch_size}]',
+        output_layers=lambda model: [model.get_submodule(output)],
+        # the ResNet's key predates --net: it stays as it was, so cached dense models stay valid
+        dense_key=f'["digits", {a.batch_size}]' if a.net == "resnet" else f'["digits", "{a.net}", {a.batch_size}]',
         packages=("scikit-learn",),
     )
