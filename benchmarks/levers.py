@@ -3,13 +3,13 @@
 A lever is a setting of the steps after the dense model: distillation from the dense model
 (``--distill``), a learning rate of the scales' own (``--scale_lr``), the share of steps given to
 pruning (``--prune_iters`` / ``--finetune_iters``), the optimizer (``--optimizer``,
-``--method_lr``). Each run of ``benchmarks.quality``, ``bn_classifier`` or ``bn_denoiser`` appends
-its rows to one results file (``--append``); every run starts from the same dense models (the
-dense cache), so runs and seeds are paired. :func:`render` labels each run by the settings in
-which it differs from the library's defaults, and compares every ASSL variant with training the
-slim network from scratch, per seed: with the scratch run of the same variant when there is one,
-else with the scratch run under the same levers that change scratch too (a distilled scratch for
-every distilled ASSL variant: the comparison stays fair).
+``--method_lr``), gradient clipping (``--clip``). Each run of ``benchmarks.quality``,
+``bn_classifier`` or ``bn_denoiser`` appends its rows to one results file (``--append``); every run
+starts from the same dense models (the dense cache), so runs and seeds are paired. :func:`render`
+labels each run by the settings in which it differs from the library's defaults, and compares every
+ASSL variant with training the slim network from scratch, per seed: with the scratch run of the
+same variant when there is one, else with the scratch run under the same levers that change scratch
+too (a distilled scratch for every distilled ASSL variant: the comparison stays fair).
 
     python -m benchmarks.quality --quick --ratios 0.75 --eval_split val --methods assl scratch \\
         --dense_cache runs/dense --out benchmarks/results/levers_ledsr.jsonl
@@ -35,9 +35,10 @@ LEVERS: dict[str, Any] = {
     "optimizer": "adam",
     "method_lr": None,
     "lr_schedule": None,
+    "clip": 0.0,
 }
 """The settings that make a variant, with the value that means "the default" (None: the first run's)."""
-SCRATCH_LEVERS = ("distill", "distill_kind", "optimizer", "method_lr", "lr_schedule")
+SCRATCH_LEVERS = ("distill", "distill_kind", "optimizer", "method_lr", "lr_schedule", "clip")
 """The levers that change the scratch baseline too (its steps are the same whatever the split)."""
 
 

@@ -165,8 +165,14 @@ def param_groups(model: nn.Module, pruner: assl.Pruner, scale_lr: float | None) 
 
 def after_dense(a: argparse.Namespace, teacher: assl.Teacher | None) -> dict[str, Any]:
     """What :func:`train` takes for every step after the dense model: the teacher and its term's
-    weight and kind, the optimizer."""
-    return {"teacher": teacher, "distill": a.distill, "distill_kind": a.distill_kind, "optimizer": a.optimizer}
+    weight and kind, the optimizer, the gradient clipping."""
+    return {
+        "teacher": teacher,
+        "distill": a.distill,
+        "distill_kind": a.distill_kind,
+        "optimizer": a.optimizer,
+        "clip": a.clip,
+    }
 
 
 def learning_rates(a: argparse.Namespace, total: int) -> tuple[LearningRate, Callable[[int], LearningRate]]:

@@ -71,6 +71,13 @@ def parser(name: str, task: str, description: str | None, *, methods: bool = Tru
         help="the learning rate of every method's steps after the dense model (default: --lr); with "
         "--optimizer sgd, one SGD is used with (e.g. 0.05), while the dense model keeps Adam's --lr",
     )
+    p.add_argument(
+        "--clip",
+        type=float,
+        default=0.0,
+        help="clip the gradient norm of every method's steps after the dense model to this value "
+        "(torch.nn.utils.clip_grad_norm_; 0: no clipping)",
+    )
     p.add_argument("--eval_every", type=int, default=0, help="score every this many steps for a curve (0: never)")
     if methods:
         p.add_argument("--methods", nargs="+", choices=list(METHODS), help="tp_* need torch-pruning installed")
@@ -136,6 +143,8 @@ def parse(
         p.error("--prune_iters must be at least 10 (Schedule.for_steps needs a few steps per phase)")
     if a.scale_lr is not None and a.lr_schedule != "constant":
         p.error("--scale_lr needs --lr_schedule constant (a schedule sets every parameter's learning rate)")
+    if not a.clip >= 0:
+        p.error(f"--clip must be 0 (off) or a positive gradient norm, got {a.clip}")
     if not a.distill >= 0:
         p.error(f"--distill must be 0 (off) or a positive weight, got {a.distill}")
     return a

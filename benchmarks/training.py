@@ -46,6 +46,7 @@ def train(
     distill: float = 0.0,
     optimizer: str = "adam",
     distill_kind: str = "mse",
+    clip: float = 0.0,
 ) -> int:
     """Up to ``steps`` optimizer steps on ``loss`` (fewer when ``pruner`` is done); returns the steps taken.
 
@@ -58,7 +59,9 @@ def train(
     the optimizer, for the steps of this call. ``before_step()`` runs between ``backward()`` and
     the optimizer step, ``after_step(k)`` after step ``k`` (the ``k``-th from ``first``, 1-based).
     With ``teacher`` and a positive ``distill``, ``teacher.loss(output, input, weight=distill)``
-    (the mean squared distance to the teacher's output) joins the loss.
+    (the mean squared distance to the teacher's output) joins the loss. A positive ``clip`` clips
+    the gradients' norm to it before each optimizer step (the attached pruner's penalty runs
+    inside that step, after the clipping).
     """
     model.train()
     schedule: Callable[[int], float] | None
@@ -83,6 +86,8 @@ def train(
             value.backward()
             if before_step is not None:
                 before_step()
+            if clip > 0:
+                torch.nn.utils.clip_grad_norm_(model.parameters(), clip)
             opt.step()
             done += 1
             if after_step is not None:

@@ -10,9 +10,11 @@ its channels, with the reason.
 
 from __future__ import annotations
 
+import warnings
+
 import pytest
 import torch
-from models import FrozenBNResNet
+from models import CASES, FrozenBNResNet
 from torch import nn
 from util import max_rel_err
 
@@ -23,6 +25,7 @@ from assl.pruning._penalty import apply_penalty
 
 X = torch.randn(4, 3, 8, 8, generator=torch.Generator().manual_seed(0))
 TINY = assl.Schedule(align_iters=0, reg_interval=2, reg_step=0.2, reg_limit=0.3, stabilize_iters=2)
+COLLAPSE_CASES = ("edsr_x2", "rcan", "mobilenetv2", "densenet", "unet", "vgg", "group_norm", "norm_act")
 
 
 class _Between(nn.Module):
@@ -111,3 +114,34 @@ def test_a_depthwise_bias_between_carrier_and_reader_is_penalized():
     assert pruner.liveness()["0"] > ALIVE  # the depthwise bias: alive where `3` reads
     _fade(pruner, 0.0, kinds=("g", "param"))
     assert pruner.liveness()["0"] == 0.0
+
+
+def _collapse_warnings(case, silence_kept: bool) -> tuple[str, list[str]]:
+    """Slim ``case`` after a schedule that silenced the chosen channels of every group, and, with
+    ``silence_kept``, all the channels of its first group too; the group, and the collapse warnings."""
+    model = case.build()
+    pruner = assl.Pruner(model, case.inputs(0), ratio=0.5, schedule=TINY)
+    pruner._step = TINY.bounds(False)[2]  # the schedule is over
+    group = next(g for g, chosen in pruner._selection.chosen.items() if chosen)
+    with torch.no_grad():
+        for layer in pruner._selection.all_layers():  # what a penalty that did its job leaves
+            layer.scale[layer.scale_idx] = 0
+            if layer.bias is not None:
+                layer.bias[layer.bias_idx] = 0
+        if silence_kept:  # what a collapse leaves: the kept channels of one group silent as well
+            for layer in pruner._selection.layers[group]:
+                layer.scale[layer.scale_pos] = 0
+                if layer.bias is not None and layer.bias.shape == layer.scale.shape:
+                    layer.bias[layer.scale_pos] = 0
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        pruner.slim()
+    return group, [str(w.message) for w in caught if "fell silent" in str(w.message)]
+
+
+@pytest.mark.parametrize("case", [c for c in CASES if c.name in COLLAPSE_CASES], ids=lambda c: c.name)
+def test_slim_warns_when_the_kept_channels_fell_silent_too(case):
+    group, said = _collapse_warnings(case, silence_kept=False)
+    assert not said  # the chosen channels alone silent: pruning as it should end
+    group, said = _collapse_warnings(case, silence_kept=True)
+    assert len(said) == 1 and f"{group} (" in said[0] and "learning rate" in said[0]

@@ -608,3 +608,23 @@ def test_levers_table_pairs_each_variant_with_its_scratch(tmp_path):
     assert [float(x) for x in cells[7].split(",")] == pytest.approx(expect, abs=2e-3)  # against the distilled scratch
     assert cells[8].strip().startswith(f"{sum(x > 0 for x in expect)} of 2")
     assert md[("defaults", "scratch")].split("|")[7].strip() == "-"
+
+
+def test_clip_bounds_each_step_and_is_a_lever_of_scratch_too():
+    import torch
+    from torch import nn
+
+    from benchmarks.levers import SCRATCH_LEVERS, variant
+    from benchmarks.training import train
+
+    def first_step(clip: float) -> float:
+        torch.manual_seed(0)
+        model = nn.Linear(4, 2)
+        before = torch.cat([p.detach().clone().flatten() for p in model.parameters()])
+        stream = iter([(torch.randn(8, 4) * 100, torch.randn(8, 2))] * 2)
+        train(model, stream, 1, nn.functional.mse_loss, 1.0, optimizer="sgd", clip=clip)
+        return float((torch.cat([p.detach().flatten() for p in model.parameters()]) - before).norm())
+
+    # SGD's first step moves the parameters by lr x the gradient: the clipped one by at most the clip
+    assert first_step(1e-3) == pytest.approx(1e-3, rel=1e-4) and first_step(0.0) > 1.0
+    assert "clip" in SCRATCH_LEVERS and variant({"clip": 1.0}, {}) == "clip 1"

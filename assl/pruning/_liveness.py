@@ -29,10 +29,14 @@ from ..graph import Graph
 from ..layers import channel_dim
 from ._selection import Selection, carrier_plan
 
-__all__ = ["ALIVE", "liveness", "unsilenceable"]
+__all__ = ["ALIVE", "COLLAPSED", "collapsed", "levels", "liveness", "unsilenceable"]
 
 ALIVE = 1e-3
 """A group whose chosen channels carry more than this share of the kept channels' RMS is alive."""
+
+COLLAPSED = 1e-3
+"""A group whose kept channels carry less than this share of the RMS its channels had when pruning
+began has collapsed: the kept channels fell silent with the chosen ones."""
 
 SILENT = 1e-5
 """Below this share of the dense RMS, channels whose penalized parameters are all zero are silent."""
@@ -123,6 +127,41 @@ def liveness(model: nn.Module, selection: Selection, example_inputs: Any) -> dic
             out[group] = ratio
     if fallback:
         out.update(_at_carriers(model, selection, fallback, example_inputs))
+    return out
+
+
+def levels(model: nn.Module, graph: Graph, groups: Iterable[str], example_inputs: Any) -> dict[str, torch.Tensor]:
+    """Per group, the mean energy (squared value) of each unit where the group's readers read it, on
+    the example inputs (NaN for a unit no reader reads); groups without a reader are left out."""
+    groups = list(groups)
+    energy = reader_energy(model, {r for g in groups for r in graph.readers(g)}, example_inputs)
+    out = {}
+    for group in groups:
+        total, count = _per_unit(graph, group, energy)
+        if (count > 0).any():
+            out[group] = torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+    return out
+
+
+def collapsed(
+    model: nn.Module, selection: Selection, example_inputs: Any, start: Mapping[str, torch.Tensor]
+) -> dict[str, float]:
+    """The groups whose kept channels fell silent: their RMS where read, relative to theirs in
+    ``start`` (:func:`levels` when pruning began), when below :data:`COLLAPSED`. Units that were
+    already silent then do not count."""
+    now = levels(
+        model, selection.graph, [g for g, chosen in selection.chosen.items() if chosen and g in start], example_inputs
+    )
+    out = {}
+    for group, energy in now.items():
+        kept = torch.ones(energy.numel(), dtype=torch.bool)
+        kept[selection.chosen[group]] = False
+        before = start[group]
+        kept &= ~before.isnan() & ~energy.isnan() & (before > 0)
+        if kept.any():
+            ratio = math.sqrt(max(float(energy[kept].sum() / before[kept].sum()), 0.0))
+            if ratio < COLLAPSED:
+                out[group] = ratio
     return out
 
 

@@ -93,6 +93,21 @@ def report_change(
     return change
 
 
+def report_collapse(ratios: Mapping[str, float]) -> None:
+    """Warn that the kept channels of these groups fell silent (:func:`assl.pruning._liveness.collapsed`)."""
+    if not ratios:
+        return
+    worst = sorted((v, k) for k, v in ratios.items())
+    named = ", ".join(f"{k} ({v:.2g})" for v, k in worst[:5]) + (" ..." if len(worst) > 5 else "")
+    warn(
+        "the kept channels of these groups fell silent with the chosen ones (RMS where read, relative to the "
+        f"group's when pruning began): {named}. What they computed is lost; it happens when the optimizer's steps "
+        "on the kept channels grow as the others fade (SGD at a large learning rate, at high compression: the "
+        "activations after them die). If the model's quality dropped, prune again from the dense weights with a "
+        "smaller learning rate, clipped gradient norms, or Adam"
+    )
+
+
 @dataclass(frozen=True)
 class Progress:
     """Where pruning stands, for a log line or a progress bar's postfix.

@@ -23,11 +23,11 @@ from ..budgets.latency_plan import LatencyPlan, report_measured
 from ..errors import ArgumentError, ASSLError, warn
 from ..graph import Graph
 from ..tracing import trace
+from ._liveness import collapsed, levels, unsilenceable
 from ._liveness import liveness as measure_liveness
-from ._liveness import unsilenceable
 from ._penalty import apply_penalty, check_optimizer, penalty_value, step_hooks
 from ._pinned import shortfall
-from ._report import SLIM_CHANGE_WARNING, Progress, report_change, summary_table, warn_early
+from ._report import SLIM_CHANGE_WARNING, Progress, report_change, report_collapse, summary_table, warn_early
 from ._resolve import check_arguments, ratio_or_budget, resolve
 from ._scales import load_dense, remove_scale, removed_on_error
 from ._selection import Scorer, Selection, claim, release
@@ -152,6 +152,8 @@ class Pruner:
         if not any(self.removed.values()):
             raise ArgumentError(f"nothing to prune: no penalty can silence what could go\n{self.graph.summary()}")
         self.aligned = [name for name in self.aligned if self.removed[name]]
+        # how loud each group is where read before any change: slim() tells when its kept channels fell silent
+        self._start_levels = levels(model, self.graph, [g for g, n in self.removed.items() if n], example_inputs)
         if isinstance(target, (int, float)) and not isinstance(target, bool):
             short = shortfall(self.graph, self.removed, float(target))
             if short:  # the trace pins so much that the ratio asked means little
@@ -449,6 +451,7 @@ class Pruner:
             "slimmed: %d -> %d parameters", self.graph.count_params(), sum(p.numel() for p in small.parameters())
         )
         if warn_change and not never:
+            report_collapse(collapsed(self.model, self._selection, self.example_inputs, self._start_levels))
             report_change(self.model, small, self.example_inputs, self.liveness)
         if self.latency is not None:
             report_measured(self.latency, small, self.example_inputs)
