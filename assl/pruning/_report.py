@@ -22,10 +22,19 @@ SLIM_CHANGE_WARNING = 0.05
 """slim() warns when removing the chosen channels changes the output by more than this (relative)."""
 
 
-def summary_table(selection: Selection, aligned: list[str], alive: Mapping[str, float], head: str) -> str:
+def summary_table(
+    selection: Selection,
+    aligned: list[str],
+    alive: Mapping[str, float],
+    head: str,
+    silent: Mapping[str, float] | None = None,
+) -> str:
     """A table per pruned group: carriers, units, units removed, the agreement of an aligned
     group's carriers on the units to keep, mean |scale| of chosen vs kept, and the chosen
-    channels' liveness (RMS relative to the kept ones on the example inputs)."""
+    channels' liveness (RMS relative to the kept ones on the example inputs); ``kept silent``
+    instead for the groups of ``silent`` (kept channels' RMS relative to when pruning began),
+    whose liveness means nothing."""
+    silent = silent or {}
     agree = selection.agreement(aligned)
     rows = [("group", "carriers", "channels", "remove", "aligned (agree)", "|s| chosen", "|s| kept", "alive")]
     for name, layers in selection.layers.items():
@@ -44,7 +53,11 @@ def summary_table(selection: Selection, aligned: list[str], alive: Mapping[str, 
                 f"yes ({agree[name]:.2f})" if name in aligned else "no",
                 _mean(s[mask]) if chosen else "-",
                 _mean(s[~mask]),
-                f"{alive[name]:.2g}" if name in alive else "-",
+                f"kept silent ({silent[name]:.2g})"
+                if name in silent
+                else f"{alive[name]:.2g}"
+                if name in alive
+                else "-",
             )
         )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]

@@ -272,14 +272,16 @@ class Pruner:
 
     def summary(self) -> str:
         """A table per pruned group: carriers, units, units removed, the agreement of aligned groups,
-        mean ``|scale|`` of chosen vs kept units, and the chosen channels' liveness; under a latency
+        mean ``|scale|`` of chosen vs kept units, and the chosen channels' liveness (``kept silent``
+        where the kept channels fell silent too since the Pruner was created); under a latency
         budget, its target, prediction and measurements first."""
         head = f"phase {self.phase}, step {self._step}, penalty {self.penalty:.4g}"
         if self.latency is not None:
             head += f"\n{self.latency.describe()}\n{self.latency.describe_widths()}"
         if self._learned is not None:
             head += f"\n{self._learned.describe(self.graph)}"
-        return summary_table(self._selection, self.aligned, self.liveness(), head)
+        silent = collapsed(self.model, self._selection, self.example_inputs, self._start_levels)
+        return summary_table(self._selection, self.aligned, self.liveness(), head, silent)
 
     def liveness(self) -> dict[str, float]:
         """Per group with chosen units: how much signal the chosen channels still carry.
