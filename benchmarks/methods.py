@@ -4,6 +4,7 @@
 * ``assl_noalign``: the same without the align phase;
 * ``assl_learned``: ASSL with learned widths: ``Budget(params=P, widths="learned")`` at the
   parameters ``P`` that the ratio leaves (each group's count chosen by score per cost after alignment);
+  ``assl_learned_macs`` the same at the MACs ``M`` the ratio leaves (``Budget(macs=M, ...)``);
 * ``l1``: one-shot, each group's units of lowest filter L1 norm (each layer's norms relative to
   their mean, summed over the group's layers), then fine-tuning;
 * ``l1_authors``: one-shot, each group takes its first layer's L1 ranking (as the authors' code
@@ -50,6 +51,7 @@ METHODS = {
     "assl": "ASSL: align, regularize, stabilize, slim, fine-tune",
     "assl_noalign": "ASSL without the align phase",
     "assl_learned": "ASSL with learned widths at the ratio's parameter count",
+    "assl_learned_macs": "ASSL with learned widths at the ratio's MACs",
     "l1": "one-shot L1, aligned per group (group-aggregated score)",
     "l1_authors": "one-shot L1, each group ranked by its first layer (the authors' baseline)",
     "random": "one-shot, random units per group",
@@ -82,18 +84,23 @@ def removed_counts(task: Task, model: nn.Module, ratio: float) -> dict[str, int]
     return assl.Pruner(copy.deepcopy(model), task.example, ratio=ratio, skip=task.skip, schedule=schedule).removed
 
 
-def params_at(task: Task, model: nn.Module, ratio: float) -> int:
-    """Parameters of ``model`` with :func:`removed_counts` units gone from each group (counted as ``assl.count``)."""
+def params_at(task: Task, model: nn.Module, ratio: float, kind: str = "params") -> int:
+    """Parameters (``kind="macs"``: MACs per sample of the example inputs) of ``model`` with
+    :func:`removed_counts` units gone from each group (counted as ``assl.count``)."""
     graph = assl.trace(model, task.example)
-    return graph.count_params(l1_plan(model, graph, removed_counts(task, model, ratio)))
+    plan = l1_plan(model, graph, removed_counts(task, model, ratio))
+    return graph.count_macs(plan) if kind == "macs" else graph.count_params(plan)
 
 
-def learned_budget(task: Task, model: nn.Module, ratio: float | assl.Budget) -> assl.Budget:
+def learned_budget(task: Task, model: nn.Module, ratio: float | assl.Budget, kind: str = "params") -> assl.Budget:
     """``assl_learned``'s target: a parameter or MAC budget with learned widths; a ratio becomes the
-    parameters it leaves."""
+    parameters (``kind="macs"``: the MACs) it leaves."""
     if isinstance(ratio, assl.Budget):
         return dataclasses.replace(ratio, widths="learned")
-    return assl.Budget(params=params_at(task, model, ratio), widths="learned")
+    count = params_at(task, model, ratio, kind)
+    if kind == "macs":
+        return assl.Budget(macs=count, widths="learned")
+    return assl.Budget(params=count, widths="learned")
 
 
 def _plan_by_scores(
@@ -307,10 +314,11 @@ def run_method(
     extra: dict[str, Any] = {}
     t0 = time.time()
     used = 0
-    if method in ("assl", "assl_noalign", "assl_learned"):
+    if method in ("assl", "assl_noalign", "assl_learned", "assl_learned_macs"):
         schedule = schedule or assl_schedule(a, align=method != "assl_noalign")
-        if method == "assl_learned":
-            target: dict[str, Any] = {"budget": learned_budget(task, model, ratio)}
+        if method in ("assl_learned", "assl_learned_macs"):
+            kind = "macs" if method == "assl_learned_macs" else "params"
+            target: dict[str, Any] = {"budget": learned_budget(task, model, ratio, kind)}
         else:
             target = {"budget": ratio} if isinstance(ratio, assl.Budget) else {"ratio": ratio}
         pruner = assl.Pruner(model, task.example, **target, skip=task.skip, schedule=schedule, round_to=round_to)

@@ -49,7 +49,7 @@ class Table:
     render: Callable[[list[dict]], str]
 
 
-LEVER_NETS = ("ledsr_val", "ledsr_test", "digits", "digits_mobilenet", "unet", "unet_bilinear")
+LEVER_NETS = ("ledsr_val", "ledsr_test", "ledsr8_test", "digits", "digits_mobilenet", "unet", "unet_bilinear")
 """The networks of the high-compression levers (docs/benchmarks/high-compression.md)."""
 
 TABLES = [
