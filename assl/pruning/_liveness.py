@@ -10,6 +10,9 @@ them changes nothing; ``1`` means they are as loud as the channels that stay.
 A group whose channels no penalty can silence (a per-channel buffer adds to them on the way to a
 reader: a frozen BatchNorm's shift, a standardization by a stored mean) is found before training
 (:func:`unsilenceable`): the Pruner keeps it whole and says why.
+
+The same measure tells when the kept channels fell silent too (:func:`collapsed`): the network
+collapsed while the chosen ones faded, and a liveness relative to dead kept channels means nothing.
 """
 
 from __future__ import annotations
