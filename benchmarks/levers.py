@@ -36,6 +36,8 @@ LEVERS: dict[str, Any] = {
     "method_lr": None,
     "lr_schedule": None,
     "clip": 0.0,
+    "pace_tol": 0.0,
+    "pace_slow": 0.25,
 }
 """The settings that make a variant, with the value that means "the default" (None: the first run's)."""
 SCRATCH_LEVERS = ("distill", "distill_kind", "optimizer", "method_lr", "lr_schedule", "clip")
@@ -51,7 +53,11 @@ def variant(settings: dict[str, Any], first: dict[str, Any], levers: tuple[str, 
         value, base = settings.get(key, default), first.get(key) if default is None else default
         if value == base:
             continue
-        if key == "prune_iters":
+        if key == "pace_slow":
+            continue  # said with pace_tol
+        if key == "pace_tol":
+            parts.append(f"recovery pace (tol {value:g}, slow {settings.get('pace_slow', 0.25):g})")
+        elif key == "prune_iters":
             parts.append(f"prune {value} + fine-tune {settings['finetune_iters']} steps")
         elif key == "optimizer":
             parts.append({"adamw": "AdamW", "sgd": "SGD (momentum 0.9)"}.get(value, value))

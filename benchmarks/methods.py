@@ -41,7 +41,7 @@ from torch import nn
 import assl
 from assl.budgets.budget import MIN_WIDTH
 
-from . import tp_adapter
+from . import pace, tp_adapter
 from ._internals import l1_plan, max_rel_err
 from .macs import count_macs
 from .tasks import Task
@@ -322,12 +322,21 @@ def run_method(
         else:
             target = {"budget": ratio} if isinstance(ratio, assl.Budget) else {"ratio": ratio}
         pruner = assl.Pruner(model, task.example, **target, skip=task.skip, schedule=schedule, round_to=round_to)
+        last = [math.nan]  # the task loss of the latest step, for a recovery pace
+
+        def recorded(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+            value = task.loss(output, target)
+            last[0] = float(value)
+            return value
+
+        if observe is None and a.pace_tol > 0:
+            observe = lambda p, m: pace.RecoveryPace(p, lambda: last[0], a.pace_tol, a.pace_slow)  # noqa: E731
         probe = observe(pruner, model) if observe is not None else None
         used = train(
             model,
             stream,
             a.prune_iters,
-            task.loss,
+            recorded if a.pace_tol > 0 else task.loss,
             prune_lr,
             param_groups=param_groups(model, pruner, a.scale_lr),
             pruner=pruner,

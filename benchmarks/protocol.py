@@ -118,6 +118,14 @@ def add_assl_flags(p: argparse.ArgumentParser) -> None:
         help="a learning rate of their own for the parameters ASSL's penalty acts on (default: --lr; "
         "constant --lr_schedule only)",
     )
+    p.add_argument(
+        "--pace_tol",
+        type=float,
+        default=0.0,
+        help="a recovery-paced penalty (benchmarks.pace): its growth slows to --pace_slow while the task loss "
+        "is above 1 + this times its level before the fade (0: the schedule's own pace)",
+    )
+    p.add_argument("--pace_slow", type=float, default=0.25, help="the paced penalty's clock rate while slowed")
     flags = p.add_argument_group("the schedule's numbers with --schedule flags (and --reg_interval for tp_growingreg)")
     flags.add_argument("--align_iters", type=int, default=500)
     flags.add_argument("--reg_interval", type=int, default=4)
@@ -143,6 +151,8 @@ def parse(
         p.error("--prune_iters must be at least 10 (Schedule.for_steps needs a few steps per phase)")
     if a.scale_lr is not None and a.lr_schedule != "constant":
         p.error("--scale_lr needs --lr_schedule constant (a schedule sets every parameter's learning rate)")
+    if not a.pace_tol >= 0 or not 0 < a.pace_slow <= 1:
+        p.error(f"--pace_tol must be >= 0 and --pace_slow in (0, 1], got {a.pace_tol} and {a.pace_slow}")
     if not a.clip >= 0:
         p.error(f"--clip must be 0 (off) or a positive gradient norm, got {a.clip}")
     if not a.distill >= 0:

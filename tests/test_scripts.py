@@ -629,3 +629,31 @@ def test_clip_bounds_each_step_and_is_a_lever_of_scratch_too():
     # SGD's first step moves the parameters by lr x the gradient: the clipped one by at most the clip
     assert first_step(1e-3) == pytest.approx(1e-3, rel=1e-4) and first_step(0.0) > 1.0
     assert "clip" in SCRATCH_LEVERS and variant({"clip": 1.0}, {}) == "clip 1"
+
+
+def test_recovery_pace_slows_the_penalty_while_the_loss_is_high_and_still_ends_the_fade():
+    import torch
+    from torch import nn
+
+    import assl
+    from benchmarks.pace import RecoveryPace
+
+    def paced(losses):
+        model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+        pruner = assl.Pruner(model, torch.randn(2, 3, 8, 8), ratio=0.5, steps=100)
+        plain = pruner.schedule
+        pace = RecoveryPace(pruner, lambda: losses[pace.step], tol=0.5, slow=0.25)
+        trace = []
+        for _ in range(100):
+            pace.before_step()
+            trace.append(
+                (pruner.penalty, plain.penalty(pace.step - 1, False), pace.schedule.clock)
+            )  # as step() reads it
+        return pace, trace
+
+    pace, trace = paced([1.0] * 100)  # the loss never rises: the schedule's own pace
+    assert all(p == q for p, q, _ in trace) and pace.slowed == 0
+    pace, trace = paced([1.0] * 10 + [3.0] * 90)  # far above its level from step 10 on
+    _, reg_end, _ = pace.schedule.bounds(False)
+    assert all(p <= q for p, q, _ in trace) and any(p < q for p, q, _ in trace[10:50])
+    assert pace.slowed > 0 and trace[pace.deadline][2] >= reg_end  # the fade still ends by the deadline
