@@ -7,7 +7,8 @@ pruning (``--prune_iters`` / ``--finetune_iters``), the optimizer (``--optimizer
 ``bn_classifier`` or ``bn_denoiser`` appends its rows to one results file (``--append``); every run
 starts from the same dense models (the dense cache), so runs and seeds are paired. :func:`render`
 labels each run by the settings in which it differs from the library's defaults, and compares every
-ASSL variant with training the slim network from scratch, per seed: with the scratch run of the
+ASSL variant with training the slim network from scratch, per seed (learned widths with
+``scratch_learned``, the same widths from scratch, when there is one): with the scratch run of the
 same variant when there is one, else with the scratch run under the same levers that change scratch
 too (a distilled scratch for every distilled ASSL variant: the comparison stays fair).
 
@@ -95,7 +96,9 @@ def render(rows: list[dict]) -> str:
         after = [v["score_slim"] for v in by_seed.values() if v.get("score_slim") == v.get("score_slim")]
         cells = [name, method, f"{ratio:g}", mean_sd(score.values(), d)]
         cells += [f"{_mean(before):.{d}f}" if before else "-", f"{_mean(after):.{d}f}" if after else "-"]
-        scratch = runs.get((name, "scratch", ratio)) or runs.get((baseline[name], "scratch", ratio))
+        own = "scratch_learned" if method == "assl_learned" else "scratch"  # learned widths: their own architecture
+        scratch = runs.get((name, own, ratio)) or runs.get((baseline[name], own, ratio))
+        scratch = scratch or runs.get((name, "scratch", ratio)) or runs.get((baseline[name], "scratch", ratio))
         if method == "scratch" or scratch is None:
             cells += ["-", "-"]
         else:

@@ -145,7 +145,9 @@ def plot(rows: list[dict], ratio: float, path: str | Path) -> None:
                 continue
             runs = []
             for v in rs:
-                first = [] if m in ("l1", "l1_authors", "random", "scratch") else [(0, start[v["seed"]])]
+                first = (
+                    [] if m in ("l1", "l1_authors", "random", "scratch", "scratch_learned") else [(0, start[v["seed"]])]
+                )
                 runs.append([(x, y) for x, y in first + v["curve"] if x >= 0 and not math.isnan(y)])
             xs = [x for x, _ in runs[0]]
             ys = [statistics.mean(run[j][1] for run in runs) for j in range(len(xs))]

@@ -11,6 +11,8 @@
   does for layers that must drop the same channels), then fine-tuning;
 * ``random``: one-shot, random units per group, then fine-tuning;
 * ``scratch``: the slim architecture of ``l1``, re-initialized, trained for the dense steps too;
+* ``scratch_learned``: the same for the widths ``assl_learned`` allocates from the dense model's
+  scores (as it does when there is no align phase; with one, ASSL allocates after alignment);
 * ``tp_groupnorm`` / ``tp_growingreg``: Torch-Pruning's regularizing pruners (optional install),
   regularizing for ``prune_iters`` steps, pruning, then fine-tuning; a pruner that fails on the
   network is reported as failed, with its error;
@@ -56,11 +58,13 @@ METHODS = {
     "l1_authors": "one-shot L1, each group ranked by its first layer (the authors' baseline)",
     "random": "one-shot, random units per group",
     "scratch": "the slim architecture trained from scratch",
+    "scratch_learned": "the learned widths' architecture (from the dense scores) trained from scratch",
     "tp_groupnorm": "Torch-Pruning's GroupNormPruner",
     "tp_growingreg": "Torch-Pruning's GrowingRegPruner",
     "tp_global": "Torch-Pruning's global magnitude pruning at the ratio's parameter count",
 }
-ONE_SHOT = ("l1", "l1_authors", "random", "scratch")
+ONE_SHOT = ("l1", "l1_authors", "random", "scratch", "scratch_learned")
+SCRATCH = ("scratch", "scratch_learned")
 
 
 class Observer(Protocol):
@@ -132,10 +136,18 @@ def _l1_of(model: nn.Module, layer: str, group: assl.ChannelGroup) -> torch.Tens
 
 
 def one_shot(method: str, task: Task, model: nn.Module, ratio: float, seed: int) -> nn.Module:
-    """``model`` slimmed in place by ``l1`` (``scratch`` takes its shape), ``l1_authors`` or ``random``."""
+    """``model`` slimmed in place by ``l1`` (``scratch`` takes its shape), ``l1_authors`` or ``random``;
+    ``scratch_learned`` takes the widths learned widths allocate from the dense scores."""
     graph = assl.trace(model, task.example)
-    removed = removed_counts(task, model, ratio)
-    if method in ("l1", "scratch"):
+    if method == "scratch_learned":
+        budget = learned_budget(task, model, ratio)
+        schedule = assl.Schedule(align_iters=0)  # allocate now, from the dense model's scores
+        removed = assl.Pruner(
+            copy.deepcopy(model), task.example, budget=budget, skip=task.skip, schedule=schedule
+        ).removed
+    else:
+        removed = removed_counts(task, model, ratio)
+    if method in ("l1", "scratch", "scratch_learned"):
         plan = l1_plan(model, graph, removed)
     elif method == "l1_authors":
         plan = _plan_by_scores(graph, removed, lambda g: _l1_of(model, g.layers[0], g))
@@ -376,7 +388,7 @@ def run_method(
         small = one_shot(method, task, model, _plain_ratio(method, ratio), seed)
     else:
         raise ValueError(f"unknown method {method!r}; the methods are {', '.join(METHODS)}")
-    if method == "scratch":
+    if method in SCRATCH:
         small, score_slim = reinit(small), math.nan
         used = -a.dense_iters  # trained for the dense steps as well, on one schedule
     else:

@@ -508,8 +508,11 @@ def test_bn_denoiser_smoke(tmp_path):
 def test_learned_widths_and_global_pruning_at_the_ratios_parameter_count(tmp_path):
     from benchmarks import tp_adapter
 
-    rows = _values(_bn_smoke("bn_denoiser", ["l1", "assl_learned", "assl_learned_macs", "tp_global"], tmp_path))
+    methods = ["l1", "assl_learned", "assl_learned_macs", "scratch_learned", "tp_global"]
+    rows = _values(_bn_smoke("bn_denoiser", methods, tmp_path))
     by = {r["method"]: r for r in rows}
+    # the U-Net has no align phase: the learned widths from scratch are ASSL's own, re-initialized
+    assert by["scratch_learned"]["params"] == by["assl_learned"]["params"] and by["scratch_learned"]["steps"] > 0
     assert by["assl_learned"]["params"] <= by["l1"]["params"] and by["assl_learned"]["liveness"] >= 0
     assert by["assl_learned_macs"]["macs"] <= by["l1"]["macs"] * (1 + 1e-9)  # the ratio's MACs, as a budget
     removed = by["assl_learned"]["removed"]

@@ -1,12 +1,16 @@
-"""Learned widths for a parameter or MAC budget: the units of all groups ranked by score per cost.
+"""Learned widths for a parameter or MAC budget: the units of all groups ranked by score.
 
 ``Budget(widths="learned")`` replaces the one ratio of :func:`~assl.budgets.budget.solve_ratio`
 by a global choice. Each group may lose units only in steps that keep its width a multiple of
 ``round_to`` and at least its floor (:func:`width_options`). Starting from the dense model,
-:func:`allocate` repeatedly takes the step, over all groups, whose units hold the least score per
-parameter (or MAC) they carry, a group's steps in its own order, and keeps the shortest prefix of
-those steps whose plan the budget's own count puts within the target; then it gives back the units
-of earlier steps (latest first) that the last step made unnecessary.
+:func:`allocate` repeatedly takes the step, over all groups, whose units hold the least score (their
+mean), a group's steps in its own order, and keeps the shortest prefix of those steps whose plan the
+budget's own count puts within the target; then it gives back the units of earlier steps (latest
+first) that the last step made unnecessary. What a unit costs decides only where the budget is met,
+not which units go first: ranked by score per parameter instead, units whose scales are nearly
+alike (BatchNorm weights near 1 after a short training) go by cost alone, and the dearest groups
+were cut to their floor while cheap ones kept everything (measured on a ResNet, a MobileNetV2-shaped
+net and a U-Net, where ranking by score did better on each).
 """
 
 from __future__ import annotations
@@ -64,7 +68,7 @@ def allocate(
     scores: Mapping[str, np.ndarray],
     options: Mapping[str, Sequence[int]],
 ) -> dict[str, int]:
-    """Units each group loses: the steps of least score per cost first, as few as meet ``budget``.
+    """Units each group loses: the steps of least score first, as few as meet ``budget``.
 
     Args:
         graph: The traced graph.
@@ -86,8 +90,8 @@ def allocate(
     def push(g: str, i: int) -> None:
         if i + 1 < len(steps[g]):
             units = np.asarray(order[g][steps[g][i] : steps[g][i + 1]], dtype=np.int64)
-            cost = float(costs[g][units].sum())
-            value = float(scores[g][units].sum()) / cost if cost > 0 else math.inf
+            saves = float(costs[g][units].sum())
+            value = float(scores[g][units].mean()) if saves > 0 else math.inf
             heapq.heappush(heap, (value, rank[g], g, i + 1))
 
     for g in steps:

@@ -24,7 +24,7 @@ MIN_WIDTH = 0.125
 """The share of its units every group keeps under per-group widths unless ``min_width`` says otherwise."""
 
 WIDTHS = ("uniform", "learned")
-"""How a parameter or MAC budget shares its cuts: one ratio for every group, or by score per cost."""
+"""How a parameter or MAC budget shares its cuts: one ratio for every group, or by score."""
 
 
 @dataclass(frozen=True)

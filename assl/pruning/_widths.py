@@ -8,11 +8,9 @@ it chooses by.
 
 Those scores compare across groups as they are: each carrier's ``|scale|`` is taken relative to
 that carrier's mean, and a unit's score sums them over the group's carriers. A unit of a residual
-stream that 18 layers produce scores about 18, and its cost counts the weights of those 18 layers
-(and of their readers) too, so score per cost weighs a wide coupled group and a single layer
-alike. Dividing a group's scores by their mean instead would give the whole residual stream the
-importance of one layer while it costs many times more: it would always be cut first, by cost
-alone.
+stream that 18 layers produce scores about 18: it counts in each layer it feeds, so it goes only
+when its scales are far below the single layers'. What the units cost decides only where the
+budget is met (:mod:`assl.budgets._allocation` says why not per cost).
 """
 
 from __future__ import annotations
@@ -34,7 +32,7 @@ logger = logging.getLogger("assl")
 
 
 class LearnedWidths:
-    """The allocation of a parameter or MAC budget by score per cost, and what it decided.
+    """The allocation of a parameter or MAC budget by score, and what it decided.
 
     Args:
         budget: The ``Budget(widths="learned")``.

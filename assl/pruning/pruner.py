@@ -66,7 +66,7 @@ class Pruner:
             ``{glob: ratio}`` (first matching pattern wins; layers no pattern matches keep
             everything; a group takes the ratio of its matched layers, which must agree).
         budget: Instead of ``ratio``, an :class:`assl.Budget`: parameters or MACs (solved for
-            one ratio, or with ``widths="learned"`` shared among the groups by score per cost when
+            one ratio, or with ``widths="learned"`` shared among the groups by score when
             the chosen channels are fixed), or a latency on the example inputs' device (solved
             per group; :attr:`latency` tells the result). Give exactly one of ``ratio`` and ``budget``.
         skip: Globs of layers that keep all their output channels (e.g. ``["*mean*", "*tail*"]``),
