@@ -3,7 +3,7 @@
 * ``assl``: the Pruner's schedule (align, regularize, stabilize), ``slim()``, then fine-tuning;
 * ``assl_noalign``: the same without the align phase;
 * ``assl_learned``: ASSL with learned widths: ``Budget(params=P, widths="learned")`` at the
-  parameters ``P`` that the ratio leaves (each group's count chosen by score per cost after alignment);
+  parameters ``P`` that the ratio leaves (each group's count chosen by score after alignment);
   ``assl_learned_macs`` the same at the MACs ``M`` the ratio leaves (``Budget(macs=M, ...)``);
 * ``l1``: one-shot, each group's units of lowest filter L1 norm (each layer's norms relative to
   their mean, summed over the group's layers), then fine-tuning;
