@@ -39,6 +39,7 @@ LEVERS: dict[str, Any] = {
     "clip": 0.0,
     "pace_tol": 0.0,
     "pace_slow": 0.25,
+    "min_width": None,
 }
 """The settings that make a variant, with the value that means "the default" (None: the first run's)."""
 SCRATCH_LEVERS = ("distill", "distill_kind", "optimizer", "method_lr", "lr_schedule", "clip")

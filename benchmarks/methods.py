@@ -96,15 +96,20 @@ def params_at(task: Task, model: nn.Module, ratio: float, kind: str = "params") 
     return graph.count_macs(plan) if kind == "macs" else graph.count_params(plan)
 
 
-def learned_budget(task: Task, model: nn.Module, ratio: float | assl.Budget, kind: str = "params") -> assl.Budget:
+def learned_budget(
+    task: Task, model: nn.Module, ratio: float | assl.Budget, kind: str = "params", min_width: float | None = None
+) -> assl.Budget:
     """``assl_learned``'s target: a parameter or MAC budget with learned widths; a ratio becomes the
-    parameters (``kind="macs"``: the MACs) it leaves."""
+    parameters (``kind="macs"``: the MACs) it leaves. ``min_width``: the floor of every group
+    (None: the Budget's default)."""
     if isinstance(ratio, assl.Budget):
-        return dataclasses.replace(ratio, widths="learned")
+        floor = ratio.min_width if min_width is None else min_width
+        return dataclasses.replace(ratio, widths="learned", min_width=floor)
     count = params_at(task, model, ratio, kind)
+    floor = MIN_WIDTH if min_width is None else min_width
     if kind == "macs":
-        return assl.Budget(macs=count, widths="learned")
-    return assl.Budget(params=count, widths="learned")
+        return assl.Budget(macs=count, widths="learned", min_width=floor)
+    return assl.Budget(params=count, widths="learned", min_width=floor)
 
 
 def _plan_by_scores(
@@ -135,12 +140,14 @@ def _l1_of(model: nn.Module, layer: str, group: assl.ChannelGroup) -> torch.Tens
     return torch.zeros(group.size).index_add(0, units, w) / torch.bincount(units, minlength=group.size)
 
 
-def one_shot(method: str, task: Task, model: nn.Module, ratio: float, seed: int) -> nn.Module:
+def one_shot(
+    method: str, task: Task, model: nn.Module, ratio: float, seed: int, min_width: float | None = None
+) -> nn.Module:
     """``model`` slimmed in place by ``l1`` (``scratch`` takes its shape), ``l1_authors`` or ``random``;
     ``scratch_learned`` takes the widths learned widths allocate from the dense scores."""
     graph = assl.trace(model, task.example)
     if method == "scratch_learned":
-        budget = learned_budget(task, model, ratio)
+        budget = learned_budget(task, model, ratio, min_width=min_width)
         schedule = assl.Schedule(align_iters=0)  # allocate now, from the dense model's scores
         removed = assl.Pruner(
             copy.deepcopy(model), task.example, budget=budget, skip=task.skip, schedule=schedule
@@ -330,7 +337,7 @@ def run_method(
         schedule = schedule or assl_schedule(a, align=method != "assl_noalign")
         if method in ("assl_learned", "assl_learned_macs"):
             kind = "macs" if method == "assl_learned_macs" else "params"
-            target: dict[str, Any] = {"budget": learned_budget(task, model, ratio, kind)}
+            target: dict[str, Any] = {"budget": learned_budget(task, model, ratio, kind, a.min_width)}
         else:
             target = {"budget": ratio} if isinstance(ratio, assl.Budget) else {"ratio": ratio}
         pruner = assl.Pruner(model, task.example, **target, skip=task.skip, schedule=schedule, round_to=round_to)
@@ -385,7 +392,7 @@ def run_method(
             print(f"# {method} failed at ratio {_plain_ratio(method, ratio):g}: {error}", flush=True)
             return {"method": method, "ratio": ratio, "seed": seed, "error": error, "wall_s": time.time() - t0}, None
     elif method in ONE_SHOT:
-        small = one_shot(method, task, model, _plain_ratio(method, ratio), seed)
+        small = one_shot(method, task, model, _plain_ratio(method, ratio), seed, a.min_width)
     else:
         raise ValueError(f"unknown method {method!r}; the methods are {', '.join(METHODS)}")
     if method in SCRATCH:

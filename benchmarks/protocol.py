@@ -126,6 +126,13 @@ def add_assl_flags(p: argparse.ArgumentParser) -> None:
         "is above 1 + this times its level before the fade (0: the schedule's own pace)",
     )
     p.add_argument("--pace_slow", type=float, default=0.25, help="the paced penalty's clock rate while slowed")
+    p.add_argument(
+        "--min_width",
+        type=float,
+        default=None,
+        help="the share of its units every group keeps under learned widths (assl_learned*, scratch_learned; "
+        "default: Budget's 1/8)",
+    )
     flags = p.add_argument_group("the schedule's numbers with --schedule flags (and --reg_interval for tp_growingreg)")
     flags.add_argument("--align_iters", type=int, default=500)
     flags.add_argument("--reg_interval", type=int, default=4)
@@ -153,6 +160,8 @@ def parse(
         p.error("--scale_lr needs --lr_schedule constant (a schedule sets every parameter's learning rate)")
     if not a.pace_tol >= 0 or not 0 < a.pace_slow <= 1:
         p.error(f"--pace_tol must be >= 0 and --pace_slow in (0, 1], got {a.pace_tol} and {a.pace_slow}")
+    if a.min_width is not None and not 0 < a.min_width <= 1:
+        p.error(f"--min_width must lie in (0, 1], got {a.min_width}")
     if not a.clip >= 0:
         p.error(f"--clip must be 0 (off) or a positive gradient norm, got {a.clip}")
     if not a.distill >= 0:
