@@ -65,6 +65,7 @@ METHODS = {
 }
 ONE_SHOT = ("l1", "l1_authors", "random", "scratch", "scratch_learned")
 SCRATCH = ("scratch", "scratch_learned")
+LEARNED = ("assl_learned", "assl_learned_macs")
 
 
 class Observer(Protocol):
@@ -294,6 +295,15 @@ def _plain_ratio(method: str, ratio: float | assl.Budget) -> float:
     return float(ratio)
 
 
+def _failed(method: str, ratio: float | assl.Budget, seed: int, e: Exception, t0: float) -> dict[str, Any]:
+    """The row of a method that failed on this network (its error's first line), said on stdout too."""
+    error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
+    print(
+        f"# {method} failed at ratio {ratio if isinstance(ratio, assl.Budget) else f'{ratio:g}'}: {error}", flush=True
+    )
+    return {"method": method, "ratio": ratio, "seed": seed, "error": error, "wall_s": time.time() - t0}
+
+
 def run_method(
     task: Task,
     method: str,
@@ -335,12 +345,17 @@ def run_method(
     used = 0
     if method in ("assl", "assl_noalign", "assl_learned", "assl_learned_macs"):
         schedule = schedule or assl_schedule(a, align=method != "assl_noalign")
-        if method in ("assl_learned", "assl_learned_macs"):
+        if method in LEARNED:
             kind = "macs" if method == "assl_learned_macs" else "params"
             target: dict[str, Any] = {"budget": learned_budget(task, model, ratio, kind, a.min_width)}
         else:
             target = {"budget": ratio} if isinstance(ratio, assl.Budget) else {"ratio": ratio}
-        pruner = assl.Pruner(model, task.example, **target, skip=task.skip, schedule=schedule, round_to=round_to)
+        try:
+            pruner = assl.Pruner(model, task.example, **target, skip=task.skip, schedule=schedule, round_to=round_to)
+        except assl.ArgumentError as e:  # learned widths whose floor cannot meet the count: a result, go on
+            if method not in LEARNED:
+                raise
+            return _failed(method, ratio, seed, e, t0), None
         last = [math.nan]  # the task loss of the latest step, for a recovery pace
 
         def recorded(output: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -388,9 +403,7 @@ def run_method(
                 )
             small(task.example)
         except Exception as e:  # a pruner that fails on this network is a result too: report it, go on
-            error = f"{type(e).__name__}: {str(e).splitlines()[0]}"
-            print(f"# {method} failed at ratio {_plain_ratio(method, ratio):g}: {error}", flush=True)
-            return {"method": method, "ratio": ratio, "seed": seed, "error": error, "wall_s": time.time() - t0}, None
+            return _failed(method, ratio, seed, e, t0), None
     elif method in ONE_SHOT:
         small = one_shot(method, task, model, _plain_ratio(method, ratio), seed, a.min_width)
     else:

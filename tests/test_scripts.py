@@ -521,6 +521,9 @@ def test_learned_widths_and_global_pruning_at_the_ratios_parameter_count(tmp_pat
         assert by["tp_global"]["params"] <= by["l1"]["params"]
     else:
         assert "tp_global" not in by  # skipped, said so
+    # a ratio whose parameter count the floor of 1/8 cannot meet: learned widths fail, the run goes on
+    failed, l1 = _values(_bn_smoke("bn_denoiser", ["assl_learned", "l1"], tmp_path, "--ratios", "0.95"))
+    assert "min_width" in failed["error"] and l1["method"] == "l1" and "error" not in l1
     # a floor of half at ratio 0.5 leaves no group a choice: every one loses at most half its units
     (floored,) = _values(_bn_smoke("bn_denoiser", ["assl_learned"], tmp_path, "--min_width", "0.5"))
     assert floored["removed"]["enc1.0"] <= 6 and floored["removed"]["mid.0"] <= 24
