@@ -83,10 +83,14 @@ def size(task: Task, model: nn.Module) -> tuple[int, float]:
     return sum(p.numel() for p in model.parameters()), count_macs(model, task.macs_input) * task.macs_factor
 
 
-def removed_counts(task: Task, model: nn.Module, ratio: float) -> dict[str, int]:
-    """Units per group that ASSL's Pruner removes from ``model`` at ``ratio`` (built on a copy)."""
-    schedule = assl.Schedule(align_iters=0)  # no align phase to announce: only the counts are wanted
-    return assl.Pruner(copy.deepcopy(model), task.example, ratio=ratio, skip=task.skip, schedule=schedule).removed
+def removed_counts(
+    task: Task, model: nn.Module, ratio: float, *, learned: bool = False, min_width: float | None = None
+) -> dict[str, int]:
+    """Units per group that ASSL's Pruner removes from ``model`` at ``ratio`` (built on a copy);
+    ``learned``: the learned widths at the ratio's parameter count, allocated from the dense scores."""
+    target = {"budget": learned_budget(task, model, ratio, min_width=min_width)} if learned else {"ratio": ratio}
+    schedule = assl.Schedule(align_iters=0)  # no align phase: the counts (and any allocation) come now
+    return assl.Pruner(copy.deepcopy(model), task.example, **target, skip=task.skip, schedule=schedule).removed
 
 
 def params_at(task: Task, model: nn.Module, ratio: float, kind: str = "params") -> int:
@@ -147,14 +151,7 @@ def one_shot(
     """``model`` slimmed in place by ``l1`` (``scratch`` takes its shape), ``l1_authors`` or ``random``;
     ``scratch_learned`` takes the widths learned widths allocate from the dense scores."""
     graph = assl.trace(model, task.example)
-    if method == "scratch_learned":
-        budget = learned_budget(task, model, ratio, min_width=min_width)
-        schedule = assl.Schedule(align_iters=0)  # allocate now, from the dense model's scores
-        removed = assl.Pruner(
-            copy.deepcopy(model), task.example, budget=budget, skip=task.skip, schedule=schedule
-        ).removed
-    else:
-        removed = removed_counts(task, model, ratio)
+    removed = removed_counts(task, model, ratio, learned=method == "scratch_learned", min_width=min_width)
     if method in ("l1", "scratch", "scratch_learned"):
         plan = l1_plan(model, graph, removed)
     elif method == "l1_authors":

@@ -115,15 +115,12 @@ def liveness(model: nn.Module, selection: Selection, example_inputs: Any) -> dic
     Measured at the input of every layer that reads the group's channels; a group without such a
     reader is measured at its carriers' outputs.
     """
-    graph = selection.graph
-    groups = [g for g, chosen in selection.chosen.items() if chosen]
-    readers = {r for g in groups for r in graph.readers(g)}
-    energy = reader_energy(model, readers, example_inputs)
+    chosen = {g: units for g, units in selection.chosen.items() if units}
+    read = levels(model, selection.graph, chosen, example_inputs)
     out: dict[str, float] = {}
     fallback = []
-    for group in groups:
-        total, count = _per_unit(graph, group, energy)
-        ratio = _ratio(total, count, selection.chosen[group])
+    for group, units in chosen.items():
+        ratio = _ratio(read[group], units) if group in read else None
         if ratio is None:
             fallback.append(group)
         else:
@@ -142,7 +139,7 @@ def levels(model: nn.Module, graph: Graph, groups: Iterable[str], example_inputs
     for group in groups:
         total, count = _per_unit(graph, group, energy)
         if (count > 0).any():
-            out[group] = torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+            out[group] = _means(total, count)
     return out
 
 
@@ -168,11 +165,16 @@ def collapsed(
     return out
 
 
-def _ratio(total: torch.Tensor, count: torch.Tensor, chosen: list[int]) -> float | None:
-    mask = torch.zeros(total.numel(), dtype=torch.bool)
+def _means(total: torch.Tensor, count: torch.Tensor) -> torch.Tensor:
+    """Per unit, its summed energy over the times it was seen (NaN where never)."""
+    return torch.where(count > 0, total / count.clamp_min(1), torch.nan)
+
+
+def _ratio(per_unit: torch.Tensor, chosen: list[int]) -> float | None:
+    """RMS of the ``chosen`` units over the RMS of the others, among those seen (None: a side unseen)."""
+    mask = torch.zeros(per_unit.numel(), dtype=torch.bool)
     mask[chosen] = True
-    seen = count > 0
-    per_unit = total / count.clamp_min(1)
+    seen = ~per_unit.isnan()
     kept, gone = per_unit[~mask & seen], per_unit[mask & seen]
     if not gone.numel() or not kept.numel():
         return None
@@ -208,7 +210,7 @@ def _at_carriers(model: nn.Module, selection: Selection, groups: list[str], exam
             units = c.channel_units[mine].cpu()
             total.index_add_(0, units, e.cpu().double()[mine.cpu()])
             count.index_add_(0, units, torch.ones_like(units, dtype=torch.float64))
-        ratio = _ratio(total, count, selection.chosen[group])
+        ratio = _ratio(_means(total, count), selection.chosen[group])
         if ratio is not None:
             out[group] = ratio
     return out
