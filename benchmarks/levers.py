@@ -39,6 +39,7 @@ LEVERS: dict[str, Any] = {
     "clip": 0.0,
     "pace_tol": 0.0,
     "pace_slow": 0.25,
+    "grad_guard": 0.0,
     "min_width": None,
 }
 """The settings that make a variant, with the value that means "the default" (None: the first run's)."""
@@ -59,6 +60,8 @@ def variant(settings: dict[str, Any], first: dict[str, Any], levers: tuple[str, 
             continue  # said with pace_tol
         if key == "pace_tol":
             parts.append(f"recovery pace (tol {value:g}, slow {settings.get('pace_slow', 0.25):g})")
+        elif key == "grad_guard":
+            parts.append(f"gradient guard {value:g}x")
         elif key == "prune_iters":
             parts.append(f"prune {value} + fine-tune {settings['finetune_iters']} steps")
         elif key == "optimizer":

@@ -362,6 +362,8 @@ def run_method(
 
         if observe is None and a.pace_tol > 0:
             observe = lambda p, m: pace.RecoveryPace(p, lambda: last[0], a.pace_tol, a.pace_slow)  # noqa: E731
+        if observe is None and a.grad_guard > 0:
+            observe = lambda p, m: pace.GradGuard(p, m, a.grad_guard)  # noqa: E731
         probe = observe(pruner, model) if observe is not None else None
         used = train(
             model,

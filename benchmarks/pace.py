@@ -1,5 +1,6 @@
-"""A recovery-paced penalty: the shrink's growth slows while the task loss is far above its level
-before the fade (the high-compression levers' ``--pace_tol`` / ``--pace_slow``).
+"""Two studies of the fade (the high-compression levers): a recovery-paced penalty, whose growth
+slows while the task loss is far above its level before the fade (``--pace_tol`` /
+``--pace_slow``), and a guard on the gradient's norm during the fade (``--grad_guard``).
 
 The Pruner's penalty grows on a fixed clock. Here the clock runs at full speed while the task loss
 (an exponential average over steps, weight 0.1) stays within ``1 + tol`` times its level before
@@ -8,12 +9,21 @@ otherwise; so that the chosen channels still end as small as the schedule makes 
 speeds up whenever it would not otherwise reach the end of regularize by the middle of stabilize.
 It is a study of the harness, not a library feature: :class:`PacedSchedule` stands in for the
 Pruner's ``schedule`` (every field and method its own, the penalty read at the paced clock).
+
+The guard (:class:`GradGuard`) studies the collapse under SGD at high compression: as the chosen
+channels fade, the gradient's norm grows by orders of magnitude (the normalization layers after
+them rescale what is left), and SGD's steps grow with it where Adam's do not. The guard scales
+the gradients down to ``factor`` times their median norm before the fade whenever they exceed it.
 """
 
 from __future__ import annotations
 
+import statistics
 from collections.abc import Callable
 from typing import Any
+
+import torch
+from torch import nn
 
 import assl
 
@@ -68,3 +78,41 @@ class RecoveryPace:
     def end(self) -> dict[str, Any]:
         """The steps whose clock ran slow, and where the clock ended."""
         return {"pace_slowed": self.slowed, "pace_clock": self.schedule.clock}
+
+
+class GradGuard:
+    """An observer of :func:`benchmarks.methods.run_method` that bounds the gradient's norm during the fade.
+
+    The reference is the median norm of the gradients of ``model``'s parameters over the steps
+    before the penalty starts (at least :data:`WARMUP`); from then on a gradient whose norm exceeds
+    ``factor`` times it is scaled down to that norm before the optimizer step.
+    """
+
+    def __init__(self, pruner: assl.Pruner, model: nn.Module, factor: float) -> None:
+        if not factor > 0:
+            raise ValueError(f"the guard's factor must be positive, got {factor}")
+        self.model, self.factor = model, factor
+        self.start = max(WARMUP, pruner.schedule.bounds(bool(pruner.aligned))[0])
+        self.norms: list[float] = []
+        self.step = 0
+        self.scaled = 0
+
+    def before_step(self) -> None:
+        """Measure the gradient's norm; scale it down when the fade has begun and it is too large."""
+        grads = [p.grad for p in self.model.parameters() if p.grad is not None]
+        if not grads:
+            return
+        norm = float(torch.linalg.vector_norm(torch.stack([torch.linalg.vector_norm(g) for g in grads])))
+        if self.step < self.start:
+            self.norms.append(norm)
+        else:
+            limit = self.factor * statistics.median(self.norms)
+            if norm > limit:
+                self.scaled += 1
+                for g in grads:
+                    g.mul_(limit / norm)
+        self.step += 1
+
+    def end(self) -> dict[str, Any]:
+        """The steps whose gradient was scaled down, and the reference norm."""
+        return {"guard_scaled": self.scaled, "guard_reference": statistics.median(self.norms) if self.norms else None}

@@ -127,6 +127,13 @@ def add_assl_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--pace_slow", type=float, default=0.25, help="the paced penalty's clock rate while slowed")
     p.add_argument(
+        "--grad_guard",
+        type=float,
+        default=0.0,
+        help="during the fade, scale the gradients down to this many times their median norm before it "
+        "whenever they exceed it (benchmarks.pace.GradGuard; ASSL only; 0: off)",
+    )
+    p.add_argument(
         "--min_width",
         type=float,
         default=None,
@@ -160,6 +167,10 @@ def parse(
         p.error("--scale_lr needs --lr_schedule constant (a schedule sets every parameter's learning rate)")
     if not a.pace_tol >= 0 or not 0 < a.pace_slow <= 1:
         p.error(f"--pace_tol must be >= 0 and --pace_slow in (0, 1], got {a.pace_tol} and {a.pace_slow}")
+    if not a.grad_guard >= 0:
+        p.error(f"--grad_guard must be 0 (off) or a positive factor, got {a.grad_guard}")
+    if a.grad_guard > 0 and a.pace_tol > 0:
+        p.error("--grad_guard and --pace_tol are separate studies: give one of them")
     if a.min_width is not None and not 0 < a.min_width <= 1:
         p.error(f"--min_width must lie in (0, 1], got {a.min_width}")
     if not a.clip >= 0:

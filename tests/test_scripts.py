@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import math
 import runpy
 import shutil
 import sys
@@ -440,6 +441,10 @@ def test_quality_presets_are_defaults_that_explicit_flags_override():
     assert parse([]).blocks == 16 and parse(["--ratio", "0.75"]).ratios == [0.75]
     with pytest.raises(SystemExit):
         parse(["--lr_schedule", "finetune", "--scale_lr", "1e-2"])  # a schedule sets every group's rate
+    with pytest.raises(SystemExit):
+        parse(["--grad_guard", "-1"])
+    with pytest.raises(SystemExit):
+        parse(["--grad_guard", "3", "--pace_tol", "0.5"])  # one study of the fade at a time
 
 
 def _bn_smoke(script: str, methods: list[str], tmp_path, *flags: str) -> list[dict]:
@@ -666,3 +671,43 @@ def test_recovery_pace_slows_the_penalty_while_the_loss_is_high_and_still_ends_t
     _, reg_end, _ = pace.schedule.bounds(False)
     assert all(p <= q for p, q, _ in trace) and any(p < q for p, q, _ in trace[10:50])
     assert pace.slowed > 0 and trace[pace.deadline][2] >= reg_end  # the fade still ends by the deadline
+
+
+def test_gradient_guard_bounds_the_norm_during_the_fade_relative_to_its_level_before():
+    import torch
+    from torch import nn
+
+    import assl
+    from benchmarks.pace import WARMUP, GradGuard
+
+    model = nn.Sequential(nn.Conv2d(3, 8, 3, padding=1), nn.ReLU(), nn.Conv2d(8, 3, 3, padding=1))
+    pruner = assl.Pruner(model, torch.randn(2, 3, 8, 8), ratio=0.5, steps=100)
+    guard = GradGuard(pruner, model, factor=3.0)
+    assert guard.start >= WARMUP
+
+    def step(size: float) -> float:
+        for p in model.parameters():
+            p.grad = torch.full_like(p, size)
+        guard.before_step()
+        return float(torch.linalg.vector_norm(torch.stack([p.grad.norm() for p in model.parameters()])))
+
+    n = sum(p.numel() for p in model.parameters()) ** 0.5
+    sizes = [1.0, 2.0, 3.0] + [2.0] * (guard.start - 3)
+    assert [step(s) for s in sizes] == pytest.approx([s * n for s in sizes])  # measured, left alone
+    reference = 2.0 * n  # the median before the fade
+    assert step(2.5) == pytest.approx(2.5 * n)  # under 3x: left alone
+    assert step(100.0) == pytest.approx(3 * reference)  # over: scaled down to 3x the reference
+    grads = [p.grad.clone() for p in model.parameters()]
+    assert all(torch.allclose(g, torch.full_like(g, 6.0)) for g in grads)  # every entry alike: direction kept
+    assert guard.end() == {"guard_scaled": 1, "guard_reference": pytest.approx(reference)}
+    with pytest.raises(ValueError, match="positive"):
+        GradGuard(pruner, model, factor=0.0)
+
+
+def test_gradient_guard_runs_in_the_harness_and_reports_its_scaled_steps(tmp_path):
+    (plain,) = _values(_bn_smoke("bn_denoiser", ["assl"], tmp_path))
+    (guarded,) = _values(_bn_smoke("bn_denoiser", ["assl"], tmp_path, "--grad_guard", "1e-6"))
+    assert "guard_scaled" not in plain
+    assert guarded["guard_scaled"] > 0 and guarded["guard_reference"] > 0  # a tiny factor binds every step
+    assert guarded["params"] == plain["params"] and math.isfinite(guarded["score"])
+    assert guarded["score"] != plain["score"]  # the scaled gradients changed the run
