@@ -40,26 +40,44 @@ LEVERS: dict[str, Any] = {
     "pace_tol": 0.0,
     "pace_slow": 0.25,
     "grad_guard": 0.0,
+    "guard_kept": True,
     "min_width": None,
 }
 """The settings that make a variant, with the value that means "the default" (None: the first run's)."""
+NOT_ASSL = tuple(k for k in LEVERS if k != "guard_kept")
+"""The levers that can make a variant of a method other than ASSL (the guard is ASSL's alone)."""
+ABSENT: dict[str, Any] = {"guard_kept": False}
+"""What a run of a :data:`NORMALIZED` benchmark recorded before a lever existed ran with: the
+library's behaviour then."""
+NORMALIZED = ("bn_classifier", "bn_denoiser")
+"""The benchmarks whose networks carry units in normalization layers (the only ones the guard
+acts on: elsewhere a run without the setting ran as the default does)."""
 SCRATCH_LEVERS = ("distill", "distill_kind", "optimizer", "method_lr", "lr_schedule", "clip")
 """The levers that change the scratch baseline too (its steps are the same whatever the split)."""
 
 
-def variant(settings: dict[str, Any], first: dict[str, Any], levers: tuple[str, ...] = tuple(LEVERS)) -> str:
+def variant(
+    settings: dict[str, Any],
+    first: dict[str, Any],
+    levers: tuple[str, ...] = tuple(LEVERS),
+    absent: dict[str, Any] | None = None,
+) -> str:
     """A run's label: the ``levers`` it sets away from the defaults (or from the first run, for the
-    numbers a task fixes), e.g. ``distill 1, scale_lr 0.03``; ``defaults`` when none."""
+    numbers a task fixes), e.g. ``distill 1, scale_lr 0.03``; ``defaults`` when none. A lever the
+    run's settings lack counts as ``absent`` gives it (default: as the default)."""
     parts = []
     for key in levers:
         default = LEVERS[key]
-        value, base = settings.get(key, default), first.get(key) if default is None else default
+        value = settings.get(key, (absent or {}).get(key, default))
+        base = first.get(key) if default is None else default
         if value == base:
             continue
         if key == "pace_slow":
             continue  # said with pace_tol
         if key == "pace_tol":
             parts.append(f"recovery pace (tol {value:g}, slow {settings.get('pace_slow', 0.25):g})")
+        elif key == "guard_kept":
+            parts.append("kept units unguarded")
         elif key == "grad_guard":
             parts.append(f"gradient guard {value:g}x")
         elif key == "prune_iters":
@@ -84,13 +102,16 @@ def render(rows: list[dict]) -> str:
     d, label = info["digits"], info["metric_label"]
     dense = {r["values"]["seed"]: r["values"]["score"] for r in rows if r["values"]["method"] == "dense"}
     runs: dict[tuple[str, str, float], dict[int, dict]] = {}
-    baseline: dict[str, str] = {}  # variant -> the variant its scratch baseline is run under
+    baselines: dict[str, tuple[str, str]] = {}  # variant -> the variants its scratch baseline may run under
     for r in rows:
         v = r["values"]
         if v["method"] != "dense" and "error" not in v:
-            name = variant(r["settings"], first)
+            absent = ABSENT if r["benchmark"] in NORMALIZED else None
+            levers = tuple(LEVERS) if v["method"].startswith("assl") else NOT_ASSL
+            name = variant(r["settings"], first, levers, absent)
             runs.setdefault((name, v["method"], v["ratio"]), {})[v["seed"]] = v
-            baseline[name] = variant(r["settings"], first, SCRATCH_LEVERS)
+            # the same variant without ASSL's own levers, else with the scratch levers alone
+            baselines[name] = (variant(r["settings"], first, NOT_ASSL, absent), variant(r["settings"], first, SCRATCH_LEVERS))
     header = ["variant", "method", "ratio", f"{label} after fine-tuning", "right before slimming"]
     header += ["right after slimming", "minus scratch, per seed", "ahead of scratch", "params", info["macs_unit"]]
     body = []
@@ -101,8 +122,9 @@ def render(rows: list[dict]) -> str:
         cells = [name, method, f"{ratio:g}", mean_sd(score.values(), d)]
         cells += [f"{_mean(before):.{d}f}" if before else "-", f"{_mean(after):.{d}f}" if after else "-"]
         own = "scratch_learned" if method == "assl_learned" else "scratch"  # learned widths: their own architecture
-        scratch = runs.get((name, own, ratio)) or runs.get((baseline[name], own, ratio))
-        scratch = scratch or runs.get((name, "scratch", ratio)) or runs.get((baseline[name], "scratch", ratio))
+        same, common = baselines[name]
+        scratch = runs.get((same, own, ratio)) or runs.get((common, own, ratio))
+        scratch = scratch or runs.get((same, "scratch", ratio)) or runs.get((common, "scratch", ratio))
         if method == "scratch" or scratch is None:
             cells += ["-", "-"]
         else:

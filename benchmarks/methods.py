@@ -271,7 +271,12 @@ def assl_schedule(
     weight = a.align_weight if align_weight is None else align_weight
     if a.schedule == "for_steps":
         return assl.Schedule.for_steps(
-            a.prune_iters, align=align, align_weight=weight, align_loss=align_loss, penalty_form=a.penalty_form
+            a.prune_iters,
+            align=align,
+            align_weight=weight,
+            align_loss=align_loss,
+            penalty_form=a.penalty_form,
+            guard_kept=a.guard_kept,
         )
     return assl.Schedule(
         align_iters=a.align_iters if align else 0,
@@ -282,6 +287,7 @@ def assl_schedule(
         stabilize_iters=a.stabilize_iters,
         penalty_form=a.penalty_form,
         align_loss=align_loss,
+        guard_kept=a.guard_kept,
     )
 
 

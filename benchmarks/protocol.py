@@ -112,6 +112,13 @@ def add_assl_flags(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--align_weight", type=float, default=1.0)
     p.add_argument(
+        "--no_guard_kept",
+        dest="guard_kept",
+        action="store_false",
+        help="let the kept units' normalization weights and biases take the task's gradient as it is while the "
+        "penalty acts (Schedule(guard_kept=False); the default guards them)",
+    )
+    p.add_argument(
         "--scale_lr",
         type=float,
         default=None,

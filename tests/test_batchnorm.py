@@ -216,3 +216,78 @@ def test_which_producers_a_norm_alone_reads():
     pruner = assl.Pruner(ShapeThenNorm(), torch.randn(2, 3, 8, 8), ratio=0.5)
     assert pruner.carriers("a") == [("bn", "norm")]
     assert pruner.carriers("b") == [("b", "g"), ("bn_b", "norm")]
+
+
+def _kept_entries(pruner: assl.Pruner) -> list[tuple[str, torch.Tensor, torch.Tensor, bool]]:
+    """Each normalization carrier's kept weight and bias entries: (name, tensor, positions, signed)."""
+    found = []
+    for carriers in pruner._selection.layers.values():
+        for c in carriers:
+            if c.kind == "norm":
+                found.append((c.name, c.scale, c.kept_scale_idx, True))
+                if c.bias is not None:
+                    found.append((c.name, c.bias, c.kept_bias_idx, False))
+    return [f for f in found if f[2].numel()]
+
+
+def _quieted(name: str, guard: bool) -> list[str]:
+    """Train net ``name`` at ratio 0.75 with plain SGD (a step is ``-lr * grad``) and list the kept
+    normalization entries a step of the penalized phases made quieter: a weight's magnitude fell, or
+    a bias fell."""
+    factory, shape = NETS[name]
+    torch.manual_seed(0)
+    model = factory()
+    teacher = copy.deepcopy(model).eval()
+    schedule = assl.Schedule.for_steps(40, guard_kept=guard)
+    pruner = assl.Pruner(model, torch.randn(*shape), ratio=0.75, schedule=schedule)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    pruner.attach(opt)
+    gen = torch.Generator().manual_seed(1)
+    quieter = []
+    while not pruner.done:
+        batch = torch.randn(*shape, generator=gen)
+        loss = (model(batch) - teacher(batch).detach()).pow(2).mean() + pruner.alignment_loss()
+        opt.zero_grad()
+        loss.backward()
+        penalized = pruner.phase != "align"
+        before = [(n, t, idx, signed, t.detach()[idx].clone()) for n, t, idx, signed in _kept_entries(pruner)]
+        opt.step()
+        for n, t, idx, signed, old in before if penalized else []:
+            new = t.detach()[idx]
+            fell = new.abs() < old.abs() if signed else new < old
+            quieter += [n] * int(fell.sum())
+    return quieter
+
+
+@pytest.mark.parametrize("name", list(NETS))
+def test_while_the_chosen_fade_no_kept_normalization_entry_is_made_quieter(name):
+    # a normalization after the readers makes only the ratio of kept to chosen matter: the task
+    # would push the kept channels down after the fading ones; the guard drops that part
+    assert _quieted(name, guard=True) == []
+
+
+def test_without_the_guard_the_task_quiets_kept_channels():
+    assert _quieted("resnet_bottleneck_downsample", guard=False)  # the guarded test above can fail
+
+
+def test_the_guard_changes_nothing_where_no_normalization_carries_the_units():
+    from models import EDSR
+
+    def run(guard: bool) -> dict[str, torch.Tensor]:
+        torch.manual_seed(0)
+        model = EDSR(n_resblocks=2, n_feats=8, scale=2)
+        schedule = assl.Schedule.for_steps(20, guard_kept=guard)
+        pruner = assl.Pruner(model, torch.randn(1, 3, 8, 8), ratio=0.5, skip=["*mean*", "*tail*"], schedule=schedule)
+        opt = torch.optim.SGD(model.parameters(), lr=0.05, momentum=0.9)
+        pruner.attach(opt)
+        gen = torch.Generator().manual_seed(1)
+        while not pruner.done:
+            x = torch.randn(2, 3, 8, 8, generator=gen)
+            loss = model(x).pow(2).mean() + pruner.alignment_loss()
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        return pruner.slim().state_dict()
+
+    guarded, plain = run(True), run(False)
+    assert guarded.keys() == plain.keys() and all(torch.equal(guarded[k], plain[k]) for k in guarded)

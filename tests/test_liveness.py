@@ -148,3 +148,13 @@ def test_slim_warns_when_the_kept_channels_fell_silent_too(case):
     group, said, row = _collapse_warnings(case, silence_kept=True)
     assert len(said) == 1 and f"{group} (" in said[0] and "learning rate" in said[0]
     assert "kept silent" in row  # the summary does not read the dead kept channels as a huge liveness
+
+
+def test_the_collapse_warning_points_to_the_kept_guard_only_when_it_was_off():
+    from assl.pruning._report import report_collapse
+
+    with pytest.warns(assl.ASSLWarning, match="fell silent") as off:
+        report_collapse({"layer1.conv1": 0.0}, guarded=False)
+    with pytest.warns(assl.ASSLWarning, match="fell silent") as on:
+        report_collapse({"layer1.conv1": 0.0}, guarded=True)
+    assert "Schedule(guard_kept=True)" in str(off[0].message) and "guard_kept" not in str(on[0].message)

@@ -148,6 +148,10 @@ def test_the_papers_schedule_is_kept_for_reproducing_it():
     paper = assl.Schedule.paper()
     assert paper.penalty_form == "gradient" and paper.total_steps == 160430
     assert assl.Schedule().total_steps == 160430 and assl.Schedule().penalty_form == "shrink"
+    assert assl.Schedule().guard_kept and not paper.guard_kept  # the paper's runs: kept units unguarded
+    assert not assl.Schedule.for_steps(100, guard_kept=False).guard_kept
+    with pytest.raises(ValueError, match="guard_kept must be True or False"):
+        assl.Schedule(guard_kept=1)
 
 
 def test_groups_that_are_not_aligned_are_penalized_from_step_0():

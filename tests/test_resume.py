@@ -82,3 +82,19 @@ def test_pruned_model_saves_and_loads_into_a_fresh_dense_instance(uninterrupted,
     with torch.no_grad():
         assert torch.equal(fresh(x), small(x))
     assert sum(p.numel() for p in fresh.parameters()) < sum(p.numel() for p in _model(0).parameters())
+
+
+def test_a_state_saved_before_the_kept_guard_resumes_only_unguarded():
+    import dataclasses
+
+    _, pruner, _ = _setup(0)
+    state = pruner.state_dict()
+    del state["schedule"]["guard_kept"]  # what a Pruner saved before the field existed holds
+    _, fresh, _ = _setup(0)
+    with pytest.raises(ValueError, match="'guard_kept': False"):
+        fresh.load_state_dict(state)  # that run's kept units took the task's gradient as it was
+    unguarded = dataclasses.replace(SCHEDULE, guard_kept=False)
+    model = _model(0)
+    same = assl.Pruner(model, torch.randn(1, 3, 8, 8), ratio=0.5, skip=["*mean*", "*tail*"], schedule=unguarded)
+    same.load_state_dict(state)
+    assert same.step_count == 0 and not same.schedule.guard_kept

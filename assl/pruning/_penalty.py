@@ -8,6 +8,9 @@ normalization weights and their biases), at a strength the :class:`~assl.Schedul
   outside the optimizer does not depend on it, nor on the learning rate.
 * ``"gradient"``: ``grad(x_c) += penalty * x_c``, the gradient of ``penalty/2 * x_c**2`` (Wang et
   al., "Neural Pruning via Growing Regularization", ICLR 2021), as in the paper.
+
+With ``guard`` (``Schedule.guard_kept``), the kept entries of normalization carriers lose the part
+of their gradient that would quiet them (:func:`guard_kept`).
 """
 
 from __future__ import annotations
@@ -27,6 +30,7 @@ __all__ = [
     "apply_penalty",
     "check_optimizer",
     "closure_of",
+    "guard_kept",
     "penalty_value",
     "shrink",
     "step_hooks",
@@ -41,6 +45,7 @@ def apply_penalty(
     *,
     data: bool = True,
     grads: bool = True,
+    guard: bool = False,
 ) -> None:
     """Apply ``penalty`` in ``form`` to the chosen entries of ``carriers``; before ``optimizer.step()``.
 
@@ -53,16 +58,40 @@ def apply_penalty(
             gradient form is multiplied by it; the shrink does not depend on it.
         data: Apply the part that changes the entries (the shrink's ``1 - penalty``).
         grads: Apply the part that changes their gradients (the shrink's zeroing, the gradient
-            form): after every evaluation of an optimizer's closure, which recomputes them.
+            form, the guard): after every evaluation of an optimizer's closure, which recomputes them.
+        guard: Guard the kept entries of the normalization carriers (:func:`guard_kept`), with
+            ``grads``.
     """
     if penalty <= 0:
         return
+    carriers = list(carriers)
     with torch.no_grad():
         for p, idx in _chosen(carriers):
             if form == "shrink":
                 shrink(p, idx, penalty, data=data, grads=grads)
             elif grads and p.requires_grad:
                 add_penalty(p, idx, penalty if grad_scale is None else penalty * grad_scale)
+        if guard and grads:
+            for c in carriers:
+                if c.kind == "norm":
+                    guard_kept(c)
+
+
+def guard_kept(carrier: Carrier) -> None:
+    """Drop the part of the kept entries' gradient that would quiet them: a gradient step that would
+    shrink a kept weight's magnitude, or lower a kept bias, is zeroed (entry by entry).
+
+    A normalization layer after the readers makes only the ratio of kept to chosen channels matter
+    to the task, so while the chosen fade the task gradient pushes the kept ones down after them
+    (``g_kept . w_kept = -g_chosen . w_chosen``); what it may still do is make them louder.
+    """
+    for p, idx, signed in ((carrier.scale, carrier.kept_scale_idx, True), (carrier.bias, carrier.kept_bias_idx, False)):
+        if p is None or p.grad is None or not idx.numel():
+            continue
+        idx = idx.to(p.grad.device)
+        g = p.grad.index_select(0, idx)
+        toward = g * torch.sign(p.detach().index_select(0, idx)) if signed else g  # > 0: descent quiets it
+        p.grad.index_copy_(0, idx, torch.where(toward > 0, torch.zeros_like(g), g))
 
 
 def penalty_value(carriers: Iterable[Carrier], penalty: float) -> torch.Tensor | None:

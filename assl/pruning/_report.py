@@ -106,10 +106,17 @@ def report_change(
     return change
 
 
-def report_collapse(ratios: Mapping[str, float]) -> None:
-    """Warn that the kept channels of these groups fell silent (:func:`assl.pruning._liveness.collapsed`)."""
+def report_collapse(ratios: Mapping[str, float], guarded: bool = True) -> None:
+    """Warn that the kept channels of these groups fell silent (:func:`assl.pruning._liveness.collapsed`);
+    ``guarded``: whether the schedule guarded the kept units (``Schedule.guard_kept``)."""
     if not ratios:
         return
+    guard = (
+        ""
+        if guarded
+        else ", and with Schedule(guard_kept=True), the default, which keeps the task from pushing the kept "
+        "normalization weights and biases down after the fading ones"
+    )
     worst = sorted((v, k) for k, v in ratios.items())
     named = ", ".join(f"{k} ({v:.2g})" for v, k in worst[:5]) + (" ..." if len(worst) > 5 else "")
     warn(
@@ -117,7 +124,7 @@ def report_collapse(ratios: Mapping[str, float]) -> None:
         f"group's when pruning began): {named}. What they computed is lost; it happens when the optimizer's steps "
         "on the kept channels grow as the others fade (SGD at a large learning rate, at high compression: the "
         "activations after them die). If the model's quality dropped, prune again from the dense weights with a "
-        "smaller learning rate, clipped gradient norms, or Adam"
+        f"smaller learning rate, clipped gradient norms, or Adam{guard}"
     )
 
 

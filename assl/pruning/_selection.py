@@ -109,6 +109,8 @@ class Carrier:
         self.counts = torch.bincount(self.scale_units, minlength=size).clamp_min(1).to(scale.dtype)
         self.scale_idx = torch.zeros(0, dtype=torch.long)
         self.bias_idx = torch.zeros(0, dtype=torch.long)
+        self.kept_scale_idx = torch.zeros(0, dtype=torch.long)
+        self.kept_bias_idx = torch.zeros(0, dtype=torch.long)
 
     @classmethod
     def weight_scale(cls, name: str, module: nn.Module, group: ChannelGroup) -> Carrier:
@@ -145,11 +147,14 @@ class Carrier:
         return self.per_unit(self.scale.index_select(0, self.scale_pos.to(self.scale.device)).abs())
 
     def choose(self, units: torch.Tensor) -> None:
-        """Mark ``units`` as chosen: the penalty then acts on their scale entries and biases."""
+        """Mark ``units`` as chosen: the penalty then acts on their scale entries and biases (and
+        ``guard_kept`` on the others')."""
         chosen = torch.zeros(self.size, dtype=torch.bool, device=self.scale_units.device)
         chosen[units.to(chosen.device)] = True
         self.scale_idx = self.scale_pos[chosen[self.scale_units]]
         self.bias_idx = self.bias_pos[chosen[self.bias_units]]
+        self.kept_scale_idx = self.scale_pos[~chosen[self.scale_units]]
+        self.kept_bias_idx = self.bias_pos[~chosen[self.bias_units]]
 
     def check_finite(self) -> None:
         """Raise, naming the layer, if its scale is NaN or inf."""

@@ -65,9 +65,12 @@ def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Grap
             f"budget as the run you resume (Budget(widths=...) included)"
         )
     for key, mine in config.items():
-        if state[key] != mine:
+        saved = state[key]
+        if key == "schedule" and isinstance(saved, Mapping) and "guard_kept" not in saved:
+            saved = {**saved, "guard_kept": False}  # saved before the guard existed: it ran unguarded
+        if saved != mine:
             raise StateError(
-                f"the saved Pruner has another {key} ({state[key]!r}) than this one ({mine!r}): create the "
+                f"the saved Pruner has another {key} ({saved!r}) than this one ({mine!r}): create the "
                 f"Pruner with the same model, ratio, skip, groups and schedule as the run you resume"
             )
     removed = config.get("removed", {})

@@ -341,8 +341,9 @@ class Pruner:
             self._watch.step()
         penalties = self._begin_step()
         form = self.schedule.penalty_form
+        guard = self.schedule.guard_kept
         for name, carriers in self._selection.layers.items():
-            apply_penalty(carriers, penalties[name], form, grad_scale)
+            apply_penalty(carriers, penalties[name], form, grad_scale, guard=guard)
         self._count()
 
     def _begin_step(self) -> dict[str, float]:
@@ -453,7 +454,8 @@ class Pruner:
             "slimmed: %d -> %d parameters", self.graph.count_params(), sum(p.numel() for p in small.parameters())
         )
         if warn_change and not never:
-            report_collapse(collapsed(self.model, self._selection, self.example_inputs, self._start_levels))
+            silent = collapsed(self.model, self._selection, self.example_inputs, self._start_levels)
+            report_collapse(silent, self.schedule.guard_kept)
             report_change(self.model, small, self.example_inputs, self.liveness)
         if self.latency is not None:
             report_measured(self.latency, small, self.example_inputs)
@@ -600,7 +602,7 @@ class _ByHook:
         form = p.schedule.penalty_form
         extra = []
         for name, carriers in p._selection.layers.items():
-            apply_penalty(carriers, penalties[name], form, data=False)
+            apply_penalty(carriers, penalties[name], form, data=False, guard=p.schedule.guard_kept)
             if form == "gradient":
                 extra.append(penalty_value(carriers, penalties[name]))
         terms = [t for t in extra if t is not None]

@@ -154,8 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
         default="shrink",
         choices=["shrink", "gradient"],
         help="shrink: the chosen channels' scales and biases take no task gradient and shrink by (1 - penalty) "
-        "each step, at any learning rate (the library's default); gradient: grad += penalty * x, the paper's "
-        "(with the authors' flags, the paper's setting)",
+        "each step, at any learning rate (the library's default); gradient: grad += penalty * x, the paper's, "
+        "with the kept units unguarded as in the paper (Schedule(guard_kept=False); with the authors' flags, the "
+        "paper's setting)",
     )
     o.add_argument(
         "--align_loss",
@@ -223,9 +224,10 @@ def build_parser() -> argparse.ArgumentParser:
 def schedule(args: argparse.Namespace) -> assl.Schedule:
     """The pruning schedule: ``Schedule.for_steps(--prune_steps)``, or the authors' numbers."""
     align = args.same_pruned_wg_criterion == "reg"
+    guard = args.penalty_form != "gradient"  # the paper's penalty runs as the paper did: kept units unguarded
     if args.prune_steps is not None:
         return assl.Schedule.for_steps(
-            args.prune_steps, align=align, penalty_form=args.penalty_form, align_loss=args.align_loss
+            args.prune_steps, align=align, penalty_form=args.penalty_form, align_loss=args.align_loss, guard_kept=guard
         )
     return assl.Schedule(
         align_iters=args.align_iters if align else 0,
@@ -235,6 +237,7 @@ def schedule(args: argparse.Namespace) -> assl.Schedule:
         stabilize_iters=args.stabilize_reg_interval,
         penalty_form=args.penalty_form,
         align_loss=args.align_loss,
+        guard_kept=guard,
     )
 
 
