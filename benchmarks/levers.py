@@ -76,8 +76,8 @@ def variant(
             continue  # said with pace_tol
         if key == "pace_tol":
             parts.append(f"recovery pace (tol {value:g}, slow {settings.get('pace_slow', 0.25):g})")
-        elif key == "guard_kept":
-            parts.append("kept units unguarded")
+        elif key == "guard_kept":  # False: unguarded; "weights and biases": the first guard, weights too
+            parts.append("kept units unguarded" if value is False else f"kept {value} guarded")
         elif key == "grad_guard":
             parts.append(f"gradient guard {value:g}x")
         elif key == "prune_iters":

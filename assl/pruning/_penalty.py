@@ -9,8 +9,8 @@ normalization weights and their biases), at a strength the :class:`~assl.Schedul
 * ``"gradient"``: ``grad(x_c) += penalty * x_c``, the gradient of ``penalty/2 * x_c**2`` (Wang et
   al., "Neural Pruning via Growing Regularization", ICLR 2021), as in the paper.
 
-With ``guard`` (``Schedule.guard_kept``), the kept entries of normalization carriers lose the part
-of their gradient that would quiet them (:func:`guard_kept`).
+With ``guard`` (``Schedule.guard_kept``), the kept units' normalization biases lose the part of
+their gradient that would lower them (:func:`guard_kept`).
 """
 
 from __future__ import annotations
@@ -59,7 +59,7 @@ def apply_penalty(
         data: Apply the part that changes the entries (the shrink's ``1 - penalty``).
         grads: Apply the part that changes their gradients (the shrink's zeroing, the gradient
             form, the guard): after every evaluation of an optimizer's closure, which recomputes them.
-        guard: Guard the kept entries of the normalization carriers (:func:`guard_kept`), with
+        guard: Guard the kept units' biases in the normalization carriers (:func:`guard_kept`), with
             ``grads``.
     """
     if penalty <= 0:
@@ -78,20 +78,20 @@ def apply_penalty(
 
 
 def guard_kept(carrier: Carrier) -> None:
-    """Drop the part of the kept entries' gradient that would quiet them: a gradient step that would
-    shrink a kept weight's magnitude, or lower a kept bias, is zeroed (entry by entry).
+    """Drop the part of the kept units' bias gradient that would lower them (entry by entry).
 
     A normalization layer after the readers makes only the ratio of kept to chosen channels matter
     to the task, so while the chosen fade the task gradient pushes the kept ones down after them
-    (``g_kept . w_kept = -g_chosen . w_chosen``); what it may still do is make them louder.
+    (``g_kept . w_kept = -g_chosen . w_chosen``); lowering a bias before the activation is how that
+    kills them. The weights are left alone: with a normalization after the readers their common
+    scale changes nothing, and guarding them cost quality where nothing collapsed.
     """
-    for p, idx, signed in ((carrier.scale, carrier.kept_scale_idx, True), (carrier.bias, carrier.kept_bias_idx, False)):
-        if p is None or p.grad is None or not idx.numel():
-            continue
-        idx = idx.to(p.grad.device)
-        g = p.grad.index_select(0, idx)
-        toward = g * torch.sign(p.detach().index_select(0, idx)) if signed else g  # > 0: descent quiets it
-        p.grad.index_copy_(0, idx, torch.where(toward > 0, torch.zeros_like(g), g))
+    p, idx = carrier.bias, carrier.kept_bias_idx
+    if p is None or p.grad is None or not idx.numel():
+        return
+    idx = idx.to(p.grad.device)
+    g = p.grad.index_select(0, idx)
+    p.grad.index_copy_(0, idx, g.clamp(max=0))  # a positive gradient would lower the bias: dropped
 
 
 def penalty_value(carriers: Iterable[Carrier], penalty: float) -> torch.Tensor | None:

@@ -114,8 +114,8 @@ def report_collapse(ratios: Mapping[str, float], guarded: bool = True) -> None:
     guard = (
         ""
         if guarded
-        else ", and with Schedule(guard_kept=True), the default, which keeps the task from pushing the kept "
-        "normalization weights and biases down after the fading ones"
+        else ", and with Schedule(guard_kept=True), the default, which keeps the task from lowering the kept "
+        "channels' normalization biases as the others fade"
     )
     worst = sorted((v, k) for k, v in ratios.items())
     named = ", ".join(f"{k} ({v:.2g})" for v, k in worst[:5]) + (" ..." if len(worst) > 5 else "")

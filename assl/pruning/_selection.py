@@ -109,7 +109,6 @@ class Carrier:
         self.counts = torch.bincount(self.scale_units, minlength=size).clamp_min(1).to(scale.dtype)
         self.scale_idx = torch.zeros(0, dtype=torch.long)
         self.bias_idx = torch.zeros(0, dtype=torch.long)
-        self.kept_scale_idx = torch.zeros(0, dtype=torch.long)
         self.kept_bias_idx = torch.zeros(0, dtype=torch.long)
 
     @classmethod
@@ -153,7 +152,6 @@ class Carrier:
         chosen[units.to(chosen.device)] = True
         self.scale_idx = self.scale_pos[chosen[self.scale_units]]
         self.bias_idx = self.bias_pos[chosen[self.bias_units]]
-        self.kept_scale_idx = self.scale_pos[~chosen[self.scale_units]]
         self.kept_bias_idx = self.bias_pos[~chosen[self.bias_units]]
 
     def check_finite(self) -> None:

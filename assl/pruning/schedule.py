@@ -26,15 +26,16 @@ is ``Schedule.penalty_form``:
   at about ``lr``: fine for the paper's 160k steps, too slow for short schedules.
 
 While the penalty acts, ``guard_kept`` (default ``True``) guards the units that stay: where a
-group's units are carried by a normalization layer's weight and bias, the part of the kept
-units' gradient that would shrink the weight's magnitude or lower the bias is dropped before the
-optimizer step. A normalization layer after the group's readers makes only the ratio of the kept
-to the chosen channels matter, so the task resists the fade by quieting the kept channels: with a
-normalized reader the task gradient ``g`` satisfies ``g_kept . w_kept = -g_chosen . w_chosen``,
-and since the chosen channels' gradient pulls them back up, the kept ones are pushed down. Under
-Adam that drift is slow; under SGD at a learning rate of 0.02-0.05 it killed the activations after
-the kept channels at 85% removal and the network fell to chance. Inserted scales (layers read
-without a normalization) are not guarded.
+group's units are carried by a normalization layer's weight and bias, the part of the kept units'
+bias gradient that would lower a bias is dropped before the optimizer step. A normalization layer
+after the group's readers makes only the ratio of the kept to the chosen channels matter, so the
+task resists the fade by quieting the kept channels: with a normalized reader the task gradient
+``g`` satisfies ``g_kept . w_kept = -g_chosen . w_chosen``, and since the chosen channels'
+gradient pulls them back up, the kept ones are pushed down, their biases most harmfully (below
+the activation's threshold they die). Under Adam that drift is slow; under SGD at a learning rate
+of 0.02-0.05 it killed the activations after the kept channels at 85% removal and the network fell
+to chance. The weights are not guarded (their common scale is a symmetry of the normalized
+readers; guarding them too cost quality elsewhere), nor are inserted scales.
 """
 
 from __future__ import annotations
@@ -82,10 +83,10 @@ class Schedule:
         align_loss: ``"consensus"`` (pulls each layer's soft mask toward the group's mean mask;
             bounded by 0.25, so ``align_weight=1`` sits beside any task loss) or ``"authors"``
             (the paper's ``-mean(M Mᵀ)``, which does not align; see :mod:`assl.alignment`).
-        guard_kept: While a group's penalty acts, the kept units' normalization weights may
-            only grow in magnitude and their biases only rise: the part of their gradient that
-            would quiet them is dropped (see the module's documentation). ``False``: they take
-            the task's gradient as it is (the paper's way, and :meth:`paper`'s).
+        guard_kept: While a group's penalty acts, the kept units' normalization biases may only
+            rise: the part of their gradient that would lower them is dropped (see the module's
+            documentation). ``False``: they take the task's gradient as it is (the paper's way,
+            and :meth:`paper`'s).
 
     Example:
         >>> Schedule.for_steps(2000).total_steps
