@@ -229,7 +229,7 @@ def _kept_norm_entries(pruner: assl.Pruner, which: str) -> list[tuple[torch.Tens
     return [f for f in found if f[1].numel()]
 
 
-def _fell(name: str, guard: bool) -> tuple[int, int]:
+def _fell(name: str, guard: bool, form: str = "shrink") -> tuple[int, int]:
     """Train net ``name`` at ratio 0.75 with plain SGD (a step is ``-lr * grad``); count the kept
     normalization biases that a step of the penalized phases lowered, and the kept weights whose
     magnitude it shrank."""
@@ -237,7 +237,7 @@ def _fell(name: str, guard: bool) -> tuple[int, int]:
     torch.manual_seed(0)
     model = factory()
     teacher = copy.deepcopy(model).eval()
-    schedule = assl.Schedule.for_steps(40, guard_kept=guard)
+    schedule = assl.Schedule.for_steps(40, guard_kept=guard, penalty_form=form)
     pruner = assl.Pruner(model, torch.randn(*shape), ratio=0.75, schedule=schedule)
     opt = torch.optim.SGD(model.parameters(), lr=0.1)
     pruner.attach(opt)
@@ -264,6 +264,11 @@ def test_while_the_chosen_fade_no_kept_normalization_bias_is_lowered(name):
     lowered, shrunk = _fell(name, guard=True)
     assert lowered == 0
     assert shrunk > 0  # the weights are not guarded: the task still moves them both ways
+
+
+def test_the_guard_acts_under_the_gradient_form_too():
+    assert _fell("conv_bn_relu", guard=True, form="gradient")[0] == 0
+    assert _fell("conv_bn_relu", guard=False, form="gradient")[0] > 0
 
 
 def test_without_the_guard_the_task_lowers_kept_biases():
