@@ -111,7 +111,10 @@ def render(rows: list[dict]) -> str:
             name = variant(r["settings"], first, levers, absent)
             runs.setdefault((name, v["method"], v["ratio"]), {})[v["seed"]] = v
             # the same variant without ASSL's own levers, else with the scratch levers alone
-            baselines[name] = (variant(r["settings"], first, NOT_ASSL, absent), variant(r["settings"], first, SCRATCH_LEVERS))
+            baselines[name] = (
+                variant(r["settings"], first, NOT_ASSL, absent),
+                variant(r["settings"], first, SCRATCH_LEVERS),
+            )
     header = ["variant", "method", "ratio", f"{label} after fine-tuning", "right before slimming"]
     header += ["right after slimming", "minus scratch, per seed", "ahead of scratch", "params", info["macs_unit"]]
     body = []

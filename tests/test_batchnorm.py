@@ -249,7 +249,9 @@ def _fell(name: str, guard: bool, form: str = "shrink") -> tuple[int, int]:
         opt.zero_grad()
         loss.backward()
         penalized = pruner.phase != "align"
-        before = {w: [(t, i, t.detach()[i].clone()) for t, i in _kept_norm_entries(pruner, w)] for w in ("bias", "weight")}
+        before = {
+            w: [(t, i, t.detach()[i].clone()) for t, i in _kept_norm_entries(pruner, w)] for w in ("bias", "weight")
+        }
         opt.step()
         if penalized:
             biases += sum(int((t.detach()[i] < old).sum()) for t, i, old in before["bias"])

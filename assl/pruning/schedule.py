@@ -169,7 +169,8 @@ class Schedule:
 
     @classmethod
     def paper(cls) -> Schedule:
-        """The authors' schedule with their penalty and alignment loss, kept units unguarded: 160430 steps, for their runs."""
+        """The authors' schedule with their penalty and alignment loss, the kept units unguarded: 160430
+        steps, for their runs."""
         return cls(penalty_form="gradient", align_loss="authors", guard_kept=False)
 
     @property
