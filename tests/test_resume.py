@@ -84,17 +84,28 @@ def test_pruned_model_saves_and_loads_into_a_fresh_dense_instance(uninterrupted,
     assert sum(p.numel() for p in fresh.parameters()) < sum(p.numel() for p in _model(0).parameters())
 
 
-def test_a_state_saved_before_the_kept_guard_resumes_only_unguarded():
+def test_a_state_saved_before_the_kept_guard_resumes_unguarded_where_the_guard_acts():
     import dataclasses
 
+    from models import ResNet
+
+    def bn_pruner(schedule: assl.Schedule) -> assl.Pruner:
+        torch.manual_seed(0)
+        return assl.Pruner(
+            ResNet(layers=(1, 1), widths=(4, 8)), torch.randn(2, 3, 16, 16), ratio=0.5, schedule=schedule
+        )
+
+    old = bn_pruner(SCHEDULE).state_dict()
+    del old["schedule"]["guard_kept"]  # what a Pruner saved before the field existed holds
+    with pytest.raises(ValueError, match="'guard_kept': False"):
+        bn_pruner(SCHEDULE).load_state_dict(old)  # that run's kept biases took the task's gradient as it was
+    unguarded = bn_pruner(dataclasses.replace(SCHEDULE, guard_kept=False))
+    unguarded.load_state_dict(old)
+    assert not unguarded.schedule.guard_kept
+    # EDSR has no normalization layers: the guard has nothing to act on, the default resumes it
     _, pruner, _ = _setup(0)
     state = pruner.state_dict()
-    del state["schedule"]["guard_kept"]  # what a Pruner saved before the field existed holds
+    del state["schedule"]["guard_kept"]
     _, fresh, _ = _setup(0)
-    with pytest.raises(ValueError, match="'guard_kept': False"):
-        fresh.load_state_dict(state)  # that run's kept units took the task's gradient as it was
-    unguarded = dataclasses.replace(SCHEDULE, guard_kept=False)
-    model = _model(0)
-    same = assl.Pruner(model, torch.randn(1, 3, 8, 8), ratio=0.5, skip=["*mean*", "*tail*"], schedule=unguarded)
-    same.load_state_dict(state)
-    assert same.step_count == 0 and not same.schedule.guard_kept
+    fresh.load_state_dict(state)
+    assert fresh.schedule.guard_kept and fresh.step_count == 0

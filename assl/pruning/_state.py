@@ -38,7 +38,9 @@ def check_version(state: object, what: str, version: int) -> None:
         raise StateError(f"not {what} of version {version} (state['version'] is {state.get('version')!r})")
 
 
-def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Graph | None = None) -> None:
+def check_state(
+    state: Mapping[str, Any], config: Mapping[str, Any], graph: Graph | None = None, *, guard_acts: bool = True
+) -> None:
     """Raise unless ``state`` is a whole, valid Pruner state from a Pruner configured as ``config``.
 
     Checked, before anything is applied: every key present, the version, ``step`` a non-negative
@@ -48,6 +50,10 @@ def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Grap
 
     Raises:
         StateError: Naming the key that is missing, of the wrong type, or differs.
+
+    A schedule saved before ``guard_kept`` existed ran unguarded: it agrees with this Pruner's
+    when that is unguarded too, or when the guard has nothing to act on (``guard_acts`` false: no
+    group is carried by a normalization layer with a bias).
     """
     check_version(state, "a Pruner state", STATE_VERSION)
     missing = [k for k in _KEYS if k not in state]
@@ -67,7 +73,8 @@ def check_state(state: Mapping[str, Any], config: Mapping[str, Any], graph: Grap
     for key, mine in config.items():
         saved = state[key]
         if key == "schedule" and isinstance(saved, Mapping) and "guard_kept" not in saved:
-            saved = {**saved, "guard_kept": False}  # saved before the guard existed: it ran unguarded
+            ran = mine.get("guard_kept", False) if not guard_acts else False
+            saved = {**saved, "guard_kept": ran}  # saved before the guard existed: it ran unguarded
         if saved != mine:
             raise StateError(
                 f"the saved Pruner has another {key} ({saved!r}) than this one ({mine!r}): create the "

@@ -534,7 +534,8 @@ class Pruner:
             ValueError: A key missing, of the wrong type or from another configuration, or bad units
                 (named; nothing is applied).
         """
-        check_state(state, self._config(), self.graph)
+        guard_acts = any(c.kind == "norm" and c.bias is not None for cs in self._selection.layers.values() for c in cs)
+        check_state(state, self._config(), self.graph, guard_acts=guard_acts)
         self._step = int(state["step"])
         self._slimmed = bool(state["slimmed"])
         if self._learned is not None:
