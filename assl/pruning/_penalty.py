@@ -15,7 +15,7 @@ their gradient that would lower them (:func:`guard_kept`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
 import torch
@@ -38,7 +38,7 @@ __all__ = [
 
 
 def apply_penalty(
-    carriers: Iterable[Carrier],
+    carriers: Sequence[Carrier],
     penalty: float,
     form: str,
     grad_scale: float | torch.Tensor | None = None,
@@ -64,7 +64,6 @@ def apply_penalty(
     """
     if penalty <= 0:
         return
-    carriers = list(carriers)
     with torch.no_grad():
         for p, idx in _chosen(carriers):
             if form == "shrink":
