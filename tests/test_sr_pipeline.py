@@ -88,18 +88,24 @@ def test_l1_baseline_runs(tmp_path):
     assert results["pruned_params"] < results["dense_params"]
 
 
-def test_crash_then_resume_loses_nothing(tmp_path, monkeypatch):
+def _crash_at(monkeypatch: pytest.MonkeyPatch, n: int) -> None:
+    """The run's ``n``-th training batch raises KeyboardInterrupt (a Ctrl-C in that step)."""
     real = sr_main.batches
     calls = {"n": 0}
 
     def crashing(ctx, train):
         for batch in real(ctx, train):
             calls["n"] += 1
-            if calls["n"] == 4 + 3:  # dense takes 4 batches; crash in the pruning stage
+            if calls["n"] == n:
                 raise KeyboardInterrupt
             yield batch
 
     monkeypatch.setattr(sr_main, "batches", crashing)
+
+
+def test_crash_then_resume_loses_nothing(tmp_path, monkeypatch):
+    real = sr_main.batches
+    _crash_at(monkeypatch, 4 + 3)  # dense takes 4 batches; crash in the pruning stage
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path)
     ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)
@@ -112,6 +118,57 @@ def test_crash_then_resume_loses_nothing(tmp_path, monkeypatch):
     history = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["history"]
     assert [tuple(p) for p in history["phases"]] == PHASES  # the same boundaries after resuming mid-stage
     assert torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=True)["stage"] == "finished"
+
+
+@pytest.mark.parametrize("crash", [3, 4 + 7, 4 + 12 + 2], ids=["dense", "prune", "finetune"])
+def test_a_resumed_run_ends_bit_for_bit_where_the_uninterrupted_one_does(tmp_path, monkeypatch, crash):
+    """The same batches, patches, Pruner state and optimizer state after a crash: the same final weights."""
+    real = sr_main.batches
+    whole = sr_main.run([*TINY, "--save", str(tmp_path / "whole")])
+    _crash_at(monkeypatch, crash)
+    with pytest.raises(KeyboardInterrupt):
+        sr_main.run([*TINY, "--save", str(tmp_path / "cut")])
+    monkeypatch.setattr(sr_main, "batches", real)
+    resumed = sr_main.run([*TINY, "--save", str(tmp_path / "cut"), "--resume"])
+    a, b = (torch.load(tmp_path / d / "checkpoint.pt", weights_only=True) for d in ("whole", "cut"))
+    assert a["stage"] == b["stage"] == "finished" and a["global_step"] == b["global_step"] == 4 + 12 + 3
+    assert a["model"].keys() == b["model"].keys()
+    for k in a["model"]:
+        assert torch.equal(a["model"][k], b["model"][k]), k
+    assert [x[1:] for x in a["history"]["loss"]] == [x[1:] for x in b["history"]["loss"]]
+    assert resumed["pruned_psnr"] == whole["pruned_psnr"]
+
+
+def test_batch_order_is_a_function_of_the_batch_number():
+    from pipeline import BatchOrder
+
+    def first(order: BatchOrder, k: int) -> list[list[tuple[int, int]]]:
+        it = iter(order)
+        return [next(it) for _ in range(k)]
+
+    n, bs = 11, 3  # 3 batches a pass, 2 items left out of each
+    run = first(BatchOrder(n, bs, seed=5), 10)
+    for start in (1, 3, 7):
+        assert first(BatchOrder(n, bs, seed=5, start=start), 10 - start) == run[start:]
+    for p in range(3):  # within a pass every item at most once, with one patch seed per pass
+        items = [i for batch in run[3 * p : 3 * p + 3] for i, _ in batch]
+        assert len(set(items)) == 9
+    assert run[:3] != run[3:6] and run != first(BatchOrder(n, bs, seed=6), 10)
+    two = [first(BatchOrder(n, 2, seed=5, rank=r, world=2), 2) for r in (0, 1)]  # 2 processes: 2 batches a pass each
+    mine = [{i for batch in two[r] for i, _ in batch} for r in (0, 1)]
+    assert len(mine[0]) == len(mine[1]) == 4 and not mine[0] & mine[1]
+    with pytest.raises(ValueError, match="cannot fill one batch of 8 per process"):
+        BatchOrder(11, 8, seed=0, world=2)
+
+
+def test_a_keyed_item_is_the_same_patch_every_time():
+    from data import EmbeddedSR
+
+    train = EmbeddedSR("train", 2, patch_size=16, max_side=48)
+    a, b = train[(3, 12345)], train[(3, 12345)]
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    seen = {train[(3, s)][1].sum().item() for s in range(8)}
+    assert len(seen) > 1  # other seeds: other patches
 
 
 def test_two_processes_with_torchrun(tmp_path):

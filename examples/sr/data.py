@@ -3,9 +3,9 @@
 Every dataset returns ``(lr, hr, name)``: float tensors ``(3, h, w)`` and ``(3, h * scale, w * scale)``
 in ``[0, rgb_range]`` and the image's file stem. Images are decoded once and kept in memory as
 uint8 (LR made on the fly is rounded to 8-bit levels, as an LR file on disk would be). Training
-items are random aligned patches with random flips and 90-degree rotations drawn from torch's
-default generator, so ``torch.manual_seed`` makes them reproducible (a ``DataLoader`` seeds each
-worker from it).
+items are random aligned patches with random flips and 90-degree rotations, drawn from torch's
+default generator for an index, or from a generator of their own for an ``(index, seed)`` key
+(the pipeline's keys, so that a resumed run draws the patches the uninterrupted one would).
 
 Without a dataset on disk, :class:`EmbeddedSR` trains and tests on real photographs that ship
 inside the scikit-image wheel (read straight from the installed files, never downloaded).
@@ -243,15 +243,19 @@ class _PairDataset(Dataset, abc.ABC):
     def __len__(self) -> int:
         return len(self.names) * (self.repeat if self.train else 1)
 
-    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, str]:
+    def __getitem__(self, key: int | tuple[int, int]) -> tuple[torch.Tensor, torch.Tensor, str]:
+        """Item ``key``: an index, or ``(index, seed)`` to draw a training patch from a generator seeded
+        with ``seed`` instead of torch's default one (the same patch for the same key, in any process)."""
+        index, seed = key if isinstance(key, tuple) else (key, None)
         if not 0 <= index < len(self):
             raise IndexError(index)
         i = index % len(self.names)
         lr, hr = self.pair(i)
         if self.train:
-            lr, hr = random_crop_pair(lr, hr, self.scale, self.patch_size)
+            generator = None if seed is None else torch.Generator().manual_seed(seed)
+            lr, hr = random_crop_pair(lr, hr, self.scale, self.patch_size, generator=generator)
             if self.augment:
-                lr, hr = augment_pair(lr, hr)
+                lr, hr = augment_pair(lr, hr, generator=generator)
         return _to_float(lr, self.rgb_range), _to_float(hr, self.rgb_range), self.names[i]
 
 

@@ -28,7 +28,7 @@ from metrics import psnr, ssim
 from options import schedule
 from report import save_png
 from torch import nn
-from torch.utils.data import DataLoader, Dataset, DistributedSampler
+from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm import tqdm
 
 import assl
@@ -122,25 +122,64 @@ def datasets(ctx: Context) -> tuple[Dataset, dict[str, Dataset]]:
     return train, evals
 
 
+class BatchOrder(Sampler[list[tuple[int, int]]]):
+    """The training batches from the run's batch ``start`` on, each a function of the seed and its number alone.
+
+    Pass ``e`` over the ``n`` items is a permutation drawn with a generator seeded from ``seed`` and
+    ``e``, which also draws every item a seed of its own for its random patch; each of ``world``
+    processes takes every ``world``-th item of the permutation (``rank`` first), in batches of
+    ``batch_size``, the short last one dropped. Batch ``b`` is thus the same whether the run reached
+    it in one go or resumed before it, on any number of data workers.
+
+    Raises:
+        ValueError: Fewer than ``batch_size`` items per process.
+    """
+
+    def __init__(self, n: int, batch_size: int, *, seed: int, start: int = 0, rank: int = 0, world: int = 1) -> None:
+        self.per_pass = (n // world) // batch_size
+        if self.per_pass < 1:
+            raise ValueError(
+                f"{n} training items cannot fill one batch of {batch_size} per process ({world} processes): "
+                "lower --batch_size or raise --repeat"
+            )
+        self.n, self.batch_size, self.seed, self.start, self.rank, self.world = n, batch_size, seed, start, rank, world
+
+    def draw(self, epoch: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """Pass ``epoch``'s order of the items, and each item's patch seed."""
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + epoch)
+        return torch.randperm(self.n, generator=g), torch.randint(0, 2**62, (self.n,), generator=g)
+
+    def __iter__(self) -> Iterator[list[tuple[int, int]]]:
+        b, drawn = self.start, None
+        while True:
+            epoch, pos = divmod(b, self.per_pass)
+            if drawn is None or drawn[0] != epoch:
+                order, seeds = self.draw(epoch)
+                drawn = (epoch, order[self.rank :: self.world].tolist(), seeds.tolist())
+            mine = drawn[1][pos * self.batch_size : (pos + 1) * self.batch_size]
+            yield [(i, drawn[2][i]) for i in mine]
+            b += 1
+
+
 def batches(ctx: Context, train: Dataset) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """An endless stream of training batches (a new shuffle every pass)."""
-    sampler = DistributedSampler(train, ctx.world, ctx.rank, seed=ctx.args.seed) if ctx.world > 1 else None
+    """The endless stream of training batches, from the run's step ``ctx.global_step`` on (:class:`BatchOrder`)."""
+    order = BatchOrder(
+        len(train),  # type: ignore[arg-type]
+        ctx.args.batch_size,
+        seed=ctx.args.seed,
+        start=ctx.global_step,
+        rank=ctx.rank,
+        world=ctx.world,
+    )
     loader = DataLoader(
         train,
-        batch_size=ctx.args.batch_size,
-        shuffle=sampler is None,
-        sampler=sampler,
-        drop_last=True,
+        batch_sampler=order,
+        generator=torch.Generator(),  # the workers' base seed: the run's own generator stays untouched
         num_workers=ctx.args.workers,
         pin_memory=ctx.device.type == "cuda",
     )
-    epoch = 0
-    while True:
-        if sampler is not None:
-            sampler.set_epoch(epoch)
-        for lr, hr, _ in loader:
-            yield lr.to(ctx.device, non_blocking=True), hr.to(ctx.device, non_blocking=True)
-        epoch += 1
+    for lr, hr, _ in loader:
+        yield lr.to(ctx.device, non_blocking=True), hr.to(ctx.device, non_blocking=True)
 
 
 def stage_limit(ctx: Context, iters: int, train: Dataset) -> int:
