@@ -144,6 +144,29 @@ def test_for_steps_refuses_too_few_steps_and_fields_it_sizes_itself():
     assert (s.align_weight, s.penalty_form, s.reg_limit, s.total_steps) == (0.5, "gradient", 2.0, 500)
 
 
+@pytest.mark.parametrize("align", [True, False])
+@pytest.mark.parametrize(
+    "options",
+    [{}, {"guard_kept": False}, {"align_weight": 0.3, "align_loss": "authors"}, {"penalty_form": "gradient"}],
+)
+def test_sized_keeps_a_schedules_options_and_sizes_its_phases(options, align):
+    for n in (10, 137, 2000):
+        s = assl.Schedule(**options).sized(n, align=align)
+        assert s == assl.Schedule.for_steps(n, align=align, **options)
+        assert s.bounds(align)[2] == n and all(getattr(s, k) == v for k, v in options.items())
+    # a reg_limit set is kept (the growth is sized to it); at its default the shrink sizes its own
+    assert assl.Schedule(penalty_form="gradient", reg_limit=2.0).sized(500).reg_limit == 2.0
+    assert assl.Schedule().sized(500).reg_limit == assl.Schedule.for_steps(500).reg_limit != 0.5
+
+
+def test_sized_refuses_phase_lengths_it_would_overwrite():
+    for field, value in [("align_iters", 5), ("stabilize_iters", 7), ("reg_interval", 3), ("reg_step", 0.01)]:
+        with pytest.raises(ValueError, match=f"{field}={value!r}.*not both"):
+            assl.Schedule(**{field: value}).sized(100)
+    with pytest.raises(ValueError, match=">= 10"):
+        assl.Schedule(guard_kept=False).sized(9)
+
+
 def test_the_papers_schedule_is_kept_for_reproducing_it():
     paper = assl.Schedule.paper()
     assert paper.penalty_form == "gradient" and paper.total_steps == 160430

@@ -524,11 +524,30 @@ def test_steps_n_is_done_after_exactly_n_steps_whatever_the_trace_finds(name, n)
     assert not _assl_warnings(record)
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_steps_with_a_schedules_options_is_done_after_exactly_n_steps(name):
+    """``steps=n, schedule=Schedule(...)``: the schedule's options, sized to n steps for the groups traced."""
+    build, x = MODELS[name]
+    options = assl.Schedule(guard_kept=False, align_weight=0.25)
+    with warnings.catch_warnings(record=True) as record:
+        warnings.simplefilter("always")
+        pruner = assl.Pruner(build(), x, ratio=0.5, steps=40, schedule=options)
+    assert not _assl_warnings(record)
+    assert pruner.schedule == options.sized(40, align=bool(pruner.aligned))
+    assert pruner.total_steps == 40 and not pruner.schedule.guard_kept and pruner.schedule.align_weight == 0.25
+    for _ in range(40):
+        assert not pruner.done
+        pruner.step()
+    assert pruner.done
+
+
 def test_steps_is_checked_before_the_model_changes():
     model, x = _edsr(), _x()
     before = snapshot(model)
     with pytest.raises(assl.ArgumentError, match="not both"):
-        assl.Pruner(model, x, ratio=0.5, steps=100, schedule=assl.Schedule())
+        assl.Pruner(model, x, ratio=0.5, steps=100, schedule=assl.Schedule.for_steps(100))
+    with pytest.raises(assl.ArgumentTypeError, match=r"schedule must be an assl\.Schedule"):
+        assl.Pruner(model, x, ratio=0.5, steps=100, schedule={"guard_kept": False})
     with pytest.raises(assl.ArgumentError, match="n >= 10"):
         assl.Pruner(model, x, ratio=0.5, steps=5)
     assert_same(before, snapshot(model))

@@ -74,8 +74,14 @@ def test_validate_with_the_callback_inserts_nothing():
     assert pruning.slimmed and pruning.pruner.step_count == 12
 
 
-def test_steps_and_schedule_are_one_or_the_other():
+def test_steps_take_the_schedules_options_but_not_its_phase_lengths():
     with pytest.raises(assl.ArgumentError, match="not both"):
         ASSLPruning(example(), ratio=0.5, steps=12, schedule=assl.Schedule.for_steps(12))
+    with pytest.raises(assl.ArgumentTypeError, match=r"schedule must be an assl\.Schedule"):
+        ASSLPruning(example(), ratio=0.5, schedule={"guard_kept": False})
+    lit = LitNet()
+    pruning = ASSLPruning(example(), ratio=0.5, steps=12, module="net", schedule=assl.Schedule(guard_kept=False))
+    trainer(12, callbacks=[pruning]).fit(lit, loader())
+    assert pruning.slimmed and pruning.pruner.step_count == 12 and not pruning.pruner.schedule.guard_kept
     with pytest.raises(assl.ArgumentError, match="n >= 10"):
         ASSLPruning(example(), ratio=0.5, steps=3)

@@ -50,7 +50,7 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     ) from e
 
 from ..budgets.budget import Budget
-from ..errors import ArgumentError, ASSLWarning
+from ..errors import ArgumentError, ArgumentTypeError, ASSLWarning
 from ..pruning._resolve import ratio_or_budget
 from ..pruning.pruner import Pruner
 from ..pruning.pruner import _remove as remove_pruner
@@ -92,8 +92,8 @@ class ASSLPruning(pl.Callback):
         groups: Same-pruned groups as lists of globs (see :class:`assl.Pruner`).
         steps: The number of optimizer steps to prune for, as for :class:`assl.Pruner`: the
             schedule is ``assl.Schedule.for_steps(steps)`` sized to the network's groups.
-        schedule: Instead of ``steps``, the schedule in optimizer steps; the default is the
-            paper's 160,430 steps.
+        schedule: The schedule in optimizer steps (the default is the paper's 160,430 steps);
+            with ``steps``, only its options, as for :class:`assl.Pruner`.
         module: The submodule of the LightningModule to prune, as ``pl_module.get_submodule``
             reads it (``"model"``, ``"net.backbone"``); ``None`` prunes the LightningModule
             itself, traced through its ``forward``.
@@ -147,10 +147,10 @@ class ASSLPruning(pl.Callback):
         self.liveness_every_n_steps = every
         target = ratio_or_budget(ratio, budget)
         ratio, budget = (None, target) if isinstance(target, Budget) else (target, None)
+        if schedule is not None and not isinstance(schedule, Schedule):
+            raise ArgumentTypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
         if steps is not None:
-            if schedule is not None:
-                raise ArgumentError("give steps= or schedule=, not both")
-            Schedule.for_steps(steps)  # checked now, not at the fit
+            (schedule or Schedule()).sized(steps)  # checked now, not at the fit
         options = {
             "ratio": ratio,
             "budget": budget,

@@ -32,13 +32,17 @@ __all__ = ["Resolved", "check_arguments", "ratio_or_budget", "resolve"]
 logger = logging.getLogger("assl")
 
 
-def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int | str, order: str) -> Schedule:
-    """Check the Pruner's arguments that need no trace; return the schedule (the default if None).
+def check_arguments(
+    model: nn.Module, schedule: Schedule | None, round_to: int | str, order: str, *, steps: int | None = None
+) -> Schedule:
+    """Check the Pruner's arguments that need no trace; return the schedule (the default if None; sized
+    to ``steps`` with an align phase when given).
 
     Raises:
         TypeError: The model is not an ``nn.Module`` or is wrapped in (Distributed)DataParallel
             (``order`` says what to do), or ``schedule`` is not a :class:`Schedule`.
-        ValueError: ``round_to`` is not an int >= 1 or ``"auto"``, or the model already has ASSL scales or
+        ValueError: ``round_to`` is not an int >= 1 or ``"auto"``, ``steps`` as :meth:`Schedule.sized`
+            refuses them with ``schedule``, or the model already has ASSL scales or
             carries another living Pruner's channels.
     """
     if not isinstance(model, nn.Module):
@@ -50,6 +54,8 @@ def check_arguments(model: nn.Module, schedule: Schedule | None, round_to: int |
     schedule = schedule if schedule is not None else Schedule()
     if not isinstance(schedule, Schedule):
         raise ArgumentTypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
+    if steps is not None:
+        schedule = schedule.sized(steps)
     for name, m in model.named_modules():
         if scale_of(m) is not None:
             raise ArgumentError(f"`{name}` already has ASSL scales: a model is pruned by one Pruner at a time")

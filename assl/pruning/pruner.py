@@ -78,8 +78,11 @@ class Pruner:
         steps: The number of optimizer steps to prune for: the schedule is
             ``Schedule.for_steps(steps, align=...)``, sized once the trace has told whether any
             group is aligned, so :attr:`done` turns True after exactly ``steps`` steps. The way
-            to size pruning to your training; give it or ``schedule``, not both.
+            to size pruning to your training.
         schedule: The phase lengths and penalty numbers (the paper's defaults: 160,430 steps).
+            With ``steps``, only its options (penalty form, guard, alignment loss and weight, a
+            ``reg_limit`` it sets): the pruner uses ``schedule.sized(steps, align=...)``, e.g.
+            ``steps=2000, schedule=Schedule(guard_kept=False)``.
         round_to: Round every kept width up to a multiple of this (8 suits GPU kernels); with a
             latency budget, ``"auto"`` takes the step of the device's measured latency curve.
         extra_inputs: More input sets for forward code whose path depends on the input.
@@ -88,7 +91,7 @@ class Pruner:
     Raises:
         ArgumentTypeError: The model is not an ``nn.Module`` (or is wrapped), or an argument's type.
         ArgumentError: A ratio outside [0, 1), both or neither of ``ratio`` and ``budget``,
-            both ``steps`` and ``schedule``, layers already scaled or carrying another living
+            ``steps`` with a ``schedule`` that sets phase lengths, layers already scaled or carrying another living
             Pruner's channels, an unreachable budget, meta tensors, a normalization layer that
             cannot carry channels (not affine, a parametrized gamma, or a frozen one under the
             gradient-form penalty).
@@ -122,14 +125,7 @@ class Pruner:
         steps: int | None = None,
     ) -> None:
         target = ratio_or_budget(ratio, budget)
-        if steps is not None:
-            if schedule is not None:
-                raise ArgumentError(
-                    "give steps= (the schedule is then Schedule.for_steps(steps), sized to this model) or schedule=, "
-                    "not both"
-                )
-            Schedule.for_steps(steps)  # checks steps before the trace
-        self.schedule = check_arguments(model, schedule, round_to, _ORDER)
+        self.schedule = check_arguments(model, schedule, round_to, _ORDER, steps=steps)
         self.model = model
         self.example_inputs = example_inputs
         self.approximate_norms = approximate_norms
@@ -159,7 +155,7 @@ class Pruner:
             if short:  # the trace pins so much that the ratio asked means little
                 warn(short)
         if steps is not None:
-            self.schedule = Schedule.for_steps(steps, align=bool(self.aligned))
+            self.schedule = (schedule or Schedule()).sized(steps, align=bool(self.aligned))
         self._step = 0
         self._hook: list[Any] = []
         self._slimmed = False

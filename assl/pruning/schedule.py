@@ -167,6 +167,35 @@ class Schedule:
             **overrides,
         )
 
+    def sized(self, n: int, *, align: bool = True) -> Schedule:
+        """This schedule's options with its phases sized to exactly ``n`` steps, as :meth:`for_steps` sizes them.
+
+        The options kept are ``align_weight``, ``align_loss``, ``penalty_form``, ``guard_kept`` and a
+        ``reg_limit`` set away from its default; the phase lengths and the penalty's growth come from
+        ``n``. ``Pruner(..., steps=n, schedule=s)`` prunes with ``s.sized(n, align=...)`` once the trace
+        has told whether any group is aligned.
+
+        Raises:
+            ValueError: ``n`` as :meth:`for_steps` refuses it, or a phase field set away from its
+                default (``n`` sizes them; give one or the other).
+
+        Example:
+            >>> Schedule(guard_kept=False).sized(2000).total_steps
+            2000
+        """
+        fields = type(self).__dataclass_fields__
+        phases = ("align_iters", "reg_interval", "reg_step", "stabilize_iters")
+        set_ = [f"{k}={getattr(self, k)!r}" for k in phases if getattr(self, k) != fields[k].default]
+        if set_:
+            raise ArgumentError(
+                f"Schedule.sized: {n!r} steps size the phases, but this schedule sets {', '.join(set_)}: "
+                "give the step count or the phase lengths, not both"
+            )
+        options = {k: getattr(self, k) for k in ("align_weight", "align_loss", "penalty_form", "guard_kept")}
+        if self.reg_limit != fields["reg_limit"].default:
+            options["reg_limit"] = self.reg_limit
+        return type(self).for_steps(n, align=align, **options)
+
     @classmethod
     def paper(cls) -> Schedule:
         """The authors' schedule with their penalty and alignment loss, the kept units unguarded: 160430
