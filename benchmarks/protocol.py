@@ -122,8 +122,8 @@ def add_assl_flags(p: argparse.ArgumentParser) -> None:
         "--scale_lr",
         type=float,
         default=None,
-        help="a learning rate of their own for the parameters ASSL's penalty acts on (default: --lr; "
-        "constant --lr_schedule only)",
+        help="a learning rate of their own for the parameters ASSL's penalty acts on while it prunes (default: "
+        "--method_lr); a --lr_schedule scales it with the others",
     )
     p.add_argument(
         "--pace_tol",
@@ -170,8 +170,6 @@ def parse(
         p.error(f"--ratios must lie in (0, 1), got {a.ratios}")
     if a.schedule == "for_steps" and a.prune_iters < 10:
         p.error("--prune_iters must be at least 10 (Schedule.for_steps needs a few steps per phase)")
-    if a.scale_lr is not None and a.lr_schedule != "constant":
-        p.error("--scale_lr needs --lr_schedule constant (a schedule sets every parameter's learning rate)")
     if not a.pace_tol >= 0 or not 0 < a.pace_slow <= 1:
         p.error(f"--pace_tol must be >= 0 and --pace_slow in (0, 1], got {a.pace_tol} and {a.pace_slow}")
     if not a.grad_guard >= 0:

@@ -55,9 +55,10 @@ def train(
 
     Steps are numbered from ``first`` on. A constant ``lr`` leaves each of ``param_groups`` at its
     own learning rate (a group without one gets ``lr``); a schedule ``lr(k)`` sets every group to
-    it before step ``k``. With ``pruner``, its alignment term joins the loss and its penalty hook
-    the optimizer, for the steps of this call. ``before_step()`` runs between ``backward()`` and
-    the optimizer step, ``after_step(k)`` after step ``k`` (the ``k``-th from ``first``, 1-based).
+    it before step ``k``, times the ratio of the group's own rate to ``lr(first)``. With ``pruner``,
+    its alignment term joins the loss and its penalty hook the optimizer, for the steps of this call.
+    ``before_step()`` runs between ``backward()`` and the optimizer step, ``after_step(k)`` after
+    step ``k`` (the ``k``-th from ``first``, 1-based).
     With ``teacher`` and a positive ``distill``, ``teacher.loss(output, input, weight=distill)``
     (the mean squared distance to the teacher's output) joins the loss. A positive ``clip`` clips
     the gradients' norm to it before each optimizer step (the attached pruner's penalty runs
@@ -67,14 +68,15 @@ def train(
     schedule: Callable[[int], float] | None
     schedule, start = (None, float(lr)) if isinstance(lr, (int, float)) else (lr, lr(first))
     opt = OPTIMIZERS[optimizer](param_groups or model.parameters(), start)
+    ratios = [group["lr"] / start if start > 0 else 1.0 for group in opt.param_groups]
     if pruner is not None:
         pruner.attach(opt)
     done = 0
     try:
         while done < steps and not (pruner is not None and pruner.done):
             if schedule is not None:
-                for group in opt.param_groups:
-                    group["lr"] = schedule(first + done)
+                for group, ratio in zip(opt.param_groups, ratios):
+                    group["lr"] = schedule(first + done) * ratio
             x, y = next(stream)
             out = model(x)
             value = loss(out, y)

@@ -383,6 +383,29 @@ def test_training_adds_the_teacher_term():
         assert float((student(x) - dense(x)).pow(2).mean()) < 0.5 * before
 
 
+def test_a_learning_rate_schedule_keeps_each_param_groups_ratio(monkeypatch):
+    import torch
+
+    from benchmarks import training
+
+    made = []
+    adam = training.OPTIMIZERS["adam"]
+    monkeypatch.setitem(training.OPTIMIZERS, "adam", lambda params, lr: made.append(adam(params, lr)) or made[-1])
+    model = torch.nn.Sequential(torch.nn.Linear(3, 3), torch.nn.Linear(3, 2))
+    groups = [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 1e-2}]
+    seen = []
+    stream = iter([(torch.randn(4, 3), torch.zeros(4, 2))] * 10)
+    loss = lambda out, y: (out - y).pow(2).mean()  # noqa: E731
+    step = lambda: seen.append([g["lr"] for g in made[-1].param_groups])  # noqa: E731
+    training.train(model, stream, 5, loss, training.cosine(1e-3, 0, 4), param_groups=groups, before_step=step)
+    for base, scale in seen:
+        assert scale == pytest.approx(10 * base)  # the group's own rate, 10x, follows the cosine
+    assert seen[0][0] == pytest.approx(1e-3) and seen[-1] == [0.0, 0.0]
+    again = [{"params": model[0].parameters()}, {"params": model[1].parameters(), "lr": 5e-3}]
+    training.train(model, stream, 2, loss, 1e-3, param_groups=again)
+    assert [g["lr"] for g in made[-1].param_groups] == [1e-3, 5e-3]  # a constant rate leaves each group's own
+
+
 def test_quality_benchmark_dense_cache_and_val_split(tmp_path, capsys):
     from benchmarks.quality import main as quality_main
 
@@ -439,8 +462,7 @@ def test_quality_presets_are_defaults_that_explicit_flags_override():
     assert (args.blocks, args.feats, args.align_iters) == (QUICK["blocks"], QUICK["feats"], QUICK["align_iters"])
     assert parse(["--quick"]).prune_iters == QUICK["prune_iters"]
     assert parse([]).blocks == 16 and parse(["--ratio", "0.75"]).ratios == [0.75]
-    with pytest.raises(SystemExit):
-        parse(["--lr_schedule", "finetune", "--scale_lr", "1e-2"])  # a schedule sets every group's rate
+    assert parse(["--lr_schedule", "finetune", "--scale_lr", "1e-2"]).scale_lr == 1e-2  # scaled with the schedule
     with pytest.raises(SystemExit):
         parse(["--grad_guard", "-1"])
     with pytest.raises(SystemExit):
