@@ -41,14 +41,18 @@ LEVERS: dict[str, Any] = {
     "pace_slow": 0.25,
     "grad_guard": 0.0,
     "guard_kept": True,
+    "min_scale_lr": "auto",
     "min_width": None,
 }
 """The settings that make a variant, with the value that means "the default" (None: the first run's)."""
-NOT_ASSL = tuple(k for k in LEVERS if k != "guard_kept")
-"""The levers that can make a variant of a method other than ASSL (the guard is ASSL's alone)."""
+NOT_ASSL = tuple(k for k in LEVERS if k not in ("guard_kept", "min_scale_lr"))
+"""The levers that can make a variant of a method other than ASSL (the guard and the scales' rate
+floor are ASSL's alone)."""
 ABSENT: dict[str, Any] = {"guard_kept": False}
 """What a run of a :data:`NORMALIZED` benchmark recorded before a lever existed ran with: the
 library's behaviour then."""
+ABSENT_EVERYWHERE: dict[str, Any] = {"min_scale_lr": None}
+"""The same for every benchmark (the scales' rate floor acts on inserted scales too)."""
 NORMALIZED = ("bn_classifier", "bn_denoiser")
 """The benchmarks whose networks carry units in normalization layers (the only ones the guard
 acts on: elsewhere a run without the setting ran as the default does)."""
@@ -78,6 +82,8 @@ def variant(
             parts.append(f"recovery pace (tol {value:g}, slow {settings.get('pace_slow', 0.25):g})")
         elif key == "guard_kept":  # False: unguarded; "weights and biases": the first guard, weights too
             parts.append("kept units unguarded" if value is False else f"kept {value} guarded")
+        elif key == "min_scale_lr":
+            parts.append("scales at the optimizer's rate" if value is None else f"min_scale_lr {value:g}")
         elif key == "grad_guard":
             parts.append(f"gradient guard {value:g}x")
         elif key == "prune_iters":
@@ -106,7 +112,7 @@ def render(rows: list[dict]) -> str:
     for r in rows:
         v = r["values"]
         if v["method"] != "dense" and "error" not in v:
-            absent = ABSENT if r["benchmark"] in NORMALIZED else None
+            absent = {**ABSENT_EVERYWHERE, **(ABSENT if r["benchmark"] in NORMALIZED else {})}
             levers = tuple(LEVERS) if v["method"].startswith("assl") else NOT_ASSL
             name = variant(r["settings"], first, levers, absent)
             runs.setdefault((name, v["method"], v["ratio"]), {})[v["seed"]] = v

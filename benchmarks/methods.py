@@ -277,6 +277,7 @@ def assl_schedule(
             align_loss=align_loss,
             penalty_form=a.penalty_form,
             guard_kept=a.guard_kept,
+            min_scale_lr=a.min_scale_lr,
         )
     return assl.Schedule(
         align_iters=a.align_iters if align else 0,
@@ -288,6 +289,7 @@ def assl_schedule(
         penalty_form=a.penalty_form,
         align_loss=align_loss,
         guard_kept=a.guard_kept,
+        min_scale_lr=a.min_scale_lr,
     )
 
 

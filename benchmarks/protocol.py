@@ -18,6 +18,13 @@ from .methods import METHODS
 from .tasks import task_module
 
 
+def _floor(text: str) -> float | str | None:
+    """``--min_scale_lr``: ``auto``, ``none`` or a number."""
+    if text in ("auto", "none"):
+        return None if text == "none" else "auto"
+    return float(text)
+
+
 def parser(name: str, task: str, description: str | None, *, methods: bool = True) -> argparse.ArgumentParser:
     """The flags of benchmark ``name``: the protocol's, ASSL's schedule and task ``task``'s, with the task's defaults.
 
@@ -117,6 +124,14 @@ def add_assl_flags(p: argparse.ArgumentParser) -> None:
         action="store_false",
         help="let the kept units' normalization weights and biases take the task's gradient as it is while the "
         "penalty acts (Schedule(guard_kept=False); the default guards them)",
+    )
+    p.add_argument(
+        "--min_scale_lr",
+        type=_floor,
+        default="auto",
+        help="Schedule(min_scale_lr=...): under Adam and AdamW the parameters ASSL's penalty acts on learn at "
+        "least at this rate while it prunes; 'auto' (the default): 1 / the schedule's steps; 'none': the "
+        "optimizer's rate",
     )
     p.add_argument(
         "--scale_lr",

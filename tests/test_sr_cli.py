@@ -77,7 +77,8 @@ def test_quick_sizes_its_schedule_by_steps_at_the_users_learning_rate():
     assert args.scale_lr is None  # no learning rate of their own for the scales
     assert schedule(parse_args(["--quick", "--prune_steps", "120"])).total_steps == 120
     paper_form = schedule(parse_args(["--quick", "--penalty_form", "gradient"]))
-    assert paper_form == assl.Schedule.for_steps(400, penalty_form="gradient", guard_kept=False)  # as in the paper
+    as_in_the_paper = {"penalty_form": "gradient", "guard_kept": False, "min_scale_lr": None}
+    assert paper_form == assl.Schedule.for_steps(400, **as_in_the_paper)
     simple = parse_args(["--quick", "--same_pruned_wg_criterion", "simple"])
     assert schedule(simple) == assl.Schedule.for_steps(400, align=False)
 

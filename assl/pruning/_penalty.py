@@ -166,6 +166,9 @@ class StepHooks(Protocol):
     def end(self) -> None:
         """After a step with a closure: count it."""
 
+    def after(self, optimizer: torch.optim.Optimizer) -> None:
+        """After every step, with or without a closure, once the update is made."""
+
 
 def step_hooks(optimizer: torch.optim.Optimizer, step: StepHooks) -> list[RemovableHandle]:
     """Call ``step`` around every ``optimizer.step()`` that will really update.
@@ -179,6 +182,7 @@ def step_hooks(optimizer: torch.optim.Optimizer, step: StepHooks) -> list[Remova
     recomputes the gradients, possibly several times: ``begin()`` before the step, the closure
     replaced by one that calls ``after_closure(loss)`` after each evaluation, and ``end()`` after
     the update, so the penalty reaches the gradients the update uses and the step counts once.
+    ``after(optimizer)`` runs after every update.
     """
     closures: list[bool] = []
 
@@ -201,6 +205,7 @@ def step_hooks(optimizer: torch.optim.Optimizer, step: StepHooks) -> list[Remova
         return (args[0], penalized, *args[2:]), kwargs  # args[0] is the optimizer
 
     def post(opt: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
+        step.after(opt)
         if closures:
             closures.clear()
             step.end()

@@ -54,6 +54,8 @@ def check_state(
     A schedule saved before ``guard_kept`` existed ran unguarded: it agrees with this Pruner's
     when that is unguarded too, or when the guard has nothing to act on (``guard_acts`` false: no
     group is carried by a normalization layer with a bias).
+    One saved before ``min_scale_lr`` existed ran at the optimizer's own rate: it agrees with
+    ``min_scale_lr=None``.
     """
     check_version(state, "a Pruner state", STATE_VERSION)
     missing = [k for k in _KEYS if k not in state]
@@ -75,6 +77,8 @@ def check_state(
         if key == "schedule" and isinstance(saved, Mapping) and "guard_kept" not in saved:
             ran = mine.get("guard_kept", False) if not guard_acts else False
             saved = {**saved, "guard_kept": ran}  # saved before the guard existed: it ran unguarded
+        if key == "schedule" and isinstance(saved, Mapping) and "min_scale_lr" not in saved:
+            saved = {**saved, "min_scale_lr": None}  # saved before the floor existed: the optimizer's own rate
         if saved != mine:
             raise StateError(
                 f"the saved Pruner has another {key} ({saved!r}) than this one ({mine!r}): create the "

@@ -29,6 +29,7 @@ from ._penalty import apply_penalty, check_optimizer, penalty_value, step_hooks
 from ._pinned import shortfall
 from ._report import SLIM_CHANGE_WARNING, Progress, report_change, report_collapse, summary_table, warn_early
 from ._resolve import check_arguments, ratio_or_budget, resolve
+from ._scale_lr import ScaleLR, resolve_floor
 from ._scales import load_dense, remove_scale, removed_on_error
 from ._selection import Scorer, Selection, claim, release
 from ._state import STATE_VERSION, OptimizerWatch, check_state
@@ -179,6 +180,7 @@ class Pruner:
             )
         scales = {id(c.scale): c.name for c in sel.all_layers() if c.kind == "g"}
         self._watch = OptimizerWatch(model.parameters, scales)
+        self._scale_lr = ScaleLR(sel.penalized_parameters, resolve_floor(self.schedule.min_scale_lr, self.total_steps))
         info = (len(sel.layers), len(self.aligned), self.total_steps)
         logger.info("Pruner: %d groups lose channels (%d aligned), %d steps in all", *info)
 
@@ -340,6 +342,9 @@ class Pruner:
         guard = self.schedule.guard_kept
         for name, carriers in self._selection.layers.items():
             apply_penalty(carriers, penalties[name], form, grad_scale, guard=guard)
+        self._scale_lr.before()
+        if not self._hooked:
+            self._scale_lr.arm()  # the update comes from whichever optimizer steps next
         self._count()
 
     def _begin_step(self) -> dict[str, float]:
@@ -398,6 +403,7 @@ class Pruner:
             raise ArgumentError("the Pruner is already attached to an optimizer; call detach() first")
         self._hook = step_hooks(optimizer, _ByHook(self))
         self._watch.close()  # checked here; by-hand steps are refused while attached
+        self._scale_lr.disarm()  # the optimizer's own hook scales its updates now
 
     def detach(self) -> None:
         """Undo :meth:`attach`."""
@@ -446,6 +452,7 @@ class Pruner:
         self._slimmed = True
         self.detach()
         self._watch.close()
+        self._scale_lr.close()
         logger.info(
             "slimmed: %d -> %d parameters", self.graph.count_params(), sum(p.numel() for p in small.parameters())
         )
@@ -548,6 +555,7 @@ def _remove(pruner: Pruner) -> None:
     Pruner, as long as no step changed it. For an integration whose run is refused before training."""
     pruner.detach()
     pruner._watch.close()
+    pruner._scale_lr.close()
     for m in pruner.model.modules():
         remove_scale(m)
     release(pruner)
@@ -590,6 +598,7 @@ class _ByHook:
             penalties = p._begin_step()
             for name, carriers in p._selection.layers.items():
                 apply_penalty(carriers, penalties[name], p.schedule.penalty_form, grads=False)
+            p._scale_lr.before()
         p._closure_penalties = penalties
 
     def after_closure(self, loss: Any) -> Any:
@@ -606,6 +615,9 @@ class _ByHook:
         if terms and isinstance(loss, torch.Tensor):
             loss = loss + torch.stack([t.to(loss.device) for t in terms]).sum().to(loss.dtype)
         return loss
+
+    def after(self, optimizer: torch.optim.Optimizer) -> None:
+        self.pruner._scale_lr.after(optimizer)
 
     def end(self) -> None:
         p = self.pruner

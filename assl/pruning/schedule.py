@@ -36,6 +36,12 @@ the activation's threshold they die). Under Adam that drift is slow; under SGD a
 of 0.02-0.05 it killed the activations after the kept channels at 85% removal and the network fell
 to chance. The weights are not guarded (their common scale is a symmetry of the normalized
 readers; guarding them too cost quality elsewhere), nor are inserted scales.
+
+``min_scale_lr`` (default ``"auto"``: ``1 / steps``) makes the penalized parameters learn faster
+under Adam and AdamW while the Pruner steps. The kept channels' gains must grow to take over from
+the channels that fade, and Adam moves a gain of about 1 by about the learning rate per step, far
+more slowly relative to its size than the weights around it: too slowly for a short schedule
+(:mod:`assl.pruning._scale_lr`).
 """
 
 from __future__ import annotations
@@ -57,6 +63,7 @@ _PAPER = (17260, 5001 * 20, 43150)
 _SHRINK_DECAY = math.log(1e4)  # for_steps: the chosen entries fall to 1e-4 of their size in regularize
 _SHRINK_CAP = 0.3  # for_steps: at most this share per step (faster removal only shocks the kept channels)
 _MIN_STEPS = 10
+_OPTIONS = ("align_weight", "align_loss", "penalty_form", "guard_kept", "min_scale_lr")  # what sized() keeps
 
 
 @dataclass(frozen=True)
@@ -87,6 +94,13 @@ class Schedule:
             rise: the part of their gradient that would lower them is dropped (see the module's
             documentation). ``False``: they take the task's gradient as it is (the paper's way,
             and :meth:`paper`'s).
+        min_scale_lr: Under Adam and AdamW, while the Pruner steps, the parameters the penalty
+            acts on (:meth:`Pruner.penalized_parameters`) learn at least at this rate: where their
+            param group's is lower, the optimizer's update of them is scaled up to this rate's.
+            ``"auto"``: ``1 / steps`` for a schedule of ``steps`` steps (5e-3 for 200; no change
+            for the paper's length at usual rates). ``None``: the optimizer's own rate (the
+            paper's way, and :meth:`paper`'s). Other optimizers are never changed (see the
+            module's documentation).
 
     Example:
         >>> Schedule.for_steps(2000).total_steps
@@ -103,6 +117,7 @@ class Schedule:
     penalty_form: str = "shrink"
     align_loss: str = "consensus"
     guard_kept: bool = True
+    min_scale_lr: float | str | None = "auto"
 
     @classmethod
     def for_steps(cls, n: int, *, align: bool = True, **overrides: Any) -> Schedule:
@@ -136,7 +151,7 @@ class Schedule:
         if bad:
             raise ArgumentError(
                 f"Schedule.for_steps sizes {sorted(sized)} itself and takes only the other fields "
-                f"(align_weight, align_loss, reg_limit, penalty_form, guard_kept), got {bad}"
+                f"({', '.join(sorted({*_OPTIONS, 'reg_limit'}))}), got {bad}"
             )
         total = sum(_PAPER)
         a = max(1, round(n * _PAPER[0] / total)) if align else 0
@@ -170,10 +185,10 @@ class Schedule:
     def sized(self, n: int, *, align: bool = True) -> Schedule:
         """This schedule's options with its phases sized to exactly ``n`` steps, as :meth:`for_steps` sizes them.
 
-        The options kept are ``align_weight``, ``align_loss``, ``penalty_form``, ``guard_kept`` and a
-        ``reg_limit`` set away from its default; the phase lengths and the penalty's growth come from
-        ``n``. ``Pruner(..., steps=n, schedule=s)`` prunes with ``s.sized(n, align=...)`` once the trace
-        has told whether any group is aligned.
+        The options kept are ``align_weight``, ``align_loss``, ``penalty_form``, ``guard_kept``,
+        ``min_scale_lr`` and a ``reg_limit`` set away from its default; the phase lengths and the
+        penalty's growth come from ``n``. ``Pruner(..., steps=n, schedule=s)`` prunes with
+        ``s.sized(n, align=...)`` once the trace has told whether any group is aligned.
 
         Raises:
             ValueError: ``n`` as :meth:`for_steps` refuses it, or a phase field set away from its
@@ -191,16 +206,16 @@ class Schedule:
                 f"Schedule.sized: {n!r} steps size the phases, but this schedule sets {', '.join(set_)}: "
                 "give the step count or the phase lengths, not both"
             )
-        options = {k: getattr(self, k) for k in ("align_weight", "align_loss", "penalty_form", "guard_kept")}
+        options = {k: getattr(self, k) for k in _OPTIONS}
         if self.reg_limit != fields["reg_limit"].default:
             options["reg_limit"] = self.reg_limit
         return type(self).for_steps(n, align=align, **options)
 
     @classmethod
     def paper(cls) -> Schedule:
-        """The authors' schedule with their penalty and alignment loss, the kept units unguarded: 160430
-        steps, for their runs."""
-        return cls(penalty_form="gradient", align_loss="authors", guard_kept=False)
+        """The authors' schedule with their penalty and alignment loss, the kept units unguarded and the
+        optimizer's own rate for the scales: 160430 steps, for their runs."""
+        return cls(penalty_form="gradient", align_loss="authors", guard_kept=False, min_scale_lr=None)
 
     @property
     def total_steps(self) -> int:
@@ -224,6 +239,10 @@ class Schedule:
             raise ArgumentError(f"Schedule.align_loss must be one of {ALIGN_LOSSES}, got {self.align_loss!r}")
         if not isinstance(self.guard_kept, bool):
             raise ArgumentError(f"Schedule.guard_kept must be True or False, got {self.guard_kept!r}")
+        f = self.min_scale_lr
+        number = isinstance(f, (int, float)) and not isinstance(f, bool)
+        if f is not None and f != "auto" and not (number and math.isfinite(f) and f > 0):
+            raise ArgumentError(f"Schedule.min_scale_lr must be 'auto', None or a finite number > 0, got {f!r}")
         if self.penalty_form not in PENALTY_FORMS:
             raise ArgumentError(f"Schedule.penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")
         final = self.increments * self.reg_step

@@ -155,8 +155,8 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["shrink", "gradient"],
         help="shrink: the chosen channels' scales and biases take no task gradient and shrink by (1 - penalty) "
         "each step, at any learning rate (the library's default); gradient: grad += penalty * x, the paper's, "
-        "with the kept units unguarded as in the paper (Schedule(guard_kept=False); with the authors' flags, the "
-        "paper's setting)",
+        "with the kept units unguarded and the scales at the optimizer's learning rate as in the paper "
+        "(Schedule(guard_kept=False, min_scale_lr=None); with the authors' flags, the paper's setting)",
     )
     o.add_argument(
         "--align_loss",
@@ -224,10 +224,12 @@ def build_parser() -> argparse.ArgumentParser:
 def schedule(args: argparse.Namespace) -> assl.Schedule:
     """The pruning schedule: ``Schedule.for_steps(--prune_steps)``, or the authors' numbers."""
     align = args.same_pruned_wg_criterion == "reg"
-    guard = args.penalty_form != "gradient"  # the paper's penalty runs as the paper did: kept units unguarded
+    # the paper's penalty runs as the paper did: kept units unguarded, the scales at the optimizer's rate
+    paper = args.penalty_form == "gradient"
+    options = {"guard_kept": not paper, "min_scale_lr": None if paper else "auto"}
     if args.prune_steps is not None:
         return assl.Schedule.for_steps(
-            args.prune_steps, align=align, penalty_form=args.penalty_form, align_loss=args.align_loss, guard_kept=guard
+            args.prune_steps, align=align, penalty_form=args.penalty_form, align_loss=args.align_loss, **options
         )
     return assl.Schedule(
         align_iters=args.align_iters if align else 0,
@@ -237,7 +239,7 @@ def schedule(args: argparse.Namespace) -> assl.Schedule:
         stabilize_iters=args.stabilize_reg_interval,
         penalty_form=args.penalty_form,
         align_loss=args.align_loss,
-        guard_kept=guard,
+        **options,
     )
 
 
