@@ -647,6 +647,25 @@ def test_levers_table_pairs_each_variant_with_its_scratch(tmp_path):
     assert md[("defaults", "scratch")].split("|")[7].strip() == "-"
 
 
+def test_the_scales_rate_floor_is_a_lever_of_assl_and_old_runs_ran_without_it():
+    from benchmarks import protocol
+    from benchmarks.levers import ABSENT_EVERYWHERE, NOT_ASSL, variant
+
+    def parse(argv):
+        return protocol.parse(protocol.parser("quality", "sr", None), argv, "sr")
+
+    assert parse([]).min_scale_lr == "auto" and parse(["--min_scale_lr", "none"]).min_scale_lr is None
+    assert parse(["--min_scale_lr", "5e-3"]).min_scale_lr == 5e-3
+    with pytest.raises(SystemExit):
+        parse(["--min_scale_lr", "fast"])
+    first = {"min_scale_lr": "auto"}
+    assert variant({"min_scale_lr": None}, first) == "scales at the optimizer's rate"
+    assert variant({"min_scale_lr": 5e-3}, first) == "min_scale_lr 0.005"
+    old: dict = {}  # recorded before the floor existed
+    assert variant(old, first, absent=ABSENT_EVERYWHERE) == "scales at the optimizer's rate"
+    assert variant(old, first) == "defaults" and variant({"min_scale_lr": None}, first, NOT_ASSL) == "defaults"
+
+
 def test_clip_bounds_each_step_and_is_a_lever_of_scratch_too():
     import torch
     from torch import nn

@@ -29,6 +29,7 @@ __all__ = [
     "add_penalty",
     "apply_penalty",
     "check_optimizer",
+    "chosen_entries",
     "closure_of",
     "guard_kept",
     "penalty_value",
@@ -102,6 +103,14 @@ def penalty_value(carriers: Iterable[Carrier], penalty: float) -> torch.Tensor |
         if p.requires_grad
     ]
     return penalty / 2 * torch.stack([t.to(terms[0].device) for t in terms]).sum() if terms and penalty > 0 else None
+
+
+def chosen_entries(carriers: Iterable[Carrier]) -> dict[int, torch.Tensor]:
+    """The positions of the chosen entries of each parameter the carriers hold, by the parameter's id."""
+    found: dict[int, list[torch.Tensor]] = {}
+    for p, idx in _chosen(carriers):
+        found.setdefault(id(p), []).append(idx)
+    return {key: torch.cat(parts).unique() for key, parts in found.items()}
 
 
 def _chosen(carriers: Iterable[Carrier]) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:

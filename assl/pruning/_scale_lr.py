@@ -7,13 +7,16 @@ hundred times more slowly, relative to its size, than the convolution weights ar
 move it by 0.2 at most. Yet the kept channels' gains are what must grow to take over from the
 channels that fade. With the floor, while the Pruner steps under Adam or AdamW, the penalized
 parameters (:meth:`Pruner.penalized_parameters`) learn at least at the floor's rate: where their
-param group's learning rate ``lr`` is lower, the optimizer's update of them is taken
+param group's learning rate ``lr`` is lower, the optimizer's update of their kept entries is taken
 ``floor / lr`` times (``p = before + floor / lr * (p - before)``), exactly the update of a
-learning rate ``floor``. Only the update is read, so it composes with learning-rate schedulers,
+learning rate ``floor``. The chosen entries keep the optimizer's own step: the penalty drives them
+to zero, and what moves them there is what their momentum has left, which a larger step would only
+keep alive longer. Only the update is read, so it composes with learning-rate schedulers,
 GradScaler and fused or foreach implementations. ``"auto"`` is ``1 / steps`` for a schedule of
-``steps`` steps, a reach of a gain's own size over the schedule: 5e-3 for 200 steps, and below
-any usual learning rate (no change) for the paper's 160,430. The reach 1 was chosen on
-validation data (LEDSR 4x32 at 75% removal: reaches 0.6, 1, 2, 6 and 12 measured).
+``steps`` steps, a reach of a gain's own size over the schedule, and at most 1e-2, where a step
+of a gain of about 1 stops being small: 5e-3 for 200 steps, and below any usual learning rate (no
+change) for the paper's 160,430. The reach 1 was chosen on validation data (LEDSR 4x32 at 75%
+removal: reaches 0.6, 1, 2, 6 and 12 measured).
 
 SGD's step follows the gradient, which for a gain is already large: there a floor only
 overshoots (measured), so it acts under Adam and AdamW (and their subclasses) alone.
@@ -22,16 +25,18 @@ overshoots (measured), so it acts under Adam and AdamW (and their subclasses) al
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
 
-__all__ = ["ADAPTIVE", "AUTO_REACH", "ScaleLR", "resolve_floor"]
+__all__ = ["ADAPTIVE", "AUTO_CAP", "AUTO_REACH", "ScaleLR", "resolve_floor"]
 
 AUTO_REACH = 1.0
 """``"auto"``'s floor times the schedule's steps."""
+AUTO_CAP = 1e-2
+"""The highest floor ``"auto"`` takes (a schedule of fewer than 100 steps)."""
 ADAPTIVE = (torch.optim.Adam, torch.optim.AdamW)
 """The optimizers (and their subclasses) the floor acts under."""
 
@@ -41,7 +46,7 @@ def resolve_floor(setting: float | str | None, steps: int) -> float | None:
     if setting is None:
         return None
     if setting == "auto":
-        return AUTO_REACH / max(steps, 1)
+        return min(AUTO_REACH / max(steps, 1), AUTO_CAP)
     return float(setting)
 
 
@@ -55,16 +60,23 @@ class ScaleLR:
     step GradScaler skips) leaves nothing behind: the next :meth:`before` records again.
     """
 
-    def __init__(self, params: Callable[[], Sequence[torch.Tensor]], floor: float | None) -> None:
+    def __init__(
+        self,
+        params: Callable[[], Sequence[torch.Tensor]],
+        chosen: Callable[[], Mapping[int, torch.Tensor]],
+        floor: float | None,
+    ) -> None:
         self._params = params
+        self._chosen = chosen  # id of a parameter -> the positions of its chosen entries along dim 0
         self.floor = floor
-        self._before: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._before: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._handle: Any = None
 
     def before(self) -> None:
-        """Record the parameters as they are before the update."""
+        """Record the parameters as they are before the update, and which of their entries are chosen."""
         if self.floor is not None:
-            self._before = {id(p): (p, p.detach().clone()) for p in self._params()}
+            chosen = self._chosen()
+            self._before = {id(p): (p.detach().clone(), chosen.get(id(p))) for p in self._params()}
 
     def after(self, optimizer: torch.optim.Optimizer) -> None:
         """Scale the update ``optimizer`` just made to the recorded parameters it holds."""
@@ -77,8 +89,13 @@ class ScaleLR:
                 factor = self.floor / lr if adaptive and 0 < lr < self.floor else 1.0
                 for p in group["params"]:
                     recorded = self._before.pop(id(p), None)
-                    if recorded is not None and factor != 1.0:
-                        p.add_(p - recorded[1], alpha=factor - 1.0)
+                    if recorded is None or factor == 1.0:
+                        continue
+                    before, chosen = recorded
+                    update = p - before
+                    if chosen is not None:
+                        update.index_fill_(0, chosen.to(p.device), 0)
+                    p.add_(update, alpha=factor - 1.0)
 
     def arm(self) -> None:
         """Call :meth:`after` after every optimizer step anywhere (a Pruner stepped by hand)."""

@@ -37,7 +37,7 @@ of 0.02-0.05 it killed the activations after the kept channels at 85% removal an
 to chance. The weights are not guarded (their common scale is a symmetry of the normalized
 readers; guarding them too cost quality elsewhere), nor are inserted scales.
 
-``min_scale_lr`` (default ``"auto"``: ``1 / steps``) makes the penalized parameters learn faster
+``min_scale_lr`` (default ``"auto"``: ``1 / steps``, at most 1e-2) makes the penalized parameters learn faster
 under Adam and AdamW while the Pruner steps. The kept channels' gains must grow to take over from
 the channels that fade, and Adam moves a gain of about 1 by about the learning rate per step, far
 more slowly relative to its size than the weights around it: too slowly for a short schedule
@@ -97,8 +97,8 @@ class Schedule:
         min_scale_lr: Under Adam and AdamW, while the Pruner steps, the parameters the penalty
             acts on (:meth:`Pruner.penalized_parameters`) learn at least at this rate: where their
             param group's is lower, the optimizer's update of them is scaled up to this rate's.
-            ``"auto"``: ``1 / steps`` for a schedule of ``steps`` steps (5e-3 for 200; no change
-            for the paper's length at usual rates). ``None``: the optimizer's own rate (the
+            ``"auto"``: ``1 / steps`` for a schedule of ``steps`` steps, at most 1e-2 (5e-3 for
+            200 steps; no change for the paper's length at usual rates). ``None``: the optimizer's own rate (the
             paper's way, and :meth:`paper`'s). Other optimizers are never changed (see the
             module's documentation).
 
