@@ -83,7 +83,7 @@ def variant(
         elif key == "guard_kept":  # False: unguarded; "weights and biases": the first guard, weights too
             parts.append("kept units unguarded" if value is False else f"kept {value} guarded")
         elif key == "min_scale_lr":
-            parts.append("scales at the optimizer's rate" if value is None else f"min_scale_lr {value:g}")
+            parts.append("no scale-rate floor" if value is None else f"min_scale_lr {value:g}")
         elif key == "grad_guard":
             parts.append(f"gradient guard {value:g}x")
         elif key == "prune_iters":

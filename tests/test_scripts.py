@@ -659,10 +659,10 @@ def test_the_scales_rate_floor_is_a_lever_of_assl_and_old_runs_ran_without_it():
     with pytest.raises(SystemExit):
         parse(["--min_scale_lr", "fast"])
     first = {"min_scale_lr": "auto"}
-    assert variant({"min_scale_lr": None}, first) == "scales at the optimizer's rate"
+    assert variant({"min_scale_lr": None}, first) == "no scale-rate floor"
     assert variant({"min_scale_lr": 5e-3}, first) == "min_scale_lr 0.005"
     old: dict = {}  # recorded before the floor existed
-    assert variant(old, first, absent=ABSENT_EVERYWHERE) == "scales at the optimizer's rate"
+    assert variant(old, first, absent=ABSENT_EVERYWHERE) == "no scale-rate floor"
     assert variant(old, first) == "defaults" and variant({"min_scale_lr": None}, first, NOT_ASSL) == "defaults"
 
 

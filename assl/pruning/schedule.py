@@ -241,7 +241,7 @@ class Schedule:
             raise ArgumentError(f"Schedule.guard_kept must be True or False, got {self.guard_kept!r}")
         f = self.min_scale_lr
         number = isinstance(f, (int, float)) and not isinstance(f, bool)
-        if f is not None and f != "auto" and not (number and math.isfinite(f) and f > 0):
+        if f is not None and f != "auto" and not (number and math.isfinite(float(f)) and float(f) > 0):
             raise ArgumentError(f"Schedule.min_scale_lr must be 'auto', None or a finite number > 0, got {f!r}")
         if self.penalty_form not in PENALTY_FORMS:
             raise ArgumentError(f"Schedule.penalty_form must be one of {PENALTY_FORMS}, got {self.penalty_form!r}")

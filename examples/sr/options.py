@@ -173,9 +173,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--scale_lr",
         type=float,
         default=None,
-        help="learning rate of the ASSL scales and of the pruned layers' biases (default --lr). The shrink "
-        "penalty reaches zero without one; with gradient, Adam moves a parameter by about lr per step, so a "
-        "short run needs a larger one to reach zero in time",
+        help="learning rate of the ASSL scales and of the pruned layers' biases (default --lr; with the shrink "
+        "penalty the library raises it to at least 1 / the pruning steps, Schedule.min_scale_lr). With "
+        "gradient, Adam moves a parameter by about lr per step, so a short run needs a larger one to reach zero "
+        "in time",
     )
     o.add_argument(
         "--latency",
