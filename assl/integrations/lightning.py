@@ -93,7 +93,8 @@ class ASSLPruning(pl.Callback):
         steps: The number of optimizer steps to prune for, as for :class:`assl.Pruner`: the
             schedule is ``assl.Schedule.for_steps(steps)`` sized to the network's groups.
         schedule: The schedule in optimizer steps (the default is the paper's 160,430 steps);
-            with ``steps``, only its options, as for :class:`assl.Pruner`.
+            with ``steps``, only its options (penalty form, guard, scale-rate floor, alignment), as
+            for :class:`assl.Pruner`.
         module: The submodule of the LightningModule to prune, as ``pl_module.get_submodule``
             reads it (``"model"``, ``"net.backbone"``); ``None`` prunes the LightningModule
             itself, traced through its ``forward``.

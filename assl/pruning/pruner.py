@@ -81,9 +81,9 @@ class Pruner:
             group is aligned, so :attr:`done` turns True after exactly ``steps`` steps. The way
             to size pruning to your training.
         schedule: The phase lengths and penalty numbers (the paper's defaults: 160,430 steps).
-            With ``steps``, only its options (penalty form, guard, alignment loss and weight, a
-            ``reg_limit`` it sets): the pruner uses ``schedule.sized(steps, align=...)``, e.g.
-            ``steps=2000, schedule=Schedule(guard_kept=False)``.
+            With ``steps``, only its options (penalty form, guard, scale-rate floor, alignment
+            loss and weight, a ``reg_limit`` it sets): the pruner uses
+            ``schedule.sized(steps, align=...)``, e.g. ``steps=2000, schedule=Schedule(guard_kept=False)``.
         round_to: Round every kept width up to a multiple of this (8 suits GPU kernels); with a
             latency budget, ``"auto"`` takes the step of the device's measured latency curve.
         extra_inputs: More input sets for forward code whose path depends on the input.
