@@ -25,11 +25,14 @@ overshoots (measured), so it acts under Adam and AdamW (and their subclasses) al
 from __future__ import annotations
 
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import torch
 from torch.optim.optimizer import register_optimizer_step_post_hook
+
+from ._penalty import chosen_entries
+from ._selection import Carrier
 
 __all__ = ["ADAPTIVE", "AUTO_CAP", "AUTO_REACH", "ScaleLR", "resolve_floor"]
 
@@ -63,19 +66,33 @@ class ScaleLR:
     def __init__(
         self,
         params: Callable[[], Sequence[torch.Tensor]],
-        chosen: Callable[[], Mapping[int, torch.Tensor]],
+        carriers: Callable[[], Iterable[Carrier]],
         floor: float | None,
     ) -> None:
         self._params = params
-        self._chosen = chosen  # id of a parameter -> the positions of its chosen entries along dim 0
+        self._carriers = carriers
         self.floor = floor
         self._before: dict[int, tuple[torch.Tensor, torch.Tensor | None]] = {}
         self._handle: Any = None
+        self._choice: list[tuple[torch.Tensor, torch.Tensor]] = []  # the carriers' chosen positions, as computed
+        self._chosen: dict[int, torch.Tensor] = {}
+
+    def chosen(self) -> dict[int, torch.Tensor]:
+        """The chosen entries of each penalized parameter (:func:`chosen_entries`), recomputed only when a
+        carrier's choice was replaced (the positions are new tensors then; held here, their ids stay theirs)."""
+        carriers = list(self._carriers())
+        choice = [(c.scale_idx, c.bias_idx) for c in carriers]
+        same = len(choice) == len(self._choice) and all(
+            a is c and b is d for (a, b), (c, d) in zip(choice, self._choice)
+        )
+        if not same:
+            self._choice, self._chosen = choice, chosen_entries(carriers)
+        return self._chosen
 
     def before(self) -> None:
         """Record the parameters as they are before the update, and which of their entries are chosen."""
         if self.floor is not None:
-            chosen = self._chosen()
+            chosen = self.chosen()
             self._before = {id(p): (p.detach().clone(), chosen.get(id(p))) for p in self._params()}
 
     def after(self, optimizer: torch.optim.Optimizer) -> None:

@@ -25,7 +25,7 @@ from ..graph import Graph
 from ..tracing import trace
 from ._liveness import collapsed, levels, unsilenceable
 from ._liveness import liveness as measure_liveness
-from ._penalty import apply_penalty, check_optimizer, chosen_entries, penalty_value, step_hooks
+from ._penalty import apply_penalty, check_optimizer, penalty_value, step_hooks
 from ._pinned import shortfall
 from ._report import SLIM_CHANGE_WARNING, Progress, report_change, report_collapse, summary_table, warn_early
 from ._resolve import check_arguments, ratio_or_budget, resolve
@@ -181,7 +181,7 @@ class Pruner:
         scales = {id(c.scale): c.name for c in sel.all_layers() if c.kind == "g"}
         self._watch = OptimizerWatch(model.parameters, scales)
         floor = resolve_floor(self.schedule.min_scale_lr, self.total_steps)
-        self._scale_lr = ScaleLR(sel.penalized_parameters, lambda: chosen_entries(sel.all_layers()), floor)
+        self._scale_lr = ScaleLR(sel.penalized_parameters, sel.all_layers, floor)
         info = (len(sel.layers), len(self.aligned), self.total_steps)
         logger.info("Pruner: %d groups lose channels (%d aligned), %d steps in all", *info)
 
