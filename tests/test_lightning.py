@@ -115,6 +115,23 @@ def test_fit_prunes_slims_and_finetunes_as_the_plain_loop_does(accumulate, preci
     assert {"assl/penalty", "assl/alive"} <= fit.progress_bar_metrics.keys()  # the phase: as a word, below
 
 
+def test_the_scale_rate_floor_acts_in_a_fit_as_in_the_plain_loop():
+    """Lightning steps the Pruner by hand inside the optimizer's closure: the floor's global hook
+    scales the update there as the attached optimizer's hook does in the plain loop."""
+    import dataclasses
+
+    floored = dataclasses.replace(SCHEDULE, min_scale_lr=5e-2)  # above the test's Adam rate: it acts
+    fits = {}
+    for schedule in (floored, dataclasses.replace(SCHEDULE, min_scale_lr=None)):
+        lit = LitNet()
+        pruning = ASSLPruning(example(), ratio=0.5, schedule=schedule, module="net")
+        seen = Recorder(pruning)
+        trainer(STEPS, callbacks=[seen, pruning]).fit(lit, loader())
+        fits[schedule.min_scale_lr] = seen.at_slim
+    assert _equal(fits[5e-2], plain_loop(STEPS, floored)["at_slim"])
+    assert not _equal(fits[5e-2], fits[None])  # the floor changed the run
+
+
 def test_16_mixed_grad_scaler_skips_steps_as_in_the_plain_loop():
     """Under a GradScaler Lightning steps through scaler.step; steps it skips for inf gradients
     (a large initial scale overflows float16 at first) are not counted, as in the plain loop."""
