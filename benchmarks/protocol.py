@@ -37,6 +37,9 @@ def parser(name: str, task: str, description: str | None, *, methods: bool = Tru
         "--ratios", "--ratio", dest="ratios", type=float, nargs="+", help="fractions of each group's channels removed"
     )
     p.add_argument("--seeds", type=int, default=3, help="dense models (seeds 0, 1, ...), each pruned by every method")
+    p.add_argument(
+        "--first_seed", type=int, default=0, help="the first seed: --seeds 2 --first_seed 3 runs seeds 3 and 4"
+    )
     p.add_argument("--lr", type=float, help="Adam's learning rate, for every method and stage")
     p.add_argument(
         "--lr_schedule",

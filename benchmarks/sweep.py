@@ -67,13 +67,14 @@ def dense_model(task: Task, a: argparse.Namespace, seed: int) -> tuple[nn.Module
 def sweep(
     task: Task, a: argparse.Namespace, writer: Writer, runs: Callable[[nn.Module, int], Iterable[dict[str, Any]]]
 ) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """For each of ``--seeds`` seeds, the dense model, then the rows ``runs(dense, seed)`` yields.
+    """For each of ``--seeds`` seeds from ``--first_seed``, the dense model, then the rows ``runs(dense, seed)``
+    yields.
 
     Every row is appended to ``writer`` and printed (without its curve) as it comes, so a run cut
     short keeps what it measured. Returns (rows, dense rows): their values.
     """
     rows, dense_rows = [], []
-    for seed in range(a.seeds):
+    for seed in range(a.first_seed, a.first_seed + a.seeds):
         dense, row = dense_model(task, a, seed)
         dense_rows.append(row)
         writer.write(row, seed)
