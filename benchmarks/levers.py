@@ -1,7 +1,8 @@
 """What moves ASSL at high compression: runs of a quality benchmark with different settings, side by side.
 
 A lever is a setting of the steps after the dense model: distillation from the dense model
-(``--distill``), a learning rate of the scales' own (``--scale_lr``), the share of steps given to
+(``--distill``), a learning rate of the scales' own (``--scale_lr``) or the library's floor under
+it (``--min_scale_lr``), the share of steps given to
 pruning (``--prune_iters`` / ``--finetune_iters``), the optimizer (``--optimizer``,
 ``--method_lr``), gradient clipping (``--clip``). Each run of ``benchmarks.quality``,
 ``bn_classifier`` or ``bn_denoiser`` appends its rows to one results file (``--append``); every run
