@@ -11,6 +11,7 @@ both (a residual net).
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections.abc import Callable
 
 import pytest
@@ -232,6 +233,33 @@ def test_two_optimizers_by_hand_each_scale_their_own_and_after_slimming_nothing_
     g.grad = torch.ones_like(g)
     scales.step()  # the Pruner is done with: its floor no longer acts
     assert float((g - before_g).abs().max()) <= LR * 1.01
+
+
+def test_the_floor_says_once_in_the_log_that_it_raises_the_rate(caplog):
+    with caplog.at_level(logging.INFO, logger="assl"):
+        _run("edsr", 1e-2)
+    said = [r.getMessage() for r in caplog.records if "min_scale_lr" in r.getMessage()]
+    assert said == [
+        "Adam at lr 0.001: the scales learn at 0.01 while pruning (Schedule.min_scale_lr; None keeps "
+        "the optimizer's rate)"
+    ]
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="assl"):
+        _run("edsr", 1e-2, optimizer="sgd")
+    assert not [r for r in caplog.records if "min_scale_lr" in r.getMessage()]
+    torch.manual_seed(0)
+    model, x = MODELS["plain"](), _x("plain")
+    pruner = assl.Pruner(model, x, ratio=0.5, steps=STEPS, schedule=assl.Schedule(min_scale_lr=1e-2))
+    opt = OPTIMIZERS["adam"](model.parameters())
+    pruner.attach(opt)
+    decay = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.9)  # a new rate every step
+    with caplog.at_level(logging.INFO, logger="assl"):
+        for _ in range(STEPS):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+            decay.step()
+    assert len([r for r in caplog.records if "min_scale_lr" in r.getMessage()]) == 1  # once, not every step
 
 
 def test_the_schedule_checks_the_floor_and_the_paper_runs_without_one():

@@ -24,6 +24,7 @@ overshoots (measured), so it acts under Adam and AdamW (and their subclasses) al
 
 from __future__ import annotations
 
+import logging
 import weakref
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
@@ -35,6 +36,8 @@ from ._penalty import chosen_entries
 from ._selection import Carrier
 
 __all__ = ["ADAPTIVE", "AUTO_CAP", "AUTO_REACH", "ScaleLR", "resolve_floor"]
+
+logger = logging.getLogger("assl")
 
 AUTO_REACH = 1.0
 """``"auto"``'s floor times the schedule's steps."""
@@ -76,6 +79,7 @@ class ScaleLR:
         self._handle: Any = None
         self._choice: list[tuple[torch.Tensor, torch.Tensor]] = []  # the carriers' chosen positions, as computed
         self._chosen: dict[int, torch.Tensor] = {}
+        self._told: set[int] = set()  # the optimizers already logged (once each: a scheduler moves the rate)
 
     def chosen(self) -> dict[int, torch.Tensor]:
         """The chosen entries of each penalized parameter (:func:`chosen_entries`), recomputed only when a
@@ -108,11 +112,24 @@ class ScaleLR:
                     recorded = self._before.pop(id(p), None)
                     if recorded is None or factor == 1.0:
                         continue
+                    self._tell(optimizer, lr)
                     before, chosen = recorded
                     update = p - before
                     if chosen is not None:
                         update.index_fill_(0, chosen.to(p.device), 0)
                     p.add_(update, alpha=factor - 1.0)
+
+    def _tell(self, optimizer: torch.optim.Optimizer, lr: float) -> None:
+        """Log once per optimizer that the floor raises the scales' rate."""
+        if id(optimizer) not in self._told:
+            self._told.add(id(optimizer))
+            logger.info(
+                "%s at lr %.3g: the scales learn at %.3g while pruning (Schedule.min_scale_lr; None keeps the "
+                "optimizer's rate)",
+                type(optimizer).__name__,
+                lr,
+                self.floor,
+            )
 
     def arm(self) -> None:
         """Call :meth:`after` after every optimizer step anywhere (a Pruner stepped by hand)."""
