@@ -102,7 +102,8 @@ def _mean(values: list[float]) -> float:
 
 def render(rows: list[dict]) -> str:
     """The docs' table of a levers results file: per variant and method, the score after fine-tuning
-    (mean ± sd), right before and right after slimming, the method minus scratch per seed, and the
+    (mean ± sd), right before slimming (in brackets with the BatchNorm running statistics measured
+    anew, where the runs recorded it) and right after, the method minus scratch per seed, and the
     slimmed model's parameters and MACs (means over seeds)."""
     first = rows[0]["settings"]
     info = next(r["values"]["task"] for r in rows if r["values"]["method"] == "dense")
@@ -122,15 +123,21 @@ def render(rows: list[dict]) -> str:
                 variant(r["settings"], first, NOT_ASSL, absent),
                 variant(r["settings"], first, SCRATCH_LEVERS),
             )
-    header = ["variant", "method", "ratio", f"{label} after fine-tuning", "right before slimming"]
+    fresh = any("score_before_slim_refreshed" in r["values"] for r in rows)
+    before_label = "right before slimming (BatchNorm statistics refreshed)" if fresh else "right before slimming"
+    header = ["variant", "method", "ratio", f"{label} after fine-tuning", before_label]
     header += ["right after slimming", "minus scratch, per seed", "ahead of scratch", "params", info["macs_unit"]]
     body = []
     for (name, method, ratio), by_seed in runs.items():
         score = {s: v["score"] for s, v in by_seed.items()}
         before = [v["score_before_slim"] for v in by_seed.values() if v.get("score_before_slim") is not None]
+        refreshed = [v["score_before_slim_refreshed"] for v in by_seed.values() if "score_before_slim_refreshed" in v]
         after = [v["score_slim"] for v in by_seed.values() if v.get("score_slim") == v.get("score_slim")]
         cells = [name, method, f"{ratio:g}", mean_sd(score.values(), d)]
-        cells += [f"{_mean(before):.{d}f}" if before else "-", f"{_mean(after):.{d}f}" if after else "-"]
+        before_cell = f"{_mean(before):.{d}f}" if before else "-"
+        if before and len(refreshed) == len(before):
+            before_cell += f" ({_mean(refreshed):.{d}f})"
+        cells += [before_cell, f"{_mean(after):.{d}f}" if after else "-"]
         own = "scratch_learned" if method == "assl_learned" else "scratch"  # learned widths: their own architecture
         same, common = baselines[name]
         scratch = runs.get((same, own, ratio)) or runs.get((common, own, ratio))

@@ -264,6 +264,27 @@ def _torch_pruning(
     return model, used, curve
 
 
+def refreshed_score(task: Task, model: nn.Module, seed: int, batches: int = 20) -> float | None:
+    """The score of a copy of ``model`` whose BatchNorm running statistics are measured anew on ``batches``
+    training batches (``torch.optim.swa_utils.update_bn``'s recipe); None when it has no BatchNorm.
+    A fast-moving gain leaves the running statistics behind, and eval mode then scores worse than the
+    weights are."""
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return None
+    copy_ = copy.deepcopy(model)
+    for m in copy_.modules():
+        if isinstance(m, nn.modules.batchnorm._BatchNorm):
+            m.reset_running_stats()
+            m.momentum = None  # a cumulative average over the batches
+    stream = task.batches(seed + 3000)
+    copy_.train()
+    with torch.no_grad():
+        for _ in range(batches):
+            copy_(next(stream)[0])
+    return task.score(copy_)[task.metric]
+
+
 def assl_schedule(
     a: argparse.Namespace, *, align: bool = True, align_loss: str = "consensus", align_weight: float | None = None
 ) -> assl.Schedule:
@@ -395,6 +416,9 @@ def run_method(
         if probe is not None:
             extra.update(probe.end())
         extra["score_before_slim"] = task.score(model)[task.metric]
+        refreshed = refreshed_score(task, model, seed)
+        if refreshed is not None:
+            extra["score_before_slim_refreshed"] = refreshed
         small = pruner.slim()
         extra["slim_change"] = max_rel_err(model, small, task.example)
     elif method in tp_adapter.METHODS:

@@ -494,11 +494,43 @@ def test_bn_classifier_smoke(tmp_path):
     assert [r["method"] for r in runs] == methods
     assert len({r["params"] for r in runs}) == 1  # every method at the same size
     assert runs[0]["liveness"] >= 0 and "liveness_groups" in runs[0]
+    # the BatchNorm statistics measured anew on a copy: another number, the model itself untouched
+    assert 0 <= runs[0]["score_before_slim_refreshed"] <= 1 and "score_before_slim_refreshed" not in runs[1]
     report = render(rows)
     for name in ("dense", *methods):
         assert f"| {name} |" in report
     plot(rows, 0.5, tmp_path / "curve.png")
     assert (tmp_path / "curve.png").stat().st_size > 0
+
+
+def test_refreshed_batchnorm_statistics_score_a_copy_and_only_where_there_are_batchnorms():
+    import torch
+    from torch import nn
+
+    from benchmarks.methods import refreshed_score
+
+    class Task:  # the two things refreshed_score reads of a task
+        metric = "mean"
+
+        @staticmethod
+        def batches(seed):
+            g = torch.Generator().manual_seed(seed)
+            while True:
+                yield 3 + 2 * torch.randn(8, 4, generator=g), None
+
+        @staticmethod
+        def score(model):
+            model.eval()
+            with torch.no_grad():
+                return {"mean": float(model(torch.full((1, 4), 3.0)).abs().mean())}
+
+    model = nn.Sequential(nn.Linear(4, 4), nn.BatchNorm1d(4))
+    stale = Task.score(model)["mean"]  # running statistics at their initial 0 and 1
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    fresh = refreshed_score(Task, model, 0)
+    assert fresh is not None and abs(fresh - stale) > 0.1  # the statistics of the data, not the initial ones
+    assert all(torch.equal(v, before[k]) for k, v in model.state_dict().items())
+    assert refreshed_score(Task, nn.Sequential(nn.Linear(4, 4)), 0) is None
 
 
 def test_bn_classifier_prunes_the_mobilenet_expansions(tmp_path):
