@@ -124,7 +124,7 @@ def render(rows: list[dict]) -> str:
                 variant(r["settings"], first, SCRATCH_LEVERS),
             )
     fresh = any("score_before_slim_refreshed" in r["values"] for r in rows)
-    before_label = "right before slimming (BatchNorm statistics refreshed)" if fresh else "right before slimming"
+    before_label = "right before slimming" + (" (BatchNorm statistics refreshed, in brackets)" if fresh else "")
     header = ["variant", "method", "ratio", f"{label} after fine-tuning", before_label]
     header += ["right after slimming", "minus scratch, per seed", "ahead of scratch", "params", info["macs_unit"]]
     body = []
