@@ -74,11 +74,11 @@ def check_state(
         )
     for key, mine in config.items():
         saved = state[key]
-        if key == "schedule" and isinstance(saved, Mapping) and "guard_kept" not in saved:
-            ran = mine.get("guard_kept", False) if not guard_acts else False
-            saved = {**saved, "guard_kept": ran}  # saved before the guard existed: it ran unguarded
-        if key == "schedule" and isinstance(saved, Mapping) and "min_scale_lr" not in saved:
-            saved = {**saved, "min_scale_lr": None}  # saved before the floor existed: the optimizer's own rate
+        if key == "schedule" and isinstance(saved, Mapping):
+            # fields a schedule saved before they existed lacks: what that run did (unguarded, where the
+            # guard acts; the optimizer's own rate for the scales)
+            then = {"guard_kept": mine.get("guard_kept", False) if not guard_acts else False, "min_scale_lr": None}
+            saved = {**then, **saved}
         if saved != mine:
             raise StateError(
                 f"the saved Pruner has another {key} ({saved!r}) than this one ({mine!r}): create the "

@@ -64,6 +64,7 @@ _SHRINK_DECAY = math.log(1e4)  # for_steps: the chosen entries fall to 1e-4 of t
 _SHRINK_CAP = 0.3  # for_steps: at most this share per step (faster removal only shocks the kept channels)
 _MIN_STEPS = 10
 _OPTIONS = ("align_weight", "align_loss", "penalty_form", "guard_kept", "min_scale_lr")  # what sized() keeps
+_PHASES = ("align_iters", "reg_interval", "reg_step", "stabilize_iters")  # what for_steps() and sized() size
 
 
 @dataclass(frozen=True)
@@ -146,11 +147,10 @@ class Schedule:
         """
         if not isinstance(n, int) or isinstance(n, bool) or n < _MIN_STEPS:
             raise ArgumentError(f"Schedule.for_steps needs an int n >= {_MIN_STEPS} (a few steps per phase), got {n!r}")
-        sized = {"align_iters", "stabilize_iters", "reg_interval", "reg_step"}
-        bad = sorted((set(overrides) - set(cls.__dataclass_fields__)) | (set(overrides) & sized))
+        bad = sorted((set(overrides) - set(cls.__dataclass_fields__)) | (set(overrides) & set(_PHASES)))
         if bad:
             raise ArgumentError(
-                f"Schedule.for_steps sizes {sorted(sized)} itself and takes only the other fields "
+                f"Schedule.for_steps sizes {sorted(_PHASES)} itself and takes only the other fields "
                 f"({', '.join(sorted({*_OPTIONS, 'reg_limit'}))}), got {bad}"
             )
         total = sum(_PAPER)
@@ -199,8 +199,7 @@ class Schedule:
             2000
         """
         fields = type(self).__dataclass_fields__
-        phases = ("align_iters", "reg_interval", "reg_step", "stabilize_iters")
-        set_ = [f"{k}={getattr(self, k)!r}" for k in phases if getattr(self, k) != fields[k].default]
+        set_ = [f"{k}={getattr(self, k)!r}" for k in _PHASES if getattr(self, k) != fields[k].default]
         if set_:
             raise ArgumentError(
                 f"Schedule.sized: {n!r} steps size the phases, but this schedule sets {', '.join(set_)}: "
