@@ -32,6 +32,7 @@ from __future__ import annotations
 import argparse
 import copy
 import dataclasses
+import itertools
 import math
 import time
 from collections.abc import Callable
@@ -266,23 +267,13 @@ def _torch_pruning(
 
 def refreshed_score(task: Task, model: nn.Module, seed: int, batches: int = 20) -> float | None:
     """The score of a copy of ``model`` whose BatchNorm running statistics are measured anew on ``batches``
-    training batches (``torch.optim.swa_utils.update_bn``'s recipe); None when it has no BatchNorm.
-    A fast-moving gain leaves the running statistics behind, and eval mode then scores worse than the
-    weights are."""
-    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
-    if not norms:
+    training batches (``torch.optim.swa_utils.update_bn``); None when it has no BatchNorm. A fast-moving
+    gain leaves the running statistics behind, and eval mode then scores worse than the weights are."""
+    if not any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in model.modules()):
         return None
-    copy_ = copy.deepcopy(model)
-    for m in copy_.modules():
-        if isinstance(m, nn.modules.batchnorm._BatchNorm):
-            m.reset_running_stats()
-            m.momentum = None  # a cumulative average over the batches
-    stream = task.batches(seed + 3000)
-    copy_.train()
-    with torch.no_grad():
-        for _ in range(batches):
-            copy_(next(stream)[0])
-    return task.score(copy_)[task.metric]
+    fresh = copy.deepcopy(model)
+    torch.optim.swa_utils.update_bn(itertools.islice(task.batches(seed + 3000), batches), fresh)
+    return task.score(fresh)[task.metric]
 
 
 def assl_schedule(
