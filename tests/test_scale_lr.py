@@ -176,6 +176,27 @@ def test_sgd_and_rates_above_the_floor_are_left_as_they_are(name):
     assert all(torch.equal(v, above[k]) for k, v in _run(name, None).items())
 
 
+@pytest.mark.parametrize(("optimizer", "recorded"), [("sgd", False), ("adam", True)])
+def test_an_attached_optimizer_the_floor_never_scales_costs_the_step_nothing(optimizer, recorded):
+    torch.manual_seed(0)
+    model, x = MODELS["resnet"](), _x("resnet")
+    pruner = assl.Pruner(model, x, ratio=0.5, steps=STEPS, schedule=assl.Schedule(min_scale_lr=1e-2))
+    opt = OPTIMIZERS[optimizer](model.parameters())
+    pruner.attach(opt)
+    seen = []
+    opt.register_step_pre_hook(lambda o, a, k: seen.append(bool(pruner._scale_lr._before)))  # after the Pruner's
+    for _ in range(3):
+        opt.zero_grad()
+        model(x).square().mean().backward()
+        opt.step()
+    assert seen == [recorded] * 3
+    pruner.detach()  # by hand again: whichever optimizer steps may be scaled, so the step records
+    opt.zero_grad()
+    model(x).square().mean().backward()
+    pruner.step()
+    assert pruner._scale_lr._before
+
+
 def test_by_hand_an_update_that_never_comes_leaves_nothing_to_scale_later():
     torch.manual_seed(0)
     model, x = MODELS["resnet"](), _x("resnet")

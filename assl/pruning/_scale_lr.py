@@ -80,6 +80,7 @@ class ScaleLR:
         self._choice: list[tuple[torch.Tensor, torch.Tensor]] = []  # the carriers' chosen positions, as computed
         self._chosen: dict[int, torch.Tensor] = {}
         self._told: set[int] = set()  # the optimizers already logged (once each: a scheduler moves the rate)
+        self._idle = False  # attached to an optimizer the floor never scales: nothing to record
 
     def chosen(self) -> dict[int, torch.Tensor]:
         """The chosen entries of each penalized parameter (:func:`chosen_entries`), recomputed only when a
@@ -95,7 +96,7 @@ class ScaleLR:
 
     def before(self) -> None:
         """Record the parameters as they are before the update, and which of their entries are chosen."""
-        if self.floor is not None:
+        if self.floor is not None and not self._idle:
             chosen = self.chosen()
             self._before = {id(p): (p.detach().clone(), chosen.get(id(p))) for p in self._params()}
 
@@ -145,8 +146,18 @@ class ScaleLR:
         self._handle = register_optimizer_step_post_hook(post)
         weakref.finalize(self, self._handle.remove)
 
+    def attach(self, optimizer: torch.optim.Optimizer | None) -> None:
+        """The optimizer the Pruner is attached to, whose hook calls :meth:`after` (None: detached).
+
+        The global hook of :meth:`arm` goes; under an optimizer the floor never scales (not
+        :data:`ADAPTIVE`) the training step records nothing.
+        """
+        self._idle = optimizer is not None and not isinstance(optimizer, ADAPTIVE)
+        if optimizer is not None:
+            self.disarm()
+
     def disarm(self) -> None:
-        """Remove the global hook of :meth:`arm` (the Pruner is attached to its optimizer now)."""
+        """Remove the global hook of :meth:`arm`."""
         if self._handle is not None:
             self._handle.remove()
             self._handle = None

@@ -404,13 +404,14 @@ class Pruner:
             raise ArgumentError("the Pruner is already attached to an optimizer; call detach() first")
         self._hook = step_hooks(optimizer, _ByHook(self))
         self._watch.close()  # checked here; by-hand steps are refused while attached
-        self._scale_lr.disarm()  # the optimizer's own hook scales its updates now
+        self._scale_lr.attach(optimizer)  # the optimizer's own hook scales its updates now
 
     def detach(self) -> None:
         """Undo :meth:`attach`."""
         for h in self._hook:
             h.remove()
         self._hook = []
+        self._scale_lr.attach(None)
 
     # --- results -----------------------------------------------------------------------------
 
