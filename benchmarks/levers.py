@@ -26,7 +26,7 @@ from typing import Any
 
 from .method_table import data_packages
 from .stats import mean_sd, paired, signed
-from .tables import markdown, provenance
+from .tables import failures, markdown, provenance
 
 LEVERS: dict[str, Any] = {
     "distill": 0.0,
@@ -104,36 +104,49 @@ def render(rows: list[dict]) -> str:
     """The docs' table of a levers results file: per variant and method, the score after fine-tuning
     (mean ± sd), right before slimming (in brackets with the BatchNorm running statistics measured
     anew, where the runs recorded it) and right after, the method minus scratch per seed, and the
-    slimmed model's parameters and MACs (means over seeds)."""
+    slimmed model's parameters and MACs (means over seeds). A method that failed on a seed says so
+    with its error, in place of its scores when it failed on every seed."""
     first = rows[0]["settings"]
     info = next(r["values"]["task"] for r in rows if r["values"]["method"] == "dense")
     d, label = info["digits"], info["metric_label"]
     dense = {r["values"]["seed"]: r["values"]["score"] for r in rows if r["values"]["method"] == "dense"}
     runs: dict[tuple[str, str, float], dict[int, dict]] = {}
+    failed: dict[tuple[str, str, float], dict[int, str]] = {}  # a method that failed on a seed: its error
     baselines: dict[str, tuple[str, str]] = {}  # variant -> the variants its scratch baseline may run under
     for r in rows:
         v = r["values"]
-        if v["method"] != "dense" and "error" not in v:
-            absent = {**ABSENT_EVERYWHERE, **(ABSENT if r["benchmark"] in NORMALIZED else {})}
-            levers = tuple(LEVERS) if v["method"].startswith("assl") else NOT_ASSL
-            name = variant(r["settings"], first, levers, absent)
-            runs.setdefault((name, v["method"], v["ratio"]), {})[v["seed"]] = v
-            # the same variant without ASSL's own levers, else with the scratch levers alone
-            baselines[name] = (
-                variant(r["settings"], first, NOT_ASSL, absent),
-                variant(r["settings"], first, SCRATCH_LEVERS),
-            )
+        if v["method"] == "dense":
+            continue
+        absent = {**ABSENT_EVERYWHERE, **(ABSENT if r["benchmark"] in NORMALIZED else {})}
+        levers = tuple(LEVERS) if v["method"].startswith("assl") else NOT_ASSL
+        name = variant(r["settings"], first, levers, absent)
+        # the same variant without ASSL's own levers, else with the scratch levers alone
+        baselines[name] = (
+            variant(r["settings"], first, NOT_ASSL, absent),
+            variant(r["settings"], first, SCRATCH_LEVERS),
+        )
+        key = (name, v["method"], v["ratio"])
+        seeds = runs.setdefault(key, {})
+        if "error" in v:
+            failed.setdefault(key, {})[v["seed"]] = v["error"]
+        else:
+            seeds[v["seed"]] = v
     fresh = any("score_before_slim_refreshed" in r["values"] for r in rows)
     before_label = "right before slimming" + (" (BatchNorm statistics refreshed, in brackets)" if fresh else "")
     header = ["variant", "method", "ratio", f"{label} after fine-tuning", before_label]
     header += ["right after slimming", "minus scratch, per seed", "ahead of scratch", "params", info["macs_unit"]]
     body = []
     for (name, method, ratio), by_seed in runs.items():
+        errors = failed.get((name, method, ratio), {})
+        if not by_seed:
+            body.append([name, method, f"{ratio:g}", f"failed on every seed: {errors[min(errors)]}", *["-"] * 6])
+            continue
         score = {s: v["score"] for s, v in by_seed.items()}
         before = [v["score_before_slim"] for v in by_seed.values() if v.get("score_before_slim") is not None]
         refreshed = [v["score_before_slim_refreshed"] for v in by_seed.values() if "score_before_slim_refreshed" in v]
         after = [v["score_slim"] for v in by_seed.values() if v.get("score_slim") == v.get("score_slim")]
         cells = [name, method, f"{ratio:g}", mean_sd(score.values(), d)]
+        cells[-1] += failures(errors)
         before_cell = f"{_mean(before):.{d}f}" if before else "-"
         if before and len(refreshed) == len(before):
             before_cell += f" ({_mean(refreshed):.{d}f})"

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .stats import mean_sd, paired, signed, spread
-from .tables import markdown, provenance
+from .tables import failures, markdown, provenance
 
 
 def _split(rows: list[dict]) -> tuple[dict[str, Any], list[dict], list[dict]]:
@@ -67,13 +67,15 @@ def table(rows: list[dict]) -> str:
             rs = [v for v in methods if v["method"] == m and v["ratio"] == ratio]
             if not rs:
                 continue
-            if any("error" in v for v in rs):
+            errors = {v["seed"]: v["error"] for v in rs if "error" in v}
+            if len(errors) == len(rs):
                 body.append([m, f"{ratio:g}", f"failed: {rs[0]['error']}", "-", *blank, "-", "-", "-", "-", len(rs)])
                 continue
+            rs = [v for v in rs if "error" not in v]
             slim = [v["score_slim"] for v in rs if not math.isnan(v["score_slim"])]
             live = [v["liveness"] for v in rs if "liveness" in v]
             body.append(
-                [m, f"{ratio:g}", mean_sd(slim, d), mean_sd([v["score"] for v in rs], d),
+                [m, f"{ratio:g}", mean_sd(slim, d), mean_sd([v["score"] for v in rs], d) + failures(errors),
                  *(f"{statistics.mean(v['metrics'][k] for v in rs):.4f}" for k in extra), f"{rs[0]['params']:,}",
                  f"{rs[0]['macs']:.3g}", f"{max(live):.1e}" if live else "-",
                  f"{statistics.mean(v['wall_s'] for v in rs):.0f}", len(rs)]

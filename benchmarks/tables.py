@@ -17,6 +17,14 @@ def markdown(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return "\n".join(lines)
 
 
+def failures(errors: dict[int, str]) -> str:
+    """What a method that failed on some seeds of a table row says there: `` (failed on seed 1, 2:
+    <the lowest seed's error>)`` (the others name the same cause, with other numbers); ``""`` when none."""
+    if not errors:
+        return ""
+    return f" (failed on seed {', '.join(map(str, sorted(errors)))}: {errors[min(errors)]})"
+
+
 def command(row: dict[str, Any]) -> str:
     """``python -m benchmarks.NAME FLAGS`` of the run that wrote ``row``, without :data:`HIDDEN_FLAGS`."""
     argv, kept, skip = row.get("argv", []), [], False

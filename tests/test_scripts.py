@@ -679,6 +679,39 @@ def test_levers_table_pairs_each_variant_with_its_scratch(tmp_path):
     assert md[("defaults", "scratch")].split("|")[7].strip() == "-"
 
 
+def test_tables_name_a_method_that_failed_on_some_seeds_or_on_all(tmp_path):
+    import copy
+
+    from benchmarks import levers, method_table
+    from benchmarks.quality import main as quality_main
+
+    args = ["--smoke", "--device", "cpu", "--threads", "1", "--seeds", "2", "--methods", "assl", "scratch"]
+    rows = quality_main([*args, "--out", str(tmp_path / "q.jsonl")])
+    assl = [r for r in rows if r["values"]["method"] == "assl"]
+    broken = []
+    for name, failing in (("tp_global", {1}), ("l1", {0, 1})):  # fails on seed 1; on both seeds
+        for r in assl:
+            seed = r["values"]["seed"]
+            row = copy.deepcopy(r)
+            row["values"]["method"] = name
+            if seed in failing:
+                row["values"] = {"method": name, "ratio": 0.5, "seed": seed, "error": f"ValueError: seed {seed}"}
+            broken.append(row)
+    score = next(r["values"]["score"] for r in assl if r["values"]["seed"] == 0)
+
+    def cells(md: str, *key: str) -> list[str]:
+        line = next(x for x in md.splitlines() if [c.strip() for c in x.split("|")[1 : 1 + len(key)]] == list(key))
+        return [c.strip() for c in line.split("|")[1:-1]]
+
+    lever_md = levers.render(rows + broken)
+    partial = cells(lever_md, "defaults", "tp_global")[3]
+    assert partial.startswith(f"{score:.3f} ± 0.000") and partial.endswith("(failed on seed 1: ValueError: seed 1)")
+    assert cells(lever_md, "defaults", "l1")[3] == "failed on every seed: ValueError: seed 0"
+    method_md = method_table.table(rows + broken)
+    assert cells(method_md, "tp_global", "0.5")[3].endswith(" (failed on seed 1: ValueError: seed 1)")
+    assert cells(method_md, "l1", "0.5")[2] == "failed: ValueError: seed 0"
+
+
 def test_the_scales_rate_floor_is_a_lever_of_assl_and_old_runs_ran_without_it():
     from benchmarks import protocol
     from benchmarks.levers import ABSENT_EVERYWHERE, NOT_ASSL, variant
