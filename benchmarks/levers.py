@@ -145,8 +145,7 @@ def render(rows: list[dict]) -> str:
         before = [v["score_before_slim"] for v in by_seed.values() if v.get("score_before_slim") is not None]
         refreshed = [v["score_before_slim_refreshed"] for v in by_seed.values() if "score_before_slim_refreshed" in v]
         after = [v["score_slim"] for v in by_seed.values() if v.get("score_slim") == v.get("score_slim")]
-        cells = [name, method, f"{ratio:g}", mean_sd(score.values(), d)]
-        cells[-1] += failures(errors)
+        cells = [name, method, f"{ratio:g}", mean_sd(score.values(), d) + failures(errors)]
         before_cell = f"{_mean(before):.{d}f}" if before else "-"
         if before and len(refreshed) == len(before):
             before_cell += f" ({_mean(refreshed):.{d}f})"
