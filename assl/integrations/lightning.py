@@ -50,8 +50,8 @@ except ImportError as e:  # pragma: no cover - depends on what is installed
     ) from e
 
 from ..budgets.budget import Budget
-from ..errors import ArgumentError, ArgumentTypeError, ASSLWarning
-from ..pruning._resolve import ratio_or_budget
+from ..errors import ArgumentError, ASSLWarning
+from ..pruning._resolve import checked_schedule, ratio_or_budget
 from ..pruning.pruner import Pruner
 from ..pruning.pruner import _remove as remove_pruner
 from ..pruning.schedule import PHASES, Schedule
@@ -148,10 +148,7 @@ class ASSLPruning(pl.Callback):
         self.liveness_every_n_steps = every
         target = ratio_or_budget(ratio, budget)
         ratio, budget = (None, target) if isinstance(target, Budget) else (target, None)
-        if schedule is not None and not isinstance(schedule, Schedule):
-            raise ArgumentTypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
-        if steps is not None:
-            (schedule or Schedule()).sized(steps)  # checked now, not at the fit
+        checked_schedule(schedule, steps)  # checked now, not at the fit
         options = {
             "ratio": ratio,
             "budget": budget,

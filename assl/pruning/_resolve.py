@@ -27,9 +27,23 @@ from ._scales import scale_of
 from ._selection import owner_of
 from .schedule import Schedule
 
-__all__ = ["Resolved", "check_arguments", "ratio_or_budget", "resolve"]
+__all__ = ["Resolved", "check_arguments", "checked_schedule", "ratio_or_budget", "resolve"]
 
 logger = logging.getLogger("assl")
+
+
+def checked_schedule(schedule: Schedule | None, steps: int | None) -> Schedule:
+    """The schedule a Pruner given ``schedule`` and ``steps`` starts from (the default if None; sized
+    to ``steps`` with an align phase when given), checked before any trace.
+
+    Raises:
+        TypeError: ``schedule`` is not a :class:`Schedule`.
+        ValueError: ``steps`` as :meth:`Schedule.sized` refuses them with ``schedule``.
+    """
+    schedule = schedule if schedule is not None else Schedule()
+    if not isinstance(schedule, Schedule):
+        raise ArgumentTypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
+    return schedule if steps is None else schedule.sized(steps)
 
 
 def check_arguments(
@@ -51,11 +65,7 @@ def check_arguments(
         raise ArgumentTypeError(f"the model is already wrapped in {type(model).__name__}: {order}")
     if round_to != "auto" and (not isinstance(round_to, int) or isinstance(round_to, bool) or round_to < 1):
         raise ArgumentError(f"round_to must be an int >= 1 or 'auto', got {round_to!r}")
-    schedule = schedule if schedule is not None else Schedule()
-    if not isinstance(schedule, Schedule):
-        raise ArgumentTypeError(f"schedule must be an assl.Schedule, got {type(schedule).__name__}")
-    if steps is not None:
-        schedule = schedule.sized(steps)
+    schedule = checked_schedule(schedule, steps)
     for name, m in model.named_modules():
         if scale_of(m) is not None:
             raise ArgumentError(f"`{name}` already has ASSL scales: a model is pruned by one Pruner at a time")
